@@ -1,0 +1,129 @@
+"""The ``lossc`` command: build, check, list, show, accuracy."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import SpecError
+
+GENERATED_DIR = Path(__file__).resolve().parent.parent / "generated"
+
+
+def default_specs_dir():
+    """``specs/`` beside ``generated/`` in a source checkout, else ``./specs``."""
+    beside = GENERATED_DIR.parent / "specs"
+    return beside if beside.is_dir() else Path.cwd() / "specs"
+
+
+def generated_dir():
+    """The folder of the ``lossc.generated`` package."""
+    import lossc.generated
+
+    return Path(lossc.generated.__file__).resolve().parent
+
+
+def main(argv=None):
+    """Entry point of the ``lossc`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="lossc", description="Symbolic loss compiler.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="compile specs into generated/ (all by default)")
+    p.add_argument("specs", nargs="*", help="spec files (default: every specs/*.yaml)")
+    p.add_argument("--out", help="output folder (default: the lossc.generated package)")
+    p.add_argument("--check", action="store_true", help="fail, listing files, if the output is not up to date")
+    p.set_defaults(run=_build)
+
+    p = sub.add_parser("check", help="validate one spec and print its loss and gradients")
+    p.add_argument("spec")
+    p.set_defaults(run=_check)
+
+    p = sub.add_parser("list", help="list the built losses")
+    p.set_defaults(run=_list)
+
+    p = sub.add_parser("show", help="formulas, variants and files of one built loss")
+    p.add_argument("name")
+    p.set_defaults(run=_show)
+
+    p = sub.add_parser("accuracy", help="max relative error vs 50-digit mpmath, float32 and float64")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(run=_accuracy)
+    return parser
+
+
+def _build(args):
+    from .build import build
+
+    paths = [Path(s) for s in args.specs] or sorted(default_specs_dir().glob("*.yaml"))
+    if not paths:
+        print(f"error: no specs found in {default_specs_dir()}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else generated_dir()
+    problems = build(paths, out, check=args.check, full=not args.specs)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    if problems:
+        print("generated/ is not what the specs produce: run `lossc build`", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _check(args):
+    from .derive import derive
+    from .ir import build_ir, variants
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{spec.name}: {spec.summary}")
+    for variant in variants(spec):
+        derived = derive(build_ir(spec, variant))
+        label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "(no variants)"
+        print(f"variant {label}")
+        print(f"  loss            = {derived.ir.loss}")
+        print(f"  stable loss     = {derived.loss}")
+        for name, grad in derived.gradients.items():
+            print(f"  d loss / d {name} = {grad}")
+    return 0
+
+
+def _manifests():
+    folder = generated_dir() / "losses"
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))}
+
+
+def _list(args):
+    for name, data in _manifests().items():
+        print(f"{name:24s} {data['summary']}")
+    return 0
+
+
+def _show(args):
+    manifests = _manifests()
+    if args.name not in manifests:
+        print(f"error: unknown loss '{args.name}' (known: {', '.join(manifests)})", file=sys.stderr)
+        return 1
+    data = manifests[args.name]
+    print(f"{data['name']}: {data['summary']}  (spec {data['spec_file']})")
+    for v in data["variants"]:
+        label = ", ".join(f"{k}={val}" for k, val in v["values"].items()) or "(no variants)"
+        print(f"variant {label}: generated/numpy/{v['numpy_module']}.py")
+        print(f"  loss        = {v['loss']}")
+        print(f"  stable loss = {v['stable_loss']}")
+        for name, grad in v["gradients"].items():
+            print(f"  d/d{name:8s}  = {grad}")
+    return 0
+
+
+def _accuracy(args):
+    from .accuracy import accuracy_report
+
+    ok = accuracy_report(args.names or None, default_specs_dir())
+    return 0 if ok else 1

@@ -1,0 +1,109 @@
+"""SymPy → NumPy expression code, one ``_print_<Node>`` method per node kind.
+
+Numbers print as plain Python literals: under NumPy's promotion rules (NEP 50) they are
+"weak" and never widen a float32 or float16 array to float64.
+"""
+from sympy.printing.str import StrPrinter
+
+
+class NumPyPrinter(StrPrinter):
+    """Prints lowered, CSE'd loss expressions as NumPy code (``np`` is numpy)."""
+
+    printmethod = "_lossc_numpy"
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Rational(self, expr):
+        return f"({expr.p}/{expr.q})"
+
+    def _print_Integer(self, expr):
+        return str(expr.p)
+
+    def _print_Pi(self, expr):
+        return "np.pi"
+
+    def _print_Exp1(self, expr):
+        return "np.e"
+
+    def _print_Pow(self, expr, rational=False):
+        base = self.parenthesize(expr.base, 1000)
+        if expr.exp == 0.5:
+            return f"np.sqrt({self._print(expr.base)})"
+        if expr.exp == -0.5:
+            return f"(1/np.sqrt({self._print(expr.base)}))"
+        if expr.exp == -1:
+            return f"(1/{base})"
+        if expr.exp.is_Integer and expr.exp < 0:
+            return f"(1/{base}**{-expr.exp.p})"
+        return f"{base}**{self.parenthesize(expr.exp, 1000)}"
+
+    def _call(self, fname, expr):
+        return f"{fname}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_exp(self, expr):
+        return self._call("np.exp", expr)
+
+    def _print_log(self, expr):
+        return self._call("np.log", expr)
+
+    def _print_log1p(self, expr):
+        return self._call("np.log1p", expr)
+
+    def _print_expm1(self, expr):
+        return self._call("np.expm1", expr)
+
+    def _print_Abs(self, expr):
+        return self._call("np.abs", expr)
+
+    def _print_sign(self, expr):
+        return self._call("np.sign", expr)
+
+    def _print_relu(self, expr):
+        return f"np.maximum({self._print(expr.args[0])}, 0)"
+
+    def _print_step(self, expr):
+        return f"np.heaviside({self._print(expr.args[0])}, 0)"
+
+    def _print_loggamma(self, expr):
+        return self._call("special.lgamma", expr)
+
+    def _print_polygamma(self, expr):
+        if expr.args[0] != 0:
+            raise NotImplementedError("only polygamma(0, x) (digamma) is supported")
+        return f"special.digamma({self._print(expr.args[1])})"
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last_value, last_cond) = expr.args
+        code = self._branch(last_value) if last_cond == True else "np.nan"  # noqa: E712
+        for value, cond in reversed(pieces):
+            code = f"np.where({self._print(cond)}, {self._branch(value)}, {code})"
+        return code
+
+    def _branch(self, value):
+        """A constant branch of where() is made an array scalar of the computing dtype."""
+        return f"_dtype({self._print(value)})" if value.is_Number else self._print(value)
+
+    def _print_Relational(self, expr):
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr):
+        return self._logical("np.logical_and", expr)
+
+    def _print_Or(self, expr):
+        return self._logical("np.logical_or", expr)
+
+    def _logical(self, fname, expr):
+        code = self._print(expr.args[0])
+        for arg in expr.args[1:]:
+            code = f"{fname}({code}, {self._print(arg)})"
+        return code
+
+    def _print_Not(self, expr):
+        return f"np.logical_not({self._print(expr.args[0])})"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"

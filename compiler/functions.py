@@ -1,0 +1,81 @@
+"""SymPy functions of the spec language that SymPy lacks, each with its own derivative.
+
+``sigmoid`` and ``softplus`` stay opaque through differentiation so gradients come out in
+stable form (d softplus = sigmoid, d sigmoid = sigmoid(x)·sigmoid(−x)); the printers emit
+their overflow-free implementations after :mod:`lowering`. ``relu`` and ``step`` carry the
+PyTorch convention for kinks: the derivative of max(0, x) at x = 0 is 0.
+"""
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+__all__ = ["sigmoid", "softplus", "relu", "step", "log1p", "expm1"]
+
+
+class sigmoid(sympy.Function):
+    """Logistic function 1 / (1 + exp(−x)); derivative sigmoid(x)·sigmoid(−x)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return sigmoid(x) * sigmoid(-x)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        return self.args[0].is_real
+
+    def _latex(self, printer):
+        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+
+
+class softplus(sympy.Function):
+    """log(1 + exp(x)); derivative sigmoid(x)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        return self.args[0].is_real
+
+    def _latex(self, printer):
+        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+
+
+class relu(sympy.Function):
+    """max(x, 0); derivative step(x), which is 0 at the kink x = 0 (PyTorch's convention)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return step(self.args[0])
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_real
+
+    def _latex(self, printer):
+        return r"\max\left(%s, 0\right)" % printer._print(self.args[0])
+
+
+class step(sympy.Function):
+    """1 where x > 0 else 0 (so step(0) = 0); its derivative is taken as 0 everywhere."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _latex(self, printer):
+        return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])

@@ -1,0 +1,106 @@
+"""Stage 3: numerical-stability rewrites, as small named rules.
+
+Each rule looks at one node and returns its replacement, or None. :func:`stabilize` applies
+them bottom-up until nothing changes. They run before differentiation and again on every
+derived gradient, so neither the loss nor its gradients is ever emitted in a naive form
+such as ``log(1 - sigmoid(x))`` or ``exp(x) - 1``.
+"""
+import sympy
+
+from .functions import expm1, log1p, sigmoid, softplus
+
+ONE = sympy.S.One
+
+
+def one_minus_sigmoid(node):
+    """1 − sigmoid(x) → sigmoid(−x)   (no cancellation for large x)."""
+    if node.is_Add and ONE in node.args:
+        for term in node.args:
+            if term.is_Mul and term.args == (-ONE, term.args[1]) and isinstance(term.args[1], sigmoid):
+                rest = [a for a in node.args if a is not term and a is not ONE]
+                return sympy.Add(sigmoid(-term.args[1].args[0]), *rest)
+    return None
+
+
+def log_of_sigmoid(node):
+    """log(sigmoid(x)) → −softplus(−x); with the rule above, log(1−sigmoid(x)) → −softplus(x)."""
+    if isinstance(node, sympy.log) and isinstance(node.args[0], sigmoid):
+        return -softplus(-node.args[0].args[0])
+    return None
+
+
+def power_of_sigmoid(node):
+    """sigmoid(x)**g → exp(−g·softplus(−x)); so (1−sigmoid(x))**g → exp(−g·softplus(x))."""
+    if node.is_Pow and isinstance(node.base, sigmoid) and node.exp != ONE:
+        return sympy.exp(-node.exp * softplus(-node.base.args[0]))
+    return None
+
+
+def log_one_plus(node):
+    """log(1 + u) → log1p(u)."""
+    if isinstance(node, sympy.log) and node.args[0].is_Add and ONE in node.args[0].args:
+        return log1p(node.args[0] - ONE)
+    return None
+
+
+def exp_minus_one(node):
+    """exp(u) − 1 (+ rest) → expm1(u) (+ rest)."""
+    if node.is_Add and -ONE in node.args:
+        for term in node.args:
+            if isinstance(term, sympy.exp):
+                rest = [a for a in node.args if a is not term and a is not -ONE]
+                return sympy.Add(expm1(term.args[0]), *rest)
+    return None
+
+
+def log1p_of_exp(node):
+    """log1p(exp(u)) → softplus(u)   (exp(u) may overflow; softplus does not)."""
+    if isinstance(node, log1p) and isinstance(node.args[0], sympy.exp):
+        return softplus(node.args[0].args[0])
+    return None
+
+
+def reciprocal_one_plus_exp(node):
+    """1 / (1 + exp(u)) → sigmoid(−u)."""
+    if node.is_Pow and node.exp == -ONE and node.base.is_Add and len(node.base.args) == 2 and ONE in node.base.args:
+        other = node.base.args[0] if node.base.args[1] is ONE else node.base.args[1]
+        if isinstance(other, sympy.exp):
+            return sigmoid(-other.args[0])
+    return None
+
+
+RULES = (
+    one_minus_sigmoid,
+    log_of_sigmoid,
+    power_of_sigmoid,
+    log_one_plus,
+    exp_minus_one,
+    log1p_of_exp,
+    reciprocal_one_plus_exp,
+)
+
+
+def stabilize(expr, rules=RULES):
+    """Apply ``rules`` bottom-up to a fixed point and return the rewritten expression."""
+    for _ in range(20):
+        rewritten = _rewrite(expr, rules)
+        if rewritten == expr:
+            return rewritten
+        expr = rewritten
+    return expr
+
+
+def _rewrite(node, rules):
+    if node.args:
+        args = tuple(_rewrite(a, rules) for a in node.args)
+        if args != node.args:
+            node = node.func(*args)
+    for _ in range(20):
+        for rule in rules:
+            replaced = rule(node) if isinstance(node, sympy.Basic) else None
+            if replaced is not None:
+                node = _rewrite(replaced, rules) if replaced.args else replaced
+                break
+        else:
+            return node
+    return node

@@ -1,0 +1,488 @@
+"""Stage 1: load a YAML spec and validate it into a :class:`Spec`.
+
+YAML is composed with PyYAML's *safe* loader into a node tree; only plain scalars are ever
+constructed (no tags, no anchors/aliases), and every value keeps the line it came from so
+errors read ``file:line: field: what was expected``. Expressions are only checked for the
+names they mention here; :mod:`ir` parses them.
+"""
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
+
+MAX_SPEC_BYTES = 256 * 1024
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
+CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+CPP_KEYWORDS = frozenset(
+    """alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t
+    char32_t class compl concept const consteval constexpr constinit const_cast continue co_await
+    co_return co_yield decltype default delete do double dynamic_cast else enum explicit export
+    extern false float for friend goto if inline int long mutable namespace new noexcept not not_eq
+    nullptr operator or or_eq private protected public register reinterpret_cast requires return
+    short signed sizeof static static_assert static_cast struct switch template this thread_local
+    throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t while
+    xor xor_eq half""".split()
+)
+# Names the generated code itself uses.
+RESERVED = frozenset({"np", "cp", "math", "grad_output", "forward", "forward_backward", "loss", "out", "dtype"})
+ROLES = ("prediction", "target", "extra")
+PARAM_TYPES = ("float", "int", "bool", "choice")
+TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "definitions", "loss", "exposed_as")
+LAYERS = ("gluon", "mmdet", "paddle")
+
+
+class SpecError(ValueError):
+    """A spec that does not validate: carries the file, the line and the field."""
+
+    def __init__(self, path, line, field_name, message):
+        self.path, self.line, self.field, self.message = str(path), line, field_name, message
+        super().__init__(f"{self.path}:{line}: {field_name}: {message}")
+
+
+@dataclass
+class InputSpec:
+    """One array input of a loss."""
+
+    name: str
+    role: str
+    differentiable: bool
+    doc: str
+    default: float | None
+    accuracy_grid: list
+
+
+@dataclass
+class ParamSpec:
+    """One scalar parameter; bool and choice parameters select build-time variants."""
+
+    name: str
+    type: str
+    default: object
+    doc: str
+    range: tuple = (None, None)
+    choices: tuple = ()
+
+    @property
+    def is_variant(self):
+        """True for bool/choice parameters: each value compiles to its own kernel."""
+        return self.type in ("bool", "choice")
+
+    @property
+    def values(self):
+        """The build-time values of a variant parameter, default first."""
+        allowed = [False, True] if self.type == "bool" else list(self.choices)
+        return [self.default] + [v for v in allowed if v != self.default]
+
+
+@dataclass
+class Definition:
+    """A named intermediate expression."""
+
+    name: str
+    expr: str
+
+
+@dataclass
+class Spec:
+    """A validated loss spec; ``lines`` maps field paths to source lines for later errors."""
+
+    name: str
+    summary: str
+    doc: str
+    references: list
+    inputs: list
+    parameters: list
+    definitions: list
+    loss: str
+    exposed_as: dict
+    path: str
+    lines: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def variant_params(self):
+        """Parameters fixed at build time (bool, choice)."""
+        return [p for p in self.parameters if p.is_variant]
+
+    @property
+    def runtime_params(self):
+        """Scalar parameters passed to the kernels at call time (float, int)."""
+        return [p for p in self.parameters if not p.is_variant]
+
+    @property
+    def differentiable_inputs(self):
+        """Inputs the kernels differentiate with respect to, in spec order."""
+        return [i for i in self.inputs if i.differentiable]
+
+    def error(self, field_path, message):
+        """A SpecError located at ``field_path`` (a tuple such as ('definitions', 2, 'expr'))."""
+        return SpecError(self.path, _line_of(self.lines, field_path), _field_text(field_path), message)
+
+
+def load_spec(path):
+    """Read and validate the spec file at ``path``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(path, 0, "file", f"cannot read: {err.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(path, 0, "file", f"spec is {len(data)} bytes; at most {MAX_SPEC_BYTES} are accepted")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(path, 0, "file", f"not UTF-8 text ({err.reason})") from None
+    return parse_spec_text(text, str(path))
+
+
+def parse_spec_text(text, path="<spec>"):
+    """Validate spec YAML given as text; ``path`` only labels errors."""
+    data, lines = _compose_yaml(text, path)
+    return _Validator(path, lines).spec(data)
+
+
+def _compose_yaml(text, path):
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise SpecError(path, mark.line + 1 if mark else 0, "yaml", f"not valid YAML: {err.problem}") from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise SpecError(path, 1, "file", "spec is empty; expected a mapping of spec fields")
+    lines = {}
+    return _NodeReader(path, lines, loader).read(node, ()), lines
+
+
+class _NodeReader:
+    """Turns composed YAML nodes into dicts/lists/scalars, recording each value's line."""
+
+    def __init__(self, path, lines, loader):
+        self.path, self.lines, self.loader = path, lines, loader
+        self.seen = set()
+
+    def read(self, node, at):
+        if id(node) in self.seen:
+            raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), "YAML anchors/aliases are not allowed")
+        self.seen.add(id(node))
+        self.lines[at] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, at)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.read(item, at + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node, at)
+
+    def mapping(self, node, at):
+        out = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node, at)
+            if not isinstance(key, str):
+                raise SpecError(self.path, key_node.start_mark.line + 1, _field_text(at), f"key {key!r} is not a string")
+            if key in out:
+                raise SpecError(self.path, key_node.start_mark.line + 1, _field_text(at + (key,)), "duplicate key")
+            out[key] = self.read(value_node, at + (key,))
+        return out
+
+    def scalar(self, node, at):
+        if not isinstance(node, yaml.ScalarNode) or not node.tag.startswith("tag:yaml.org,2002:"):
+            raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), f"unsupported YAML tag {node.tag}")
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as err:
+            raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), str(err.problem)) from None
+
+
+def _field_text(at):
+    text = ""
+    for part in at:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "spec"
+
+
+def _line_of(lines, at):
+    at = tuple(at)
+    while at and at not in lines:
+        at = at[:-1]
+    return lines.get(at, 0)
+
+
+class _Validator:
+    """Checks each field's type and value; raises SpecError at the first problem."""
+
+    def __init__(self, path, lines):
+        self.path, self.lines = path, lines
+
+    def fail(self, at, message):
+        raise SpecError(self.path, _line_of(self.lines, at), _field_text(at), message)
+
+    def get(self, obj, key, kind, at, required=True, default=None):
+        if key not in obj:
+            if required:
+                self.fail(at, f"missing required field '{key}'")
+            return default
+        value = obj[key]
+        if not _is_kind(value, kind):
+            self.fail(at + (key,), f"expected {_KIND_WORDS[kind]}, got {_show(value)}")
+        return value
+
+    def spec(self, data):
+        if not isinstance(data, dict):
+            self.fail((), f"expected a mapping of spec fields, got {_show(data)}")
+        for key in data:
+            if key not in TOP_FIELDS:
+                self.fail((key,), f"unknown field (known fields: {', '.join(TOP_FIELDS)})")
+        name = self.identifier(self.get(data, "name", "str", ()), ("name",))
+        summary = self.get(data, "summary", "str", ()).strip()
+        if not summary or "\n" in summary:
+            self.fail(("summary",), "expected a one-line summary")
+        spec = Spec(
+            name=name,
+            summary=summary,
+            doc=self.get(data, "doc", "str", (), required=False, default="").strip(),
+            references=self.references(data),
+            inputs=self.inputs(data),
+            parameters=self.parameters(data),
+            definitions=self.definitions(data),
+            loss=self.get(data, "loss", "str", ()),
+            exposed_as=self.exposed_as(data),
+            path=self.path,
+            lines=self.lines,
+        )
+        self.unique_names(spec)
+        self.check_references(spec)
+        return spec
+
+    def identifier(self, name, at):
+        if not IDENTIFIER.match(name):
+            self.fail(at, f"'{name}' is not an identifier: expected [a-z_][a-z0-9_]*")
+        if len(name) > 64:
+            self.fail(at, f"'{name}' is longer than 64 characters")
+        if name.startswith("_"):
+            self.fail(at, f"'{name}': names starting with '_' are reserved for generated code")
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            self.fail(at, f"'{name}' is a Python keyword")
+        if name in CPP_KEYWORDS:
+            self.fail(at, f"'{name}' is a C++ keyword")
+        if name in FUNCTIONS or name in CONSTANTS or name in RESERVED:
+            self.fail(at, f"'{name}' is reserved (a function, constant or name the generated code uses)")
+        return name
+
+    def references(self, data):
+        refs = self.get(data, "references", "list", (), required=False, default=[])
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, str):
+                self.fail(("references", i), f"expected a string, got {_show(ref)}")
+        return list(refs)
+
+    def inputs(self, data):
+        items = self.get(data, "inputs", "list", ())
+        if not items:
+            self.fail(("inputs",), "expected at least one input")
+        inputs = [self.input(item, ("inputs", i)) for i, item in enumerate(items)]
+        if not any(i.role == "prediction" for i in inputs):
+            self.fail(("inputs",), "expected an input with role 'prediction'")
+        if not any(i.differentiable for i in inputs):
+            self.fail(("inputs",), "expected at least one differentiable input")
+        return inputs
+
+    def input(self, item, at):
+        if not isinstance(item, dict):
+            self.fail(at, f"expected a mapping with name, role, differentiable, got {_show(item)}")
+        self.only(item, ("name", "role", "differentiable", "doc", "default", "accuracy_grid"), at)
+        role = self.get(item, "role", "str", at)
+        if role not in ROLES:
+            self.fail(at + ("role",), f"expected one of {', '.join(ROLES)}, got '{role}'")
+        default = self.get(item, "default", "number", at, required=False)
+        if default is not None and role != "extra":
+            self.fail(at + ("default",), "only inputs with role 'extra' may have a default")
+        grid = self.get(item, "accuracy_grid", "list", at, required=False, default=_DEFAULT_GRID[role])
+        for i, value in enumerate(grid):
+            if not _is_kind(value, "number") or not math.isfinite(value):
+                self.fail(at + ("accuracy_grid", i), f"expected a finite number, got {_show(value)}")
+        if not grid or len(grid) > 64:
+            self.fail(at + ("accuracy_grid",), "expected 1 to 64 values")
+        return InputSpec(
+            name=self.identifier(self.get(item, "name", "str", at), at + ("name",)),
+            role=role,
+            differentiable=self.get(item, "differentiable", "bool", at),
+            doc=self.get(item, "doc", "str", at, required=False, default=""),
+            default=None if default is None else float(default),
+            accuracy_grid=[float(v) for v in grid],
+        )
+
+    def parameters(self, data):
+        items = self.get(data, "parameters", "list", (), required=False, default=[])
+        return [self.parameter(item, ("parameters", i)) for i, item in enumerate(items)]
+
+    def parameter(self, item, at):
+        if not isinstance(item, dict):
+            self.fail(at, f"expected a mapping with name, type, default, got {_show(item)}")
+        self.only(item, ("name", "type", "default", "range", "choices", "doc"), at)
+        name = self.identifier(self.get(item, "name", "str", at), at + ("name",))
+        ptype = self.get(item, "type", "str", at)
+        if ptype not in PARAM_TYPES:
+            self.fail(at + ("type",), f"expected one of {', '.join(PARAM_TYPES)}, got '{ptype}'")
+        if "default" not in item:
+            self.fail(at, "missing required field 'default'")
+        param = ParamSpec(name=name, type=ptype, default=item["default"], doc=self.get(item, "doc", "str", at, False, ""))
+        if ptype in ("float", "int"):
+            param.range = self.value_range(item, ptype, at)
+        elif "range" in item:
+            self.fail(at + ("range",), f"a {ptype} parameter has no range")
+        if ptype == "choice":
+            param.choices = self.choices(item, at)
+        elif "choices" in item:
+            self.fail(at + ("choices",), "only choice parameters have choices")
+        self.check_default(param, at + ("default",))
+        return param
+
+    def value_range(self, item, ptype, at):
+        bounds = self.get(item, "range", "list", at, required=False, default=[None, None])
+        if len(bounds) != 2:
+            self.fail(at + ("range",), "expected [low, high] (null for unbounded)")
+        for i, bound in enumerate(bounds):
+            if bound is not None and not _is_kind(bound, ptype if ptype == "int" else "number"):
+                self.fail(at + ("range", i), f"expected {_KIND_WORDS[ptype]} or null, got {_show(bound)}")
+        low, high = bounds
+        if low is not None and high is not None and low > high:
+            self.fail(at + ("range",), f"low {low} is above high {high}")
+        return (low, high)
+
+    def choices(self, item, at):
+        choices = self.get(item, "choices", "list", at)
+        if len(choices) < 2:
+            self.fail(at + ("choices",), "expected at least two choices")
+        for i, choice in enumerate(choices):
+            if not isinstance(choice, str) or not IDENTIFIER.match(choice):
+                self.fail(at + ("choices", i), f"expected an identifier string, got {_show(choice)}")
+        if len(set(choices)) != len(choices):
+            self.fail(at + ("choices",), "duplicate choice")
+        return tuple(choices)
+
+    def check_default(self, param, at):
+        value, ptype = param.default, param.type
+        kind = {"float": "number", "int": "int", "bool": "bool", "choice": "str"}[ptype]
+        if not _is_kind(value, kind) or (ptype == "float" and not math.isfinite(value)):
+            self.fail(at, f"expected {_KIND_WORDS[kind]} for a {ptype} parameter, got {_show(value)}")
+        if ptype == "choice" and value not in param.choices:
+            self.fail(at, f"'{value}' is not one of the choices {', '.join(param.choices)}")
+        low, high = param.range
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.fail(at, f"default {value} is outside the range [{low}, {high}]")
+        if ptype == "float":
+            param.default = float(value)
+
+    def definitions(self, data):
+        items = self.get(data, "definitions", "list", (), required=False, default=[])
+        out = []
+        for i, item in enumerate(items):
+            at = ("definitions", i)
+            if not isinstance(item, dict):
+                self.fail(at, f"expected a mapping with name and expr, got {_show(item)}")
+            self.only(item, ("name", "expr", "doc"), at)
+            name = self.identifier(self.get(item, "name", "str", at), at + ("name",))
+            out.append(Definition(name, self.get(item, "expr", "str", at)))
+        return out
+
+    def exposed_as(self, data):
+        names = self.get(data, "exposed_as", "dict", (), required=False, default={})
+        for layer, cls in names.items():
+            if layer not in LAYERS:
+                self.fail(("exposed_as", layer), f"unknown layer (known: {', '.join(LAYERS)})")
+            if not isinstance(cls, str) or not CLASS_NAME.match(cls):
+                self.fail(("exposed_as", layer), f"expected a class or function name, got {_show(cls)}")
+        return dict(names)
+
+    def only(self, item, allowed, at):
+        for key in item:
+            if key not in allowed:
+                self.fail(at + (key,), f"unknown field (allowed: {', '.join(allowed)})")
+
+    def unique_names(self, spec):
+        seen = {}
+        groups = [("inputs", spec.inputs), ("parameters", spec.parameters), ("definitions", spec.definitions)]
+        for group, items in groups:
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    self.fail((group, i, "name"), f"duplicate name '{item.name}' (already used in {seen[item.name]})")
+                seen[item.name] = group
+
+    def check_references(self, spec):
+        """Every expression parses and names only known symbols; definitions are acyclic."""
+        defined = {d.name for d in spec.definitions}
+        known = {i.name for i in spec.inputs} | {p.name for p in spec.parameters} | defined | set(CONSTANTS)
+        graph = {}
+        texts = [(("definitions", i, "expr"), d.name, d.expr) for i, d in enumerate(spec.definitions)]
+        for at, owner, text in texts + [(("loss",), None, spec.loss)]:
+            try:
+                names = referenced_names(text)
+            except ExprError as err:
+                self.fail(at, str(err))
+            unknown = sorted(names - known)
+            if unknown:
+                self.fail(at, f"undefined symbol '{unknown[0]}'{did_you_mean(unknown[0], sorted(known))}")
+            if owner is not None:
+                graph[owner] = sorted(names & defined)
+        cycle = _find_cycle(graph)
+        if cycle:
+            index = [d.name for d in spec.definitions].index(cycle[0])
+            self.fail(("definitions", index, "expr"), "cyclic definitions: " + " -> ".join(cycle))
+
+
+def _find_cycle(graph):
+    state = {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, trail + [nxt])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for start in graph:
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+
+_DEFAULT_GRID = {
+    "prediction": [-1e4, -30.0, -3.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0, 30.0, 1e4],
+    "target": [0.0, 1.0],
+    "extra": [1.0],
+}
+_KIND_WORDS = {
+    "str": "a string",
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "number": "a number",
+    "list": "a list",
+    "dict": "a mapping",
+}
+
+
+def _is_kind(value, kind):
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "list": list, "dict": dict, "float": float}[kind])
+
+
+def _show(value):
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
