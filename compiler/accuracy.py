@@ -1,0 +1,125 @@
+"""``lossc accuracy``: the generated NumPy kernels vs 50-digit (and more) mpmath truth.
+
+The grid for each loss is the Cartesian product of its inputs' ``accuracy_grid`` values,
+with parameters at their defaults, for every variant, in float32 and float64 (inputs and
+parameters rounded to the dtype first, so the truth is the exact value at the numbers the
+kernel really received). The error is relative, except where the truth is below the
+dtype's smallest normal, where the absolute error must stay below that smallest normal.
+Points where the truth is not real (e.g. a probability outside [0, 1]) or overflows the
+dtype are left out, and the grids avoid the zeros of each output (a gradient's root, or
+a loss of ~eps at a perfect prediction), where a relative bound means nothing for any
+evaluation in the same precision; the tests cover those places with absolute bounds.
+Bounds: float64 ≤ 1e-12, float32 ≤ 4e-6, and never NaN/Inf where
+the truth is finite.
+"""
+import importlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .derive import declared_gradients
+from .ir import build_ir, variants
+from .mp_eval import NotReal, truth
+from .spec import load_spec
+
+BOUNDS = {np.float32: 4e-6, np.float64: 1e-12}
+
+
+@dataclass
+class AccuracyRow:
+    """Worst error of one output (loss or a gradient) of one variant in one dtype."""
+
+    loss: str
+    variant: dict
+    output: str
+    dtype: str
+    max_error: float
+    worst_inputs: dict
+    nonfinite: int
+    points: int
+
+    @property
+    def ok(self):
+        """Within the dtype's bound and never non-finite where the truth is finite."""
+        return self.nonfinite == 0 and self.max_error <= BOUNDS[np.dtype(self.dtype).type]
+
+
+def grid_points(spec):
+    """The accuracy grid: a list of {input name: value} dicts."""
+    names = [i.name for i in spec.inputs]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(i.accuracy_grid for i in spec.inputs))]
+
+
+def measure(spec_path, dtypes=(np.float32, np.float64)):
+    """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``."""
+    spec = load_spec(spec_path)
+    rows = []
+    for variant in variants(spec):
+        ir = build_ir(spec, variant)
+        module = importlib.import_module(f"lossc.generated.numpy.{ir.module_name}")
+        truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in declared_gradients(ir).items()}}
+        for dtype in dtypes:
+            rows += _measure_variant(spec, ir, module, truths, dtype)
+    return rows
+
+
+def _measure_variant(spec, ir, module, truths, dtype):
+    points = grid_points(spec)
+    arrays = {name: np.array([p[name] for p in points], dtype=dtype) for name in points[0]}
+    params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
+    loss, grads = module.forward_backward(**arrays, **params)
+    forward_only = module.forward(**arrays, **params)
+    outputs = {"loss": loss, "loss (forward)": forward_only}
+    outputs.update({f"d/d{name}": g for name, g in zip(module.DIFFERENTIABLE, grads)})
+    exact_inputs = [{k: float(v[i]) for k, v in arrays.items()} for i in range(len(points))]
+    rows = []
+    for output, got in outputs.items():
+        expr = truths["loss" if output.startswith("loss") else output]
+        rows.append(_compare(spec, ir, output, dtype, np.broadcast_to(got, loss.shape), expr, exact_inputs, params))
+    return rows
+
+
+def _compare(spec, ir, output, dtype, got, expr, exact_inputs, params):
+    info = np.finfo(dtype)
+    worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
+    for i, inputs in enumerate(exact_inputs):
+        try:
+            value = float(truth(expr, {**inputs, **params}))
+        except NotReal:
+            continue
+        if not np.isfinite(value) or abs(value) > info.max:
+            continue
+        used += 1
+        g = float(got[i])
+        if not np.isfinite(g):
+            nonfinite += 1
+            worst_at = inputs
+            continue
+        error = abs(g - value) / abs(value) if abs(value) >= info.tiny else abs(g - value) / info.tiny * BOUNDS[dtype]
+        if abs(value) < info.tiny and abs(g - value) <= info.tiny:
+            error = 0.0
+        if error > worst:
+            worst, worst_at = error, inputs
+    return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
+
+
+def accuracy_report(names, specs_dir, log=print):
+    """Print the accuracy table for the named specs (all when None); True if all pass."""
+    paths = sorted(Path(specs_dir).glob("*.yaml"))
+    if names:
+        paths = [p for p in paths if p.stem in names]
+    ok = True
+    log(f"{'loss':16s} {'variant':40s} {'output':16s} {'float32':>10s} {'float64':>10s}  status")
+    for path in paths:
+        rows = measure(path)
+        for key in dict.fromkeys((r.loss, str(r.variant), r.output) for r in rows):
+            pair = {r.dtype: r for r in rows if (r.loss, str(r.variant), r.output) == key}
+            good = all(r.ok for r in pair.values())
+            ok &= good
+            variant = ", ".join(f"{k}={v}" for k, v in pair["float64"].variant.items()) or "-"
+            log(f"{key[0]:16s} {variant:40s} {key[2]:16s} {pair['float32'].max_error:10.2e} "
+                f"{pair['float64'].max_error:10.2e}  {'ok' if good else 'FAIL'}"
+                + "".join(f" ({r.dtype} worst at {r.worst_inputs})" for r in pair.values() if not r.ok))
+    return ok

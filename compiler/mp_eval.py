@@ -1,0 +1,141 @@
+"""Evaluate SymPy loss expressions with mpmath, as the independent truth for kernels.
+
+The expressions evaluated are the ones the spec *declared* (before any stability rewrite),
+so agreement with the kernels tests rewrites, lowering, CSE and printing together. Naive
+forms such as log(1 − σ(10⁴)) need thousands of digits; :func:`truth` raises the working
+precision until two evaluations agree to 40 significant digits.
+"""
+import mpmath
+import sympy
+
+from .functions import expm1, log1p, relu, sigmoid, softplus, step
+
+GUARD_BITS = 160  # bits beyond the worst absorption/cancellation: ≥ 40 correct digits
+START_BITS = 256
+MAX_BITS = 400_000
+
+
+class NotReal(ValueError):
+    """The expression has no real value at this point (e.g. the log of a negative number)."""
+
+
+def _sigmoid(x):
+    return 1 / (1 + mpmath.exp(-x))
+
+
+_FUNCTIONS = {
+    sympy.exp: mpmath.exp,
+    sympy.log: mpmath.log,
+    log1p: mpmath.log1p,
+    expm1: mpmath.expm1,
+    sympy.Abs: abs,
+    sympy.sign: mpmath.sign,
+    sympy.loggamma: mpmath.loggamma,
+    sigmoid: _sigmoid,
+    softplus: lambda x: mpmath.log1p(mpmath.exp(x)),
+    relu: lambda x: max(x, 0),
+    step: lambda x: mpmath.mpf(1) if x > 0 else mpmath.mpf(0),
+}
+_COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+class _Evaluator:
+    """Evaluates at the current precision and records how many bits additions could lose.
+
+    ``lost_bits`` is the largest, over all sums, of (largest term magnitude − smallest
+    non-zero term magnitude) and (largest term magnitude − result magnitude), in bits:
+    absorption of a tiny term and cancellation of large ones both show up there.
+    ``exact_zero`` is set when a sum of non-zero terms came out exactly zero.
+    """
+
+    def __init__(self, env):
+        self.env = env
+        self.lost_bits = 0
+        self.exact_zero = False
+
+    def value(self, expr):
+        """Value of ``expr`` (an mpf)."""
+        if expr.is_Symbol:
+            return self.env[expr.name]
+        if expr.is_Float:
+            return mpmath.mpf(expr._mpf_)
+        if expr.is_Rational:
+            return mpmath.mpf(expr.p) / expr.q
+        if expr is sympy.pi:
+            return +mpmath.pi
+        if expr is sympy.E:
+            return mpmath.e
+        if expr.is_Add:
+            return self.add([self.value(a) for a in expr.args])
+        if expr.is_Mul:
+            return mpmath.fprod(self.value(a) for a in expr.args)
+        if expr.is_Pow:
+            base, exponent = self.value(expr.base), self.value(expr.exp)
+            if base == 0 and exponent < 0:
+                return mpmath.inf
+            return _real(base**exponent)
+        if isinstance(expr, sympy.Piecewise):
+            for value, cond in expr.args:
+                if self.condition(cond):
+                    return self.value(value)
+            raise NotReal("no branch of a where() applies")
+        if isinstance(expr, sympy.polygamma) and expr.args[0] == 0:
+            return mpmath.digamma(self.value(expr.args[1]))
+        if expr.func in _FUNCTIONS:
+            return _real(_FUNCTIONS[expr.func](*(self.value(a) for a in expr.args)))
+        raise TypeError(f"mp_eval cannot evaluate {expr.func.__name__}")
+
+    def add(self, terms):
+        total = mpmath.fsum(terms)
+        mags = [mpmath.mag(t) for t in terms if t != 0 and mpmath.isfinite(t)]
+        if len(mags) > 1 and mpmath.isfinite(total):
+            top = max(mags)
+            self.lost_bits = max(self.lost_bits, top - min(mags))
+            if total == 0:
+                self.exact_zero = True
+            else:
+                self.lost_bits = max(self.lost_bits, top - mpmath.mag(total))
+        return total
+
+    def condition(self, cond):
+        """Truth value of a SymPy boolean."""
+        if cond is sympy.true:
+            return True
+        if cond is sympy.false:
+            return False
+        if isinstance(cond, sympy.And):
+            return all(self.condition(c) for c in cond.args)
+        if isinstance(cond, sympy.Or):
+            return any(self.condition(c) for c in cond.args)
+        if isinstance(cond, sympy.Not):
+            return not self.condition(cond.args[0])
+        return _COMPARE[cond.rel_op](self.value(cond.lhs), self.value(cond.rhs))
+
+
+def _real(value):
+    if isinstance(value, mpmath.mpc):
+        if value.imag != 0:
+            raise NotReal("complex value")
+        return value.real
+    return value
+
+
+def truth(expr, values):
+    """``expr`` at ``values`` (name → exact float) with at least 40 correct digits, as an mpf.
+
+    The working precision is raised until it exceeds the bits any sum could lose; a sum
+    that came out exactly zero is confirmed at 2048 more bits. Raises NotReal where the
+    expression has no real value.
+    """
+    bits, zero_confirmed = START_BITS, False
+    while bits <= MAX_BITS:
+        with mpmath.workprec(bits):
+            evaluator = _Evaluator({name: mpmath.mpf(v) for name, v in values.items()})
+            value = evaluator.value(expr)
+        needed = evaluator.lost_bits + GUARD_BITS
+        if needed <= bits and (not evaluator.exact_zero or zero_confirmed):
+            return value
+        zero_confirmed = needed <= bits
+        bits = max(needed + 64, bits + 2048 if zero_confirmed else bits)
+    raise ValueError(f"more than {MAX_BITS} bits needed for {expr} at {values}")
