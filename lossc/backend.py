@@ -1,0 +1,43 @@
+"""Array dispatch: NumPy arrays run the NumPy kernels, CuPy arrays the CuPy kernels."""
+import numpy as np
+
+
+def _cupy_ndarray():
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy.ndarray
+
+
+def array_module(*arrays):
+    """``numpy`` or ``cupy`` for the given arrays; a mix of the two is a TypeError naming both."""
+    cupy_type = _cupy_ndarray()
+    kinds = {}
+    for a in arrays:
+        if a is None:
+            continue
+        if cupy_type is not None and isinstance(a, cupy_type):
+            kinds.setdefault("cupy", type(a))
+        elif isinstance(a, np.ndarray):
+            kinds.setdefault("numpy", type(a))
+    if len(kinds) > 1:
+        raise TypeError(
+            f"arrays of different libraries: {kinds['numpy'].__module__}.{kinds['numpy'].__name__} and "
+            f"{kinds['cupy'].__module__}.{kinds['cupy'].__name__}; move them to one device first"
+        )
+    if "cupy" in kinds:
+        import cupy
+
+        return cupy
+    return np
+
+
+def sum_to_shape(xp, array, shape):
+    """Sum ``array`` over the axes along which ``shape`` was broadcast to reach it."""
+    if array.shape == tuple(shape):
+        return array
+    extra = array.ndim - len(shape)
+    summed = array.sum(axis=tuple(range(extra))) if extra > 0 else array
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and summed.shape[i] != 1)
+    return summed.sum(axis=axes, keepdims=True).reshape(shape) if axes else summed.reshape(shape)

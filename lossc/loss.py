@@ -1,0 +1,158 @@
+"""Loss objects: bind arrays and parameters to a generated kernel, then run the pipeline."""
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import array_module, sum_to_shape
+from .elementwise import compute_dtype
+from .pipeline import Pipeline
+
+PIPELINE_ARGS = ("weight", "reduction", "avg_factor", "loss_weight")
+
+
+@dataclass
+class BoundCall:
+    """A loss's inputs (in spec order, as arrays), kernel module and runtime parameters."""
+
+    xp: object
+    module: object
+    arrays: list
+    params: dict
+
+    @property
+    def prediction(self):
+        """The first input (role 'prediction'); it decides dtype and element shape."""
+        return self.arrays[0]
+
+
+class Loss:
+    """One loss built from a spec: ``loss(pred, label, ..., reduction='mean', weight=...)``.
+
+    Inputs go positionally or by name, parameters by name; ``weight``, ``reduction``
+    ('none' | 'mean' | 'sum'), ``avg_factor`` and ``loss_weight`` are the shared pipeline.
+    """
+
+    def __init__(self, manifest, load_module):
+        self.name = manifest["name"]
+        self.summary = manifest["summary"]
+        self.doc = manifest["doc"]
+        self.manifest = manifest
+        self.inputs = manifest["inputs"]
+        self.parameters = {p["name"]: p for p in manifest["parameters"]}
+        self.exposed_as = manifest.get("exposed_as", {})
+        self._load_module = load_module
+        self._modules = {}
+
+    def __repr__(self):
+        return f"<lossc.Loss {self.name}: {self.summary}>"
+
+    @property
+    def differentiable(self):
+        """Names of the inputs ``value_and_grad`` returns gradients for, in order."""
+        return tuple(i["name"] for i in self.inputs if i["differentiable"])
+
+    def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
+        """The loss after the pipeline (element-wise when reduction='none')."""
+        call = self.bind(args, kwargs)
+        return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight))
+
+    def value_and_grad(
+        self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, grad_output=None, **kwargs
+    ):
+        """(loss, grads): grads[i] is d sum(loss · grad_output) / d differentiable input i."""
+        call = self.bind(args, kwargs)
+        return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight), True, grad_output)
+
+    def bind(self, args, kwargs):
+        """Match positional/keyword arguments to inputs and parameters; validate them."""
+        values = dict(kwargs)
+        if len(args) > len(self.inputs):
+            raise TypeError(f"{self.name} takes at most {len(self.inputs)} inputs, got {len(args)}")
+        for spec, arg in zip(self.inputs, args):
+            if spec["name"] in values:
+                raise TypeError(f"{self.name} got input '{spec['name']}' twice")
+            values[spec["name"]] = arg
+        unknown = sorted(set(values) - {i["name"] for i in self.inputs} - set(self.parameters))
+        if unknown:
+            raise TypeError(
+                f"{self.name} got unknown argument(s) {', '.join(map(repr, unknown))}; inputs: "
+                f"{', '.join(i['name'] for i in self.inputs)}; parameters: {', '.join(self.parameters) or 'none'}; "
+                f"pipeline: {', '.join(PIPELINE_ARGS)}"
+            )
+        raw = [values.get(i["name"], i["default"]) for i in self.inputs]
+        for spec, value in zip(self.inputs, raw):
+            if value is None:
+                raise TypeError(f"{self.name} is missing input '{spec['name']}'")
+        xp = array_module(*raw)
+        arrays = [self._input_array(xp, spec, value, raw[0]) for spec, value in zip(self.inputs, raw)]
+        params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
+        variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
+        runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
+        return BoundCall(xp, self._module(xp, variant), arrays, runtime)
+
+    def evaluate(self, call, pipeline, with_grad=False, grad_output=None):
+        """Run the kernel and ``pipeline``; with_grad also returns the input gradients."""
+        xp, pred = call.xp, call.prediction
+        elem_shape = np.broadcast_shapes(*(a.shape for a in call.arrays))
+        pipeline.check(elem_shape)
+        compute = compute_dtype(pred.dtype)
+        if not with_grad:
+            return pipeline.apply(xp, call.module.forward(*call.arrays, **call.params), compute)
+        upstream = pipeline.upstream(xp, elem_shape, compute, grad_output)
+        elem, grads = call.module.forward_backward(*call.arrays, **call.params, grad_output=upstream)
+        loss = pipeline.apply(xp, elem, compute)
+        shapes = [a.shape for a, i in zip(call.arrays, self.inputs) if i["differentiable"]]
+        return loss, tuple(sum_to_shape(xp, g, s) for g, s in zip(grads, shapes))
+
+    def _input_array(self, xp, spec, value, prediction):
+        array = xp.asarray(value)
+        name = spec["name"]
+        if spec["role"] == "prediction":
+            if array.dtype.kind != "f":
+                raise TypeError(f"{self.name}: input '{name}' must be a floating-point array, got dtype {array.dtype}")
+            return array
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: input '{name}' must be real numbers, got dtype {array.dtype}")
+        pred_shape = np.shape(prediction)
+        if spec["role"] == "target" and array.shape != pred_shape:
+            raise ValueError(f"{self.name}: '{name}' has shape {array.shape} but the prediction has shape {pred_shape}")
+        try:
+            fits = np.broadcast_shapes(array.shape, pred_shape) == pred_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{self.name}: '{name}' of shape {array.shape} does not broadcast to the prediction shape {pred_shape}")
+        return array
+
+    def _param(self, name, value):
+        p = self.parameters[name]
+        kind = p["type"]
+        if kind == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{self.name}: parameter '{name}' must be True or False, got {value!r}")
+            return bool(value)
+        if kind == "choice":
+            if value not in p["choices"]:
+                raise ValueError(f"{self.name}: parameter '{name}' must be one of {', '.join(map(repr, p['choices']))}, got {value!r}")
+            return value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{self.name}: parameter '{name}' must be a real number, got {type(value).__name__}")
+        if kind == "int" and int(value) != value:
+            raise ValueError(f"{self.name}: parameter '{name}' must be an integer, got {value!r}")
+        low, high = p["range"]
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"{self.name}: parameter '{name}' must be in [{low}, {high}], got {value!r}")
+        return int(value) if kind == "int" else float(value)
+
+    def _module(self, xp, variant):
+        if xp is not np:
+            raise NotImplementedError(
+                f"{self.name}: CuPy kernels are not generated yet; pass NumPy arrays (CuPy support is issue 5)"
+            )
+        key = tuple(sorted(variant.items()))
+        if key not in self._modules:
+            entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
+            self._modules[key] = self._load_module(entry["numpy_module"])
+        return self._modules[key]
