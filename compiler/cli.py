@@ -127,3 +127,7 @@ def _accuracy(args):
 
     ok = accuracy_report(args.names or None, default_specs_dir())
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -142,6 +142,9 @@ def _parse_tree(text):
         raise ExprError(f"expression has {len(nodes)} syntax nodes; at most {MAX_NODES} are accepted")
     if _depth(tree) > MAX_DEPTH:
         raise ExprError(f"expression is nested more than {MAX_DEPTH} levels deep")
+    for node in nodes:
+        if isinstance(node, tuple(_NODE_WORDS)):
+            raise ExprError(f"{_describe(node)} is not allowed in a loss expression")
     return tree
 
 

@@ -31,6 +31,7 @@ CPP_KEYWORDS = frozenset(
 # Names the generated code itself uses.
 RESERVED = frozenset({"np", "cp", "math", "grad_output", "forward", "forward_backward", "loss", "out", "dtype"})
 ROLES = ("prediction", "target", "extra")
+ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 PARAM_TYPES = ("float", "int", "bool", "choice")
 TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "definitions", "loss", "exposed_as")
 LAYERS = ("gluon", "mmdet", "paddle")
@@ -168,6 +169,8 @@ class _NodeReader:
         self.seen = set()
 
     def read(self, node, at):
+        if node.tag not in ALLOWED_TAGS:
+            raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), f"unsupported YAML tag {node.tag}")
         if id(node) in self.seen:
             raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), "YAML anchors/aliases are not allowed")
         self.seen.add(id(node))
@@ -190,7 +193,7 @@ class _NodeReader:
         return out
 
     def scalar(self, node, at):
-        if not isinstance(node, yaml.ScalarNode) or not node.tag.startswith("tag:yaml.org,2002:"):
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in ALLOWED_TAGS:
             raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), f"unsupported YAML tag {node.tag}")
         try:
             return self.loader.construct_object(node, deep=True)
