@@ -26,6 +26,9 @@ class sigmoid(sympy.Function):
     def _eval_is_positive(self):
         return self.args[0].is_real
 
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sympy.exp(-x))
+
     def _latex(self, printer):
         return r"\sigma\left(%s\right)" % printer._print(self.args[0])
 
@@ -37,6 +40,9 @@ class softplus(sympy.Function):
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return sympy.log(1 + sympy.exp(x))
 
     def _eval_is_real(self):
         return self.args[0].is_real

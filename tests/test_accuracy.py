@@ -1,0 +1,47 @@
+"""`lossc accuracy`: every loss, variant and gradient within the required bounds."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import spec_paths
+from lossc.compiler.accuracy import measure
+
+
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_accuracy_bounds(path):
+    rows = measure(path)
+    assert rows
+    for row in rows:
+        assert row.points > 0
+        assert row.nonfinite == 0, row
+        bound = 4e-6 if row.dtype == "float32" else 1e-12
+        assert row.max_error <= bound, row
+
+
+def test_grid_covers_extremes():
+    grids = {p.stem: {i.name: i.accuracy_grid for i in __import__("lossc.compiler.spec", fromlist=["x"]).load_spec(p).inputs}
+             for p in spec_paths()}
+    for name in ("sigmoid_bce", "sigmoid_focal", "logistic"):
+        assert min(grids[name]["pred"]) == -1e4 and max(grids[name]["pred"]) == 1e4
+    assert {0.0, 1.0} <= set(grids["sigmoid_focal"]["label"])
+
+
+def test_accuracy_cli_prints_table():
+    result = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "accuracy", "l2", "sigmoid_focal"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["loss", "variant", "output", "float32", "float64"]
+    assert any(l.startswith("sigmoid_focal") and "d/dpred" in l and l.endswith("ok") for l in lines)
+
+
+def test_accuracy_detects_a_wrong_kernel(monkeypatch):
+    import lossc.generated.numpy.l2 as l2
+
+    real = l2.forward_backward
+    monkeypatch.setattr(l2, "forward_backward", lambda *a, **k: (real(*a, **k)[0] * (1 + 1e-9), real(*a, **k)[1]))
+    rows = {(r.output, r.dtype): r for r in measure(next(p for p in spec_paths() if p.stem == "l2"))}
+    assert not rows[("loss", "float64")].ok
+    assert rows[("loss", "float32")].ok and rows[("d/dpred", "float64")].ok
