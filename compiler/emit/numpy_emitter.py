@@ -1,32 +1,62 @@
 """NumPy emitter: a DerivedLoss → the source of one module in ``generated/numpy/``."""
+from dataclasses import dataclass
+
 from . import template
-from .numpy_printer import NumPyPrinter
+from .numpy_ufuncs import linearize
+
+
+@dataclass
+class KernelCode:
+    """One generated kernel function: signature pieces, scratch sizes and body lines."""
+
+    name: str
+    doc: str
+    args: str
+    targets: str
+    unpack: list
+    lines: list
+    scratch: tuple
 
 
 def emit_numpy(derived, spec_file):
     """Render the NumPy kernels of one loss variant as Python source text."""
-    printer = NumPyPrinter({"order": "lex"})
     ir = derived.ir
     spec = ir.spec
-    tpl = template("numpy_module.py.j2")
     inputs = [i.name for i in spec.inputs]
     params = [p.name for p in spec.runtime_params]
-    return tpl.render(
+    differentiable = [i.name for i in spec.differentiable_inputs]
+    kernels = [
+        _kernel("_forward", "Element-wise loss of one chunk, into _out.", derived.forward, ir,
+                inputs + params, 1, scale=False),
+        _kernel("_forward_backward", "Loss and grad_output·∂loss/∂input of one chunk, into _out.",
+                derived.forward_backward, ir, inputs + ["grad_output"] + params, 1 + len(differentiable), scale=True),
+    ]
+    return template("numpy_module.py.j2").render(
         name=spec.name,
         summary=spec.summary,
         spec_file=spec_file,
         variant_text=", ".join(f"{k}={v!r}" for k, v in ir.variant.items()) or "the only one",
         variant_repr=repr(ir.variant),
         inputs=inputs,
-        differentiable=[i.name for i in spec.differentiable_inputs],
+        differentiable=differentiable,
         params=params,
-        param_args="".join(f", {p}" for p in params),
+        kernels=kernels,
         signature=_signature(spec),
         input_names=", ".join(inputs),
         param_names="".join(f"{p}, " for p in params).rstrip(" "),
-        forward=_code(derived.forward, printer),
-        forward_backward=_code(derived.forward_backward, printer),
     )
+
+
+def _kernel(name, doc, kernel, ir, args, n_outputs, scale):
+    targets = [f"_out{i}" for i in range(n_outputs)]
+    program = linearize(kernel, ir.param_symbols, targets, scale_gradients=scale)
+    unpack = [
+        f"{', '.join(f'{prefix}{i}' for i in range(count))}, = _s[{slot}]"
+        for slot, (prefix, count) in enumerate((("_f", program.floats), ("_b", program.bools), ("_i", program.ints)))
+        if count
+    ]
+    return KernelCode(name, doc, ", ".join(args), ", ".join(targets) + ",", unpack, program.lines,
+                      (program.floats, program.bools, program.ints))
 
 
 def _signature(spec):
@@ -36,15 +66,3 @@ def _signature(spec):
         parts.append("*")
         parts += [f"{p.name}={p.default!r}" for p in spec.runtime_params]
     return ", ".join(parts)
-
-
-class _Code:
-    def __init__(self, assignments, outputs):
-        self.assignments, self.outputs = assignments, outputs
-
-
-def _code(kernel, printer):
-    return _Code(
-        [(printer.doprint(sym), printer.doprint(expr)) for sym, expr in kernel.assignments],
-        [printer.doprint(expr) for expr in kernel.outputs],
-    )

@@ -1,13 +1,15 @@
-"""SymPy → NumPy expression code, one ``_print_<Node>`` method per node kind.
+"""SymPy → Python code for *scalar* sub-expressions, one ``_print_<Node>`` per node kind.
 
-Numbers print as plain Python literals: under NumPy's promotion rules (NEP 50) they are
-"weak" and never widen a float32 or float16 array to float64.
+Array work is emitted as ufunc calls by :mod:`numpy_ufuncs`; this printer covers what
+depends on parameters and constants only (e.g. ``1 - alpha``), which the kernels keep as
+Python scalars: under NumPy's promotion rules (NEP 50) those are "weak" and never widen a
+float32 or float16 array to float64. Numbers print as plain Python literals.
 """
 from sympy.printing.str import StrPrinter
 
 
 class NumPyPrinter(StrPrinter):
-    """Prints lowered, CSE'd loss expressions as NumPy code (``np`` is numpy)."""
+    """Prints scalar (parameter-only) loss sub-expressions as Python code (``np`` is numpy)."""
 
     printmethod = "_lossc_numpy"
 
@@ -60,10 +62,10 @@ class NumPyPrinter(StrPrinter):
         return self._call("np.sign", expr)
 
     def _print_relu(self, expr):
-        return f"np.maximum({self._print(expr.args[0])}, 0)"
+        return f"max({self._print(expr.args[0])}, 0.0)"
 
     def _print_step(self, expr):
-        return f"np.heaviside({self._print(expr.args[0])}, 0)"
+        return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
 
     def _print_loggamma(self, expr):
         return self._call("special.lgamma", expr)
@@ -75,32 +77,22 @@ class NumPyPrinter(StrPrinter):
 
     def _print_Piecewise(self, expr):
         *pieces, (last_value, last_cond) = expr.args
-        code = self._branch(last_value) if last_cond == True else "np.nan"  # noqa: E712
+        code = self._print(last_value) if last_cond == True else "float('nan')"  # noqa: E712
         for value, cond in reversed(pieces):
-            code = f"np.where({self._print(cond)}, {self._branch(value)}, {code})"
+            code = f"({self._print(value)} if {self._print(cond)} else {code})"
         return code
-
-    def _branch(self, value):
-        """A constant branch of where() is made an array scalar of the computing dtype."""
-        return f"_dtype({self._print(value)})" if value.is_Number else self._print(value)
 
     def _print_Relational(self, expr):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
 
     def _print_And(self, expr):
-        return self._logical("np.logical_and", expr)
+        return "(" + " and ".join(self._print(a) for a in expr.args) + ")"
 
     def _print_Or(self, expr):
-        return self._logical("np.logical_or", expr)
-
-    def _logical(self, fname, expr):
-        code = self._print(expr.args[0])
-        for arg in expr.args[1:]:
-            code = f"{fname}({code}, {self._print(arg)})"
-        return code
+        return "(" + " or ".join(self._print(a) for a in expr.args) + ")"
 
     def _print_Not(self, expr):
-        return f"np.logical_not({self._print(expr.args[0])})"
+        return f"(not {self._print(expr.args[0])})"
 
     def _print_BooleanTrue(self, expr):
         return "True"
