@@ -92,7 +92,7 @@ def test_extreme_logits_stay_finite_and_accurate(key, dtype):
     loss, (dpred,) = kernel(key).forward_backward(pred, label)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(dpred))
     rel = 4e-6 if dtype == np.float32 else 1e-12
-    tiny = np.finfo(dtype).tiny
+    tiny = float(np.finfo(dtype).tiny)
     for i in range(len(pred)):
         want, want_grad = float(value(key, pred[i], label[i])), float(grad(key, pred[i], label[i]))
         assert loss[i] == pytest.approx(want, rel=rel, abs=tiny)
