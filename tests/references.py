@@ -37,6 +37,7 @@ def poisson(from_logits, compute_full):
 REFERENCES = {
     ("l2", ()): lambda p, y: (y - p) ** 2 / 2,
     ("l1", ()): lambda p, y: abs(y - p),
+    ("mse", ()): lambda p, y: (p - y) ** 2,
     ("huber", ()): huber,
     ("hinge", ()): lambda p, y, margin=1.0: max(0, margin - p * y),
     ("squared_hinge", ()): lambda p, y, margin=1.0: max(0, margin - p * y) ** 2,

@@ -48,6 +48,8 @@ def test_bce_from_probabilities(torch, data):
 def test_l1_l2_huber(torch, data):
     x, t, _, _ = data
     check(kernel("l1").forward_backward(x, t), torch_value_and_grad(torch, lambda a, b: torch.abs(a - b), x, t))
+    mse = lambda a, b: torch.nn.functional.mse_loss(a, b, reduction="none")
+    check(kernel("mse").forward_backward(x, t), torch_value_and_grad(torch, mse, x, t))
     half_mse = lambda a, b: 0.5 * torch.nn.functional.mse_loss(a, b, reduction="none")
     check(kernel("l2").forward_backward(x, t), torch_value_and_grad(torch, half_mse, x, t))
     for rho in (0.5, 1.0, 3.0):

@@ -33,7 +33,7 @@ def sample(key, n, rng):
             pred = rng.uniform(0.05, 20, n)
     elif name == "sigmoid_bce" and variant["from_sigmoid"]:
         pred, label = rng.uniform(0.01, 0.99, n), rng.uniform(0, 1, n)
-    elif name in ("l1", "l2", "huber"):
+    elif name in ("l1", "l2", "mse", "huber"):
         label = rng.normal(0, 4, n)
     else:
         label = rng.choice([0.0, 1.0, 0.3], n)
