@@ -60,7 +60,7 @@ def fuse(exprs):
     """Lower ``exprs`` and eliminate their common subexpressions into one Kernel."""
     lowered = [lower(e) for e in exprs]
     temporaries = sympy.numbered_symbols("_t", real=True)
-    assignments, outputs = sympy.cse(lowered, symbols=temporaries, order="canonical")
+    assignments, outputs = sympy.cse(lowered, symbols=temporaries, order="canonical", optimizations="basic")
     return Kernel(assignments=list(assignments), outputs=list(outputs))
 
 

@@ -8,7 +8,7 @@ PyTorch convention for kinks: the derivative of max(0, x) at x = 0 is 0.
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-__all__ = ["sigmoid", "softplus", "relu", "step", "log1p", "expm1"]
+__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "log1p", "expm1"]
 
 
 class sigmoid(sympy.Function):
@@ -85,3 +85,17 @@ class step(sympy.Function):
 
     def _latex(self, printer):
         return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])
+
+
+class one_if_nonneg(sympy.Function):
+    """1 where u ≥ 0 else e, for 0 ≤ e ≤ 1: the numerator of the lowered sigmoid.
+
+    Only produced by lowering (after differentiation); because e ≤ 1 it equals
+    max(e, [u ≥ 0]), which the NumPy emitter computes branch-free in two ufunc calls.
+    """
+
+    nargs = 2
+
+    def _latex(self, printer):
+        u, e = (printer._print(a) for a in self.args)
+        return r"\begin{cases} 1 & %s \geq 0 \\ %s & \text{otherwise} \end{cases}" % (u, e)

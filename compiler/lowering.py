@@ -9,13 +9,13 @@ it between a loss and its gradients:
 """
 import sympy
 
-from .functions import log1p, relu, sigmoid, softplus
+from .functions import log1p, one_if_nonneg, relu, sigmoid, softplus
 
 
 def lower_sigmoid(u):
     """sigmoid(u) as (u ≥ 0 ? 1 : e) / (1 + e), e = exp(−|u|)."""
     e = sympy.exp(-sympy.Abs(u))
-    return sympy.Piecewise((sympy.S.One, sympy.GreaterThan(u, 0)), (e, True)) / (1 + e)
+    return one_if_nonneg(u, e) / (1 + e)
 
 
 def lower_softplus(u):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 17  # fastest measured: per-call overhead vs cache spill
 _BITS = {4: np.int32, 8: np.int64}
 _FLOATS = {4: np.dtype(np.float32), 8: np.dtype(np.float64)}
 _pool = None
@@ -40,10 +40,23 @@ def select_into(out, cond, if_true, if_false, mask, blend):
     ``mask`` and ``blend`` are integer scratch buffers of out's size; ``out`` may be
     ``if_false`` itself, never ``if_true``.
     """
-    bits = mask.dtype
-    floats = _FLOATS[bits.itemsize]
+    mask_into(mask, cond)
+    blend_into(out, mask, if_true, if_false, blend)
+
+
+def mask_into(mask, cond):
+    """mask = all-ones bits where cond, else 0 (``mask`` an int buffer of the float's width)."""
     np.copyto(mask, cond, casting="unsafe")
     np.negative(mask, out=mask)
+
+
+def blend_into(out, mask, if_true, if_false, blend):
+    """out = if_true where mask (from mask_into) else if_false; exact, branch-free.
+
+    ``out`` may be ``if_false`` itself, never ``if_true``.
+    """
+    bits = mask.dtype
+    floats = _FLOATS[bits.itemsize]
     false_bits = _bits(if_false, floats, bits)
     np.bitwise_xor(_bits(if_true, floats, bits), false_bits, out=blend)
     np.bitwise_and(blend, mask, out=blend)

@@ -67,6 +67,10 @@ class NumPyPrinter(StrPrinter):
     def _print_step(self, expr):
         return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
 
+    def _print_one_if_nonneg(self, expr):
+        u, e = (self._print(a) for a in expr.args)
+        return f"(1.0 if {u} >= 0 else {e})"
+
     def _print_loggamma(self, expr):
         return self._call("special.lgamma", expr)
 

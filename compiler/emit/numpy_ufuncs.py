@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ..functions import expm1, log1p, relu, step
+from ..functions import expm1, log1p, one_if_nonneg, relu, step
 from .numpy_printer import NumPyPrinter
 
 UNARY = {
@@ -24,6 +24,28 @@ UNARY = {
 }
 COMPARE = {"<": "np.less", "<=": "np.less_equal", ">": "np.greater", ">=": "np.greater_equal",
            "==": "np.equal", "!=": "np.not_equal"}
+
+
+class Mask(sympy.Basic):
+    """All-ones integer bits where the condition holds, else 0 (shared by every where() on it)."""
+
+
+class Blend(sympy.Expr):
+    """Blend(mask, a, b): a where mask else b, bit-exact."""
+
+
+def _with_blends(expr, scalars):
+    """Piecewise with array conditions → nested Blend(Mask(cond), value, rest) nodes."""
+    if not expr.args:
+        return expr
+    pieces = expr.args if isinstance(expr, sympy.Piecewise) else ()
+    if pieces and pieces[-1].cond == True and all(not p.cond.free_symbols <= scalars for p in pieces[:-1]):  # noqa: E712
+        result = _with_blends(pieces[-1].expr, scalars)
+        for value, cond in reversed(pieces[:-1]):
+            result = Blend(Mask(_with_blends(cond, scalars)), _with_blends(value, scalars), result)
+        return result
+    args = tuple(_with_blends(a, scalars) for a in expr.args)
+    return expr.func(*args) if args != expr.args else expr
 
 
 @dataclass
@@ -118,6 +140,7 @@ class _Linearizer:
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
         kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
+        kind = "i" if isinstance(expr, Mask) else kind
         target = out or self.pools[kind].take(avoid=codes)
         self.emit(expr, codes, target)
         for a in args:
@@ -198,6 +221,11 @@ class _Linearizer:
             line(f"np.maximum({codes[0]}, 0, out={out})")
         elif isinstance(expr, step):
             line(f"np.greater({codes[0]}, 0, out={out})")
+        elif isinstance(expr, one_if_nonneg):
+            flag = self.pools["b"].take()
+            line(f"np.greater_equal({codes[0]}, 0, out={flag})")
+            line(f"np.maximum({codes[1]}, {flag}, out={out})")
+            self.pools["b"].give(flag)
         elif expr.is_Relational:
             line(f"{COMPARE[expr.rel_op]}({codes[0]}, {codes[1]}, out={out})")
         elif isinstance(expr, (sympy.And, sympy.Or)):
@@ -207,6 +235,16 @@ class _Linearizer:
                 line(f"{fname}({out}, {code}, out={out})")
         elif isinstance(expr, sympy.Not):
             line(f"np.logical_not({codes[0]}, out={out})")
+        elif isinstance(expr, Mask):
+            if expr.args[0].is_Relational:  # compare straight into the int buffer: 0/1
+                line(f"{COMPARE[expr.args[0].rel_op]}({self.value(expr.args[0].lhs)}, {self.value(expr.args[0].rhs)}, out={out})")
+                line(f"np.negative({out}, out={out})")
+            else:
+                line(f"mask_into({out}, {codes[0]})")
+        elif isinstance(expr, Blend):
+            blend = self.pools["i"].take(avoid=codes)
+            line(f"blend_into({out}, {codes[0]}, {codes[1]}, {codes[2]}, {blend})")
+            self.pools["i"].give(blend)
         elif isinstance(expr, sympy.Piecewise):
             self.piecewise(expr, codes, out)
         else:
@@ -237,6 +275,10 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients):
     With ``scale_gradients``, every output after the first is multiplied by grad_output.
     """
     lin = _Linearizer(scalar_symbols)
+    scalars = frozenset(scalar_symbols)
+    kernel = type(kernel)(
+        [(s, _with_blends(e, scalars)) for s, e in kernel.assignments], [_with_blends(e, scalars) for e in kernel.outputs]
+    )
     lin.count_uses([expr for _, expr in kernel.assignments] + list(kernel.outputs))
     for symbol, expr in kernel.assignments:
         if lin.is_scalar(expr):
