@@ -54,6 +54,13 @@ def _parser():
     p.add_argument("name")
     p.set_defaults(run=_show)
 
+    p = sub.add_parser("docs", help="export formula documentation (md, html or latex)")
+    p.add_argument("names", nargs="*", help="losses to document (default: all)")
+    p.add_argument("--format", choices=("md", "html", "latex"), default="html")
+    p.add_argument("--out", default="lossc-docs", help="output folder (default: ./lossc-docs)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip measuring the accuracy figures")
+    p.set_defaults(run=_docs)
+
     p = sub.add_parser("accuracy", help="max relative error vs 50-digit mpmath, float32 and float64")
     p.add_argument("names", nargs="*")
     p.set_defaults(run=_accuracy)
@@ -119,6 +126,21 @@ def _show(args):
         print(f"  stable loss = {v['stable_loss']}")
         for name, grad in v["gradients"].items():
             print(f"  d/d{name:8s}  = {grad}")
+    return 0
+
+
+def _docs(args):
+    from .build import compile_spec
+    from .docs import export
+
+    paths = sorted(default_specs_dir().glob("*.yaml"))
+    if args.names:
+        unknown = sorted(set(args.names) - {p.stem for p in paths})
+        if unknown:
+            print(f"error: no spec named {', '.join(unknown)} in {default_specs_dir()}", file=sys.stderr)
+            return 1
+        paths = [p for p in paths if p.stem in args.names]
+    export([compile_spec(p) for p in paths], args.format, args.out, with_accuracy=not args.no_accuracy)
     return 0
 
 

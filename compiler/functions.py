@@ -8,6 +8,10 @@ PyTorch convention for kinks: the derivative of max(0, x) at x = 0 is 0.
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
+def _with_power(tex, exp):
+    return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
 __all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "log1p", "expm1"]
 
 
@@ -29,8 +33,8 @@ class sigmoid(sympy.Function):
     def _eval_rewrite_as_exp(self, x, **kwargs):
         return 1 / (1 + sympy.exp(-x))
 
-    def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\sigma\left(%s\right)" % printer._print(self.args[0]), exp)
 
 
 class softplus(sympy.Function):
@@ -50,8 +54,8 @@ class softplus(sympy.Function):
     def _eval_is_positive(self):
         return self.args[0].is_real
 
-    def _latex(self, printer):
-        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0]), exp)
 
 
 class relu(sympy.Function):
@@ -68,8 +72,8 @@ class relu(sympy.Function):
     def _eval_is_nonnegative(self):
         return self.args[0].is_real
 
-    def _latex(self, printer):
-        return r"\max\left(%s, 0\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\max\left(%s, 0\right)" % printer._print(self.args[0]), exp)
 
 
 class step(sympy.Function):
@@ -83,8 +87,8 @@ class step(sympy.Function):
     def _eval_is_real(self):
         return self.args[0].is_real
 
-    def _latex(self, printer):
-        return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0]), exp)
 
 
 class one_if_nonneg(sympy.Function):
@@ -96,6 +100,6 @@ class one_if_nonneg(sympy.Function):
 
     nargs = 2
 
-    def _latex(self, printer):
+    def _latex(self, printer, exp=None):
         u, e = (printer._print(a) for a in self.args)
         return r"\begin{cases} 1 & %s \geq 0 \\ %s & \text{otherwise} \end{cases}" % (u, e)

@@ -6,15 +6,24 @@ import jinja2
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#",
+                  "{": r"\{", "}": r"\}", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_text(text):
+    """Escape plain text for LaTeX."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
 def python_tuple(items):
     """Render a sequence as a Python tuple literal: ('a', 'b') or ('a',) or ()."""
     return repr(tuple(items))
 
 
-def template(name):
-    """Load the Jinja2 template ``name`` from this package's templates folder."""
+def template(name, folder=TEMPLATES):
+    """Load the Jinja2 template ``name`` from ``folder`` (this package's templates by default)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -22,4 +31,5 @@ def template(name):
         autoescape=False,
     )
     env.filters["pytuple"] = python_tuple
+    env.filters["latex_text"] = latex_text
     return env.get_template(name)

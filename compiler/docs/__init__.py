@@ -1,0 +1,149 @@
+"""Stage 7: formula documentation from the same symbolic source as the kernels.
+
+Markdown pages (``generated/docs/``) are part of every build, so ``lossc build --check``
+covers them; they hold nothing machine-dependent. ``lossc docs`` exports Markdown,
+HTML (static, no JavaScript, native presentation MathML) or one LaTeX document, adding
+the measured accuracy figures and, with matplotlib installed, plots.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sympy
+
+from ..derive import declared_gradients
+from ..emit import template as _template
+from . import plots
+from .mathml import mathml
+
+FORMATS = ("md", "html", "latex")
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def template(name):
+    """A docs template from this stage's templates folder."""
+    return _template(name, TEMPLATES)
+PIPELINE_TEXT = (
+    "element loss → × element weight → reduction 'none' | 'mean' | 'sum' (with avg_factor, "
+    "'mean' is sum / (avg_factor + ε), ε = float32 machine epsilon) → × loss_weight"
+)
+
+
+@dataclass
+class Formula:
+    """One formula in every notation the pages need."""
+
+    latex: str
+    mathml: str
+    text: str
+
+    @classmethod
+    def of(cls, expr):
+        """Render ``expr`` as LaTeX, presentation MathML and plain text."""
+        names = {s: tex_name(s.name) for s in expr.free_symbols}
+        return cls(sympy.latex(expr, symbol_names=names, mul_symbol="dot"), mathml(expr), str(expr))
+
+
+def tex_name(name):
+    """A spec identifier in LaTeX: one letter stays italic, longer names are upright text."""
+    return name if len(name) == 1 else r"\mathrm{%s}" % name.replace("_", r"\_")
+
+
+@dataclass
+class VariantDoc:
+    """Formulas of one build-time variant."""
+
+    label: str
+    module: str
+    definitions: list
+    loss: Formula
+    gradients: list
+    stable_loss: Formula
+    stable_gradients: list
+
+
+@dataclass
+class LossDoc:
+    """Everything a loss page shows."""
+
+    spec: object
+    variants: list
+    accuracy: list = field(default_factory=list)
+    plot_svg: str | None = None
+    plot_file: str | None = None
+
+
+def readable_gradient(ir, name):
+    """d loss/d input of the loss as declared, lightly factored for reading."""
+    return sympy.factor_terms(declared_gradients(ir)[name])
+
+
+def loss_doc(compiled):
+    """Gather the formulas of every variant of a compiled spec."""
+    variants = []
+    for derived in compiled.derived:
+        ir = derived.ir
+        names = [i.name for i in ir.spec.differentiable_inputs]
+        variants.append(VariantDoc(
+            label=", ".join(f"{k} = {v}" for k, v in ir.variant.items()) or "the only variant",
+            module=ir.module_name,
+            definitions=[(name, tex_name(name), Formula.of(expr)) for name, expr in ir.definitions],
+            loss=Formula.of(ir.readable_loss),
+            gradients=[(n, tex_name(n), Formula.of(readable_gradient(ir, n))) for n in names],
+            stable_loss=Formula.of(derived.loss),
+            stable_gradients=[(n, tex_name(n), Formula.of(derived.gradients[n])) for n in names],
+        ))
+    return LossDoc(compiled.spec, variants)
+
+
+def markdown_files(compiled_losses):
+    """``{relative path: text}`` of the checked-in Markdown pages (one per loss + index)."""
+    docs = [loss_doc(c) for c in compiled_losses]
+    files = {f"docs/{d.spec.name}.md": render("loss.md.j2", d, plots_note=True) for d in docs}
+    files["docs/index.md"] = template("index.md.j2").render(docs=docs)
+    return files
+
+
+def render(name, doc, **extra):
+    """Render one loss page template."""
+    return template(name).render(doc=doc, spec=doc.spec, pipeline=PIPELINE_TEXT, **extra)
+
+
+def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print):
+    """Write ``fmt`` pages for the compiled losses into ``out_dir``; returns written paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs = [loss_doc(c) for c in compiled_losses]
+    for doc, compiled in zip(docs, compiled_losses):
+        if with_accuracy:
+            from ..accuracy import measure
+
+            doc.accuracy = measure(compiled.spec.path)
+        if plots.available() and fmt != "md":
+            kind = "svg" if fmt == "html" else "pdf"
+            doc.plot_file = f"{doc.spec.name}.{kind}"
+            (out_dir / doc.plot_file).write_bytes(plots.plot(compiled.derived[0], kind))
+    written = []
+    if fmt == "latex":
+        path = out_dir / "losses.tex"
+        path.write_text(template("losses.tex.j2").render(docs=docs, plots=plots.available(), pipeline=PIPELINE_TEXT))
+        written.append(path)
+    else:
+        suffix = "md" if fmt == "md" else "html"
+        for doc in docs:
+            path = out_dir / f"{doc.spec.name}.{suffix}"
+            path.write_text(render(f"loss.{suffix}.j2", doc, plots_note=not plots.available()), encoding="utf-8")
+            written.append(path)
+        index = out_dir / f"index.{suffix}"
+        index.write_text(template(f"index.{suffix}.j2").render(docs=docs), encoding="utf-8")
+        written.append(index)
+    log(f"wrote {len(written)} {fmt} file(s) to {out_dir}" + ("" if plots.available() else " (no plots: matplotlib is not installed)"))
+    return written
+
+
+def manifest_formulas(doc):
+    """Plain-text formulas of a LossDoc, for tests and tools."""
+    return json.dumps([{"label": v.label, "loss": v.loss.text, "gradients": {n: f.text for n, _, f in v.gradients}}
+                       for v in doc.variants], indent=2)

@@ -1,0 +1,39 @@
+"""Presentation MathML for the docs: SymPy's printer with cases for where() and escaped relations."""
+from sympy.printing.mathml import MathMLPresentationPrinter
+
+# SymPy's MathML writer does not escape text (so its entities survive): escape here.
+_RELATIONS = {"<": "&lt;", "<=": "&#x2264;", ">": "&gt;", ">=": "&#x2265;", "==": "=", "!=": "&#x2260;"}
+
+
+class DocMathMLPrinter(MathMLPresentationPrinter):
+    """Prints Piecewise as a brace with a table of cases; relations as escaped operators."""
+
+    def _element(self, tag, *children, text=None, **attributes):
+        element = self.dom.createElement(tag)
+        for key, value in attributes.items():
+            element.setAttribute(key, value)
+        if text is not None:
+            element.appendChild(self.dom.createTextNode(text))
+        for child in children:
+            element.appendChild(child)
+        return element
+
+    def _print_Piecewise(self, expr):
+        rows = []
+        for value, cond in expr.args:
+            if cond == True:  # noqa: E712
+                condition = self._element("mtext", text="otherwise")
+            else:
+                condition = self._element("mrow", self._element("mtext", text="if\u00a0"), self._print(cond))
+            rows.append(self._element("mtr", self._element("mtd", self._print(value)), self._element("mtd", condition)))
+        return self._element("mrow", self._element("mo", text="{"), self._element("mtable", *rows, columnalign="left"))
+
+    def _print_Relational(self, expr):
+        return self._element("mrow", self._print(expr.lhs), self._element("mo", text=_RELATIONS[expr.rel_op]),
+                             self._print(expr.rhs))
+
+
+def mathml(expr):
+    """A complete ``<math display="block">`` element for ``expr``."""
+    body = DocMathMLPrinter({"mat_delim": "("}).doprint(expr)
+    return f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>'

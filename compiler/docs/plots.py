@@ -1,0 +1,48 @@
+"""Plots of a loss and its gradient against the prediction (matplotlib, optional)."""
+import importlib
+import io
+
+import numpy as np
+
+
+def available():
+    """True when matplotlib can be imported (the optional ``docs`` extra)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot(derived, fmt="svg"):
+    """Loss and d loss/d prediction of the default variant over the prediction, as bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "lossc"
+    spec = derived.ir.spec
+    module = importlib.import_module(f"lossc.generated.numpy.{derived.ir.module_name}")
+    pred_input = spec.inputs[0]
+    low, high = max(min(pred_input.accuracy_grid), -6.0), min(max(pred_input.accuracy_grid), 6.0)
+    x = np.linspace(low if low < high else -6.0, high if low < high else 6.0, 400)
+    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(8, 3.2))
+    target = next((i for i in spec.inputs[1:] if i.role == "target"), None)
+    labels = (target.accuracy_grid[:3] if target else [None])
+    for label in labels:
+        arrays = [x] + [np.full_like(x, label if i is target else (i.default if i.default is not None else 1.0))
+                        for i in spec.inputs[1:]]
+        loss, grads = module.forward_backward(*arrays)
+        name = f"{target.name} = {label:g}" if target else None
+        ax_loss.plot(x, loss, label=name)
+        if grads:
+            ax_grad.plot(x, grads[0], label=name)
+    ax_loss.set_title("loss")
+    ax_grad.set_title(f"d loss / d {pred_input.name}")
+    for ax in (ax_loss, ax_grad):
+        ax.set_xlabel(pred_input.name)
+        ax.grid(alpha=0.3)
+        if target:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, metadata={"Date": None} if fmt == "svg" else {"CreationDate": None})
+    plt.close(fig)
+    return buffer.getvalue()

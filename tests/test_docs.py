@@ -1,0 +1,122 @@
+"""Formula docs: every spec in every format, formulas equal to the kernels', a real browser render."""
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import sympy
+
+from conftest import GENERATED, ROOT, spec_paths
+from lossc.compiler.build import compile_spec
+from lossc.compiler.docs import export, readable_gradient
+from lossc.compiler.functions import sigmoid, softplus
+
+COMPILED = {p.stem: compile_spec(p) for p in spec_paths()}
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_checked_in_markdown_page_shows_loss_gradient_and_parameters(name):
+    page = (GENERATED / "docs" / f"{name}.md").read_text()
+    spec = COMPILED[name].spec
+    assert page.startswith(f"# {name}\n") and spec.summary in page
+    assert page.count("Loss, as declared:") == len(COMPILED[name].derived)
+    for inp in spec.differentiable_inputs:
+        assert f"Gradient with respect to `{inp.name}`" in page
+    for param in spec.parameters:
+        assert re.search(rf"^\| `{param.name}` \| {param.type}", page, re.M), param.name
+    assert "$$ L = " in page and "<details>" in page and "## References" in page
+    assert name in (GENERATED / "docs" / "index.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_docs_gradient_equals_the_kernels_gradient(name):
+    for derived in COMPILED[name].derived:
+        for inp in derived.ir.spec.differentiable_inputs:
+            shown = readable_gradient(derived.ir, inp.name)
+            kernel = derived.gradients[inp.name]
+            difference = (shown - kernel).replace(softplus, lambda u: sympy.log(1 + sympy.exp(u)))
+            difference = difference.replace(sigmoid, lambda u: 1 / (1 + sympy.exp(-u)))
+            symbols = derived.ir.symbols
+            defaults = {symbols[p.name]: sympy.nsimplify(p.default) for p in derived.ir.spec.runtime_params}
+            assert sympy.simplify(difference.subs(defaults)) == 0, (name, derived.ir.variant)
+            for seed in range(3):  # and for other parameter values, numerically at 40 digits
+                point = {s: sympy.Rational(7 * seed + i + 1, 13) for i, s in enumerate(sorted(symbols.values(), key=str))}
+                assert abs(difference.subs(point).evalf(40)) < 1e-30, (name, derived.ir.variant, point)
+
+
+@pytest.mark.parametrize("fmt", ["md", "html", "latex"])
+def test_every_spec_exports_in_every_format(fmt, tmp_path):
+    written = export(list(COMPILED.values()), fmt, tmp_path, with_accuracy=False, log=lambda *_: None)
+    if fmt == "latex":
+        text = written[0].read_text()
+        assert text.count(r"\section{") == len(COMPILED) and r"\frac{\partial L}" in text
+        return
+    suffix = "md" if fmt == "md" else "html"
+    assert {p.name for p in written} == {f"{n}.{suffix}" for n in COMPILED} | {f"index.{suffix}"}
+    if fmt == "html":
+        for name in COMPILED:
+            page = (tmp_path / f"{name}.html").read_text()
+            assert "<script" not in page and page.count("<math ") >= 3
+            for param in COMPILED[name].spec.parameters:
+                assert f"<code>{param.name}</code>" in page
+
+
+def test_html_has_no_unescaped_relations_and_is_static(tmp_path):
+    export([COMPILED["huber"]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
+    page = (tmp_path / "huber.html").read_text()
+    assert "<mo><</mo>" not in page and "<mo>&lt;</mo>" in page
+    assert "http" not in page.split("<body>")[1].replace("http://www.w3.org/1998/Math/MathML", "")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_document_compiles(tmp_path):
+    export(list(COMPILED.values()), "latex", tmp_path, with_accuracy=False, log=lambda *_: None)
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "losses.tex"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "losses.pdf").stat().st_size > 10000
+
+
+def test_cli_docs_exports_html_with_accuracy(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "docs", "--format", "html", "--out", str(tmp_path), "l1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "l1.html").read_text()
+    assert "max relative error" in page and "float64" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+MEASURE = """<script>
+const maths = [...document.querySelectorAll('math')].map(m => m.getBoundingClientRect());
+const imgs = [...document.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0);
+const out = document.createElement('pre'); out.id = 'measure';
+out.textContent = JSON.stringify({maths: maths.map(r => [r.width, r.height]), imgs});
+document.body.appendChild(out);
+</script>"""
+
+
+def rendered_measurements(page, tmp_path):
+    """Render ``page`` headless with a measuring script appended to a copy; return its JSON."""
+    probe = page.with_name(page.stem + "_probe.html")
+    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=5000", "--allow-file-access-from-files", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    match = re.search(r'<pre id="measure">(.*?)</pre>', dom, re.S)
+    assert match, dom[-2000:]
+    return json.loads(match.group(1).replace("&quot;", '"'))
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+def test_browser_lays_out_mathml_and_loads_the_plot(tmp_path):
+    export([COMPILED["sigmoid_focal"], COMPILED["huber"]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
+    for page in ("index.html", "sigmoid_focal.html"):
+        result = rendered_measurements(tmp_path / page, tmp_path)
+        assert result["maths"], page
+        assert all(w > 0 and h > 0 for w, h in result["maths"]), result
+        if page != "index.html" and importlib.util.find_spec("matplotlib"):
+            assert result["imgs"] == [True], result
