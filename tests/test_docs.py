@@ -89,11 +89,13 @@ def test_cli_docs_exports_html_with_accuracy(tmp_path):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 MEASURE = """<script>
+window.addEventListener('load', () => {
 const maths = [...document.querySelectorAll('math')].map(m => m.getBoundingClientRect());
 const imgs = [...document.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0);
 const out = document.createElement('pre'); out.id = 'measure';
 out.textContent = JSON.stringify({maths: maths.map(r => [r.width, r.height]), imgs});
 document.body.appendChild(out);
+});
 </script>"""
 
 
