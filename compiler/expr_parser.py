@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .functions import expm1, log1p, relu, sigmoid, softplus
+from .reductions import CLASSES, one_hot, rlogsumexp, rmax, rsum
 
 MAX_TEXT_LENGTH = 4000
 MAX_NODES = 1500
@@ -42,7 +43,7 @@ class Scope:
         return sorted(set(self.values) | set(self.flags) | set(self.choices) | set(CONSTANTS))
 
 
-CONSTANTS = {"pi": sympy.pi}
+CONSTANTS = {"pi": sympy.pi, "classes": CLASSES}
 
 
 def _where(cond, if_true, if_false):
@@ -81,7 +82,19 @@ FUNCTIONS = {
     "max": (2, _max),
     "clip": (3, lambda x, lo, hi: _min(_max(x, lo), hi)),
     "where": (3, _where),
+    # reductions along the class axis (see reductions.py)
+    "sum": (1, rsum),
+    "mean": (1, lambda e: rsum(e) / CLASSES),
+    "logsumexp": (1, rlogsumexp),
+    "softmax": (1, lambda e: sympy.exp(e - rlogsumexp(e))),
+    "log_softmax": (1, lambda e: e - rlogsumexp(e)),
+    "norm": (1, lambda e: sympy.sqrt(rsum(e**2))),
+    "dot": (2, lambda a, b: rsum(a * b)),
+    "pick": (2, lambda e, label: rsum(e * one_hot(label))),
+    "one_hot": (1, one_hot),
 }
+# one argument: the reduction over the class axis; two: the element-wise max/min
+REDUCING_FORMS = {"max": rmax, "min": lambda e: -rmax(-e)}
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,
@@ -220,6 +233,8 @@ class _Builder:
         if node.keywords:
             raise ExprError(f"{fname}() takes no keyword arguments")
         arity, build = FUNCTIONS[fname]
+        if fname in REDUCING_FORMS and len(node.args) == 1:
+            return REDUCING_FORMS[fname](self.expr(node.args[0]))
         if len(node.args) != arity:
             raise ExprError(f"{fname}() takes {arity} argument(s), got {len(node.args)}")
         if fname == "where":

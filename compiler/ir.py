@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import sympy
 
 from .expr_parser import ExprError, Scope, parse_expression, referenced_names
+from .reductions import CLASS_INDEX, element_level, reductions_in
 
 
 @dataclass
@@ -32,6 +33,21 @@ class LossIR:
     def param_symbols(self):
         """SymPy symbols of the runtime (float/int) parameters, in spec order."""
         return [self.symbols[p.name] for p in self.spec.runtime_params]
+
+    @property
+    def element_symbols(self):
+        """Symbols of the element-level inputs (one value per class)."""
+        return {self.symbols[i.name] for i in self.spec.inputs if i.per == "element"}
+
+    @property
+    def row_symbols(self):
+        """Symbols of the row-level inputs (one value per row, e.g. sparse labels)."""
+        return {self.symbols[i.name] for i in self.spec.inputs if i.per == "row"}
+
+    @property
+    def has_reductions(self):
+        """Whether the loss reduces along a class axis."""
+        return self.spec.class_axis is not None
 
     @property
     def module_name(self):
@@ -70,7 +86,19 @@ def build_ir(spec, variant):
         readable.values[d.name] = sympy.Symbol(d.name, real=True)
         definitions.append((d.name, _parse(spec, d.expr, readable, at)))
     loss = _parse(spec, spec.loss, inlined, ("loss",))
-    return LossIR(spec, dict(variant), symbols, definitions, loss, _parse(spec, spec.loss, readable, ("loss",)))
+    ir = LossIR(spec, dict(variant), symbols, definitions, loss, _parse(spec, spec.loss, readable, ("loss",)))
+    _check_reductions(ir)
+    return ir
+
+
+def _check_reductions(ir):
+    found = reductions_in(ir.loss)
+    uses_index = CLASS_INDEX in ir.loss.free_symbols
+    if (found or uses_index) and ir.spec.class_axis is None:
+        raise ir.spec.error(("loss",), "reductions, pick and one_hot need a class_axis (parameter, last or non_batch)")
+    for node in found:
+        if not element_level(node.args[0], ir.element_symbols):
+            raise ir.spec.error(("loss",), f"{type(node).__name__[1:]}() of a row-level value: {node.args[0]}")
 
 
 def _parse(spec, text, scope, at):

@@ -29,11 +29,15 @@ CPP_KEYWORDS = frozenset(
     xor xor_eq half""".split()
 )
 # Names the generated code itself uses.
-RESERVED = frozenset({"np", "cp", "math", "grad_output", "forward", "forward_backward", "loss", "out", "dtype"})
+RESERVED = frozenset({"np", "cp", "math", "grad_output", "forward", "forward_backward", "loss", "out", "dtype",
+                      "classes", "axis"})
 ROLES = ("prediction", "target", "extra")
 ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 PARAM_TYPES = ("float", "int", "bool", "choice")
-TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "definitions", "loss", "exposed_as")
+TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "definitions", "loss", "exposed_as",
+              "class_axis")
+CLASS_AXES = ("parameter", "last", "non_batch")
+PER = ("element", "row")
 LAYERS = ("gluon", "mmdet", "paddle")
 
 
@@ -55,6 +59,8 @@ class InputSpec:
     doc: str
     default: float | None
     accuracy_grid: list
+    per: str = "element"
+    class_index: bool = False
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Spec:
     exposed_as: dict
     path: str
     lines: dict = field(default_factory=dict, repr=False)
+    class_axis: str | None = None
 
     @property
     def variant_params(self):
@@ -256,10 +263,21 @@ class _Validator:
             exposed_as=self.exposed_as(data),
             path=self.path,
             lines=self.lines,
+            class_axis=self.class_axis(data),
         )
         self.unique_names(spec)
         self.check_references(spec)
+        self.check_levels(spec)
         return spec
+
+    def check_levels(self, spec):
+        for i, inp in enumerate(spec.inputs):
+            if inp.per == "row" and spec.class_axis is None:
+                self.fail(("inputs", i, "per"), "row inputs need a class_axis (parameter, last or non_batch)")
+            if inp.per == "row" and inp.differentiable:
+                self.fail(("inputs", i, "differentiable"), "row-level inputs cannot be differentiable")
+            if inp.class_index and inp.per != "row":
+                self.fail(("inputs", i, "class_index"), "class indices are row-level: set per: row")
 
     def identifier(self, name, at):
         if not IDENTIFIER.match(name):
@@ -275,6 +293,12 @@ class _Validator:
         if name in FUNCTIONS or name in CONSTANTS or name in RESERVED:
             self.fail(at, f"'{name}' is reserved (a function, constant or name the generated code uses)")
         return name
+
+    def class_axis(self, data):
+        value = self.get(data, "class_axis", "str", (), required=False)
+        if value is not None and value not in CLASS_AXES:
+            self.fail(("class_axis",), f"expected one of {', '.join(CLASS_AXES)}, got '{value}'")
+        return value
 
     def references(self, data):
         refs = self.get(data, "references", "list", (), required=False, default=[])
@@ -297,7 +321,10 @@ class _Validator:
     def input(self, item, at):
         if not isinstance(item, dict):
             self.fail(at, f"expected a mapping with name, role, differentiable, got {_show(item)}")
-        self.only(item, ("name", "role", "differentiable", "doc", "default", "accuracy_grid"), at)
+        self.only(item, ("name", "role", "differentiable", "doc", "default", "accuracy_grid", "per", "class_index"), at)
+        per = self.get(item, "per", "str", at, required=False, default="element")
+        if per not in PER:
+            self.fail(at + ("per",), f"expected one of {', '.join(PER)}, got '{per}'")
         role = self.get(item, "role", "str", at)
         if role not in ROLES:
             self.fail(at + ("role",), f"expected one of {', '.join(ROLES)}, got '{role}'")
@@ -317,6 +344,8 @@ class _Validator:
             doc=self.get(item, "doc", "str", at, required=False, default=""),
             default=None if default is None else float(default),
             accuracy_grid=[float(v) for v in grid],
+            per=per,
+            class_index=self.get(item, "class_index", "bool", at, required=False, default=False),
         )
 
     def parameters(self, data):

@@ -74,18 +74,23 @@ def _bits(value, dtype, bits):
     return array.view(bits)
 
 
-def _scratch(compute, counts, size, shape):
-    """This thread's scratch buffers (float, bool, int), as views of ``shape``."""
+def _scratch(compute, counts, shape, row_shape=None):
+    """This thread's scratch buffers: float, bool, int pools of ``shape``, then (for kernels
+    with reductions) float, bool, int pools of ``row_shape``; all views of reused memory."""
     store = getattr(_local, "store", None)
     if store is None:
         store = _local.store = {}
+    counts = tuple(counts) + (0,) * (6 - len(counts))
+    sizes = (math.prod(shape),) * 3 + (math.prod(row_shape or ()),) * 3
     key = (compute, counts)
-    buffers = store.get(key)
-    if buffers is None or buffers[0] < size:
-        capacity = max(size, CHUNK_ELEMENTS)
-        kinds = (compute, np.bool_, _BITS[compute.itemsize])
-        buffers = store[key] = (capacity, [[np.empty(capacity, k) for _ in range(n)] for k, n in zip(kinds, counts)])
-    return [[b[:size].reshape(shape) for b in group] for group in buffers[1]]
+    capacity, buffers = store.get(key, (None, None))
+    if buffers is None or any(size > cap for size, cap in zip(sizes, capacity)):
+        capacity = tuple(max(size, CHUNK_ELEMENTS if i < 3 else 1) for i, size in enumerate(sizes))
+        kinds = (compute, np.bool_, _BITS[compute.itemsize]) * 2
+        buffers = [[np.empty(cap, kind) for _ in range(n)] for cap, kind, n in zip(capacity, kinds, counts)]
+        store[key] = (capacity, buffers)
+    shapes = (shape,) * 3 + (row_shape,) * 3
+    return [[b[:size].reshape(s) for b in group] for group, size, s in zip(buffers, sizes, shapes)]
 
 
 def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
@@ -106,8 +111,7 @@ def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
 
     def run(task):
         inputs, targets = task
-        chunk_shape = targets[0].shape
-        scratch = _scratch(compute, scratch_counts, math.prod(chunk_shape), chunk_shape)
+        scratch = _scratch(compute, scratch_counts, targets[0].shape)
         with np.errstate(all="ignore"):
             kernel(scratch, targets, *inputs, *scalars)
 
@@ -149,3 +153,50 @@ def _scalar(array, compute):
 
 def _cast(chunk, compute):
     return chunk if chunk.dtype == compute else chunk.astype(compute)
+
+
+def run_rows(kernel, scratch_counts, arrays, row_inputs, names, grad_output, loss_level, params, n_outputs):
+    """Run a generated kernel with reductions over (rows, classes) inputs, chunked by rows.
+
+    ``arrays`` follow ``names``; those in ``row_inputs`` are (rows,), the others
+    (rows, classes). The loss output is (rows,) or (rows, classes) per ``loss_level``;
+    gradients are (rows, classes). No full-size temporary exists besides the outputs.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    dtype = arrays[0].dtype
+    if dtype.kind != "f":
+        raise TypeError(f"expected a floating-point prediction array, got dtype {dtype}")
+    if arrays[0].ndim != 2:
+        raise ValueError(f"expected (rows, classes) predictions, got shape {arrays[0].shape}")
+    compute = compute_dtype(dtype)
+    rows, classes = arrays[0].shape
+    is_row = [name in row_inputs for name in names]
+    columns = [a.reshape(rows, 1) if row and a.ndim else a for a, row in zip(arrays, is_row)]
+    loss_shape = (rows, classes) if loss_level == "element" else (rows, 1)
+    outputs = [np.empty(loss_shape, dtype)] + [np.empty((rows, classes), dtype) for _ in range(n_outputs - 1)]
+    if grad_output is not None:
+        grad = np.asarray(grad_output)
+        columns.append(grad.reshape(rows, 1) if loss_level == "row" and grad.ndim else grad)
+    class_index = np.arange(classes, dtype=compute).reshape(1, classes)
+    scalars = tuple(p if isinstance(p, int) and not isinstance(p, bool) else float(p) for p in params)
+    step = max(1, CHUNK_ELEMENTS // max(1, classes))
+
+    def run(start):
+        part = slice(start, min(start + step, rows))
+        chunk = [c if np.ndim(c) == 0 or c.shape[0] == 1 else c[part] for c in columns]
+        chunk = [_cast(np.asarray(c), compute) if np.ndim(c) else compute.type(c) for c in chunk]
+        targets = [o[part] for o in outputs]
+        n = targets[0].shape[0]
+        scratch = _scratch(compute, scratch_counts, (n, classes), (n, 1))
+        with np.errstate(all="ignore"):
+            kernel(scratch, targets, *chunk, class_index, classes, *scalars)
+
+    starts = list(range(0, rows, step))
+    if len(starts) >= 2:
+        list(_executor().map(run, starts))
+    else:
+        for start in starts:
+            run(start)
+    if loss_level == "row":
+        outputs[0] = outputs[0].reshape(rows)
+    return outputs

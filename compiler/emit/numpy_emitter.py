@@ -1,8 +1,10 @@
 """NumPy emitter: a DerivedLoss → the source of one module in ``generated/numpy/``."""
 from dataclasses import dataclass
 
+from ..derive import GRAD_OUTPUT
+from ..reductions import CLASSES
 from . import template
-from .numpy_ufuncs import linearize
+from .numpy_ufuncs import POOLS, linearize
 
 
 @dataclass
@@ -25,13 +27,18 @@ def emit_numpy(derived, spec_file):
     inputs = [i.name for i in spec.inputs]
     params = [p.name for p in spec.runtime_params]
     differentiable = [i.name for i in spec.differentiable_inputs]
+    rows = ir.has_reductions
+    extra = ["_j", "classes"] if rows else []
     kernels = [
-        _kernel("_forward", "Element-wise loss of one chunk, into _out.", derived.forward, ir,
-                inputs + params, 1, scale=False),
-        _kernel("_forward_backward", "Loss and grad_output·∂loss/∂input of one chunk, into _out.",
-                derived.forward_backward, ir, inputs + ["grad_output"] + params, 1 + len(differentiable), scale=True),
+        _kernel("_forward", "Loss of one chunk, into _out.", derived.forward, ir,
+                inputs + extra + params, 1, scale=False),
+        _kernel("_forward_backward", "Loss and d Σ(grad_output·loss)/d input of one chunk, into _out.",
+                derived.forward_backward, ir, inputs + ["grad_output"] + extra + params, 1 + len(differentiable),
+                scale=not rows),
     ]
-    return template("numpy_module.py.j2").render(
+    return template("numpy_rows_module.py.j2" if rows else "numpy_module.py.j2").render(
+        row_inputs=[i.name for i in spec.inputs if i.per == "row"],
+        loss_level="row" if derived.loss_is_row_level else "element",
         name=spec.name,
         summary=spec.summary,
         spec_file=spec_file,
@@ -49,14 +56,26 @@ def emit_numpy(derived, spec_file):
 
 def _kernel(name, doc, kernel, ir, args, n_outputs, scale):
     targets = [f"_out{i}" for i in range(n_outputs)]
-    program = linearize(kernel, ir.param_symbols, targets, scale_gradients=scale)
+    rows = set(ir.row_symbols)
+    if ir.has_reductions and not _element_loss(ir, kernel):
+        rows.add(GRAD_OUTPUT)
+    scalars = list(ir.param_symbols) + ([CLASSES] if ir.has_reductions else [])
+    program = linearize(kernel, scalars, targets, scale_gradients=scale, row_symbols=rows)
     unpack = [
         f"{', '.join(f'{prefix}{i}' for i in range(count))}, = _s[{slot}]"
-        for slot, (prefix, count) in enumerate((("_f", program.floats), ("_b", program.bools), ("_i", program.ints)))
+        for slot, (prefix, count) in enumerate(zip(POOLS.values(), program.counts))
         if count
     ]
-    return KernelCode(name, doc, ", ".join(args), ", ".join(targets) + ",", unpack, program.lines,
-                      (program.floats, program.bools, program.ints))
+    return KernelCode(name, doc, ", ".join(args), ", ".join(targets) + ",", unpack, program.lines, program.counts)
+
+
+def _element_loss(ir, kernel):
+    from ..reductions import element_level
+
+    loss = kernel.outputs[0]
+    for symbol, expr in reversed(kernel.assignments):
+        loss = loss.xreplace({symbol: expr})
+    return element_level(loss, ir.element_symbols)
 
 
 def _signature(spec):

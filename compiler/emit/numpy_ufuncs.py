@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..functions import expm1, log1p, one_if_nonneg, relu, step
+from ..reductions import Reduction, rlogsumexp, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
 UNARY = {
@@ -34,28 +35,51 @@ class Blend(sympy.Expr):
     """Blend(mask, a, b): a where mask else b, bit-exact."""
 
 
+class CompareMask(sympy.Basic):
+    """CompareMask(op, a, b): the Mask of the comparison a op b, compared straight into ints."""
+
+
+class Indicator(sympy.Expr):
+    """Indicator(op, a, b): 1.0 where a op b else 0.0 (a one-hot), one comparison into floats."""
+
+
+OPS = tuple(COMPARE)
+
+
+def _mask(cond):
+    if cond.is_Relational:
+        return CompareMask(sympy.Integer(OPS.index(cond.rel_op)), cond.lhs, cond.rhs)
+    return Mask(cond)
+
+
 def _with_blends(expr, scalars):
     """Piecewise with array conditions → nested Blend(Mask(cond), value, rest) nodes."""
     if not expr.args:
         return expr
     pieces = expr.args if isinstance(expr, sympy.Piecewise) else ()
     if pieces and pieces[-1].cond == True and all(not p.cond.free_symbols <= scalars for p in pieces[:-1]):  # noqa: E712
+        if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[0].cond.is_Relational:
+            cond = pieces[0].cond
+            return Indicator(sympy.Integer(OPS.index(cond.rel_op)), _with_blends(cond.lhs, scalars),
+                             _with_blends(cond.rhs, scalars))
         result = _with_blends(pieces[-1].expr, scalars)
         for value, cond in reversed(pieces[:-1]):
-            result = Blend(Mask(_with_blends(cond, scalars)), _with_blends(value, scalars), result)
+            result = Blend(_mask(_with_blends(cond, scalars)), _with_blends(value, scalars), result)
         return result
     args = tuple(_with_blends(a, scalars) for a in expr.args)
     return expr.func(*args) if args != expr.args else expr
 
 
+POOLS = {("f", "e"): "_f", ("b", "e"): "_b", ("i", "e"): "_i", ("f", "r"): "_rf", ("b", "r"): "_rb", ("i", "r"): "_ri"}
+LEVELS = {"s": 0, "r": 1, "e": 2}  # scalar < row < element
+
+
 @dataclass
 class Program:
-    """Lines of kernel code plus how many float/bool/int scratch buffers they use."""
+    """Lines of kernel code plus how many scratch buffers of each pool they use."""
 
     lines: list = field(default_factory=list)
-    floats: int = 0
-    bools: int = 0
-    ints: int = 0
+    counts: tuple = (0, 0, 0, 0, 0, 0)
 
 
 class _Pool:
@@ -79,16 +103,35 @@ class _Pool:
 
 
 class _Linearizer:
-    def __init__(self, scalar_symbols):
+    def __init__(self, scalar_symbols, row_symbols=()):
         self.scalars = set(scalar_symbols)
+        self.rows = set(row_symbols)
         self.printer = NumPyPrinter({"order": "lex"})
-        self.pools = {"f": _Pool("_f"), "b": _Pool("_b"), "i": _Pool("_i")}
-        self.lines, self.names, self.uses = [], {}, {}
+        self.pools = {key: _Pool(prefix) for key, prefix in POOLS.items()}
+        self.lines, self.names, self.uses, self.levels = [], {}, {}, {}
 
     # -- analysis ----------------------------------------------------------------------
+    def level(self, expr):
+        """'s' (scalar), 'r' (one value per row) or 'e' (one value per element)."""
+        if expr not in self.levels:
+            if isinstance(expr, Reduction):
+                found = "r"
+            elif expr.is_Symbol:
+                found = "s" if expr in self.scalars else "r" if expr in self.rows else "e"
+            elif not expr.args:
+                found = "s"
+            else:
+                found = max((self.level(a) for a in self.operands(expr)), key=LEVELS.get, default="s")
+            self.levels[expr] = found
+        return self.levels[expr]
+
     def is_scalar(self, expr):
         """True when expr depends on parameters and constants only (no array input)."""
-        return all(s in self.scalars for s in expr.free_symbols)
+        return self.level(expr) == "s"
+
+    def pool(self, kind, expr):
+        """The scratch pool for a value of ``kind`` ('f', 'b', 'i') at expr's level."""
+        return self.pools[(kind, "r" if self.level(expr) == "r" else "e")]
 
     def count_uses(self, exprs):
         for expr in exprs:
@@ -130,7 +173,8 @@ class _Linearizer:
             if expr in self.names:
                 name = self.names[expr]
                 for pool in self.pools.values():
-                    pool.give(name)
+                    if name.startswith(pool.prefix) and name[len(pool.prefix):].isdigit():
+                        pool.give(name)
             elif _is_negation(expr) and not self.is_leaf(expr):
                 self.release(-expr)  # −t was used as a subtraction of t, never materialized
 
@@ -140,8 +184,8 @@ class _Linearizer:
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
         kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
-        kind = "i" if isinstance(expr, Mask) else kind
-        target = out or self.pools[kind].take(avoid=codes)
+        kind = "i" if isinstance(expr, (Mask, CompareMask)) else kind
+        target = out or self.pool(kind, expr).take(avoid=codes)
         self.emit(expr, codes, target)
         for a in args:
             self.release(a)
@@ -173,19 +217,20 @@ class _Linearizer:
                 steps.append(("np.negative", None))
             elif scalar is not None:
                 steps.append(("np.multiply", scalar))
-        target = out or self.pools["f"].take(avoid=codes)
-        self.chain(first, steps, target, avoid=codes)
+        target = out or self.pool("f", expr).take(avoid=codes)
+        self.chain(first, steps, target, avoid=codes, level_of=expr)
         for a in arrays:
             self.release(a)
         return target
 
-    def chain(self, first, steps, out, avoid):
+    def chain(self, first, steps, out, avoid, level_of):
         """Emit ``first (op) s1 (op) s2 ...`` with only the last step writing ``out``.
 
         Intermediate steps go to a scratch buffer when ``out`` is a kernel output, so a
         float16 output is rounded once, not after every step.
         """
-        acc = self.pools["f"].take(avoid=avoid) if out.startswith("_out") and len(steps) > 1 else out
+        pool = self.pool("f", level_of)
+        acc = pool.take(avoid=avoid) if out.startswith("_out") and len(steps) > 1 else out
         current = first
         for index, (fname, operand) in enumerate(steps):
             dest = out if index == len(steps) - 1 else acc
@@ -196,7 +241,7 @@ class _Linearizer:
                 self.lines.append(f"{fname}({current}, {operand}, out={dest})")
             current = dest
         if acc != out:
-            self.pools["f"].give(acc)
+            pool.give(acc)
 
     def emit(self, expr, codes, out):
         line = self.lines.append
@@ -209,10 +254,10 @@ class _Linearizer:
             elif expr.exp == sympy.S.Half:
                 line(f"np.sqrt({base}, out={out})")
             elif expr.exp == -sympy.S.Half:
-                root = self.pools["f"].take(avoid=codes)
+                root = self.pool("f", expr).take(avoid=codes)
                 line(f"np.sqrt({base}, out={root})")
                 line(f"np.divide(1, {root}, out={out})")
-                self.pools["f"].give(root)
+                self.pool("f", expr).give(root)
             else:
                 line(f"np.power({base}, {exponent}, out={out})")
         elif expr.func in UNARY:
@@ -222,10 +267,23 @@ class _Linearizer:
         elif isinstance(expr, step):
             line(f"np.greater({codes[0]}, 0, out={out})")
         elif isinstance(expr, one_if_nonneg):
-            flag = self.pools["b"].take()
+            flag = self.pool("b", expr).take()
             line(f"np.greater_equal({codes[0]}, 0, out={flag})")
             line(f"np.maximum({codes[1]}, {flag}, out={out})")
-            self.pools["b"].give(flag)
+            self.pool("b", expr).give(flag)
+        elif isinstance(expr, (rsum, rmax)):
+            fname = "np.sum" if isinstance(expr, rsum) else "np.max"
+            line(f"{fname}({codes[0]}, axis=-1, keepdims=True, out={out})")
+        elif isinstance(expr, rlogsumexp):  # max first: nothing exponentiates an unshifted value
+            shifted, total = self.pools[("f", "e")].take(avoid=codes), self.pools[("f", "r")].take(avoid=[out])
+            line(f"np.max({codes[0]}, axis=-1, keepdims=True, out={out})")
+            line(f"np.subtract({codes[0]}, {out}, out={shifted})")
+            line(f"np.exp({shifted}, out={shifted})")
+            line(f"np.sum({shifted}, axis=-1, keepdims=True, out={total})")
+            line(f"np.log({total}, out={total})")
+            line(f"np.add({out}, {total}, out={out})")
+            self.pools[("f", "e")].give(shifted)
+            self.pools[("f", "r")].give(total)
         elif expr.is_Relational:
             line(f"{COMPARE[expr.rel_op]}({codes[0]}, {codes[1]}, out={out})")
         elif isinstance(expr, (sympy.And, sympy.Or)):
@@ -235,16 +293,17 @@ class _Linearizer:
                 line(f"{fname}({out}, {code}, out={out})")
         elif isinstance(expr, sympy.Not):
             line(f"np.logical_not({codes[0]}, out={out})")
+        elif isinstance(expr, CompareMask):  # compare straight into the int buffer (0/1), negate: 0/~0
+            line(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
+            line(f"np.negative({out}, out={out})")
+        elif isinstance(expr, Indicator):
+            line(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
         elif isinstance(expr, Mask):
-            if expr.args[0].is_Relational:  # compare straight into the int buffer: 0/1
-                line(f"{COMPARE[expr.args[0].rel_op]}({self.value(expr.args[0].lhs)}, {self.value(expr.args[0].rhs)}, out={out})")
-                line(f"np.negative({out}, out={out})")
-            else:
-                line(f"mask_into({out}, {codes[0]})")
+            line(f"mask_into({out}, {codes[0]})")
         elif isinstance(expr, Blend):
-            blend = self.pools["i"].take(avoid=codes)
+            blend = self.pool("i", expr).take(avoid=codes)
             line(f"blend_into({out}, {codes[0]}, {codes[1]}, {codes[2]}, {blend})")
-            self.pools["i"].give(blend)
+            self.pool("i", expr).give(blend)
         elif isinstance(expr, sympy.Piecewise):
             self.piecewise(expr, codes, out)
         else:
@@ -256,29 +315,35 @@ class _Linearizer:
         *pieces, (last_value, last_cond) = pairs
         if last_cond != "True":
             raise NotImplementedError("where() without a final default branch")
-        mask, blend = self.pools["i"].take(), self.pools["i"].take()
+        pool = self.pool("i", expr)
+        mask, blend = pool.take(), pool.take()
         current = last_value
         for value, cond in reversed(pieces):
             self.lines.append(f"select_into({out}, {cond}, {value}, {current}, {mask}, {blend})")
             current = out
-        self.pools["i"].give(mask)
-        self.pools["i"].give(blend)
+        pool.give(mask)
+        pool.give(blend)
 
 
 def _is_negation(expr):
     return expr.is_Mul and len(expr.args) == 2 and expr.args[0] == -1
 
 
-def linearize(kernel, scalar_symbols, output_targets, scale_gradients):
+def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbols=()):
     """Program computing ``kernel`` into ``output_targets`` (code names of output arrays).
 
     With ``scale_gradients``, every output after the first is multiplied by grad_output.
+    ``row_symbols`` are the one-value-per-row inputs of a loss with reductions.
     """
-    lin = _Linearizer(scalar_symbols)
+    lin = _Linearizer(scalar_symbols, row_symbols)
     scalars = frozenset(scalar_symbols)
     kernel = type(kernel)(
         [(s, _with_blends(e, scalars)) for s, e in kernel.assignments], [_with_blends(e, scalars) for e in kernel.outputs]
     )
+    for symbol, expr in kernel.assignments:  # levels of the temporaries first: later nodes use them
+        lin.levels[symbol] = lin.level(expr)
+        if lin.levels[symbol] == "s":
+            lin.scalars.add(symbol)
     lin.count_uses([expr for _, expr in kernel.assignments] + list(kernel.outputs))
     for symbol, expr in kernel.assignments:
         if lin.is_scalar(expr):
@@ -297,4 +362,4 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients):
         elif code != target:
             lin.lines.append(f"np.copyto({target}, {code}, casting='unsafe')")
         lin.release(expr)
-    return Program(lin.lines, lin.pools["f"].count, lin.pools["b"].count, lin.pools["i"].count)
+    return Program(lin.lines, tuple(lin.pools[key].count for key in POOLS))

@@ -15,14 +15,12 @@ PARAMETERS = ('rho',)
 
 
 def _forward(_s, _out, pred, label, rho):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, = _s[0]
-    _b0, = _s[1]
     _i0, _i1, = _s[2]
     np.subtract(label, pred, out=_f0)
     np.absolute(_f0, out=_f1)
-    np.less(_f1, rho, out=_b0)
     np.less(_f1, rho, out=_i0)
     np.negative(_i0, out=_i0)
     np.square(_f0, out=_f2)
@@ -32,7 +30,7 @@ def _forward(_s, _out, pred, label, rho):
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, rho):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _b0, = _s[1]
@@ -55,12 +53,12 @@ def _forward_backward(_s, _out, pred, label, grad_output, rho):
 
 def forward(pred, label, *, rho=1.0):
     """Element-wise huber loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (3, 1, 2), (pred, label,), (rho,), 1)[0]
+    return run_elementwise(_forward, (3, 0, 2, 0, 0, 0), (pred, label,), (rho,), 1)[0]
 
 
 def forward_backward(pred, label, *, rho=1.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (4, 1, 2), (pred, label, grad_output), (rho,), 2
+        _forward_backward, (4, 1, 2, 0, 0, 0), (pred, label, grad_output), (rho,), 2
     )
     return loss, tuple(grads)

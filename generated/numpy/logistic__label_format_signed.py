@@ -15,7 +15,7 @@ PARAMETERS = ()
 
 
 def _forward(_s, _out, pred, label):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, = _s[0]
     np.multiply(label, pred, out=_f0)
@@ -29,7 +29,7 @@ def _forward(_s, _out, pred, label):
 
 
 def _forward_backward(_s, _out, pred, label, grad_output):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _b0, = _s[1]
@@ -53,12 +53,12 @@ def _forward_backward(_s, _out, pred, label, grad_output):
 
 def forward(pred, label):
     """Element-wise logistic loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (3, 0, 0), (pred, label,), (), 1)[0]
+    return run_elementwise(_forward, (3, 0, 0, 0, 0, 0), (pred, label,), (), 1)[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (4, 1, 0), (pred, label, grad_output), (), 2
+        _forward_backward, (4, 1, 0, 0, 0, 0), (pred, label, grad_output), (), 2
     )
     return loss, tuple(grads)

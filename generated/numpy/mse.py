@@ -15,7 +15,7 @@ PARAMETERS = ()
 
 
 def _forward(_s, _out, pred, target):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, = _s[0]
     np.subtract(pred, target, out=_f0)
@@ -23,7 +23,7 @@ def _forward(_s, _out, pred, target):
 
 
 def _forward_backward(_s, _out, pred, target, grad_output):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, = _s[0]
     np.subtract(pred, target, out=_f0)
@@ -34,12 +34,12 @@ def _forward_backward(_s, _out, pred, target, grad_output):
 
 def forward(pred, target):
     """Element-wise mse loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (1, 0, 0), (pred, target,), (), 1)[0]
+    return run_elementwise(_forward, (1, 0, 0, 0, 0, 0), (pred, target,), (), 1)[0]
 
 
 def forward_backward(pred, target, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (2, 0, 0), (pred, target, grad_output), (), 2
+        _forward_backward, (2, 0, 0, 0, 0, 0), (pred, target, grad_output), (), 2
     )
     return loss, tuple(grads)

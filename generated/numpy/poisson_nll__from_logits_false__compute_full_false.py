@@ -15,7 +15,7 @@ PARAMETERS = ('epsilon',)
 
 
 def _forward(_s, _out, pred, target, epsilon):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, = _s[0]
     np.add(pred, epsilon, out=_f0)
@@ -26,7 +26,7 @@ def _forward(_s, _out, pred, target, epsilon):
 
 
 def _forward_backward(_s, _out, pred, target, grad_output, epsilon):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, = _s[0]
     np.add(pred, epsilon, out=_f0)
@@ -43,12 +43,12 @@ def _forward_backward(_s, _out, pred, target, grad_output, epsilon):
 
 def forward(pred, target, *, epsilon=1e-08):
     """Element-wise poisson_nll loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (2, 0, 0), (pred, target,), (epsilon,), 1)[0]
+    return run_elementwise(_forward, (2, 0, 0, 0, 0, 0), (pred, target,), (epsilon,), 1)[0]
 
 
 def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (3, 0, 0), (pred, target, grad_output), (epsilon,), 2
+        _forward_backward, (3, 0, 0, 0, 0, 0), (pred, target, grad_output), (epsilon,), 2
     )
     return loss, tuple(grads)

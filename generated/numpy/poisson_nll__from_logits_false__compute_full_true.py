@@ -15,16 +15,14 @@ PARAMETERS = ('epsilon',)
 
 
 def _forward(_s, _out, pred, target, epsilon):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, = _s[0]
-    _b0, = _s[1]
     _i0, _i1, = _s[2]
     np.add(pred, epsilon, out=_f0)
     np.log(_f0, out=_f1)
     np.multiply(target, _f1, out=_f0)
     np.negative(_f0, out=_f0)
-    np.greater(target, 1, out=_b0)
     np.greater(target, 1, out=_i0)
     np.negative(_i0, out=_i0)
     np.multiply(target, float(2*np.pi), out=_f1)
@@ -40,16 +38,14 @@ def _forward(_s, _out, pred, target, epsilon):
 
 
 def _forward_backward(_s, _out, pred, target, grad_output, epsilon):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, = _s[0]
-    _b0, = _s[1]
     _i0, _i1, = _s[2]
     np.add(pred, epsilon, out=_f0)
     np.log(_f0, out=_f1)
     np.multiply(target, _f1, out=_f2)
     np.negative(_f2, out=_f2)
-    np.greater(target, 1, out=_b0)
     np.greater(target, 1, out=_i0)
     np.negative(_i0, out=_i0)
     np.multiply(target, float(2*np.pi), out=_f1)
@@ -71,12 +67,12 @@ def _forward_backward(_s, _out, pred, target, grad_output, epsilon):
 
 def forward(pred, target, *, epsilon=1e-08):
     """Element-wise poisson_nll loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (4, 1, 2), (pred, target,), (epsilon,), 1)[0]
+    return run_elementwise(_forward, (4, 0, 2, 0, 0, 0), (pred, target,), (epsilon,), 1)[0]
 
 
 def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (5, 1, 2), (pred, target, grad_output), (epsilon,), 2
+        _forward_backward, (5, 0, 2, 0, 0, 0), (pred, target, grad_output), (epsilon,), 2
     )
     return loss, tuple(grads)

@@ -15,7 +15,7 @@ PARAMETERS = ('eps',)
 
 
 def _forward(_s, _out, pred, label, pos_weight, eps):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     np.absolute(pred, out=_f0)
@@ -36,7 +36,7 @@ def _forward(_s, _out, pred, label, pos_weight, eps):
 
 
 def _forward_backward(_s, _out, pred, label, pos_weight, grad_output, eps):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
     _b0, = _s[1]
@@ -71,12 +71,12 @@ def _forward_backward(_s, _out, pred, label, pos_weight, grad_output, eps):
 
 def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
     """Element-wise sigmoid_bce loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (4, 0, 0), (pred, label, pos_weight,), (eps,), 1)[0]
+    return run_elementwise(_forward, (4, 0, 0, 0, 0, 0), (pred, label, pos_weight,), (eps,), 1)[0]
 
 
 def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (8, 1, 0), (pred, label, pos_weight, grad_output), (eps,), 2
+        _forward_backward, (8, 1, 0, 0, 0, 0), (pred, label, pos_weight, grad_output), (eps,), 2
     )
     return loss, tuple(grads)

@@ -15,7 +15,7 @@ PARAMETERS = ('alpha', 'gamma')
 
 
 def _forward(_s, _out, pred, label, alpha, gamma):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, = _s[0]
     np.absolute(pred, out=_f0)
@@ -42,7 +42,7 @@ def _forward(_s, _out, pred, label, alpha, gamma):
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, = _s[0]
     _b0, = _s[1]
@@ -96,12 +96,12 @@ def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma):
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):
     """Element-wise sigmoid_focal loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (5, 0, 0), (pred, label,), (alpha, gamma,), 1)[0]
+    return run_elementwise(_forward, (5, 0, 0, 0, 0, 0), (pred, label,), (alpha, gamma,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (10, 1, 0), (pred, label, grad_output), (alpha, gamma,), 2
+        _forward_backward, (10, 1, 0, 0, 0, 0), (pred, label, grad_output), (alpha, gamma,), 2
     )
     return loss, tuple(grads)

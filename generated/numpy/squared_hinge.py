@@ -15,14 +15,12 @@ PARAMETERS = ('margin',)
 
 
 def _forward(_s, _out, pred, label, margin):
-    """Element-wise loss of one chunk, into _out."""
+    """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, = _s[0]
-    _b0, = _s[1]
     _i0, _i1, = _s[2]
     np.multiply(label, pred, out=_f0)
     np.add(_f0, float(-margin), out=_f1)
-    np.less(_f1, 0, out=_b0)
     np.less(_f1, 0, out=_i0)
     np.negative(_i0, out=_i0)
     np.square(_f1, out=_f0)
@@ -30,7 +28,7 @@ def _forward(_s, _out, pred, label, margin):
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, margin):
-    """Loss and grad_output·∂loss/∂input of one chunk, into _out."""
+    """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, = _s[0]
     _b0, = _s[1]
@@ -49,12 +47,12 @@ def _forward_backward(_s, _out, pred, label, grad_output, margin):
 
 def forward(pred, label, *, margin=1.0):
     """Element-wise squared_hinge loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (2, 1, 2), (pred, label,), (margin,), 1)[0]
+    return run_elementwise(_forward, (2, 0, 2, 0, 0, 0), (pred, label,), (margin,), 1)[0]
 
 
 def forward_backward(pred, label, *, margin=1.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (2, 1, 2), (pred, label, grad_output), (margin,), 2
+        _forward_backward, (2, 1, 2, 0, 0, 0), (pred, label, grad_output), (margin,), 2
     )
     return loss, tuple(grads)

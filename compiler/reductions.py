@@ -1,0 +1,126 @@
+"""Reductions along the class axis, as SymPy nodes, and their derivative rules.
+
+A loss over (rows, classes) mixes three levels: *element* values (one per class, like the
+logits), *row* values (one per row, like a sparse label or a logsumexp) and scalars
+(parameters). Three primitive reductions take an element-level argument to a row value:
+
+    rsum(e)        Σ_j e_j                       ∂/∂e_j = 1
+    rmax(e)        max_j e_j                     ∂/∂e_j = [e_j = max]   (the arg-max mask)
+    rlogsumexp(e)  log Σ_j exp(e_j), row max     ∂/∂e_j = exp(e_j − logsumexp) = softmax_j
+                   subtracted first
+
+Everything else in the language is built from them: mean = rsum/classes, norm = √rsum(e²),
+dot = rsum(a·b), softmax = exp(e − rlogsumexp(e)), log_softmax = e − rlogsumexp(e),
+one_hot(y) = [j = y] over the class index j, pick(e, y) = rsum(e · one_hot(y)).
+"""
+import sympy
+
+CLASS_INDEX = sympy.Symbol("_j", integer=True, nonnegative=True)
+CLASSES = sympy.Symbol("classes", positive=True, integer=True)
+
+
+class Reduction(sympy.Function):
+    """A row value computed from an element-level argument along the class axis."""
+
+    nargs = 1
+
+    def _eval_is_real(self):
+        return True
+
+    def fdiff(self, argindex=1):
+        raise TypeError("reductions are differentiated by lossc.compiler.derive, not by SymPy")
+
+    def local_derivative(self):
+        """∂ self / ∂ argument_j, an element-level expression."""
+        raise NotImplementedError
+
+
+class rsum(Reduction):
+    """Σ over the class axis."""
+
+    def local_derivative(self):
+        return sympy.S.One
+
+    def _latex(self, printer, exp=None):
+        return _power(r"\sum_{j} %s" % printer.parenthesize(self.args[0], 1000), exp)
+
+
+class rmax(Reduction):
+    """max over the class axis; its derivative is the mask of the arg-max (every tie)."""
+
+    def local_derivative(self):
+        return one_hot_where(sympy.Eq(self.args[0], self))
+
+    def _latex(self, printer, exp=None):
+        return _power(r"\max_{j} %s" % printer.parenthesize(self.args[0], 1000), exp)
+
+
+class rlogsumexp(Reduction):
+    """log Σ exp over the class axis (the row max is subtracted before exponentiating)."""
+
+    def local_derivative(self):
+        return sympy.exp(self.args[0] - self)
+
+    def _latex(self, printer, exp=None):
+        return _power(r"\log \sum_{j} e^{%s}" % printer._print(self.args[0]), exp)
+
+
+def _power(tex, exp):
+    return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
+def one_hot_where(cond):
+    """1 where cond else 0 (an element-level indicator)."""
+    return sympy.Piecewise((sympy.S.One, cond), (sympy.S.Zero, True))
+
+
+def one_hot(label):
+    """[j = label]: 1 at the label's class, 0 elsewhere (all 0 for a label outside [0, classes))."""
+    return one_hot_where(sympy.Eq(CLASS_INDEX, label))
+
+
+def reductions_in(expr):
+    """Reduction nodes of ``expr``, innermost first, each once."""
+    found = []
+    for node in sympy.postorder_traversal(expr):
+        if isinstance(node, Reduction) and node not in found:
+            found.append(node)
+    return found
+
+
+def row_sum(expr, element_symbols):
+    """Σ_j expr, simplified where that is exact: a row-level term t gives classes·t and a
+    term (row factor)·[j = y] gives the row factor (labels are validated to lie in range)."""
+    kept, total = [], sympy.S.Zero
+    for term in sympy.Add.make_args(expr):
+        if not element_level(term, element_symbols):
+            total += CLASSES * term
+            continue
+        factors = sympy.Mul.make_args(term)
+        hot = [f for f in factors if _is_one_hot(f, element_symbols)]
+        rest = sympy.Mul(*[f for f in factors if f not in hot])
+        if len(hot) == 1 and not element_level(rest, element_symbols):
+            total += rest
+        else:
+            kept.append(term)
+    return total + (rsum(sympy.Add(*kept)) if kept else sympy.S.Zero)
+
+
+def _is_one_hot(expr, element_symbols):
+    if not (isinstance(expr, sympy.Piecewise) and len(expr.args) == 2):
+        return False
+    (one, cond), (zero, _) = expr.args
+    if one != 1 or zero != 0 or not isinstance(cond, sympy.Eq):
+        return False
+    sides = (cond.lhs, cond.rhs)
+    other = sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
+    return other is not None and not element_level(other, element_symbols)
+
+
+def element_level(expr, element_symbols):
+    """True when expr depends on element-level values (or the class index) outside any reduction."""
+    if isinstance(expr, Reduction):
+        return False
+    if expr.is_Symbol:
+        return expr in element_symbols or expr == CLASS_INDEX
+    return any(element_level(a, element_symbols) for a in expr.args)
