@@ -46,8 +46,10 @@ def manifest_json(spec, derived, spec_file):
         "doc": spec.doc,
         "references": spec.references,
         "spec_file": spec_file,
+        "class_axis": spec.class_axis,
         "inputs": [
-            {"name": i.name, "role": i.role, "differentiable": i.differentiable, "default": i.default, "doc": i.doc}
+            {"name": i.name, "role": i.role, "differentiable": i.differentiable, "default": i.default,
+             "per": i.per, "class_index": i.class_index, "doc": i.doc}
             for i in spec.inputs
         ],
         "parameters": [

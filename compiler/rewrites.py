@@ -53,6 +53,16 @@ def exp_minus_one(node):
     return None
 
 
+def one_minus_exp(node):
+    """1 − exp(u) (+ rest) → −expm1(u) (+ rest)."""
+    if node.is_Add and ONE in node.args:
+        for term in node.args:
+            if term.is_Mul and term.args == (-ONE, term.args[1]) and isinstance(term.args[1], sympy.exp):
+                rest = [a for a in node.args if a is not term and a is not ONE]
+                return sympy.Add(-expm1(term.args[1].args[0]), *rest)
+    return None
+
+
 def log1p_of_exp(node):
     """log1p(exp(u)) → softplus(u)   (exp(u) may overflow; softplus does not)."""
     if isinstance(node, log1p) and isinstance(node.args[0], sympy.exp):
@@ -75,6 +85,7 @@ RULES = (
     power_of_sigmoid,
     log_one_plus,
     exp_minus_one,
+    one_minus_exp,
     log1p_of_exp,
     reciprocal_one_plus_exp,
 )

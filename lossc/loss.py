@@ -7,6 +7,7 @@ import numpy as np
 
 from .backend import array_module, sum_to_shape
 from .elementwise import compute_dtype
+from .layout import RowLayout
 from .pipeline import Pipeline
 
 PIPELINE_ARGS = ("weight", "reduction", "avg_factor", "loss_weight")
@@ -20,6 +21,7 @@ class BoundCall:
     module: object
     arrays: list
     params: dict
+    layout: object = None
 
     @property
     def prediction(self):
@@ -42,6 +44,7 @@ class Loss:
         self.inputs = manifest["inputs"]
         self.parameters = {p["name"]: p for p in manifest["parameters"]}
         self.exposed_as = manifest.get("exposed_as", {})
+        self.class_axis = manifest.get("class_axis")
         self._load_module = load_module
         self._modules = {}
 
@@ -68,6 +71,7 @@ class Loss:
     def bind(self, args, kwargs):
         """Match positional/keyword arguments to inputs and parameters; validate them."""
         values = dict(kwargs)
+        axis = values.pop("axis", -1) if self.class_axis == "parameter" else -1
         if len(args) > len(self.inputs):
             raise TypeError(f"{self.name} takes at most {len(self.inputs)} inputs, got {len(args)}")
         for spec, arg in zip(self.inputs, args):
@@ -86,14 +90,20 @@ class Loss:
             if value is None:
                 raise TypeError(f"{self.name} is missing input '{spec['name']}'")
         xp = array_module(*raw)
-        arrays = [self._input_array(xp, spec, value, raw[0]) for spec, value in zip(self.inputs, raw)]
         params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
         variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
         runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
-        return BoundCall(xp, self._module(xp, variant), arrays, runtime)
+        if self.class_axis is None:
+            arrays = [self._input_array(xp, spec, value, raw[0]) for spec, value in zip(self.inputs, raw)]
+            return BoundCall(xp, self._module(xp, variant), arrays, runtime)
+        layout = RowLayout(self.name, np.shape(raw[0]), self.class_axis, axis)
+        arrays = [self._row_input(xp, spec, value, layout, runtime) for spec, value in zip(self.inputs, raw)]
+        return BoundCall(xp, self._module(xp, variant), arrays, runtime, layout)
 
     def evaluate(self, call, pipeline, with_grad=False, grad_output=None):
         """Run the kernel and ``pipeline``; with_grad also returns the input gradients."""
+        if call.layout is not None:
+            return self._evaluate_rows(call, pipeline, with_grad, grad_output)
         xp, pred = call.xp, call.prediction
         elem_shape = np.broadcast_shapes(*(a.shape for a in call.arrays))
         pipeline.check(elem_shape)
@@ -105,6 +115,63 @@ class Loss:
         loss = pipeline.apply(xp, elem, compute)
         shapes = [a.shape for a, i in zip(call.arrays, self.inputs) if i["differentiable"]]
         return loss, tuple(sum_to_shape(xp, g, s) for g, s in zip(grads, shapes))
+
+    def _evaluate_rows(self, call, pipeline, with_grad, grad_output):
+        """evaluate() for losses with reductions: kernels run on (rows, classes)."""
+        xp, layout = call.xp, call.layout
+        row_level = call.module.LOSS_LEVEL == "row"
+        out_shape = layout.row_shape if row_level else layout.pred_shape
+        pipeline.check(out_shape)
+        compute = compute_dtype(call.prediction.dtype)
+
+        def restore(loss):
+            return loss.reshape(out_shape) if row_level else layout.rows_to_elements(loss)
+
+        if not with_grad:
+            return pipeline.apply(xp, restore(call.module.forward(*call.arrays, **call.params)), compute)
+        upstream = pipeline.upstream(xp, out_shape, compute, grad_output)
+        upstream = layout.row_values(upstream) if row_level else layout.elements_to_rows(upstream)
+        elem, grads = call.module.forward_backward(*call.arrays, **call.params, grad_output=upstream)
+        loss = pipeline.apply(xp, restore(elem), compute)
+        return loss, tuple(layout.rows_to_elements(g) for g in grads)
+
+    def _row_input(self, xp, spec, value, layout, params):
+        """One input of a loss with reductions, laid out as (rows, classes) or (rows,)."""
+        name = spec["name"]
+        array = xp.asarray(value)
+        if spec["role"] == "prediction":
+            if array.dtype.kind != "f":
+                raise TypeError(f"{self.name}: input '{name}' must be a floating-point array, got dtype {array.dtype}")
+            return layout.elements_to_rows(array)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: input '{name}' must be real numbers, got dtype {array.dtype}")
+        if spec["per"] == "element":
+            expected = layout.pred_shape
+            if spec["role"] == "target" and array.shape != expected:
+                raise ValueError(f"{self.name}: '{name}' has shape {array.shape} but the prediction has shape {expected}")
+            try:
+                return layout.elements_to_rows(array)
+            except ValueError:
+                raise ValueError(f"{self.name}: '{name}' of shape {array.shape} does not broadcast to {expected}") from None
+        if spec["role"] == "target" and array.shape != layout.row_shape:
+            raise ValueError(f"{self.name}: '{name}' has shape {array.shape}; expected {layout.row_shape} "
+                             f"(the prediction's shape {layout.pred_shape} without the class axis)")
+        rows = layout.row_values(array)
+        if spec.get("class_index"):
+            self._check_class_indices(name, rows, layout.classes, params.get("ignore_index"))
+        return rows
+
+    def _check_class_indices(self, name, labels, classes, ignore_index):
+        if labels.dtype.kind == "f" and labels.size and not np.all(np.floor(labels) == labels):
+            bad = labels[np.floor(labels) != labels][0]
+            raise ValueError(f"{self.name}: '{name}' holds class indices, got the non-integer value {bad!r}")
+        valid = (labels >= 0) & (labels < classes)
+        if ignore_index is not None:
+            valid |= labels == ignore_index
+        if labels.size and not np.all(valid):
+            bad = labels[~valid][0]
+            extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
+            raise ValueError(f"{self.name}: '{name}' has class index {bad!r} outside [0, {classes}){extra}")
 
     def _input_array(self, xp, spec, value, prediction):
         array = xp.asarray(value)
