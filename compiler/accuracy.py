@@ -61,8 +61,62 @@ def measure(spec_path, dtypes=(np.float32, np.float64)):
         module = importlib.import_module(f"lossc.generated.numpy.{ir.module_name}")
         truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in declared_gradients(ir).items()}}
         for dtype in dtypes:
-            rows += _measure_variant(spec, ir, module, truths, dtype)
+            measure_one = _measure_rows if ir.has_reductions else _measure_variant
+            rows += measure_one(spec, ir, module, truths, dtype)
     return rows
+
+
+def _measure_rows(spec, ir, module, truths, dtype):
+    """Accuracy of a loss with reductions: each element input's grid is one row of values
+    (a single value is repeated), rows come from the product of the row inputs' grids."""
+    classes = max(len(i.accuracy_grid) for i in spec.inputs if i.per == "element")
+    vectors = {i.name: np.array(i.accuracy_grid * (classes if len(i.accuracy_grid) == 1 else 1), dtype=dtype)
+               for i in spec.inputs if i.per == "element"}
+    row_names = [i.name for i in spec.inputs if i.per == "row"]
+    row_points = [dict(zip(row_names, combo))
+                  for combo in itertools.product(*(i.accuracy_grid for i in spec.inputs if i.per == "row"))]
+    n = len(row_points)
+    arrays = {name: np.tile(v, (n, 1)) for name, v in vectors.items()}
+    arrays.update({name: np.array([p[name] for p in row_points], dtype=dtype) for name in row_names})
+    params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
+    loss, grads = module.forward_backward(**arrays, **params)
+    outputs = {"loss": loss, "loss (forward)": module.forward(**arrays, **params)}
+    outputs.update({f"d/d{name}": g for name, g in zip(module.DIFFERENTIABLE, grads)})
+    elements = {name: [float(x) for x in v] for name, v in vectors.items()}
+    rows = []
+    for output, got in outputs.items():
+        expr = truths["loss" if output.startswith("loss") else output]
+        per_element = got.ndim == 2
+        points, values = [], []
+        for r, point in enumerate(row_points):
+            scalars = {k: float(dtype(v)) for k, v in point.items()} | params
+            for j in range(classes) if per_element else [None]:
+                points.append({**point, **({"class": j} if j is not None else {})})
+                values.append((scalars, j, got[r, j] if per_element else got[r]))
+        rows.append(_compare_values(spec, ir, output, dtype, expr, elements, points, values))
+    return rows
+
+
+def _compare_values(spec, ir, output, dtype, expr, elements, points, values):
+    info = np.finfo(dtype)
+    worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
+    for where, (scalars, index, got) in zip(points, values):
+        try:
+            value = float(truth(expr, scalars, elements, index))
+        except NotReal:
+            continue
+        if not np.isfinite(value) or abs(value) > info.max:
+            continue
+        used += 1
+        g = float(got)
+        if not np.isfinite(g):
+            nonfinite += 1
+            worst_at = where
+            continue
+        error = 0.0 if abs(value) < info.tiny and abs(g - value) <= info.tiny else abs(g - value) / max(abs(value), info.tiny)
+        if error > worst:
+            worst, worst_at = error, where
+    return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
 
 
 def _measure_variant(spec, ir, module, truths, dtype):

@@ -9,6 +9,7 @@ import mpmath
 import sympy
 
 from .functions import expm1, log1p, relu, sigmoid, softplus, step
+from .reductions import CLASS_INDEX, CLASSES, rlogsumexp, rmax, rsum
 
 GUARD_BITS = 160  # bits beyond the worst absorption/cancellation: ≥ 40 correct digits
 START_BITS = 256
@@ -49,15 +50,29 @@ class _Evaluator:
     ``exact_zero`` is set when a sum of non-zero terms came out exactly zero.
     """
 
-    def __init__(self, env):
+    def __init__(self, env, elements=None, index=None):
         self.env = env
+        self.elements = elements or {}
+        self.index = index
+        self.classes = len(next(iter(self.elements.values()))) if self.elements else 0
+        self.reduced = {}
         self.lost_bits = 0
         self.exact_zero = False
 
     def value(self, expr):
         """Value of ``expr`` (an mpf)."""
         if expr.is_Symbol:
+            if expr.name in self.elements:
+                return self.elements[expr.name][self.index]
+            if expr == CLASS_INDEX:
+                return mpmath.mpf(self.index)
+            if expr == CLASSES:
+                return mpmath.mpf(self.classes)
             return self.env[expr.name]
+        if isinstance(expr, (rsum, rmax, rlogsumexp)):
+            if expr not in self.reduced:
+                self.reduced[expr] = self.reduce(expr)
+            return self.reduced[expr]
         if expr.is_Float:
             return mpmath.mpf(expr._mpf_)
         if expr.is_Rational:
@@ -85,6 +100,21 @@ class _Evaluator:
         if expr.func in _FUNCTIONS:
             return _real(_FUNCTIONS[expr.func](*(self.value(a) for a in expr.args)))
         raise TypeError(f"mp_eval cannot evaluate {expr.func.__name__}")
+
+    def reduce(self, node):
+        """A reduction over the class axis, evaluating its argument at every class."""
+        outer = self.index
+        values = []
+        for j in range(self.classes):
+            self.index = j
+            values.append(self.value(node.args[0]))
+        self.index = outer
+        if isinstance(node, rmax):
+            return max(values)
+        if isinstance(node, rsum):
+            return self.add(values)
+        top = max(values)
+        return top + mpmath.log(self.add([mpmath.exp(v - top) for v in values]))
 
     def add(self, terms):
         total = mpmath.fsum(terms)
@@ -121,8 +151,11 @@ def _real(value):
     return value
 
 
-def truth(expr, values):
+def truth(expr, values, elements=None, index=None):
     """``expr`` at ``values`` (name → exact float) with at least 40 correct digits, as an mpf.
+
+    For losses with reductions, ``elements`` maps element-level names to one row of values
+    (one per class) and ``index`` is the class at which an element-level expr is taken.
 
     The working precision is raised until it exceeds the bits any sum could lose; a sum
     that came out exactly zero is confirmed at 2048 more bits. Raises NotReal where the
@@ -131,7 +164,11 @@ def truth(expr, values):
     bits, zero_confirmed = START_BITS, False
     while bits <= MAX_BITS:
         with mpmath.workprec(bits):
-            evaluator = _Evaluator({name: mpmath.mpf(v) for name, v in values.items()})
+            evaluator = _Evaluator(
+                {name: mpmath.mpf(v) for name, v in values.items()},
+                {name: [mpmath.mpf(v) for v in row] for name, row in (elements or {}).items()},
+                index,
+            )
             value = evaluator.value(expr)
         needed = evaluator.lost_bits + GUARD_BITS
         if needed <= bits and (not evaluator.exact_zero or zero_confirmed):

@@ -79,6 +79,21 @@ def reciprocal_one_plus_exp(node):
     return None
 
 
+def power_over_base(node):
+    """u**g / u → u**(g − 1), u**g / (−u) → −u**(g − 1): no 0/0 where u = 0 (d u**g = g·u**g/u·du)."""
+    if not node.is_Mul:
+        return None
+    for power in node.args:
+        if not (power.is_Pow and not power.exp.is_Number):
+            continue
+        for divisor in node.args:
+            if divisor.is_Pow and divisor.exp == -1 and divisor.base in (power.base, -power.base):
+                sign = 1 if divisor.base == power.base else -1
+                rest = [a for a in node.args if a is not power and a is not divisor]
+                return sympy.Mul(sign, power.base ** (power.exp - 1), *rest)
+    return None
+
+
 RULES = (
     one_minus_sigmoid,
     log_of_sigmoid,
@@ -88,6 +103,7 @@ RULES = (
     one_minus_exp,
     log1p_of_exp,
     reciprocal_one_plus_exp,
+    power_over_base,
 )
 
 

@@ -163,13 +163,13 @@ class Loss:
 
     def _check_class_indices(self, name, labels, classes, ignore_index):
         if labels.dtype.kind == "f" and labels.size and not np.all(np.floor(labels) == labels):
-            bad = labels[np.floor(labels) != labels][0]
+            bad = labels[np.floor(labels) != labels][0].item()
             raise ValueError(f"{self.name}: '{name}' holds class indices, got the non-integer value {bad!r}")
         valid = (labels >= 0) & (labels < classes)
         if ignore_index is not None:
             valid |= labels == ignore_index
         if labels.size and not np.all(valid):
-            bad = labels[~valid][0]
+            bad = labels[~valid][0].item()
             extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
             raise ValueError(f"{self.name}: '{name}' has class index {bad!r} outside [0, {classes}){extra}")
 

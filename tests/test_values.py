@@ -51,7 +51,7 @@ def test_every_spec_variant_has_a_reference():
 
     folder = Path(lossc.generated.__file__).parent / "losses"
     built = {(m["name"], tuple(v["values"].items())) for p in folder.glob("*.json")
-             for m in [json.loads(p.read_text())] for v in m["variants"]}
+             for m in [json.loads(p.read_text())] for v in m["variants"] if not m["class_axis"]}
     assert built == set(REFERENCES)
 
 

@@ -1,0 +1,230 @@
+"""Losses with reductions along a class axis: PyTorch oracles, finite differences, structure, bad input."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import lossc
+from conftest import spec_paths
+from lossc.compiler.derive import derive
+from lossc.compiler.ir import build_ir, variants
+from lossc.compiler.reductions import reductions_in, rlogsumexp
+from lossc.compiler.spec import load_spec
+
+REDUCTION_SPECS = [p for p in spec_paths() if load_spec(p).class_axis]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+def torch_value_and_grads(torch, fn, *arrays, grad_of=(0,)):
+    tensors = [torch.tensor(a, requires_grad=i in grad_of) for i, a in enumerate(arrays)]
+    out = fn(*tensors)
+    out.sum().backward()
+    return out.detach().numpy(), [tensors[i].grad.numpy() for i in grad_of]
+
+
+def close(ours, theirs, rtol=1e-12, atol=1e-14):
+    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("smoothing", [0.0, 0.15])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_ce_matches_torch(torch, rng, axis, smoothing, weighted):
+    x = rng.normal(0, 3, (4, 6, 5))
+    classes = x.shape[axis]
+    label_shape = (4, 6) if axis == -1 else (4, 5)
+    y = rng.integers(0, classes, label_shape)
+    y[0, 0] = -100
+    weight = rng.uniform(0.5, 2, classes)
+    wshape = (classes,) if axis == -1 else (classes, 1)
+    loss, (grad,) = lossc.get("softmax_ce").value_and_grad(
+        x, y, weight.reshape(wshape), reduction="none", axis=axis, label_smoothing=smoothing, class_weighted=weighted)
+    F = torch.nn.functional
+    xt = x if axis == 1 else np.moveaxis(x, -1, 1)
+    fn = lambda a, b: F.cross_entropy(a, b, weight=torch.tensor(weight) if weighted else None, reduction="none",
+                                      label_smoothing=smoothing, ignore_index=-100)
+    want, (want_grad,) = torch_value_and_grads(torch, fn, xt, y)
+    close(loss, want)
+    close(grad, want_grad if axis == 1 else np.moveaxis(want_grad, 1, -1))
+
+
+def test_softmax_ce_from_logits_and_dense_and_kl(torch, rng):
+    F = torch.nn.functional
+    x = rng.normal(0, 3, (7, 5))
+    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    y = rng.integers(0, 5, 7)
+    loss, (grad,) = lossc.get("softmax_ce").value_and_grad(logp, y, reduction="none", from_logits=True)
+    want, (want_grad,) = torch_value_and_grads(torch, lambda a, b: F.nll_loss(a, b, reduction="none"), logp, y)
+    close(loss, want)
+    close(grad, want_grad)
+    q = rng.dirichlet(np.ones(5), 7)
+    for smoothing in (0.0, 0.2):
+        loss, (grad,) = lossc.get("softmax_ce_dense").value_and_grad(x, q, reduction="none", label_smoothing=smoothing)
+        want, (want_grad,) = torch_value_and_grads(
+            torch, lambda a, b: F.cross_entropy(a, b, reduction="none", label_smoothing=smoothing), x, q)
+        close(loss, want)
+        close(grad, want_grad)
+    q[0, 1] = 0.0  # 0·log 0 = 0
+    for from_logits in (True, False):
+        loss, (grad,) = lossc.get("kl_div").value_and_grad(logp if from_logits else x, q, reduction="none",
+                                                          from_logits=from_logits)
+        fn = (lambda a, b: F.kl_div(a, b, reduction="none")) if from_logits else \
+             (lambda a, b: F.kl_div(F.log_softmax(a, -1), b, reduction="none"))
+        want, (want_grad,) = torch_value_and_grads(torch, fn, logp if from_logits else x, q)
+        close(loss, want)
+        close(grad, want_grad)
+
+
+def test_triplet_and_cosine_match_torch(torch, rng):
+    F = torch.nn.functional
+    a, p, n = rng.normal(0, 1, (3, 6, 4, 2))
+    loss, grads = lossc.get("triplet").value_and_grad(a, p, n, reduction="none", margin=0.5)
+    fn = lambda x, y, z: F.relu(((y - x) ** 2).sum((1, 2)) - ((z - x) ** 2).sum((1, 2)) + 0.5)
+    want, want_grads = torch_value_and_grads(torch, fn, a, p, n, grad_of=(0, 1, 2))
+    close(loss, want)
+    for g, w in zip(grads, want_grads):
+        close(g, w)
+    x1, x2 = a.reshape(6, 8), p.reshape(6, 8)
+    label = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    loss, grads = lossc.get("cosine_embedding").value_and_grad(x1, x2, label, reduction="none", margin=0.2)
+    fn = lambda u, v, y: F.cosine_embedding_loss(u, v, y, margin=0.2, reduction="none")
+    want, want_grads = torch_value_and_grads(torch, fn, x1, x2, label, grad_of=(0, 1))
+    close(loss, want, rtol=1e-10)  # torch puts its 1e-12 inside the norms' square roots
+    for g, w in zip(grads, want_grads):
+        close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_focal_losses_match_their_formulas(torch, rng):
+    F = torch.nn.functional
+    x, y = rng.normal(0, 3, (8, 5)), rng.integers(0, 6, 8)  # label 5 = outside: all-zero one-hot
+    for mode in ("exact", "gluoncv"):
+        loss, (grad,) = lossc.get("focal").value_and_grad(x, y, reduction="none", mode=mode, alpha=0.3, gamma=1.5)
+
+        def gluoncv(a, b):
+            one_hot = F.one_hot(b, 6)[:, :5].double()
+            p = torch.sigmoid(a)
+            pt = torch.where(one_hot > 0, p, 1 - p)
+            alpha = torch.where(one_hot > 0, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64))
+            log_pt = torch.log(torch.clamp(pt + 1e-12, max=1)) if mode == "gluoncv" else torch.log(pt)
+            return -alpha * (1 - pt) ** 1.5 * log_pt
+
+        want, (want_grad,) = torch_value_and_grads(torch, gluoncv, x, y)
+        close(loss, want, rtol=1e-10)
+        close(grad, want_grad, rtol=1e-10)
+    y = rng.integers(0, 5, 8)
+    loss, (grad,) = lossc.get("softmax_focal").value_and_grad(x, y, reduction="none", gamma=3.0)
+
+    def softmax_focal(a, b):
+        log_py = F.log_softmax(a, -1).gather(1, b[:, None])[:, 0]
+        return -0.25 * (1 - log_py.exp()) ** 3 * log_py
+
+    want, (want_grad,) = torch_value_and_grads(torch, softmax_focal, x, y)
+    close(loss, want)
+    close(grad, want_grad)
+
+
+def _random_inputs(loss, rng, shape=(5, 4)):
+    arrays = []
+    for spec in loss.inputs:
+        if spec["per"] == "row":
+            values = rng.integers(0, shape[-1], shape[0]) if spec["class_index"] or loss.name == "focal" else rng.choice([-1.0, 1.0], shape[0])
+            arrays.append(values)
+        elif spec["role"] == "extra":
+            arrays.append(rng.uniform(0.5, 2, shape[-1]))
+        elif spec["role"] == "target" and not spec["differentiable"]:
+            arrays.append(rng.dirichlet(np.ones(shape[-1]), shape[0]))
+        else:
+            arrays.append(rng.normal(0, 2, shape))
+    return arrays
+
+
+@pytest.mark.parametrize("path", REDUCTION_SPECS, ids=lambda p: p.stem)
+def test_every_gradient_matches_finite_differences(path, rng):
+    loss = lossc.get(path.stem)
+    spec = load_spec(path)
+    for variant in variants(spec):
+        arrays = _random_inputs(loss, rng)
+        kwargs = dict(variant, reduction="sum")
+        if "class_weighted" in variant:
+            kwargs["label_smoothing"] = 0.1
+        if variant.get("from_logits") and path.stem in ("focal",):
+            arrays[0] = 1 / (1 + np.exp(-arrays[0]))
+        _, grads = loss.value_and_grad(*arrays, **kwargs)
+        positions = [i for i, s in enumerate(loss.inputs) if s["differentiable"]]
+        for grad, position in zip(grads, positions):
+            h = 1e-6
+            for index in [(0, 0), (2, 1), (4, 3)]:
+                bumped = [a.copy() for a in arrays], [a.copy() for a in arrays]
+                bumped[0][position][index] += h
+                bumped[1][position][index] -= h
+                numeric = (loss(*bumped[0], **kwargs) - loss(*bumped[1], **kwargs)) / (2 * h)
+                assert grad[index] == pytest.approx(numeric, rel=1e-5, abs=1e-7), (path.stem, variant, position, index)
+
+
+def test_softmax_ce_gradient_is_softmax_minus_one_hot_with_no_backward_reduction():
+    spec = load_spec(next(p for p in spec_paths() if p.stem == "softmax_ce"))
+    derived = derive(build_ir(spec, {"from_logits": False, "class_weighted": False}))
+    pred = derived.ir.symbols["pred"]
+    gradient = derived.gradients["pred"]
+    assert reductions_in(gradient) == [rlogsumexp(pred)]  # only the forward logsumexp
+    text = str(gradient.subs("label_smoothing", 0))
+    assert "exp(pred - rlogsumexp(pred))" in text and "Piecewise((1, Eq(_j, label))" in text
+
+
+def test_logit_gaps_of_1e4_stay_finite_and_exact():
+    ce = lossc.get("softmax_ce")
+    x = np.array([[1e4, 0.0, -1e4]] * 3)
+    for dtype in (np.float32, np.float64):
+        loss, (grad,) = ce.value_and_grad(x.astype(dtype), np.array([0, 1, 2]), reduction="none")
+        np.testing.assert_array_equal(loss, np.array([0.0, 1e4, 2e4], dtype=dtype))
+        np.testing.assert_array_equal(grad, np.array([[0, 0, 0], [1, -1, 0], [1, 0, -1]], dtype=dtype))
+
+
+def test_all_ignored_batch_gives_zero_loss_and_gradient(rng):
+    ce = lossc.get("softmax_ce")
+    x = rng.normal(0, 1, (4, 3))
+    loss, (grad,) = ce.value_and_grad(x, np.full(4, -1), reduction="sum", ignore_index=-1)
+    assert loss == 0.0 and not grad.any()
+
+
+def test_dtypes_are_preserved(rng):
+    x, y = rng.normal(0, 2, (6, 5)), rng.integers(0, 5, 6)
+    for dtype in (np.float16, np.float32, np.float64):
+        loss, (grad,) = lossc.get("softmax_ce").value_and_grad(x.astype(dtype), y, reduction="none")
+        assert loss.dtype == dtype and grad.dtype == dtype
+        reference = lossc.get("softmax_ce")(x, y, reduction="none")
+        np.testing.assert_allclose(loss, reference, rtol={np.float16: 3e-3, np.float32: 1e-6, np.float64: 1e-15}[dtype])
+
+
+BAD = [
+    (lambda ce: ce(np.zeros((2, 3)), np.array([0, 3])), ValueError, "class index 3 outside \\[0, 3\\)"),
+    (lambda ce: ce(np.zeros((2, 3)), np.array([0, -2])), ValueError, "class index -2 outside .* or the ignore_index -100"),
+    (lambda ce: ce(np.zeros((2, 3)), np.array([0.5, 1.0])), ValueError, "non-integer value 0.5"),
+    (lambda ce: ce(np.zeros((2, 3)), np.array([0, 1, 2])), ValueError, r"expected \(2,\) \(the prediction's shape \(2, 3\) without the class axis\)"),
+    (lambda ce: ce(np.zeros((2, 3)), np.array([0, 1]), axis=2), ValueError, "axis 2 is out of range"),
+    (lambda ce: lossc.get("softmax_ce_dense")(np.zeros((2, 3)), np.zeros((2, 4))), ValueError, r"'label' has shape \(2, 4\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD, ids=[b[2] for b in BAD])
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call(lossc.get("softmax_ce"))
+
+
+def test_no_rows_by_classes_temporary_beyond_the_gradient(rng):
+    rows, classes = 20000, 500
+    x = rng.normal(0, 1, (rows, classes))
+    y = rng.integers(0, classes, rows)
+    module = lossc.get("softmax_ce").bind((x, y), {}).module
+    module.forward_backward(x, y, 1.0)  # warm the per-thread scratch
+    tracemalloc.start()
+    loss, (grad,) = module.forward_backward(x, y, 1.0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    extra = peak - grad.nbytes - loss.nbytes
+    assert extra < 0.1 * rows * classes * 8, extra
