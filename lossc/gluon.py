@@ -17,7 +17,8 @@ from .registry import get
 
 __all__ = [
     "L2Loss", "L1Loss", "SigmoidBinaryCrossEntropyLoss", "SigmoidBCELoss", "HuberLoss", "HingeLoss",
-    "SquaredHingeLoss", "LogisticLoss", "PoissonNLLLoss",
+    "SquaredHingeLoss", "LogisticLoss", "PoissonNLLLoss", "SoftmaxCrossEntropyLoss", "SoftmaxCELoss",
+    "KLDivLoss", "TripletLoss", "CosineEmbeddingLoss", "FocalLoss",
 ]
 
 
@@ -159,3 +160,162 @@ class PoissonNLLLoss(_GluonLoss):
     def value_and_grad(self, pred, target, sample_weight=None, epsilon=1e-08):
         """(output of shape (1,), (d pred,))."""
         return self._run(pred, target, sample_weight, {"epsilon": epsilon}, with_grad=True)
+
+
+class _GluonAxisLoss(_GluonLoss):
+    """A gluon loss over a spec that reduces along a class axis.
+
+    ``_batch_reduce`` is gluon's reduction over the non-batch axes of the element (or
+    row) loss: 'mean' (``_batch_mean``), 'sum', or 'none' (Triplet, CosineEmbedding).
+    A sample_weight given in gluon's keepdims shape (size 1 on the class axis) is squeezed.
+    """
+
+    _batch_reduce = "mean"
+
+    def _axis_run(self, spec, inputs, params, sample_weight, with_grad):
+        loss = get(spec)
+        pred = np.asarray(inputs[0])
+        call = loss.bind(tuple(inputs), params)
+        layout = call.layout
+        row_level = call.module.LOSS_LEVEL == "row"
+        out_shape = layout.row_shape if row_level else layout.pred_shape
+        batch = self._batch_axis % pred.ndim
+        if row_level and layout.axis is not None and layout.axis < batch:
+            batch -= 1
+        if sample_weight is not None and row_level and np.ndim(sample_weight) == pred.ndim and layout.axis is not None:
+            sample_weight = np.squeeze(np.asarray(sample_weight), axis=layout.axis)
+        axes = tuple(a for a in range(len(out_shape)) if a != batch)
+        reduction = "none" if self._batch_reduce == "none" else self._batch_reduce
+        pipeline = Pipeline(sample_weight, reduction, None, 1.0 if self._weight is None else self._weight,
+                            axes if reduction != "none" else None)
+        return loss.evaluate(call, pipeline, with_grad)
+
+
+class SoftmaxCrossEntropyLoss(_GluonAxisLoss):
+    """Softmax cross-entropy; sparse (integer) or dense (distribution) labels along axis."""
+
+    def __init__(self, axis=-1, sparse_label=True, from_logits=False, weight=None, batch_axis=0):
+        super().__init__(weight, batch_axis)
+        self._axis, self._sparse_label, self._from_logits = axis, sparse_label, from_logits
+
+    def __call__(self, pred, label, sample_weight=None):
+        return self._run_ce(pred, label, sample_weight, False)
+
+    def value_and_grad(self, pred, label, sample_weight=None):
+        """(output, (d pred,)) for output.sum()."""
+        return self._run_ce(pred, label, sample_weight, True)
+
+    def _run_ce(self, pred, label, sample_weight, with_grad):
+        spec = "softmax_ce" if self._sparse_label else "softmax_ce_dense"
+        if not self._sparse_label:
+            label = _reshape_like(np.asarray(label), np.asarray(pred))
+        params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
+        return self._axis_run(spec, (pred, label), params, sample_weight, with_grad)
+
+
+SoftmaxCELoss = SoftmaxCrossEntropyLoss
+
+
+class KLDivLoss(_GluonAxisLoss):
+    """label·(log label − log p), averaged over the non-batch axes as MXNet 1.9's code does."""
+
+    def __init__(self, from_logits=True, axis=-1, weight=None, batch_axis=0):
+        super().__init__(weight, batch_axis)
+        self._from_logits, self._axis = from_logits, axis
+
+    def __call__(self, pred, label, sample_weight=None):
+        return self._run_kl(pred, label, sample_weight, False)
+
+    def value_and_grad(self, pred, label, sample_weight=None):
+        """(output, (d pred,)) for output.sum()."""
+        return self._run_kl(pred, label, sample_weight, True)
+
+    def _run_kl(self, pred, label, sample_weight, with_grad):
+        label = _reshape_like(np.asarray(label), np.asarray(pred))
+        params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
+        return self._axis_run("kl_div", (pred, label), params, sample_weight, with_grad)
+
+
+class TripletLoss(_GluonAxisLoss):
+    """max(‖positive − pred‖² − ‖negative − pred‖² + margin, 0), shape (batch,)."""
+
+    _batch_reduce = "none"
+
+    def __init__(self, margin=1, weight=None, batch_axis=0):
+        super().__init__(weight, batch_axis)
+        self._margin = margin
+
+    def __call__(self, pred, positive, negative, sample_weight=None):
+        return self._run_triplet(pred, positive, negative, sample_weight, False)
+
+    def value_and_grad(self, pred, positive, negative, sample_weight=None):
+        """(output, (d pred, d positive, d negative)) for output.sum()."""
+        return self._run_triplet(pred, positive, negative, sample_weight, True)
+
+    def _run_triplet(self, pred, positive, negative, sample_weight, with_grad):
+        pred = np.moveaxis(np.asarray(pred), self._batch_axis, 0)
+        positive = np.moveaxis(_reshape_like(np.asarray(positive), np.asarray(pred)), self._batch_axis, 0)
+        negative = np.moveaxis(_reshape_like(np.asarray(negative), np.asarray(pred)), self._batch_axis, 0)
+        batch_axis, self._batch_axis = self._batch_axis, 0
+        try:
+            result = self._axis_run("triplet", (pred, positive, negative), {"margin": self._margin}, sample_weight, with_grad)
+        finally:
+            self._batch_axis = batch_axis
+        if with_grad:
+            return result[0], tuple(np.moveaxis(g, 0, batch_axis) for g in result[1])
+        return result
+
+
+class CosineEmbeddingLoss(_GluonAxisLoss):
+    """1 − cos for label 1, max(0, cos − margin) for label −1; gluon returns shape (batch, 1)."""
+
+    _batch_reduce = "none"
+
+    def __init__(self, weight=None, batch_axis=0, margin=0):
+        super().__init__(weight, batch_axis)
+        self._margin = margin
+
+    def __call__(self, input1, input2, label, sample_weight=None):
+        return self._run_cos(input1, input2, label, sample_weight, False)
+
+    def value_and_grad(self, input1, input2, label, sample_weight=None):
+        """(output of shape (batch, 1), (d input1, d input2)) for output.sum()."""
+        return self._run_cos(input1, input2, label, sample_weight, True)
+
+    def _run_cos(self, input1, input2, label, sample_weight, with_grad):
+        input2 = np.asarray(input2)
+        input1 = _reshape_like(np.asarray(input1), input2)
+        label = np.asarray(label).reshape(-1)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight).reshape(-1)
+        result = self._axis_run("cosine_embedding", (input1, input2, label), {"margin": self._margin}, sample_weight, with_grad)
+        if with_grad:
+            return result[0].reshape(-1, 1), result[1]
+        return result.reshape(-1, 1)
+
+
+class FocalLoss(_GluonAxisLoss):
+    """GluonCV's FocalLoss: a sigmoid per class, one-hot sparse labels (mode 'gluoncv' by default
+    here, reproducing its eps clipping; pass mode='exact' for the stable form)."""
+
+    def __init__(self, axis=-1, alpha=0.25, gamma=2, sparse_label=True, from_logits=False, batch_axis=0,
+                 weight=None, num_class=None, eps=1e-12, size_average=True, mode="gluoncv"):
+        super().__init__(weight, batch_axis)
+        if not sparse_label:
+            raise NotImplementedError("FocalLoss(sparse_label=False) is not available yet; use sparse labels")
+        self._axis, self._num_class, self._size_average = axis, num_class, size_average
+        self._batch_reduce = "mean" if size_average else "sum"
+        self._focal = {"alpha": alpha, "gamma": gamma, "from_logits": bool(from_logits), "eps": eps, "mode": mode}
+
+    def __call__(self, pred, label, sample_weight=None):
+        return self._run_focal(pred, label, sample_weight, False)
+
+    def value_and_grad(self, pred, label, sample_weight=None):
+        """(output, (d pred,)) for output.sum()."""
+        return self._run_focal(pred, label, sample_weight, True)
+
+    def _run_focal(self, pred, label, sample_weight, with_grad):
+        pred = np.asarray(pred)
+        if self._num_class is not None and pred.shape[self._axis] != self._num_class:
+            raise ValueError(f"num_class={self._num_class} but pred has {pred.shape[self._axis]} classes on axis {self._axis}")
+        return self._axis_run("focal", (pred, label), {"axis": self._axis, **self._focal}, sample_weight, with_grad)

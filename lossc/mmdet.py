@@ -120,23 +120,26 @@ def _one_hot_without_background(target, pred):
 
 @register
 class CrossEntropyLoss(_MMDetLoss):
-    """MMDetection's CrossEntropyLoss; use_sigmoid=True is BCE over one-hot labels.
-
-    The softmax form (use_sigmoid=False) needs the axis-reduction compiler (softmax CE)
-    and is not available yet.
-    """
+    """MMDetection's CrossEntropyLoss: softmax CE over (N, C) logits and (N,) labels, or with
+    use_sigmoid=True, BCE over one-hot labels (C = background gives an all-zero row)."""
 
     def __init__(self, use_sigmoid=False, use_mask=False, reduction="mean", class_weight=None,
                  ignore_index=None, loss_weight=1.0, avg_non_ignore=False):
-        if not use_sigmoid or use_mask:
-            raise NotImplementedError("CrossEntropyLoss supports use_sigmoid=True only (softmax CE is not compiled yet)")
-        super().__init__("sigmoid_bce", reduction, loss_weight, from_sigmoid=False)
+        if use_mask:
+            raise NotImplementedError("CrossEntropyLoss(use_mask=True) is not supported")
+        self.use_sigmoid = use_sigmoid
+        if use_sigmoid:
+            super().__init__("sigmoid_bce", reduction, loss_weight, from_sigmoid=False)
+        else:
+            super().__init__("softmax_ce", reduction, loss_weight, class_weighted=class_weight is not None)
         self.class_weight = class_weight
         self.ignore_index = -100 if ignore_index is None else ignore_index
         self.avg_non_ignore = avg_non_ignore
 
     def _run(self, pred, target, weight, avg_factor, reduction_override, inputs, with_grad):
         pred, target = np.asarray(pred), np.asarray(target)
+        if not self.use_sigmoid:
+            return self._softmax(pred, target, weight, avg_factor, reduction_override, inputs, with_grad)
         if target.ndim != pred.ndim:
             valid = target != self.ignore_index
             if self.avg_non_ignore and avg_factor is None and (reduction_override or self.reduction) == "mean":
@@ -149,6 +152,17 @@ class CrossEntropyLoss(_MMDetLoss):
         if self.class_weight is not None:
             inputs = {**inputs, "pos_weight": np.asarray(self.class_weight, dtype=pred.dtype)}
         return super()._run(pred, target, weight, avg_factor, reduction_override, inputs, with_grad)
+
+    def _softmax(self, pred, target, weight, avg_factor, reduction_override, inputs, with_grad):
+        """mmdet's cross_entropy: F.cross_entropy(reduction='none') → weight → reduce → loss_weight."""
+        reduction = reduction_override or self.reduction
+        if self.avg_non_ignore and avg_factor is None and reduction == "mean":
+            avg_factor = float(target.size - np.count_nonzero(target == self.ignore_index))
+        if self.class_weight is not None:
+            inputs = {**inputs, "class_weight": np.asarray(self.class_weight, dtype=pred.dtype)}
+        call = self.loss.bind((pred, target), {**self.params, "ignore_index": self.ignore_index, **inputs})
+        weight = None if weight is None else np.asarray(weight, dtype=pred.dtype)
+        return self.loss.evaluate(call, Pipeline(weight, reduction, avg_factor, self.loss_weight), with_grad)
 
 
 @register

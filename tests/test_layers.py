@@ -202,3 +202,79 @@ def test_paddle_normalizer_divides_before_reduction(rng):
         paddle.sigmoid_focal_loss(logit, label, normalizer=np.ones((1, 1)))
     with pytest.raises(ValueError, match="reduction must be one of"):
         paddle.sigmoid_focal_loss(logit, label, reduction="avg")
+
+
+# ---------------------------------------------------------------- gluon, reductions
+def log_softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_gluon_softmax_ce_sparse_and_dense(rng, axis):
+    pred = rng.normal(0, 2, (4, 5, 3))
+    classes = pred.shape[axis]
+    label = rng.integers(0, classes, (4, 3) if axis == 1 else (4, 5))
+    sample_weight = rng.uniform(0, 2, (4, 1, 1))
+    loss = gluon.SoftmaxCrossEntropyLoss(axis=axis, weight=0.5)
+    logp = log_softmax(pred, axis)
+    picked = -np.take_along_axis(logp, np.expand_dims(label, axis), axis=axis)  # gluon's keepdims pick
+    want = (picked * sample_weight * 0.5).mean(axis=(1, 2))
+    np.testing.assert_allclose(loss(pred, label, sample_weight), want, rtol=1e-12)
+    dense = rng.dirichlet(np.ones(classes), (4, 3) if axis == 1 else (4, 5))
+    dense = np.moveaxis(dense, -1, axis)
+    want = (-(logp * dense).sum(axis=axis, keepdims=True)).mean(axis=(1, 2))
+    np.testing.assert_allclose(gluon.SoftmaxCELoss(axis=axis, sparse_label=False)(pred, dense), want, rtol=1e-12)
+    value, (grad,) = loss.value_and_grad(pred, label, sample_weight)
+    h, e = 1e-6, np.zeros_like(pred)
+    e[1, 2, 0] = h
+    numeric = (loss(pred + e, label, sample_weight).sum() - loss(pred - e, label, sample_weight).sum()) / (2 * h)
+    assert grad[1, 2, 0] == pytest.approx(numeric, rel=1e-6)
+
+
+def test_gluon_kl_div_averages_like_mxnet_code(rng):
+    pred = rng.normal(0, 2, (3, 4))
+    label = rng.dirichlet(np.ones(4), 3)
+    label[0, 0] = 0.0
+    for from_logits in (True, False):
+        logp = pred if from_logits else log_softmax(pred, -1)
+        elem = np.where(label > 0, label * (np.log(np.where(label > 0, label, 1)) - logp), 0.0)
+        got = gluon.KLDivLoss(from_logits=from_logits)(pred, label)
+        np.testing.assert_allclose(got, elem.mean(axis=1), rtol=1e-12)  # MXNet 1.9: _batch_mean
+
+
+def test_gluon_triplet_cosine_focal(rng):
+    pred, pos, neg = rng.normal(0, 1, (3, 5, 2, 3))
+    want = np.maximum(((pos - pred) ** 2).sum((1, 2)) - ((neg - pred) ** 2).sum((1, 2)) + 0.7, 0)
+    np.testing.assert_allclose(gluon.TripletLoss(margin=0.7)(pred, pos, neg), want, rtol=1e-12)
+    value, grads = gluon.TripletLoss(margin=0.7).value_and_grad(pred, pos, neg)
+    assert [g.shape for g in grads] == [pred.shape] * 3
+    x1, x2 = rng.normal(0, 1, (2, 6, 4))
+    label = np.array([1, -1, 1, -1, 0, 1.0])
+    cos = (x1 * x2).sum(-1) / np.maximum(np.linalg.norm(x1, axis=-1) * np.linalg.norm(x2, axis=-1), 1e-12)
+    want = np.where(label == 1, 1 - cos, 0) + np.maximum(0, np.where(label == -1, cos - 0.1, 0))
+    got = gluon.CosineEmbeddingLoss(margin=0.1)(x1, x2, label)
+    assert got.shape == (6, 1)
+    np.testing.assert_allclose(got[:, 0], want, rtol=1e-12)
+    logits, labels = rng.normal(0, 3, (4, 6)), np.array([0, 5, 2, 7])
+    one_hot = np.eye(8)[labels][:, :6]
+    p = sigmoid(logits)
+    pt = np.where(one_hot > 0, p, 1 - p)
+    alpha = np.where(one_hot > 0, 0.25, 0.75)
+    elem = -alpha * (1 - pt) ** 2 * np.log(np.minimum(pt + 1e-12, 1))
+    np.testing.assert_allclose(gluon.FocalLoss()(logits, labels), elem.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(gluon.FocalLoss(size_average=False)(logits, labels), elem.sum(axis=1), rtol=1e-12)
+
+
+def test_mmdet_softmax_cross_entropy(rng, torch):
+    pred = rng.normal(0, 2, (9, 4))
+    target = rng.integers(0, 4, 9)
+    target[2] = -100
+    weight = rng.uniform(0, 1, 9)
+    class_weight = [1.0, 2.0, 0.5, 1.5]
+    loss = lossc.build_loss(dict(type="CrossEntropyLoss", class_weight=class_weight, loss_weight=2.0, avg_non_ignore=True))
+    elem = torch.nn.functional.cross_entropy(torch.tensor(pred), torch.tensor(target), weight=torch.tensor(class_weight, dtype=torch.float64),
+                                             reduction="none", ignore_index=-100).numpy()
+    avg = 8.0 + float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(loss(pred, target, weight=weight), 2.0 * (elem * weight).sum() / avg, rtol=1e-12)
+    np.testing.assert_allclose(loss(pred, target, reduction_override="none"), 2.0 * elem, rtol=1e-12)
