@@ -1,5 +1,8 @@
 """CPU benchmark: fused forward+backward of generated kernels vs baselines, in one run.
 
+Also softmax cross-entropy forward+backward on (10000, 1000) float32 against PyTorch CPU
+eager, with the peak memory it allocates beyond its outputs (tracemalloc).
+
 For sigmoid focal, SigmoidBCE and Huber at N = 1e6 and 1e7 float32 it prints the median
 time of: the lossc fused kernel (loss + gradient), the same loss and hand-derived gradient
 written as plain NumPy expressions, PyTorch CPU eager forward + backward (if installed),
@@ -11,6 +14,7 @@ Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--repeat 7]
 import argparse
 import statistics
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -87,6 +91,32 @@ CASES = {
 }
 
 
+def softmax_ce(rng, repeat, torch_info, rows=10000, classes=1000):
+    """Softmax CE fwd+bwd on (rows, classes) float32: time vs torch eager, peak extra memory."""
+    x = rng.normal(0, 3, (rows, classes)).astype(np.float32)
+    y = rng.integers(0, classes, rows)
+    module = lossc.get("softmax_ce").bind((x, y), {}).module
+    t_ours = timed(lambda: module.forward_backward(x, y), repeat)
+    tracemalloc.start()
+    loss, (grad,) = module.forward_backward(x, y)
+    extra = tracemalloc.get_traced_memory()[1] - loss.nbytes - grad.nbytes
+    tracemalloc.stop()
+    t_torch = float("nan")
+    if torch_info:
+        torch = torch_info[0]
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def run():
+            xg = xt.detach().requires_grad_(True)
+            torch.nn.functional.cross_entropy(xg, yt, reduction="none").backward(torch.ones(rows))
+            return xg.grad
+
+        t_torch = timed(run, repeat)
+    print(f"softmax_ce {rows}x{classes} float32: lossc {t_ours*1e3:.2f} ms, torch eager {t_torch*1e3:.2f} ms, "
+          f"{t_torch/t_ours:.2f}x; extra memory beyond outputs {extra/2**20:.2f} MiB "
+          f"(one rows x classes buffer = {x.nbytes/2**20:.1f} MiB)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
@@ -117,6 +147,7 @@ def main():
                 t_torch = timed(lambda: fns[label](xt, yt), args.repeat)
             print(f"{label:14s} {size:6.0e} {t_ours*1e3:9.2f} {t_numpy*1e3:9.2f} {t_torch*1e3:9.2f} {t_add*1e3:9.2f} "
                   f"{t_numpy/t_ours:8.2f}x {t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
+    softmax_ce(rng, args.repeat, torch_info)
     if torch_info:
         print(f"torch {torch_info[0].__version__}, {torch_info[0].get_num_threads()} threads; numpy {np.__version__}")
 

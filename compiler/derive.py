@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import sympy
 
 from .lowering import lower
-from .reductions import element_level, reductions_in, row_sum
+from .reductions import element_level, reductions_in, row_sum, split_row_sums
 from .rewrites import stabilize
 
 GRAD_OUTPUT = sympy.Symbol("grad_output", real=True)
@@ -55,12 +55,15 @@ def derive(ir):
         else:
             gradient = sympy.diff(loss, ir.symbols[inp.name])
         gradients[inp.name] = stabilize(_drop_distributions(gradient))
+    kernel_exprs = [loss, *gradients.values()]
+    if ir.has_reductions:
+        kernel_exprs = [split_row_sums(e, ir.element_symbols) for e in kernel_exprs]
     return DerivedLoss(
         ir=ir,
         loss=loss,
         gradients=gradients,
-        forward=fuse([loss]),
-        forward_backward=fuse([loss, *gradients.values()]),
+        forward=fuse(kernel_exprs[:1]),
+        forward_backward=fuse(kernel_exprs),
     )
 
 

@@ -101,9 +101,13 @@ def row_sum(expr, element_symbols):
         rest = sympy.Mul(*[f for f in factors if f not in hot])
         if len(hot) == 1 and not element_level(rest, element_symbols):
             total += rest
-        else:
-            kept.append(term)
-    return total + (rsum(sympy.Add(*kept)) if kept else sympy.S.Zero)
+            continue
+        outside = sympy.Mul(*[f for f in factors if not element_level(f, element_symbols)])
+        kept.append((outside, sympy.Mul(*[f for f in factors if element_level(f, element_symbols)])))
+    groups = {}
+    for outside, inside in kept:
+        groups.setdefault(inside, []).append(outside)
+    return total + sympy.Add(*[sympy.Add(*outs) * rsum(inside) for inside, outs in groups.items()])
 
 
 def _is_one_hot(expr, element_symbols):
@@ -124,3 +128,21 @@ def element_level(expr, element_symbols):
     if expr.is_Symbol:
         return expr in element_symbols or expr == CLASS_INDEX
     return any(element_level(a, element_symbols) for a in expr.args)
+
+
+def split_row_sums(expr, element_symbols):
+    """Apply the linearity of Σ_j inside expr: row-level factors and terms move out of each
+    rsum (Σ_j (e_j − r)·[j = y] → Σ_j e_j·[j = y] − r), so fewer element passes remain."""
+    def split(node):
+        if not isinstance(node, rsum):
+            return node
+        return row_sum(sympy.expand_mul(node.args[0]), element_symbols)
+    return _bottom_up(expr, split)
+
+
+def _bottom_up(expr, rule):
+    if expr.args:
+        args = tuple(_bottom_up(a, rule) for a in expr.args)
+        if args != expr.args:
+            expr = expr.func(*args)
+    return rule(expr)

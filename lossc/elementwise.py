@@ -67,6 +67,17 @@ def blend_into(out, mask, if_true, if_false, blend):
         np.copyto(out, blend.view(floats), casting="unsafe")
 
 
+def pick_into(out, values, index):
+    """out[r] = values[r, index[r]], or 0 where index[r] is outside [0, classes):
+    Σ_j values·[j = index] as one gather instead of two passes over the row."""
+    classes = values.shape[-1]
+    position = index.astype(np.intp)
+    valid = (position >= 0) & (position < classes)
+    np.clip(position, 0, classes - 1, out=position)
+    gathered = np.take_along_axis(np.broadcast_to(values, position.shape[:-1] + (classes,)), position, axis=-1)
+    np.copyto(out, np.where(valid, gathered, 0), casting="unsafe")
+
+
 def _bits(value, dtype, bits):
     array = np.asarray(value)
     if array.dtype != dtype:

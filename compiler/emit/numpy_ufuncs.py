@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..functions import expm1, log1p, one_if_nonneg, relu, step
-from ..reductions import Reduction, rlogsumexp, rmax, rsum
+from ..reductions import CLASS_INDEX, Reduction, rlogsumexp, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
 UNARY = {
@@ -109,6 +109,7 @@ class _Linearizer:
         self.printer = NumPyPrinter({"order": "lex"})
         self.pools = {key: _Pool(prefix) for key, prefix in POOLS.items()}
         self.lines, self.names, self.uses, self.levels = [], {}, {}, {}
+        self.definitions = {}  # CSE temporaries → their expressions
 
     # -- analysis ----------------------------------------------------------------------
     def level(self, expr):
@@ -181,6 +182,9 @@ class _Linearizer:
     def compute(self, expr, out=None):
         if expr.is_Add or expr.is_Mul:
             return self.arithmetic(expr, out)
+        picked = self.pick_parts(expr)
+        if picked:
+            return self.pick(expr, *picked, out)
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
         kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
@@ -191,8 +195,49 @@ class _Linearizer:
             self.release(a)
         return target
 
+    def pick_parts(self, expr):
+        """(product, values, index) when expr is Σ_j values·[j = index] used only here, else None."""
+        if not isinstance(expr, rsum) or not expr.args[0].is_Mul or len(expr.args[0].args) != 2:
+            return None
+        product = expr.args[0]
+        if self.uses.get(product) != 1 or product in self.names:
+            return None
+        is_hot = lambda e: isinstance(self.definitions.get(e, e), Indicator)  # noqa: E731
+        values, hot = product.args if is_hot(product.args[1]) else product.args[::-1]
+        definition = self.definitions.get(hot, hot)
+        if not isinstance(definition, Indicator) or OPS[int(definition.args[0])] != "==" or self.level(values) != "e":
+            return None
+        sides = definition.args[1:]
+        index = sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
+        if index is None or self.level(index) == "e":
+            return None
+        return product, values, index
+
+    def pick(self, expr, product, values, index, out):
+        """Σ_j values·[j = index] as a gather (see lossc.elementwise.pick_into)."""
+        codes = [self.value(values), self.value(index)]
+        target = out or self.pool("f", expr).take(avoid=codes)
+        self.lines.append(f"pick_into({target}, {codes[0]}, {codes[1]})")
+        for node in (*product.args, product):  # as if the product had been computed and summed
+            self.release(node)
+        return target
+
     def arithmetic(self, expr, out):
-        """n-ary + or ×: scalar parts folded into one Python scalar, −t as subtraction."""
+        """n-ary + or ×: scalar parts folded into one Python scalar, −t as subtraction, and
+        with element-level operands, the row-level (and scalar) ones combined first."""
+        scalars = [a for a in expr.args if self.is_scalar(a)]
+        arrays = [a for a in expr.args if not self.is_scalar(a)]
+        rows = [a for a in arrays if self.level(a) == "r"]
+        if self.level(expr) == "e" and rows and len(rows) + len(scalars) > 1:
+            combined = expr.func(*rows, *scalars, evaluate=False)
+            self.uses[combined] = self.uses.get(combined, 0) + 1
+            self.levels[combined] = "r"
+            self.value(combined)
+            return self._arithmetic(expr.func(*[a for a in arrays if a not in rows], combined, evaluate=False),
+                                    out, expr, released=[a for a in arrays if a not in rows] + [combined])
+        return self._arithmetic(expr, out, expr, released=arrays)
+
+    def _arithmetic(self, expr, out, original, released):
         scalars = [a for a in expr.args if self.is_scalar(a)]
         arrays = [a for a in expr.args if not self.is_scalar(a)]
         scalar = self.scalar(expr.func(*scalars)) if scalars else None
@@ -217,9 +262,9 @@ class _Linearizer:
                 steps.append(("np.negative", None))
             elif scalar is not None:
                 steps.append(("np.multiply", scalar))
-        target = out or self.pool("f", expr).take(avoid=codes)
-        self.chain(first, steps, target, avoid=codes, level_of=expr)
-        for a in arrays:
+        target = out or self.pool("f", original).take(avoid=codes)
+        self.chain(first, steps, target, avoid=codes, level_of=original)
+        for a in released:
             self.release(a)
         return target
 
@@ -341,6 +386,7 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
         [(s, _with_blends(e, scalars)) for s, e in kernel.assignments], [_with_blends(e, scalars) for e in kernel.outputs]
     )
     for symbol, expr in kernel.assignments:  # levels of the temporaries first: later nodes use them
+        lin.definitions[symbol] = expr
         lin.levels[symbol] = lin.level(expr)
         if lin.levels[symbol] == "s":
             lin.scalars.add(symbol)

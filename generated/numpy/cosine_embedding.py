@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
 
 NAME = "cosine_embedding"
 VARIANT = {}
@@ -106,8 +106,8 @@ def _forward_backward(_s, _out, input1, input2, label, grad_output, _j, classes,
     np.multiply(_rb2, _rf1, out=_rf0)
     blend_into(_rf1, _ri2, _rf0, 0, _ri0)
     np.add(_rf2, _rf1, out=_rf0)
-    np.multiply(input1, _rf0, out=_f1)
-    np.multiply(_f1, 2, out=_f1)
+    np.multiply(_rf0, 2, out=_rf1)
+    np.multiply(input1, _rf1, out=_f1)
     np.add(_f0, _f1, out=_f2)
     np.multiply(grad_output, _f2, out=_out1)
     np.multiply(_rf8, input1, out=_f0)
@@ -116,8 +116,8 @@ def _forward_backward(_s, _out, input1, input2, label, grad_output, _j, classes,
     np.multiply(_rb2, _rf3, out=_rf0)
     blend_into(_rf2, _ri2, _rf0, 0, _ri0)
     np.add(_rf1, _rf2, out=_rf0)
-    np.multiply(input2, _rf0, out=_f1)
-    np.multiply(_f1, 2, out=_f1)
+    np.multiply(_rf0, 2, out=_rf1)
+    np.multiply(input2, _rf1, out=_f1)
     np.add(_f0, _f1, out=_f2)
     np.multiply(grad_output, _f2, out=_out2)
 

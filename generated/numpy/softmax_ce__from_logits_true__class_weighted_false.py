@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': True, 'class_weighted': False}
@@ -20,14 +20,11 @@ LOSS_LEVEL = "row"
 def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _ri0, _ri1, = _s[5]
     np.equal(ignore_index, label, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    np.equal(_j, label, out=_f0)
-    np.multiply(pred, _f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf0)
+    pick_into(_rf0, pred, label)
     np.multiply(_rf0, float(label_smoothing - 1), out=_rf1)
     np.sum(pred, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-label_smoothing/classes), out=_rf2)
@@ -47,8 +44,7 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _t2 = float(label_smoothing - 1)
     np.equal(_j, label, out=_f0)
     mask_into(_ri0, _rb0)
-    np.multiply(_f0, pred, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf0)
+    pick_into(_rf0, pred, label)
     np.multiply(_rf0, _t2, out=_rf1)
     np.sum(pred, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-_t1), out=_rf2)
@@ -63,7 +59,7 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (2, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return run_rows(_forward, (0, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):

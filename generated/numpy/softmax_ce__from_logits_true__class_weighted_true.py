@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': True, 'class_weighted': True}
@@ -20,15 +20,13 @@ LOSS_LEVEL = "row"
 def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, = _s[0]
+    _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _ri0, _ri1, = _s[5]
     np.multiply(class_weight, pred, out=_f0)
     np.equal(ignore_index, label, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    np.equal(_j, label, out=_f1)
-    np.multiply(_f0, _f1, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    pick_into(_rf0, _f0, label)
     np.multiply(_rf0, float(label_smoothing - 1), out=_rf1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-label_smoothing/classes), out=_rf2)
@@ -39,7 +37,7 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
 def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, = _s[0]
+    _f0, _f1, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
@@ -49,8 +47,7 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _t3 = float(label_smoothing - 1)
     np.equal(_j, label, out=_f1)
     mask_into(_ri0, _rb0)
-    np.multiply(_f0, _f1, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    pick_into(_rf0, _f0, label)
     np.multiply(_rf0, _t3, out=_rf1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-_t2), out=_rf2)
@@ -66,13 +63,13 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (3, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return run_rows(_forward, (1, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (3, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (2, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
 
 NAME = "softmax_ce_dense"
 VARIANT = {'from_logits': True}
@@ -20,39 +20,43 @@ LOSS_LEVEL = "row"
 def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, = _s[0]
-    _rf0, = _s[3]
-    np.multiply(label, float(label_smoothing - 1), out=_f0)
-    np.add(_f0, float(-label_smoothing/classes), out=_f1)
-    np.multiply(pred, _f1, out=_f0)
-    np.negative(_f0, out=_f0)
+    _f0, = _s[0]
+    _rf0, _rf1, _rf2, = _s[3]
+    np.multiply(label, pred, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.negative(_rf0, out=_out0)
+    np.multiply(_rf0, float(label_smoothing - 1), out=_rf1)
+    np.sum(pred, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf0, float(-label_smoothing/classes), out=_rf2)
+    np.add(_rf1, _rf2, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, = _s[0]
-    _rf0, = _s[3]
-    np.multiply(label, float(label_smoothing - 1), out=_f0)
-    np.add(_f0, float(-label_smoothing/classes), out=_f1)
-    np.multiply(_f1, pred, out=_f0)
-    np.negative(_f0, out=_f0)
+    _rf0, _rf1, _rf2, = _s[3]
+    _t0 = float(label_smoothing - 1)
+    _t1 = float(label_smoothing/classes)
+    np.multiply(label, pred, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.negative(_rf0, out=_out0)
-    np.multiply(_f1, grad_output, out=_out1)
+    np.multiply(_rf0, _t0, out=_rf1)
+    np.sum(pred, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf0, float(-_t1), out=_rf2)
+    np.add(_rf1, _rf2, out=_out0)
+    np.multiply(label, _t0, out=_f0)
+    np.add(_f0, float(-_t1), out=_f1)
+    np.multiply(grad_output, _f1, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
     """softmax_ce_dense of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (2, 0, 0, 1, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
+    return run_rows(_forward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (2, 0, 0, 1, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (2, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
 
 NAME = "triplet"
 VARIANT = {}
@@ -56,8 +56,8 @@ def _forward_backward(_s, _out, pred, positive, negative, grad_output, _j, class
     np.subtract(negative, positive, out=_f0)
     np.multiply(_rf0, _f0, out=_out1)
     np.multiply(_f1, _rf0, out=_out2)
-    np.multiply(_f2, _rf0, out=_f0)
-    np.negative(_f0, out=_out3)
+    np.negative(_rf0, out=_rf1)
+    np.multiply(_f2, _rf1, out=_out3)
 
 
 def forward(pred, positive, negative, *, margin=1.0):
