@@ -18,7 +18,7 @@ from .registry import get
 __all__ = [
     "L2Loss", "L1Loss", "SigmoidBinaryCrossEntropyLoss", "SigmoidBCELoss", "HuberLoss", "HingeLoss",
     "SquaredHingeLoss", "LogisticLoss", "PoissonNLLLoss", "SoftmaxCrossEntropyLoss", "SoftmaxCELoss",
-    "KLDivLoss", "TripletLoss", "CosineEmbeddingLoss", "FocalLoss",
+    "KLDivLoss", "TripletLoss", "CosineEmbeddingLoss", "FocalLoss", "SDMLLoss",
 ]
 
 
@@ -319,3 +319,49 @@ class FocalLoss(_GluonAxisLoss):
         if self._num_class is not None and pred.shape[self._axis] != self._num_class:
             raise ValueError(f"num_class={self._num_class} but pred has {pred.shape[self._axis]} classes on axis {self._axis}")
         return self._axis_run("focal", (pred, label), {"axis": self._axis, **self._focal}, sample_weight, with_grad)
+
+
+def pairwise_squared_distances(x1, x2):
+    """d_ij = ‖x1_i − x2_j‖² for (batch, features) arrays, computed from the differences
+    (no |a|² + |b|² − 2a·b cancellation)."""
+    difference = x1[:, None, :] - x2[None, :, :]
+    return np.einsum("ijk,ijk->ij", difference, difference)
+
+
+def pairwise_squared_distances_adjoint(x1, x2, g):
+    """Gradients of Σ_ij g_ij·d_ij w.r.t. x1 and x2: 2(rowsum(g)·x1 − g·x2), 2(colsum(g)·x2 − gᵀ·x1)."""
+    return 2 * (g.sum(axis=1)[:, None] * x1 - g @ x2), 2 * (g.sum(axis=0)[:, None] * x2 - g.T @ x1)
+
+
+class SDMLLoss(_GluonLoss):
+    """Smoothed deep metric learning over a batch of pairs, output shape (batch,).
+
+    As MXNet 1.9's code: KLDivLoss(from_logits=True) of log_softmax(−distances) against the
+    smoothed identity, averaged over the row (its ``_batch_mean``); like MXNet's, this
+    layer does not apply ``weight`` (SDMLLoss never passes it on).
+    """
+
+    def __init__(self, smoothing_parameter=0.3, weight=1.0, batch_axis=0):
+        super().__init__(weight, batch_axis)
+        self._smoothing = smoothing_parameter
+
+    def __call__(self, x1, x2):
+        return self._run_sdml(x1, x2, False)
+
+    def value_and_grad(self, x1, x2):
+        """(output, (d x1, d x2)) for output.sum()."""
+        return self._run_sdml(x1, x2, True)
+
+    def _run_sdml(self, x1, x2, with_grad):
+        x1, x2 = np.asarray(x1), np.asarray(x2)
+        if x1.ndim != 2 or x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must be (batch, features) of one shape, got {x1.shape} and {x2.shape}")
+        batch = x1.shape[0]
+        distances = pairwise_squared_distances(x1, x2)
+        loss = get("sdml")
+        call = loss.bind((distances, np.arange(batch)), {"smoothing_parameter": self._smoothing})
+        result = loss.evaluate(call, Pipeline(None, "mean", None, 1.0, (1,)), with_grad)
+        if not with_grad:
+            return result
+        value, (d_distances,) = result
+        return value, pairwise_squared_distances_adjoint(x1, x2, d_distances)

@@ -278,3 +278,23 @@ def test_mmdet_softmax_cross_entropy(rng, torch):
     avg = 8.0 + float(np.finfo(np.float32).eps)
     np.testing.assert_allclose(loss(pred, target, weight=weight), 2.0 * (elem * weight).sum() / avg, rtol=1e-12)
     np.testing.assert_allclose(loss(pred, target, reduction_override="none"), 2.0 * elem, rtol=1e-12)
+
+
+def test_gluon_sdml_matches_mxnet_formula_and_finite_differences(rng):
+    x1, x2 = rng.normal(0, 1, (2, 5, 3))
+    s = 0.3
+    distances = ((x1[:, None, :] - x2[None, :, :]) ** 2).sum(-1)
+    labels = np.eye(5) * (1 - s) + (1 - np.eye(5)) * s / 4
+    logp = log_softmax(-distances, 1)
+    want = (labels * (np.log(labels + 1e-12) - logp)).mean(axis=1)  # MXNet 1.9: KLDivLoss → _batch_mean
+    loss = gluon.SDMLLoss(smoothing_parameter=s)
+    np.testing.assert_allclose(loss(x1, x2), want, rtol=1e-12)
+    value, (g1, g2) = loss.value_and_grad(x1, x2)
+    h = 1e-6
+    for grad, which in ((g1, 0), (g2, 1)):
+        for index in [(0, 0), (3, 2)]:
+            plus, minus = [x1.copy(), x2.copy()], [x1.copy(), x2.copy()]
+            plus[which][index] += h
+            minus[which][index] -= h
+            numeric = (loss(*plus).sum() - loss(*minus).sum()) / (2 * h)
+            assert grad[index] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
