@@ -214,12 +214,13 @@ class Loss:
         return int(value) if kind == "int" else float(value)
 
     def _module(self, xp, variant):
-        if xp is not np:
-            raise NotImplementedError(
-                f"{self.name}: CuPy kernels are not generated yet; pass NumPy arrays (CuPy support is issue 5)"
-            )
-        key = tuple(sorted(variant.items()))
+        backend = "numpy" if xp is np else "cupy"
+        key = (backend, tuple(sorted(variant.items())))
         if key not in self._modules:
             entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
-            self._modules[key] = self._load_module(entry["numpy_module"])
+            module = entry.get(f"{backend}_module")
+            if module is None:
+                raise NotImplementedError(f"{self.name}: no {backend} kernels are generated for this loss yet; "
+                                          "pass NumPy arrays")
+            self._modules[key] = self._load_module(module, backend)
         return self._modules[key]

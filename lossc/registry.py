@@ -21,7 +21,8 @@ def _load_builtin():
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        _register_folder(_builtin_dir(), lambda module: importlib.import_module(f"lossc.generated.numpy.{module}"))
+        _register_folder(_builtin_dir(),
+                         lambda module, backend="numpy": importlib.import_module(f"lossc.generated.{backend}.{module}"))
 
 
 def _register_folder(folder, load_module, replace=False):
@@ -44,9 +45,9 @@ def register_generated(folder, replace=False):
         raise FileNotFoundError(f"{folder} has no losses/ folder: build into it with `lossc build SPEC --out {folder}`")
     tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
 
-    def load_module(module):
-        qualified = f"lossc_user_{tag}_{module}"
-        spec = importlib.util.spec_from_file_location(qualified, folder / "numpy" / f"{module}.py")
+    def load_module(module, backend="numpy"):
+        qualified = f"lossc_user_{tag}_{backend}_{module}"
+        spec = importlib.util.spec_from_file_location(qualified, folder / backend / f"{module}.py")
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
         return loaded

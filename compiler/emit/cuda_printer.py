@@ -1,0 +1,118 @@
+"""SymPy → CUDA C++ expressions for one precision, one ``_print_<Node>`` method per node kind.
+
+float32 uses the single-precision math functions (``expf``, ``log1pf``, …) and ``f``-suffixed
+literals rounded to float32, so nothing is silently promoted to double; float64 uses the
+double ones. Conditions become ternaries, so an unused branch is never evaluated.
+"""
+import numpy as np
+from sympy.printing.str import StrPrinter
+
+MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "Abs": "fabs", "sqrt": "sqrt", "pow": "pow",
+        "loggamma": "lgamma"}
+
+
+class CudaPrinter(StrPrinter):
+    """Prints lowered, CSE'd loss expressions as CUDA C++ for ``float`` or ``double``."""
+
+    def __init__(self, precision):
+        super().__init__({"order": "lex"})
+        self.single = precision == "float32"
+        self.type = "float" if self.single else "double"
+
+    def function(self, name):
+        """The C math function for ``name`` in this precision (expf vs exp)."""
+        base = MATH[name]
+        return base + "f" if self.single else base
+
+    def literal(self, value):
+        """A literal of this precision: float32-rounded with an f suffix, or a full double."""
+        if self.single:
+            text = format(float(np.float32(value)), ".9g")
+            return (text if any(c in text for c in ".e") or "inf" in text else text + ".0") + "f"
+        text = repr(float(value))
+        return text if any(c in text for c in ".e") else text + ".0"
+
+    def _print_Float(self, expr):
+        return self.literal(float(expr))
+
+    def _print_Integer(self, expr):
+        return self.literal(int(expr))
+
+    def _print_Rational(self, expr):
+        return self.literal(expr.p / expr.q)
+
+    def _print_Pi(self, expr):
+        return self.literal(np.pi)
+
+    def _print_Pow(self, expr, rational=False):
+        base = self._print(expr.base) if expr.base.is_Atom else f"({self._print(expr.base)})"
+        if expr.exp == 2:
+            return f"({base}*{base})"
+        if expr.exp == -1:
+            return f"({self.literal(1)}/{base})"
+        if expr.exp == 0.5:
+            return f"{self.function('sqrt')}({base})"
+        if expr.exp == -0.5:
+            return f"({self.literal(1)}/{self.function('sqrt')}({base}))"
+        return f"{self.function('pow')}({base}, {self._print(expr.exp)})"
+
+    def _call(self, name, expr):
+        return f"{self.function(name)}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_exp(self, expr):
+        return self._call("exp", expr)
+
+    def _print_log(self, expr):
+        return self._call("log", expr)
+
+    def _print_log1p(self, expr):
+        return self._call("log1p", expr)
+
+    def _print_expm1(self, expr):
+        return self._call("expm1", expr)
+
+    def _print_Abs(self, expr):
+        return self._call("Abs", expr)
+
+    def _print_loggamma(self, expr):
+        return self._call("loggamma", expr)
+
+    def _print_sign(self, expr):
+        x = self._print(expr.args[0])
+        return f"(({self.type})(({x}) > 0) - ({self.type})(({x}) < 0))"
+
+    def _print_relu(self, expr):
+        x = self._print(expr.args[0])
+        return f"(({x}) < 0 ? {self.literal(0)} : ({x}))"
+
+    def _print_step(self, expr):
+        return f"(({self._print(expr.args[0])}) > 0 ? {self.literal(1)} : {self.literal(0)})"
+
+    def _print_one_if_nonneg(self, expr):
+        u, e = (self._print(a) for a in expr.args)
+        return f"(({u}) >= 0 ? {self.literal(1)} : ({e}))"
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last_value, last_cond) = expr.args
+        code = self._print(last_value) if last_cond == True else f"({self.type})NAN"  # noqa: E712
+        for value, cond in reversed(pieces):
+            code = f"({self._print(cond)} ? {self._print(value)} : {code})"
+        return code
+
+    def _print_Relational(self, expr):
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr):
+        return "(" + " && ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " || ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(!{self._print(expr.args[0])})"
+
+    def _print_BooleanTrue(self, expr):
+        return "true"
+
+    def _print_BooleanFalse(self, expr):
+        return "false"
