@@ -117,6 +117,30 @@ def softmax_ce(rng, repeat, torch_info, rows=10000, classes=1000):
           f"(one rows x classes buffer = {x.nbytes/2**20:.1f} MiB)")
 
 
+def ctc(rng, repeat, torch_info, batch=32, steps=200, alphabet=30, label_length=40):
+    """CTC fwd+bwd (B=32, T=200, alphabet 30, label length 40) vs PyTorch CPU ctc_loss."""
+    from lossc.ctc import ctc_loss
+
+    x = rng.normal(0, 1, (batch, steps, alphabet)).astype(np.float32)
+    labels = rng.integers(1, alphabet, (batch, label_length))
+    t_ours = timed(lambda: ctc_loss.value_and_grad(x, labels, reduction="sum"), repeat)
+    t_torch = float("nan")
+    if torch_info:
+        torch = torch_info[0]
+        xt = torch.from_numpy(x.transpose(1, 0, 2).copy())
+        lt = torch.from_numpy(labels)
+        lengths = torch.full((batch,), steps), torch.full((batch,), label_length)
+
+        def run():
+            xg = xt.detach().requires_grad_(True)
+            torch.nn.functional.ctc_loss(xg.log_softmax(2), lt, *lengths, reduction="sum").backward()
+            return xg.grad
+
+        t_torch = timed(run, repeat)
+    print(f"ctc B={batch} T={steps} C={alphabet} L={label_length}: lossc {t_ours*1e3:.2f} ms, "
+          f"torch {t_torch*1e3:.2f} ms, lossc/torch time {t_ours/t_torch:.2f} (target <= 2)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
@@ -148,6 +172,7 @@ def main():
             print(f"{label:14s} {size:6.0e} {t_ours*1e3:9.2f} {t_numpy*1e3:9.2f} {t_torch*1e3:9.2f} {t_add*1e3:9.2f} "
                   f"{t_numpy/t_ours:8.2f}x {t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
     softmax_ce(rng, args.repeat, torch_info)
+    ctc(rng, args.repeat, torch_info)
     if torch_info:
         print(f"torch {torch_info[0].__version__}, {torch_info[0].get_num_threads()} threads; numpy {np.__version__}")
 

@@ -4,11 +4,12 @@
 The Gluon, MMDetection and Paddle layers live in ``lossc.gluon``, ``lossc.mmdet``
 (also ``lossc.build_loss``) and ``lossc.paddle``.
 """
+from .ctc import ctc_loss
 from .loss import Loss
 from .pipeline import Pipeline
 from .registry import get, list_losses, register_generated
 
-__all__ = ["Loss", "Pipeline", "get", "list_losses", "register_generated", "build_loss"]
+__all__ = ["Loss", "Pipeline", "get", "list_losses", "register_generated", "build_loss", "ctc_loss"]
 
 
 def build_loss(cfg):

@@ -18,7 +18,7 @@ from .registry import get
 __all__ = [
     "L2Loss", "L1Loss", "SigmoidBinaryCrossEntropyLoss", "SigmoidBCELoss", "HuberLoss", "HingeLoss",
     "SquaredHingeLoss", "LogisticLoss", "PoissonNLLLoss", "SoftmaxCrossEntropyLoss", "SoftmaxCELoss",
-    "KLDivLoss", "TripletLoss", "CosineEmbeddingLoss", "FocalLoss", "SDMLLoss",
+    "KLDivLoss", "TripletLoss", "CosineEmbeddingLoss", "FocalLoss", "SDMLLoss", "CTCLoss",
 ]
 
 
@@ -365,3 +365,38 @@ class SDMLLoss(_GluonLoss):
             return result
         value, (d_distances,) = result
         return value, pairwise_squared_distances_adjoint(x1, x2, d_distances)
+
+
+class CTCLoss(_GluonLoss):
+    """MXNet's CTCLoss: blank is the last class, labels padded with -1, output (batch,).
+
+    Unlike MXNet, an impossible alignment gives +inf (not 0 with an uninitialised gradient),
+    and sample_weight of shape (batch,) or (batch, 1) gives (batch,), never (batch, batch).
+    """
+
+    def __init__(self, layout="NTC", label_layout="NT", weight=None):
+        from .ctc import LABEL_LAYOUTS, LAYOUTS
+
+        if layout not in LAYOUTS:
+            raise ValueError(f"Only 'NTC' and 'TNC' layouts for pred are supported. Got: {layout!r}")
+        if label_layout not in LABEL_LAYOUTS:
+            raise ValueError(f"Only 'NT' and 'TN' layouts for label are supported. Got: {label_layout!r}")
+        super().__init__(weight, label_layout.find("N"))
+        self._layout, self._label_layout = layout, label_layout
+
+    def __call__(self, pred, label, pred_lengths=None, label_lengths=None, sample_weight=None):
+        return self._run_ctc(pred, label, pred_lengths, label_lengths, sample_weight, False)
+
+    def value_and_grad(self, pred, label, pred_lengths=None, label_lengths=None, sample_weight=None):
+        """(output, (d pred,)) for output.sum()."""
+        return self._run_ctc(pred, label, pred_lengths, label_lengths, sample_weight, True)
+
+    def _run_ctc(self, pred, label, pred_lengths, label_lengths, sample_weight, with_grad):
+        from .ctc import ctc_loss
+
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight).reshape(-1)
+        run = ctc_loss.value_and_grad if with_grad else ctc_loss
+        return run(pred, label, pred_lengths, label_lengths, blank="last", layout=self._layout,
+                   label_layout=self._label_layout, weight=sample_weight, reduction="none",
+                   loss_weight=1.0 if self._weight is None else self._weight)

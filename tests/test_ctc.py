@@ -1,0 +1,142 @@
+"""CTC: exhaustive alignment enumeration in mpmath, PyTorch's ctc_loss, finite differences, bad input."""
+import itertools
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+from lossc import gluon
+from lossc.ctc import ctc_loss
+
+
+def collapse(path, blank):
+    out = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+    return [c for c in out if c != blank]
+
+
+def enumerated_loss(scores, label, blank):
+    """−log Σ over every alignment of Π softmax, at 50 digits (scores: (T, C) of mpf)."""
+    steps, alphabet = len(scores), len(scores[0])
+    probs = []
+    for row in scores:
+        z = mp.fsum(mp.exp(v) for v in row)
+        probs.append([mp.exp(v) / z for v in row])
+    total = mp.mpf(0)
+    for path in itertools.product(range(alphabet), repeat=steps):
+        if collapse(list(path), blank) == list(label):
+            total += mp.fprod(probs[t][c] for t, c in enumerate(path))
+    return -mp.log(total) if total > 0 else mp.inf
+
+
+CASES = [(4, 3, [1]), (5, 3, [1, 1]), (6, 3, [1, 2, 1]), (3, 3, [2, 2]), (6, 2, [1, 1, 1]), (4, 3, [])]
+
+
+@pytest.mark.parametrize("steps, alphabet, label", CASES)
+def test_loss_and_gradient_match_enumeration(steps, alphabet, label):
+    rng = np.random.default_rng(steps * 10 + alphabet)
+    x = rng.normal(0, 1.5, (1, steps, alphabet))
+    padded = np.array([label + [-1] * (3 - len(label))])
+    loss, (grad,) = ctc_loss.value_and_grad(x, padded, reduction="none")
+    with mp.workdps(50):
+        scores = [[mp.mpf(float(v)) for v in row] for row in x[0]]
+        want = enumerated_loss(scores, label, 0)
+        if mp.isinf(want):
+            assert np.isinf(loss[0]) and not grad.any()
+            return
+        assert loss[0] == pytest.approx(float(want), rel=1e-12)
+        for t, c in itertools.product(range(steps), range(alphabet)):
+            def f(v, t=t, c=c):
+                bumped = [row[:] for row in scores]
+                bumped[t][c] = v
+                return enumerated_loss(bumped, label, 0)
+            assert grad[0, t, c] == pytest.approx(float(mp.diff(f, scores[t][c])), rel=1e-10, abs=1e-13)
+
+
+def torch_ctc(torch, x_tnc, labels, t_len, l_len, blank, zero_infinity=False):
+    xt = torch.tensor(x_tnc, requires_grad=True)
+    out = torch.nn.functional.ctc_loss(xt.log_softmax(2), torch.tensor(np.where(labels < 0, 0, labels)),
+                                       torch.tensor(t_len), torch.tensor(l_len), blank=blank, reduction="none",
+                                       zero_infinity=zero_infinity)
+    out.sum().backward()
+    return out.detach().numpy(), xt.grad.numpy()
+
+
+@pytest.mark.parametrize("layout", ["NTC", "TNC"])
+def test_matches_torch_on_random_cases(torch, layout):
+    rng = np.random.default_rng(3)
+    batch, steps, alphabet, width = 6, 15, 6, 5
+    x = rng.normal(0, 2, (steps, batch, alphabet))
+    l_len = np.array([5, 0, 3, 5, 2, 4])
+    labels = rng.integers(1, alphabet, (batch, width))
+    labels[4, :2] = 3  # repeated label
+    labels[np.arange(width)[None, :] >= l_len[:, None]] = -1
+    t_len = np.array([15, 9, 3, 10, 4, 5])  # row 2: exactly minimal for 3 labels? 3 steps, row 5: infeasible? (4 labels in 5)
+    t_len[5] = 5
+    want, want_grad = torch_ctc(torch, x, labels, t_len, l_len, blank=0)
+    pred = x if layout == "TNC" else x.transpose(1, 0, 2)
+    loss, (grad,) = ctc_loss.value_and_grad(pred, labels, t_len, None, layout=layout, reduction="none")
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+    got_grad = grad if layout == "TNC" else grad.transpose(1, 0, 2)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_infeasible_alignments(torch):
+    x = np.random.default_rng(4).normal(0, 1, (3, 2, 4))  # T=3, N=2
+    labels = np.array([[1, 1, 2], [1, 2, -1]])  # 1 1 2 needs 4 steps (a blank between the 1s)
+    loss, (grad,) = ctc_loss.value_and_grad(x, labels, layout="TNC", reduction="none")
+    assert np.isinf(loss[0]) and not grad[:, 0].any() and np.isfinite(loss[1])
+    loss, (grad,) = ctc_loss.value_and_grad(x, labels, layout="TNC", reduction="none", zero_infinity=True)
+    want, want_grad = torch_ctc(torch, x, labels, np.array([3, 3]), np.array([3, 2]), 0, zero_infinity=True)
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_finite_differences_and_long_sequences():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (2, 8, 4))
+    labels = np.array([[1, 2, 3], [2, 2, -1]])
+    _, (grad,) = ctc_loss.value_and_grad(x, labels, reduction="sum")
+    h = 1e-6
+    for index in [(0, 0, 0), (1, 5, 2), (0, 7, 3)]:
+        plus, minus = x.copy(), x.copy()
+        plus[index] += h
+        minus[index] -= h
+        numeric = (ctc_loss(plus, labels, reduction="sum") - ctc_loss(minus, labels, reduction="sum")) / (2 * h)
+        assert grad[index] == pytest.approx(numeric, rel=1e-6)
+    long = rng.normal(0, 3, (2, 2000, 30))
+    long_labels = rng.integers(1, 30, (2, 200))
+    for dtype in (np.float32, np.float64):
+        loss, (grad,) = ctc_loss.value_and_grad(long.astype(dtype), long_labels, reduction="none")
+        assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad)) and loss.dtype == dtype
+
+
+def test_gluon_layer_blank_last_and_sample_weight(torch):
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (3, 10, 5))  # NTC, blank = 4
+    labels = np.array([[0, 1, -1], [2, 2, 3], [3, -1, -1]])
+    want, _ = torch_ctc(torch, x.transpose(1, 0, 2), labels, np.array([10, 10, 10]), np.array([2, 3, 1]), blank=4)
+    for sample_weight in (np.array([1.0, 2.0, 0.5]), np.array([[1.0], [2.0], [0.5]])):
+        got = gluon.CTCLoss(weight=3.0)(x, labels, sample_weight=sample_weight)
+        assert got.shape == (3,)
+        np.testing.assert_allclose(got, 3.0 * want * np.array([1.0, 2.0, 0.5]), rtol=1e-12)
+    np.testing.assert_allclose(gluon.CTCLoss(layout="TNC", label_layout="TN")(x.transpose(1, 0, 2), labels.T), want, rtol=1e-12)
+
+
+BAD = [
+    (dict(label=np.array([[1, 4]])), "label value 4 is invalid"),  # 4 = blank (last) for the gluon layer below
+    (dict(label=np.array([[1, -2]])), "label value -2 is invalid"),
+    (dict(label_lengths=np.array([3])), r"label_lengths must lie in \[0, 2\]"),
+    (dict(pred_lengths=np.array([7])), r"pred_lengths must lie in \[0, 6\]"),
+    (dict(pred_lengths=np.array([-1])), r"pred_lengths must lie in \[0, 6\]"),
+    (dict(layout="NCT"), "layout must be one of NTC, TNC"),
+    (dict(label_layout="TT"), "label_layout must be one of NT, TN"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD, ids=[m for _, m in BAD])
+def test_bad_input(kwargs, message):
+    kwargs = dict(kwargs)
+    args = dict(pred=np.zeros((1, 6, 5)), label=kwargs.pop("label", np.array([[1, 2]])))
+    with pytest.raises(ValueError, match=message):
+        ctc_loss(args["pred"], args["label"], kwargs.pop("pred_lengths", None), kwargs.pop("label_lengths", None),
+                 blank="last", **kwargs)
