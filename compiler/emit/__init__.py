@@ -33,3 +33,17 @@ def template(name, folder=TEMPLATES):
     env.filters["pytuple"] = python_tuple
     env.filters["latex_text"] = latex_text
     return env.get_template(name)
+
+
+def python_signature(spec):
+    """``pred, label, pos_weight=1.0, *, eps=1e-12``: inputs, then keyword-only parameters."""
+    parts = [i.name if i.default is None else f"{i.name}={i.default!r}" for i in spec.inputs]
+    if spec.runtime_params:
+        parts.append("*")
+        parts += [f"{p.name}={p.default!r}" for p in spec.runtime_params]
+    return ", ".join(parts)
+
+
+def variant_text(variant):
+    """``from_sigmoid=False, ...`` or 'the only one'."""
+    return ", ".join(f"{k}={v!r}" for k, v in variant.items()) or "the only one"

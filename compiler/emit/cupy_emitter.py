@@ -7,7 +7,7 @@ along a class axis are not emitted for CuPy yet (see the CuPy issue).
 """
 from dataclasses import dataclass
 
-from . import template
+from . import python_signature, template, variant_text
 from .cuda_printer import CudaPrinter
 
 PRECISIONS = ("float32", "float64")
@@ -55,20 +55,12 @@ def emit_cupy(derived, spec_file):
         name=spec.name,
         summary=spec.summary,
         spec_file=spec_file,
-        variant_text=", ".join(f"{k}={v!r}" for k, v in ir.variant.items()) or "the only one",
+        variant_text=variant_text(ir.variant),
         inputs=[i.name for i in spec.inputs],
         differentiable=differentiable,
         params=[p.name for p in spec.runtime_params],
         functions=forward + backward,
         forward=forward,
         backward=backward,
-        signature=_signature(spec),
+        signature=python_signature(spec),
     )
-
-
-def _signature(spec):
-    parts = [i.name if i.default is None else f"{i.name}={i.default!r}" for i in spec.inputs]
-    if spec.runtime_params:
-        parts.append("*")
-        parts += [f"{p.name}={p.default!r}" for p in spec.runtime_params]
-    return ", ".join(parts)

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASSES
-from . import template
+from . import python_signature, template, variant_text
 from .numpy_ufuncs import POOLS, linearize
 
 
@@ -42,13 +42,13 @@ def emit_numpy(derived, spec_file):
         name=spec.name,
         summary=spec.summary,
         spec_file=spec_file,
-        variant_text=", ".join(f"{k}={v!r}" for k, v in ir.variant.items()) or "the only one",
+        variant_text=variant_text(ir.variant),
         variant_repr=repr(ir.variant),
         inputs=inputs,
         differentiable=differentiable,
         params=params,
         kernels=kernels,
-        signature=_signature(spec),
+        signature=python_signature(spec),
         input_names=", ".join(inputs),
         param_names="".join(f"{p}, " for p in params).rstrip(" "),
     )
@@ -76,12 +76,3 @@ def _element_loss(ir, kernel):
     for symbol, expr in reversed(kernel.assignments):
         loss = loss.xreplace({symbol: expr})
     return element_level(loss, ir.element_symbols)
-
-
-def _signature(spec):
-    """``pred, label, pos_weight=1.0, *, eps=1e-12``: inputs, then keyword-only parameters."""
-    parts = [i.name if i.default is None else f"{i.name}={i.default!r}" for i in spec.inputs]
-    if spec.runtime_params:
-        parts.append("*")
-        parts += [f"{p.name}={p.default!r}" for p in spec.runtime_params]
-    return ", ".join(parts)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..functions import expm1, log1p, one_if_nonneg, relu, step
-from ..reductions import CLASS_INDEX, Reduction, rlogsumexp, rmax, rsum
+from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
 UNARY = {
@@ -319,16 +319,6 @@ class _Linearizer:
         elif isinstance(expr, (rsum, rmax)):
             fname = "np.sum" if isinstance(expr, rsum) else "np.max"
             line(f"{fname}({codes[0]}, axis=-1, keepdims=True, out={out})")
-        elif isinstance(expr, rlogsumexp):  # max first: nothing exponentiates an unshifted value
-            shifted, total = self.pools[("f", "e")].take(avoid=codes), self.pools[("f", "r")].take(avoid=[out])
-            line(f"np.max({codes[0]}, axis=-1, keepdims=True, out={out})")
-            line(f"np.subtract({codes[0]}, {out}, out={shifted})")
-            line(f"np.exp({shifted}, out={shifted})")
-            line(f"np.sum({shifted}, axis=-1, keepdims=True, out={total})")
-            line(f"np.log({total}, out={total})")
-            line(f"np.add({out}, {total}, out={out})")
-            self.pools[("f", "e")].give(shifted)
-            self.pools[("f", "r")].give(total)
         elif expr.is_Relational:
             line(f"{COMPARE[expr.rel_op]}({codes[0]}, {codes[1]}, out={out})")
         elif isinstance(expr, (sympy.And, sympy.Or)):
