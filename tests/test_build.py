@@ -78,3 +78,29 @@ def test_user_spec_built_with_out_can_be_registered_and_used(tmp_path):
     value, (grad,) = loss.value_and_grad(d, np.zeros(5), reduction="none", scale=2.0)
     np.testing.assert_allclose(value, 2 * (np.abs(d) + np.log1p(np.exp(-2 * np.abs(d))) - np.log(2)), rtol=1e-13)
     np.testing.assert_allclose(grad, 2 * np.tanh(d), rtol=1e-13)
+
+
+SCALAR_CONDITION_SPEC = """\
+name: blend_by_parameter
+summary: where() with a condition on a parameter only.
+inputs:
+  - {name: pred, role: prediction, differentiable: true}
+  - {name: label, role: target, differentiable: false}
+parameters:
+  - {name: alpha, type: float, default: 0.3}
+loss: where(alpha > 0.5, (pred - label)**2, abs(pred - label))
+"""
+
+
+def test_where_on_a_parameter_only_selects_at_run_time(tmp_path):
+    spec = tmp_path / "blend_by_parameter.yaml"
+    spec.write_text(SCALAR_CONDITION_SPEC)
+    out = tmp_path / "built"
+    assert run_cli("build", str(spec), "--out", str(out)).returncode == 0
+    lossc.register_generated(out)
+    loss = lossc.get("blend_by_parameter")
+    pred, label = np.array([-2.0, 0.5, 3.0]), np.array([0.0, 1.0, 1.0])
+    for alpha, want, want_grad in ((0.7, (pred - label) ** 2, 2 * (pred - label)), (0.3, np.abs(pred - label), np.sign(pred - label))):
+        value, (grad,) = loss.value_and_grad(pred, label, reduction="none", alpha=alpha)
+        np.testing.assert_array_equal(value, want)
+        np.testing.assert_array_equal(grad, want_grad)

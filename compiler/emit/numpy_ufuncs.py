@@ -371,7 +371,10 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
     ``row_symbols`` are the one-value-per-row inputs of a loss with reductions.
     """
     lin = _Linearizer(scalar_symbols, row_symbols)
-    scalars = frozenset(scalar_symbols)
+    scalars = set(scalar_symbols)
+    for symbol, expr in kernel.assignments:  # temporaries of parameters only are scalars too
+        if expr.free_symbols <= scalars:
+            scalars.add(symbol)
     kernel = type(kernel)(
         [(s, _with_blends(e, scalars)) for s, e in kernel.assignments], [_with_blends(e, scalars) for e in kernel.outputs]
     )
