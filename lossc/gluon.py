@@ -295,14 +295,14 @@ class CosineEmbeddingLoss(_GluonAxisLoss):
 
 
 class FocalLoss(_GluonAxisLoss):
-    """GluonCV's FocalLoss: a sigmoid per class, one-hot sparse labels (mode 'gluoncv' by default
-    here, reproducing its eps clipping; pass mode='exact' for the stable form)."""
+    """GluonCV's FocalLoss: a sigmoid per class against one-hot sparse labels or dense labels
+    (positive where > 0); mode 'gluoncv' by default here, reproducing its eps clipping
+    (pass mode='exact' for the stable form)."""
 
     def __init__(self, axis=-1, alpha=0.25, gamma=2, sparse_label=True, from_logits=False, batch_axis=0,
                  weight=None, num_class=None, eps=1e-12, size_average=True, mode="gluoncv"):
         super().__init__(weight, batch_axis)
-        if not sparse_label:
-            raise NotImplementedError("FocalLoss(sparse_label=False) is not available yet; use sparse labels")
+        self._sparse_label = sparse_label
         self._axis, self._num_class, self._size_average = axis, num_class, size_average
         self._batch_reduce = "mean" if size_average else "sum"
         self._focal = {"alpha": alpha, "gamma": gamma, "from_logits": bool(from_logits), "eps": eps, "mode": mode}
@@ -316,6 +316,12 @@ class FocalLoss(_GluonAxisLoss):
 
     def _run_focal(self, pred, label, sample_weight, with_grad):
         pred = np.asarray(pred)
+        if not self._sparse_label:  # dense labels: positive where label > 0, an element-wise spec
+            label = _reshape_like(np.asarray(label), pred)
+            axes = tuple(a for a in range(pred.ndim) if a != self._batch_axis % pred.ndim)
+            loss = get("focal_dense")
+            pipeline = Pipeline(sample_weight, self._batch_reduce, None, 1.0 if self._weight is None else self._weight, axes)
+            return loss.evaluate(loss.bind((pred, label), dict(self._focal)), pipeline, with_grad)
         if self._num_class is not None and pred.shape[self._axis] != self._num_class:
             raise ValueError(f"num_class={self._num_class} but pred has {pred.shape[self._axis]} classes on axis {self._axis}")
         return self._axis_run("focal", (pred, label), {"axis": self._axis, **self._focal}, sample_weight, with_grad)

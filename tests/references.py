@@ -53,6 +53,25 @@ REFERENCES = {
         -y * alpha * sig(-p) ** gamma * log_sig(p) - (1 - y) * (1 - alpha) * sig(p) ** gamma * log_sig(-p)
     ),
 }
+def focal_dense(mode, from_logits):
+    def f(x, label, alpha=0.25, gamma=2.0, eps=1e-12):
+        y = 1 if label > 0 else 0
+        p = x if from_logits else sig(x)
+        if mode == "gluoncv":
+            log_pos, log_neg = mp.log(min(p + eps, 1)), mp.log(min(1 - p + eps, 1))
+        elif from_logits:
+            log_pos, log_neg = mp.log(p), mp.log(1 - p)
+        else:
+            log_pos, log_neg = log_sig(x), log_sig(-x)
+        one_minus_p = (1 - p) if from_logits else sig(-x)
+        return -(y * alpha * one_minus_p**gamma * log_pos + (1 - y) * (1 - alpha) * p**gamma * log_neg)
+
+    return f
+
+
+for mode in ("exact", "gluoncv"):
+    for fl in (False, True):
+        REFERENCES[("focal_dense", (("mode", mode), ("from_logits", fl)))] = focal_dense(mode, fl)
 for fl in (True, False):
     for cf in (True, False):
         REFERENCES[("poisson_nll", (("from_logits", fl), ("compute_full", cf)))] = poisson(fl, cf)

@@ -298,3 +298,15 @@ def test_gluon_sdml_matches_mxnet_formula_and_finite_differences(rng):
             minus[which][index] -= h
             numeric = (loss(*plus).sum() - loss(*minus).sum()) / (2 * h)
             assert grad[index] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_gluon_focal_dense_labels(rng):
+    logits, labels = rng.normal(0, 3, (4, 6)), rng.choice([0.0, 0.3, 1.0], (4, 6))
+    positive = labels > 0
+    p = sigmoid(logits)
+    pt = np.where(positive, p, 1 - p)
+    alpha = np.where(positive, 0.25, 0.75)
+    elem = -alpha * (1 - pt) ** 2 * np.log(np.minimum(pt + 1e-12, 1))
+    np.testing.assert_allclose(gluon.FocalLoss(sparse_label=False)(logits, labels), elem.mean(axis=1), rtol=1e-12)
+    exact = gluon.FocalLoss(sparse_label=False, mode="exact", size_average=False)(logits, labels)
+    np.testing.assert_allclose(exact, (-alpha * (1 - pt) ** 2 * np.log(pt)).sum(axis=1), rtol=1e-12)
