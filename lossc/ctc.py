@@ -220,12 +220,15 @@ def ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad=True):
             current[ending] = init[ending]
         current += emit[t]
         current[t >= t_len] = NEG
-    with np.errstate(invalid="ignore", over="ignore"):
-        log_posterior = alpha + beta - emit + losses[None, :, None].astype(dtype)
-        posterior = np.exp(np.where(log_posterior < NEG / 4, -np.inf, log_posterior))  # γ_t(s), 0 where impossible
-    posterior = np.where(np.isfinite(posterior), posterior, 0.0)
-    one_hot = (ext[:, :, None] == np.arange(alphabet)[None, None, :]) & valid[:, :, None]
-    occupancy = np.einsum("tns,nsc->tnc", posterior, one_hot.astype(np.float64))
+    # γ_t(s) = exp(α + β − emission + loss); unreachable states sit near NEG, so exp gives 0.
+    # Infeasible sequences (loss +inf) use 0 here; their gradients are zeroed by the caller.
+    posterior = alpha
+    posterior += beta
+    posterior -= emit
+    posterior += np.where(np.isfinite(losses), losses, 0.0).astype(dtype)[None, :, None]
+    np.exp(posterior, out=posterior)
+    one_hot = ((ext[:, :, None] == np.arange(alphabet)[None, None, :]) & valid[:, :, None]).astype(dtype)
+    occupancy = np.matmul(posterior.transpose(1, 0, 2), one_hot).transpose(1, 0, 2)  # Σ_s over each class
     in_time = (np.arange(steps)[:, None] < t_len[None, :])[:, :, None]
     grad = np.where(in_time, np.exp(logp) - occupancy, 0.0)
     return losses, grad
