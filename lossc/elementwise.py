@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 CHUNK_ELEMENTS = 1 << 17  # fastest measured: per-call overhead vs cache spill
+ROW_CHUNK_ELEMENTS = 1 << 19  # row kernels: longer ufunc calls let the threads overlap (measured)
 _BITS = {4: np.int32, 8: np.int64}
 _FLOATS = {4: np.dtype(np.float32), 8: np.dtype(np.float64)}
 _pool = None
@@ -76,6 +77,17 @@ def pick_into(out, values, index):
     np.clip(position, 0, classes - 1, out=position)
     gathered = np.take_along_axis(np.broadcast_to(values, position.shape[:-1] + (classes,)), position, axis=-1)
     np.copyto(out, np.where(valid, gathered, 0), casting="unsafe")
+
+
+def scatter_add_into(out, index, values):
+    """out[r, index[r]] += values[r] where 0 ≤ index[r] < classes: a term values·[j = index]
+    of an element-level sum, added in O(rows) instead of three passes over the row."""
+    classes = out.shape[-1]
+    position = index.astype(np.intp)
+    valid = (position >= 0) & (position < classes)
+    np.clip(position, 0, classes - 1, out=position)
+    current = np.take_along_axis(out, position, axis=-1)
+    np.put_along_axis(out, position, current + np.where(valid, values, 0), axis=-1)
 
 
 def _bits(value, dtype, bits):
@@ -190,7 +202,7 @@ def run_rows(kernel, scratch_counts, arrays, row_inputs, names, grad_output, los
         columns.append(grad.reshape(rows, 1) if loss_level == "row" and grad.ndim else grad)
     class_index = np.arange(classes, dtype=compute).reshape(1, classes)
     scalars = tuple(p if isinstance(p, int) and not isinstance(p, bool) else float(p) for p in params)
-    step = max(1, CHUNK_ELEMENTS // max(1, classes))
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, classes))
 
     def run(start):
         part = slice(start, min(start + step, rows))

@@ -241,6 +241,9 @@ class _Linearizer:
         scalars = [a for a in expr.args if self.is_scalar(a)]
         arrays = [a for a in expr.args if not self.is_scalar(a)]
         scalar = self.scalar(expr.func(*scalars)) if scalars else None
+        scatter = self.scatter_term(expr, arrays, out) if expr.is_Add else None
+        if scatter:
+            arrays = [a for a in arrays if a is not scatter[0]]
         if expr.is_Add:
             negated = [a for a in arrays if _is_negation(a)]
             plus = [self.value(a) for a in arrays if a not in negated]
@@ -263,10 +266,50 @@ class _Linearizer:
             elif scalar is not None:
                 steps.append(("np.multiply", scalar))
         target = out or self.pool("f", original).take(avoid=codes)
+        if scatter and not steps:  # the accumulator must be a computed buffer before scattering into it
+            steps = [("np.add", "0")]
         self.chain(first, steps, target, avoid=codes, level_of=original)
+        if scatter:
+            self.scatter(target, *scatter)
         for a in released:
             self.release(a)
         return target
+
+    def scatter_term(self, expr, arrays, out):
+        """(term, one-hot, row factors, index) for a term factors·[j = index] of an element-level
+        sum that nothing else uses, when the sum goes to a scratch buffer; else None."""
+        if out is not None or self.level(expr) != "e":
+            return None
+        for term in arrays:
+            factors = list(term.args) if term.is_Mul else [term]
+            hot = [f for f in factors if isinstance(self.definitions.get(f, f), Indicator)]
+            if len(hot) != 1 or self.uses.get(term) != 1 or term in self.names:
+                continue
+            definition = self.definitions.get(hot[0], hot[0])
+            sides = definition.args[1:]
+            if OPS[int(definition.args[0])] != "==" or CLASS_INDEX not in sides:
+                continue
+            index = sides[1] if sides[0] == CLASS_INDEX else sides[0]
+            rest = [f for f in factors if f is not hot[0]]
+            if self.level(index) == "e" or any(self.level(f) == "e" for f in rest):
+                continue
+            return term, hot[0], rest, index
+        return None
+
+    def scatter(self, target, term, hot, rest, index):
+        """Emit the scatter-add of a consumed term, releasing what computing it would have."""
+        if len(rest) > 1:
+            factor = sympy.Mul(*rest, evaluate=False)
+            self.uses[factor] = self.uses.get(factor, 0) + 1
+            code = self.value(factor)  # computing the product releases each of rest once
+        else:
+            factor = rest[0] if rest else None
+            code = self.value(factor) if factor is not None else "1"
+        self.lines.append(f"scatter_add_into({target}, {self.value(index)}, {code})")
+        if factor is not None:
+            self.release(factor)
+        if hot is not term:
+            self.release(hot)
 
     def chain(self, first, steps, out, avoid, level_of):
         """Emit ``first (op) s1 (op) s2 ...`` with only the last step writing ``out``.

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
 
 NAME = "sdml"
 VARIANT = {}
@@ -23,22 +23,22 @@ def _forward(_s, _out, distance, position, _j, classes, smoothing_parameter):
     _f0, _f1, _f2, _f3, _f4, = _s[0]
     _rf0, _rf1, = _s[3]
     np.equal(_j, position, out=_f0)
-    np.multiply(_f0, float(smoothing_parameter - 1), out=_f1)
-    np.add(_f0, -1, out=_f2)
-    np.multiply(_f2, float(smoothing_parameter/(classes - 1)), out=_f0)
-    np.add(_f1, _f0, out=_f2)
+    np.add(_f0, -1, out=_f1)
+    np.multiply(_f1, float(smoothing_parameter/(classes - 1)), out=_f2)
+    np.add(_f2, 0, out=_f1)
+    scatter_add_into(_f1, position, float(smoothing_parameter - 1))
     np.negative(distance, out=_f0)
     np.max(_f0, axis=-1, keepdims=True, out=_rf0)
     np.add(distance, _rf0, out=_f0)
-    np.subtract(1e-12, _f2, out=_f1)
-    np.log(_f1, out=_f3)
-    np.negative(_f0, out=_f1)
-    np.exp(_f1, out=_f4)
+    np.subtract(1e-12, _f1, out=_f2)
+    np.log(_f2, out=_f3)
+    np.negative(_f0, out=_f2)
+    np.exp(_f2, out=_f4)
     np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
     np.log(_rf0, out=_rf1)
-    np.add(_f0, _f3, out=_f1)
-    np.add(_f1, _rf1, out=_f1)
-    np.multiply(_f2, _f1, out=_f0)
+    np.add(_f0, _f3, out=_f2)
+    np.add(_f2, _rf1, out=_f2)
+    np.multiply(_f1, _f2, out=_f0)
     np.negative(_f0, out=_out0)
 
 
@@ -49,28 +49,28 @@ def _forward_backward(_s, _out, distance, position, grad_output, _j, classes, sm
     _rf0, _rf1, = _s[3]
     np.equal(_j, position, out=_f0)
     _t1 = float(smoothing_parameter/(classes - 1))
-    np.multiply(_f0, float(smoothing_parameter - 1), out=_f1)
-    np.add(_f0, -1, out=_f2)
-    np.multiply(_f2, _t1, out=_f0)
-    np.add(_f1, _f0, out=_f2)
+    np.add(_f0, -1, out=_f1)
+    np.multiply(_f1, _t1, out=_f2)
+    np.add(_f2, 0, out=_f1)
+    scatter_add_into(_f1, position, float(smoothing_parameter - 1))
     np.negative(distance, out=_f0)
     np.max(_f0, axis=-1, keepdims=True, out=_rf0)
     np.add(distance, _rf0, out=_f0)
-    np.negative(_f0, out=_f1)
-    np.exp(_f1, out=_f3)
+    np.negative(_f0, out=_f2)
+    np.exp(_f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
     np.log(_rf0, out=_rf1)
-    np.subtract(1e-12, _f2, out=_f1)
-    np.log(_f1, out=_f4)
-    np.add(_f0, _rf1, out=_f1)
-    np.add(_f1, _f4, out=_f1)
-    np.multiply(_f2, _f1, out=_f0)
+    np.subtract(1e-12, _f1, out=_f2)
+    np.log(_f2, out=_f4)
+    np.add(_f0, _rf1, out=_f2)
+    np.add(_f2, _f4, out=_f2)
+    np.multiply(_f1, _f2, out=_f0)
     np.negative(_f0, out=_out0)
     np.divide(1, _rf0, out=_rf1)
     np.multiply(_rf1, float(_t1*classes - _t1 - smoothing_parameter + 1), out=_rf0)
     np.multiply(_f3, _rf0, out=_f0)
-    np.add(_f2, _f0, out=_f1)
-    np.multiply(grad_output, _f1, out=_f0)
+    np.add(_f1, _f0, out=_f2)
+    np.multiply(grad_output, _f2, out=_f0)
     np.negative(_f0, out=_out1)
 
 

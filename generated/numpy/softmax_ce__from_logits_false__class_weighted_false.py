@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': False, 'class_weighted': False}
@@ -71,15 +71,14 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.multiply(_rf6, float(_t1*label_smoothing), out=_rf3)
     np.add(_rf4, _rf3, out=_rf5)
     blend_into(_out0, _ri0, 0, _rf5, _ri1)
-    np.multiply(_f0, _rf2, out=_f2)
     np.divide(1, _rf1, out=_rf3)
     np.multiply(_rf0, classes, out=_rf1)
     np.add(_rf2, _rf1, out=_rf4)
     np.multiply(_rf3, _rf4, out=_rf1)
     np.negative(_rf1, out=_rf1)
-    np.multiply(_f1, _rf1, out=_f0)
+    np.multiply(_f1, _rf1, out=_f2)
     np.add(_rf0, _f2, out=_f1)
-    np.add(_f1, _f0, out=_f1)
+    scatter_add_into(_f1, label, _rf2)
     np.multiply(grad_output, _f1, out=_out1)
 
 

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': True, 'class_weighted': False}
@@ -50,11 +50,11 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.multiply(_rf0, float(-_t1), out=_rf2)
     np.add(_rf1, _rf2, out=_rf0)
     blend_into(_out0, _ri0, 0, _rf0, _ri1)
-    blend_into(_rf0, _ri0, 0, _t2, _ri1)
-    np.multiply(_f0, _rf0, out=_f1)
     blend_into(_rf0, _ri0, 0, float(-_t1), _ri1)
-    np.add(_f1, _rf0, out=_f0)
-    np.multiply(grad_output, _f0, out=_out1)
+    np.add(_rf0, 0, out=_f1)
+    blend_into(_rf1, _ri0, 0, _t2, _ri1)
+    scatter_add_into(_f1, label, _rf1)
+    np.multiply(grad_output, _f1, out=_out1)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
 
 NAME = "softmax_focal"
 VARIANT = {}
@@ -71,7 +71,8 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.multiply(grad_output, _rf1, out=_rf2)
     np.multiply(_rf2, alpha, out=_rf2)
     np.multiply(_f1, _rf0, out=_f2)
-    np.subtract(_f2, _f0, out=_f1)
+    np.add(_f2, 0, out=_f1)
+    scatter_add_into(_f1, label, -1)
     np.multiply(_f1, _rf2, out=_out1)
 
 
