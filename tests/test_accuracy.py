@@ -2,11 +2,11 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import spec_paths
 from lossc.compiler.accuracy import measure
+from lossc.compiler.spec import load_spec
 
 
 @pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
@@ -21,8 +21,7 @@ def test_accuracy_bounds(path):
 
 
 def test_grid_covers_extremes():
-    grids = {p.stem: {i.name: i.accuracy_grid for i in __import__("lossc.compiler.spec", fromlist=["x"]).load_spec(p).inputs}
-             for p in spec_paths()}
+    grids = {p.stem: {i.name: i.accuracy_grid for i in load_spec(p).inputs} for p in spec_paths()}
     for name in ("sigmoid_bce", "sigmoid_focal", "logistic"):
         assert min(grids[name]["pred"]) == -1e4 and max(grids[name]["pred"]) == 1e4
     assert {0.0, 1.0} <= set(grids["sigmoid_focal"]["label"])

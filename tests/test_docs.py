@@ -9,7 +9,7 @@ import sys
 import pytest
 import sympy
 
-from conftest import GENERATED, ROOT, spec_paths
+from conftest import GENERATED, spec_paths
 from lossc.compiler.build import compile_spec
 from lossc.compiler.docs import export, readable_gradient
 from lossc.compiler.functions import expm1, log1p, sigmoid, softplus

@@ -5,7 +5,6 @@ covers them; they hold nothing machine-dependent. ``lossc docs`` exports Markdow
 HTML (static, no JavaScript, native presentation MathML) or one LaTeX document, adding
 the measured accuracy figures and, with matplotlib installed, plots.
 """
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,9 +140,3 @@ def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print):
         written.append(index)
     log(f"wrote {len(written)} {fmt} file(s) to {out_dir}" + ("" if plots.available() else " (no plots: matplotlib is not installed)"))
     return written
-
-
-def manifest_formulas(doc):
-    """Plain-text formulas of a LossDoc, for tests and tools."""
-    return json.dumps([{"label": v.label, "loss": v.loss.text, "gradients": {n: f.text for n, _, f in v.gradients}}
-                       for v in doc.variants], indent=2)
