@@ -10,7 +10,10 @@ from pathlib import Path
 
 import sympy
 
+from sympy.printing.latex import LatexPrinter
+
 from ..derive import declared_gradients
+from ..reductions import CLASS_INDEX
 from ..emit import template as _template
 from . import plots
 from .mathml import mathml
@@ -40,7 +43,18 @@ class Formula:
     def of(cls, expr):
         """Render ``expr`` as LaTeX, presentation MathML and plain text."""
         names = {s: tex_name(s.name) for s in expr.free_symbols}
-        return cls(sympy.latex(expr, symbol_names=names, mul_symbol="dot"), mathml(expr), str(expr))
+        names[CLASS_INDEX] = "j"
+        return cls(DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"}).doprint(expr), mathml(expr), str(expr))
+
+
+class DocLatexPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with one-hots [j = y] written as Iverson brackets."""
+
+    def _print_Piecewise(self, expr):
+        pieces = expr.args
+        if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[1].cond == True:  # noqa: E712
+            return r"\left[%s\right]" % self._print(pieces[0].cond)
+        return super()._print_Piecewise(expr)
 
 
 def tex_name(name):
