@@ -120,3 +120,55 @@ def test_gluon_layer_on_cupy_arrays():
     want = gluon.SigmoidBCELoss()(pred, label)
     got = gluon.SigmoidBCELoss()(cupy.asarray(pred), cupy.asarray(label))
     np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-12)
+
+
+def test_elementwise_kernel_wrapper_body_runs_on_the_host(tmp_path, monkeypatch):
+    """The exact ElementwiseKernel parameters and body KernelCache builds, compiled into a host
+    loop that declares each per-element variable as CuPy's generated kernel does."""
+    import ctypes
+    import sys
+    import types
+
+    captured = {}
+    fake = types.ModuleType("cupy")
+    fake.ElementwiseKernel = lambda in_params, out_params, body, name, preamble: captured.update(
+        in_params=in_params, out_params=out_params, body=body, preamble=preamble) or object()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    cuda = importlib.import_module("lossc.generated.cupy.sigmoid_bce__from_sigmoid_false")
+    numpy_module = importlib.import_module("lossc.generated.numpy.sigmoid_bce__from_sigmoid_false")
+    for dtype, ctype in ((np.float64, "double"), (np.float32, "float")):
+        cuda._kernels._kernels.clear()
+        cuda._kernels.get("forward_backward", np.dtype(dtype))
+        types_ = {"T": ctype, "float64": "double"}
+        declarations, arguments = [], []
+        for index, param in enumerate(p.strip() for p in captured["in_params"].split(",")):
+            kind, name = param.split()
+            c = types_.get(kind, "double")  # U0.. are bound by the caller's arrays: double here
+            if kind == "float64":
+                arguments.append(f"double {name}")
+            else:
+                arguments.append(f"const {c}* {name}_array")
+                declarations.append(f"const {c} {name} = {name}_array[i];")
+        for param in captured["out_params"].split(","):
+            kind, name = param.split()
+            arguments.append(f"{types_[kind]}* {name}_array")
+            declarations.append(f"{types_[kind]}& {name} = {name}_array[i];")
+        source = (cuda_harness.HOST_PRELUDE + captured["preamble"] +
+                  f'extern "C" void run(long n, {", ".join(arguments)}) {{ typedef {ctype} T; for (long i = 0; i < n; ++i) {{ '
+                  f'{" ".join(declarations)} {captured["body"]} }} }}\n')
+        path = tmp_path / f"wrapper_{ctype}.cpp"
+        path.write_text(source)
+        library = tmp_path / f"wrapper_{ctype}.so"
+        subprocess.run(["g++", "-O2", "-shared", "-fPIC", str(path), "-o", str(library)], check=True)
+        run = ctypes.CDLL(str(library)).run
+        rng = np.random.default_rng(0)
+        pred = rng.normal(0, 3, 1000).astype(dtype)
+        label, pos_weight, grad_output = (rng.random(1000) > 0.5) * 1.0, np.full(1000, 2.0), np.full(1000, 0.5)
+        loss, grad = np.empty(1000, dtype), np.empty(1000, dtype)
+        pointer = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+        run(ctypes.c_long(1000), pointer(pred), pointer(label), pointer(pos_weight), pointer(grad_output),
+            ctypes.c_double(1e-12), pointer(loss), pointer(grad))
+        want_loss, (want_grad,) = numpy_module.forward_backward(pred, label, pos_weight, eps=1e-12, grad_output=0.5)
+        rtol = 1e-13 if dtype == np.float64 else 1e-6
+        np.testing.assert_allclose(loss, want_loss, rtol=rtol)
+        np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=1e-30)
