@@ -1,10 +1,12 @@
-"""Chunked, multi-threaded driver for the generated element-wise NumPy kernels.
+"""Chunked, multi-threaded drivers for the generated NumPy kernels, and their helpers.
 
 A generated kernel is straight-line three-address code: one ufunc call per operation, each
-into a scratch buffer (``out=``). The driver cuts the broadcast iteration space into
-cache-sized chunks, gives each thread its own scratch buffers, and runs chunks on a thread
-pool (ufuncs release the GIL). Only the outputs are full size: a fused forward+backward
-allocates no full-size temporaries.
+into a scratch buffer (``out=``). ``run_elementwise`` cuts the broadcast iteration space of an
+element-wise loss into cache-sized chunks; ``run_rows`` cuts the (rows, classes) layout of a
+loss with reductions into blocks of whole rows. Each thread has its own scratch buffers and
+chunks run on a thread pool (ufuncs release the GIL). Only the outputs are full size: a fused
+forward+backward allocates no full-size temporaries. The ``*_into`` helpers (bit-exact
+branch-free select, gather for pick, scatter-add for one-hot terms) are called by the kernels.
 """
 import math
 import os
