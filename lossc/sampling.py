@@ -15,7 +15,8 @@ def hard_negative_mask(loss, positive_mask, ratio, ignore_mask=None, min_hard_ne
         raise ValueError(f"loss and positive_mask must be (rows, anchors) of one shape, got {loss.shape} and {positive.shape}")
     excluded = positive if ignore_mask is None else positive | xp.asarray(ignore_mask, dtype=bool)
     key = xp.where(excluded, xp.inf, -loss)  # ascending: hardest negatives first, excluded last
-    rank = xp.argsort(xp.argsort(key, axis=1, kind="stable"), axis=1, kind="stable")
+    kind = "stable" if xp is np else None  # CuPy's argsort is always stable and takes kind=None only
+    rank = xp.argsort(xp.argsort(key, axis=1, kind=kind), axis=1, kind=kind)
     quota = xp.maximum(min_hard_negatives, positive.sum(axis=1) * ratio)[:, None]
     return (rank < quota) & ~excluded
 
