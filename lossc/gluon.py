@@ -12,6 +12,7 @@ shared pipeline (:class:`lossc.Pipeline`).
 """
 import numpy as np
 
+from .backend import array_module
 from .pipeline import Pipeline
 from .registry import get
 
@@ -48,8 +49,9 @@ class _GluonLoss:
 
     def _run(self, pred, label, sample_weight, inputs, with_grad):
         loss = get(self._spec)
-        pred = np.asarray(pred)
-        label = _reshape_like(np.asarray(label), pred)
+        xp = array_module(pred, label, sample_weight)  # NumPy or CuPy, never an implicit copy
+        pred = xp.asarray(pred)
+        label = _reshape_like(xp.asarray(label), pred)
         call = loss.bind((pred, label), {**self._params, **{k: v for k, v in inputs.items() if v is not None}})
         ndim = pred.ndim
         axes = None if self._whole_batch_mean else tuple(a for a in range(ndim) if a != self._batch_axis % max(ndim, 1))

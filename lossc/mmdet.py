@@ -11,6 +11,7 @@ import inspect
 
 import numpy as np
 
+from .backend import array_module
 from .pipeline import REDUCTIONS, Pipeline
 from .registry import get, list_losses
 
@@ -69,8 +70,9 @@ class _MMDetLoss:
         if reduction_override not in (None, *REDUCTIONS):
             raise ValueError(f"reduction_override must be None or one of {', '.join(map(repr, REDUCTIONS))}")
         reduction = reduction_override or self.reduction
-        pred = np.asarray(pred)
-        args, weight, extra = self._inputs(pred, np.asarray(target), weight)
+        xp = array_module(pred, target, weight)  # NumPy or CuPy, never an implicit copy
+        pred = xp.asarray(pred)
+        args, weight, extra = self._inputs(pred, xp.asarray(target), weight)
         call = self.loss.bind(args, {**self.params, **extra, **inputs})
         pipeline = Pipeline(weight, reduction, avg_factor, self.loss_weight)
         return self.loss.evaluate(call, pipeline, with_grad)
@@ -80,11 +82,11 @@ def _weight_like_loss(weight, loss_shape):
     """MMDetection's weight reshaping: (N,) → (N, 1); a flat weight of loss's size → loss shape."""
     if weight is None:
         return None
-    weight = np.asarray(weight)
+    weight = array_module(weight).asarray(weight)
     if weight.shape != tuple(loss_shape) and len(loss_shape) == 2:
         if weight.shape[:1] == tuple(loss_shape[:1]) and weight.ndim == 1:
             return weight.reshape(-1, 1)
-        if weight.size == np.prod(loss_shape):
+        if weight.size == loss_shape[0] * loss_shape[1]:
             return weight.reshape(loss_shape)
     return weight
 
@@ -113,9 +115,10 @@ def _one_hot_without_background(target, pred):
     if pred.ndim != 2 or target.shape != pred.shape[:1]:
         raise ValueError(f"target of shape {target.shape} does not match pred of shape {pred.shape} (expected (N,) labels)")
     classes = pred.shape[1]
-    if target.size and (target.min() < 0 or target.max() > classes):
+    if target.size and (int(target.min()) < 0 or int(target.max()) > classes):
         raise ValueError(f"target labels must be in [0, {classes}] ({classes} = background), got {target.min()}..{target.max()}")
-    return (target[:, None] == np.arange(classes)[None, :]).astype(pred.dtype)
+    xp = array_module(pred, target)
+    return (target[:, None] == xp.arange(classes)[None, :]).astype(pred.dtype)
 
 
 @register
