@@ -79,9 +79,7 @@ def _measure_rows(spec, ir, module, truths, dtype):
     arrays = {name: np.tile(v, (n, 1)) for name, v in vectors.items()}
     arrays.update({name: np.array([p[name] for p in row_points], dtype=dtype) for name in row_names})
     params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
-    loss, grads = module.forward_backward(**arrays, **params)
-    outputs = {"loss": loss, "loss (forward)": module.forward(**arrays, **params)}
-    outputs.update({f"d/d{name}": g for name, g in zip(module.DIFFERENTIABLE, grads)})
+    outputs = _outputs(module, arrays, params)
     elements = {name: [float(x) for x in v] for name, v in vectors.items()}
     rows = []
     for output, got in outputs.items():
@@ -93,11 +91,37 @@ def _measure_rows(spec, ir, module, truths, dtype):
             for j in range(classes) if per_element else [None]:
                 points.append({**point, **({"class": j} if j is not None else {})})
                 values.append((scalars, j, got[r, j] if per_element else got[r]))
-        rows.append(_compare_values(spec, ir, output, dtype, expr, elements, points, values))
+        rows.append(_compare(spec, ir, output, dtype, expr, elements, points, values))
     return rows
 
 
-def _compare_values(spec, ir, output, dtype, expr, elements, points, values):
+def _measure_variant(spec, ir, module, truths, dtype):
+    points = grid_points(spec)
+    arrays = {name: np.array([p[name] for p in points], dtype=dtype) for name in points[0]}
+    params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
+    outputs = _outputs(module, arrays, params)
+    exact_inputs = [{k: float(v[i]) for k, v in arrays.items()} for i in range(len(points))]
+    shape = outputs["loss"].shape
+    rows = []
+    for output, got in outputs.items():
+        expr = truths["loss" if output.startswith("loss") else output]
+        got = np.broadcast_to(got, shape)
+        values = [({**inputs, **params}, None, got[i]) for i, inputs in enumerate(exact_inputs)]
+        rows.append(_compare(spec, ir, output, dtype, expr, None, exact_inputs, values))
+    return rows
+
+
+def _outputs(module, arrays, params):
+    """{'loss', 'loss (forward)', 'd/d<input>'...}: what the kernels return for ``arrays``."""
+    loss, grads = module.forward_backward(**arrays, **params)
+    outputs = {"loss": loss, "loss (forward)": module.forward(**arrays, **params)}
+    outputs.update({f"d/d{name}": g for name, g in zip(module.DIFFERENTIABLE, grads)})
+    return outputs
+
+
+def _compare(spec, ir, output, dtype, expr, elements, points, values):
+    """Worst error of the kernel values vs the mpmath truth: ``values`` holds one
+    (scalar inputs, class index or None, kernel value) per point of ``points``."""
     info = np.finfo(dtype)
     worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
     for where, (scalars, index, got) in zip(points, values):
@@ -113,49 +137,11 @@ def _compare_values(spec, ir, output, dtype, expr, elements, points, values):
             nonfinite += 1
             worst_at = where
             continue
-        error = 0.0 if abs(value) < info.tiny and abs(g - value) <= info.tiny else abs(g - value) / max(abs(value), info.tiny)
-        if error > worst:
-            worst, worst_at = error, where
-    return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
-
-
-def _measure_variant(spec, ir, module, truths, dtype):
-    points = grid_points(spec)
-    arrays = {name: np.array([p[name] for p in points], dtype=dtype) for name in points[0]}
-    params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
-    loss, grads = module.forward_backward(**arrays, **params)
-    forward_only = module.forward(**arrays, **params)
-    outputs = {"loss": loss, "loss (forward)": forward_only}
-    outputs.update({f"d/d{name}": g for name, g in zip(module.DIFFERENTIABLE, grads)})
-    exact_inputs = [{k: float(v[i]) for k, v in arrays.items()} for i in range(len(points))]
-    rows = []
-    for output, got in outputs.items():
-        expr = truths["loss" if output.startswith("loss") else output]
-        rows.append(_compare(spec, ir, output, dtype, np.broadcast_to(got, loss.shape), expr, exact_inputs, params))
-    return rows
-
-
-def _compare(spec, ir, output, dtype, got, expr, exact_inputs, params):
-    info = np.finfo(dtype)
-    worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
-    for i, inputs in enumerate(exact_inputs):
-        try:
-            value = float(truth(expr, {**inputs, **params}))
-        except NotReal:
-            continue
-        if not np.isfinite(value) or abs(value) > info.max:
-            continue
-        used += 1
-        g = float(got[i])
-        if not np.isfinite(g):
-            nonfinite += 1
-            worst_at = inputs
-            continue
         error = abs(g - value) / abs(value) if abs(value) >= info.tiny else abs(g - value) / info.tiny * BOUNDS[dtype]
         if abs(value) < info.tiny and abs(g - value) <= info.tiny:
             error = 0.0
         if error > worst:
-            worst, worst_at = error, inputs
+            worst, worst_at = error, where
     return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
 
 

@@ -33,6 +33,14 @@ def array_module(*arrays):
     return np
 
 
+def broadcasts_to(shape, target):
+    """True when an array of ``shape`` broadcasts to ``target`` without enlarging it."""
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
 def sum_to_shape(xp, array, shape):
     """Sum ``array`` over the axes along which ``shape`` was broadcast to reach it."""
     if array.shape == tuple(shape):

@@ -30,6 +30,16 @@ def _executor():
     return _pool
 
 
+def _run_all(run, chunks):
+    """run(chunk) for every chunk: on the thread pool when there are two or more."""
+    chunks = list(chunks)
+    if len(chunks) >= 2:
+        list(_executor().map(run, chunks))
+    else:
+        for chunk in chunks:
+            run(chunk)
+
+
 def compute_dtype(dtype):
     """The dtype arithmetic runs in: float16 is computed in float32, others as themselves."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
@@ -140,11 +150,7 @@ def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
         with np.errstate(all="ignore"):
             kernel(scratch, targets, *inputs, *scalars)
 
-    if len(tasks) >= 2:
-        list(_executor().map(run, tasks))
-    else:
-        for task in tasks:
-            run(task)
+    _run_all(run, tasks)
     return outputs
 
 
@@ -216,12 +222,7 @@ def run_rows(kernel, scratch_counts, arrays, row_inputs, names, grad_output, los
         with np.errstate(all="ignore"):
             kernel(scratch, targets, *chunk, class_index, classes, *scalars)
 
-    starts = list(range(0, rows, step))
-    if len(starts) >= 2:
-        list(_executor().map(run, starts))
-    else:
-        for start in starts:
-            run(start)
+    _run_all(run, range(0, rows, step))
     if loss_level == "row":
         outputs[0] = outputs[0].reshape(rows)
     return outputs

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import array_module, sum_to_shape
+from .backend import array_module, broadcasts_to, sum_to_shape
 from .elementwise import compute_dtype
 from .layout import RowLayout
 from .pipeline import Pipeline
@@ -138,13 +138,9 @@ class Loss:
     def _row_input(self, xp, spec, value, layout, params):
         """One input of a loss with reductions, laid out as (rows, classes) or (rows,)."""
         name = spec["name"]
-        array = xp.asarray(value)
+        array = self._checked(xp, spec, value)
         if spec["role"] == "prediction":
-            if array.dtype.kind != "f":
-                raise TypeError(f"{self.name}: input '{name}' must be a floating-point array, got dtype {array.dtype}")
             return layout.elements_to_rows(array)
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"{self.name}: input '{name}' must be real numbers, got dtype {array.dtype}")
         if spec["per"] == "element":
             expected = layout.pred_shape
             if spec["role"] == "target" and array.shape != expected:
@@ -173,23 +169,24 @@ class Loss:
             extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
             raise ValueError(f"{self.name}: '{name}' has class index {bad!r} outside [0, {classes}){extra}")
 
-    def _input_array(self, xp, spec, value, prediction):
+    def _checked(self, xp, spec, value):
+        """The input as an array of xp: floating point for the prediction, real numbers otherwise."""
         array = xp.asarray(value)
+        if spec["role"] == "prediction" and array.dtype.kind != "f":
+            raise TypeError(f"{self.name}: input '{spec['name']}' must be a floating-point array, got dtype {array.dtype}")
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: input '{spec['name']}' must be real numbers, got dtype {array.dtype}")
+        return array
+
+    def _input_array(self, xp, spec, value, prediction):
+        array = self._checked(xp, spec, value)
         name = spec["name"]
         if spec["role"] == "prediction":
-            if array.dtype.kind != "f":
-                raise TypeError(f"{self.name}: input '{name}' must be a floating-point array, got dtype {array.dtype}")
             return array
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"{self.name}: input '{name}' must be real numbers, got dtype {array.dtype}")
         pred_shape = np.shape(prediction)
         if spec["role"] == "target" and array.shape != pred_shape:
             raise ValueError(f"{self.name}: '{name}' has shape {array.shape} but the prediction has shape {pred_shape}")
-        try:
-            fits = np.broadcast_shapes(array.shape, pred_shape) == pred_shape
-        except ValueError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(array.shape, pred_shape):
             raise ValueError(f"{self.name}: '{name}' of shape {array.shape} does not broadcast to the prediction shape {pred_shape}")
         return array
 

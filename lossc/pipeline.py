@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import broadcasts_to
+
 REDUCTIONS = ("none", "mean", "sum")
 AVG_FACTOR_EPS = float(np.finfo(np.float32).eps)
 
@@ -44,11 +46,7 @@ class Pipeline:
         _scalar(self.loss_weight, "loss_weight")
         if self.weight is not None:
             shape = np.shape(self.weight)
-            try:
-                fits = np.broadcast_shapes(shape, elem_shape) == tuple(elem_shape)
-            except ValueError:
-                fits = False
-            if not fits:
+            if not broadcasts_to(shape, elem_shape):
                 raise ValueError(f"weight of shape {shape} does not broadcast to the element loss shape {tuple(elem_shape)}")
 
     def output_shape(self, elem_shape):
@@ -89,7 +87,7 @@ class Pipeline:
         if grad_output is not None:
             out_shape = self.output_shape(elem_shape)
             g = xp.asarray(grad_output, dtype=compute)
-            if np.broadcast_shapes(g.shape, out_shape) != out_shape:
+            if not broadcasts_to(g.shape, out_shape):
                 raise ValueError(f"grad_output of shape {g.shape} does not broadcast to the loss shape {out_shape}")
             if self.reduction != "none":
                 g = xp.broadcast_to(g, out_shape).reshape(

@@ -153,3 +153,8 @@ def test_mixing_array_libraries_is_a_type_error(monkeypatch):
     monkeypatch.setattr(backend, "_cupy_ndarray", lambda: FakeCupyArray)
     with pytest.raises(TypeError, match="numpy.ndarray and cupy.FakeCupyArray"):
         backend.array_module(np.zeros(2), FakeCupyArray())
+
+
+def test_grad_output_of_the_wrong_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"grad_output of shape \(4,\) does not broadcast to the loss shape \(3,\)"):
+        lossc.get("huber").value_and_grad(np.zeros(3), np.zeros(3), reduction="none", grad_output=np.ones(4))
