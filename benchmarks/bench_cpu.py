@@ -56,11 +56,8 @@ def numpy_huber(x, y, rho=1.0):
     return np.where(small, 0.5 * d * d / rho, a - 0.5 * rho), np.where(small, d / rho, np.sign(d))
 
 
-def torch_cases():
-    try:
-        import torch
-    except ImportError:
-        return None
+def torch_loss_functions(torch):
+    """The element losses in PyTorch ops (focal as torchvision.ops.sigmoid_focal_loss computes it)."""
     F = torch.nn.functional
 
     def focal(x, y, alpha=0.25, gamma=2.0):
@@ -68,6 +65,20 @@ def torch_cases():
         ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         p_t = p * y + (1 - p) * (1 - y)
         return (alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma
+
+    return {
+        "sigmoid_focal": focal,
+        "sigmoid_bce": lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="none"),
+        "huber": lambda x, y: F.smooth_l1_loss(x, y, reduction="none", beta=1.0),
+    }
+
+
+def torch_cases():
+    """(torch, {name: eager forward+backward on CPU tensors}), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
 
     def run(fn):
         def go(x, y):
@@ -77,11 +88,7 @@ def torch_cases():
 
         return go
 
-    return torch, {
-        "sigmoid_focal": run(focal),
-        "sigmoid_bce": run(lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="none")),
-        "huber": run(lambda x, y: F.smooth_l1_loss(x, y, reduction="none", beta=1.0)),
-    }
+    return torch, {name: run(fn) for name, fn in torch_loss_functions(torch).items()}
 
 
 CASES = {

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from bench_cpu import torch_loss_functions  # benchmarks/ is on sys.path when run as a script
+
 
 def cuda_time(cupy, fn, repeat=20):
     """Median milliseconds of fn() on the device, timed with CUDA events after a warm-up."""
@@ -56,7 +58,7 @@ def main():
             eager = compiled = float("nan")
             if torch is not None:
                 xt, yt = torch.as_tensor(x, device="cuda"), torch.as_tensor(y, device="cuda")
-                fn = _torch_loss(torch, name)
+                fn = torch_loss_functions(torch)[name]
 
                 def step(f=fn):
                     xg = xt.detach().requires_grad_(True)
@@ -68,22 +70,6 @@ def main():
             print(f"{name:14s} {n:6.0e} {ms:9.3f} {gbs:8.1f} {copy_gbs:9.1f} {100 * gbs / copy_gbs:6.1f}% "
                   f"{eager:9.3f} {compiled:10.3f} {eager / ms:8.2f}x {compiled / ms:9.2f}x")
     print("softmax_ce: no CuPy kernels yet (row reductions are NumPy-only in this version)")
-
-
-def _torch_loss(torch, name):
-    F = torch.nn.functional
-    if name == "sigmoid_bce":
-        return lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="none")
-    if name == "huber":
-        return lambda x, y: F.smooth_l1_loss(x, y, reduction="none")
-
-    def focal(x, y, alpha=0.25, gamma=2.0):
-        p = torch.sigmoid(x)
-        ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-        p_t = p * y + (1 - p) * (1 - y)
-        return (alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma
-
-    return focal
 
 
 if __name__ == "__main__":
