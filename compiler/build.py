@@ -35,8 +35,7 @@ def compile_spec(path):
     derived = [derive(build_ir(spec, v)) for v in variants(spec)]
     spec_file = Path(path).name
     files = {f"numpy/{d.ir.module_name}.py": emit_numpy(d, spec_file) for d in derived}
-    if not spec.class_axis:
-        files.update({f"cupy/{d.ir.module_name}.py": emit_cupy(d, spec_file) for d in derived})
+    files.update({f"cupy/{d.ir.module_name}.py": emit_cupy(d, spec_file) for d in derived})
     files[f"losses/{spec.name}.json"] = manifest_json(spec, derived, spec_file)
     return CompiledLoss(spec, derived, files)
 
@@ -72,7 +71,7 @@ def manifest_json(spec, derived, spec_file):
             {
                 "values": d.ir.variant,
                 "numpy_module": d.ir.module_name,
-                "cupy_module": None if spec.class_axis else d.ir.module_name,
+                "cupy_module": d.ir.module_name,
                 "loss": str(d.ir.loss),
                 "stable_loss": str(d.loss),
                 "gradients": {name: str(g) for name, g in d.gradients.items()},

@@ -1,14 +1,43 @@
-"""The CuPy side of generated modules: ElementwiseKernels around their CUDA device functions.
+"""The CuPy side of generated modules: CuPy kernels around their CUDA device functions.
 
-A generated ``lossc.generated.cupy`` module holds only data (its device code and the names
-of its functions); this builds, per kernel kind and dtype, one ``cupy.ElementwiseKernel``
-computing the loss and every gradient in a single launch, lazily and cached. float16 is
-computed in float32; float32 stays in single precision. CuPy is imported on first use only.
+A generated ``lossc.generated.cupy`` module holds only data (its device code, the names
+of its functions and, for losses with reductions, its launch plan); this builds the
+``cupy.ElementwiseKernel`` / ``cupy.ReductionKernel`` objects per kernel kind and dtype,
+lazily and cached. float16 is computed in float32; float32 stays in single precision.
+CuPy is imported on first use only.
+
+Kernel parameter names: the spec's names (validated identifiers that cannot start with
+'_' and exclude CuPy's reserved 'i'), and for generated values names starting with
+``_lossc_`` so they never meet CuPy's own ``_``-prefixed kernel variables.
 """
+
+# Device code every generated module may use (guarded: several modules can share a source).
+COMMON_DEVICE_CODE = r"""
+#ifndef LOSSC_COMMON_DEVICE_CODE
+#define LOSSC_COMMON_DEVICE_CODE
+__device__ __forceinline__ double lossc_negative_infinity() { return __longlong_as_double(0xfff0000000000000LL); }
+#endif
+"""
+# Row statistics: op → (reduce_expr over a and b, identity). max propagates NaN as NumPy does.
+REDUCTIONS = {
+    "sum": ("a + b", "0"),
+    "max": ("(a != a || a > b) ? a : b", "lossc_negative_infinity()"),
+}
+
+
+def precision(dtype):
+    """(compute dtype name, C type) for arrays of ``dtype``: float16 computes in float32."""
+    compute = "float64" if dtype.name == "float64" else "float32"
+    return compute, "double" if compute == "float64" else "float"
+
+
+def kernel_name(name):
+    """The name a generated value has as a CuPy kernel parameter: _j → _lossc_j, _r0 → _lossc_r0."""
+    return f"_lossc{name}" if name.startswith("_") else name
 
 
 class KernelCache:
-    """Lazily built ElementwiseKernels of one generated module."""
+    """Lazily built ElementwiseKernels of one generated element-wise module."""
 
     def __init__(self, name, inputs, differentiable, parameters, functions, device_code):
         self.name, self.inputs, self.differentiable = name, tuple(inputs), tuple(differentiable)
@@ -25,8 +54,7 @@ class KernelCache:
     def _build(self, kind, dtype):
         import cupy
 
-        compute = "float64" if dtype.name == "float64" else "float32"
-        ctype = "double" if compute == "float64" else "float"
+        compute, ctype = precision(dtype)
         inputs = list(self.inputs) + (["grad_output"] if kind == "forward_backward" else [])
         outputs = ["loss"] + ([f"d_{n}" for n in self.differentiable] if kind == "forward_backward" else [])
         in_params = ", ".join([f"T {inputs[0]}"] + [f"U{i} {n}" for i, n in enumerate(inputs[1:])]
@@ -38,4 +66,118 @@ class KernelCache:
         stores = " ".join(f"{n} = (T)_o{i};" for i, n in enumerate(outputs))
         body = f"{locals_} {self.functions[kind][compute]}({arguments}); {stores}"
         return cupy.ElementwiseKernel(in_params, out_params, body, f"lossc_{self.name}_{kind}_{dtype.name}",
-                                      preamble=self.device_code)
+                                      preamble=COMMON_DEVICE_CODE + self.device_code)
+
+
+class RowKernelCache:
+    """Runs the launch plan of a generated module with reductions along the class axis:
+    one ReductionKernel per row statistic, then one fused ElementwiseKernel; every
+    intermediate stays on the device."""
+
+    def __init__(self, name, inputs, row_inputs, parameters, loss_level, stages, device_code):
+        self.name, self.inputs, self.row_inputs = name, tuple(inputs), tuple(row_inputs)
+        self.parameters, self.loss_level, self.stages = tuple(parameters), loss_level, stages
+        self.device_code = device_code
+        self._kernels = {}
+
+    def run(self, kind, arrays, grad_output, params):
+        """Outputs of ``kind`` for (rows, classes) / (rows,) CuPy ``arrays``: [loss, *gradients]."""
+        import cupy
+
+        pred = arrays[0]
+        if pred.ndim != 2:
+            raise ValueError(f"{self.name}: expected (rows, classes) predictions, got shape {pred.shape}")
+        rows, classes = pred.shape
+        values = self._values(cupy, arrays, grad_output, params, rows, classes)
+        *reductions, final = self.stages[kind]
+        for index, stage in enumerate(reductions):
+            kernel = self._kernel(kind, index, pred.dtype)
+            values[f"_r{index}"] = kernel(*(values[a] for a in stage["arguments"]), axis=1, keepdims=True)
+        kernel = self._kernel(kind, len(reductions), pred.dtype)
+        arguments = [values[a] for a in final["arguments"]]
+        if final["level"] == "row":
+            loss = cupy.empty((rows, 1), pred.dtype)
+            kernel(*arguments, loss)
+            return [loss.reshape(rows)]
+        loss_shape = (rows,) if self.loss_level == "row" else (rows, classes)
+        outputs = [cupy.empty(loss_shape, pred.dtype)] + [cupy.empty((rows, classes), pred.dtype)
+                                                          for _ in range(final["outputs"] - 1)]
+        extra = [classes] if self.loss_level == "row" else []
+        kernel(*arguments, *extra, *outputs)
+        return outputs
+
+    def _values(self, cupy, arrays, grad_output, params, rows, classes):
+        """Every name a stage may read: inputs ((rows, 1) for row inputs), grad_output, the
+        class index (1, classes), the class count and the parameters."""
+        values = {name: float(p) for name, p in zip(self.parameters, params)}
+        values["classes"] = float(classes)
+        values["_j"] = cupy.arange(classes, dtype=cupy.int32).reshape(1, classes)
+        for name, array in zip(self.inputs, arrays):
+            row = name in self.row_inputs and getattr(array, "ndim", 0)
+            values[name] = array.reshape(rows, 1) if row else array
+        if grad_output is not None:
+            row = self.loss_level == "row" and getattr(grad_output, "ndim", 0)
+            values["grad_output"] = grad_output.reshape(rows, 1) if row else grad_output
+        return values
+
+    def _kernel(self, kind, index, dtype):
+        key = (kind, index, dtype.name)
+        if key not in self._kernels:
+            stage = self.stages[kind][index]
+            build = self._reduction if stage["op"] in REDUCTIONS else self._final
+            self._kernels[key] = build(kind, index, stage, dtype)
+        return self._kernels[key]
+
+    def _reduction(self, kind, index, stage, dtype):
+        import cupy
+
+        source = reduction_source(stage, self.parameters, dtype)
+        return cupy.ReductionKernel(*source[:6], name=f"lossc_{self.name}_{kind}_r{index}_{dtype.name}",
+                                    reduce_type=source[6], preamble=COMMON_DEVICE_CODE + self.device_code)
+
+    def _final(self, kind, index, stage, dtype):
+        import cupy
+
+        in_params, out_params, body = final_source(stage, self.parameters, self.loss_level, dtype)
+        return cupy.ElementwiseKernel(in_params, out_params, body, f"lossc_{self.name}_{kind}_out_{dtype.name}",
+                                      preamble=COMMON_DEVICE_CODE + self.device_code)
+
+
+def _in_params(stage, parameters):
+    """Typed CuPy parameters of a stage: arrays get their own type placeholder, scalars float64."""
+    scalars = set(parameters) | {"classes"}
+    return [f"float64 {a}" if a in scalars else f"U{i} {kernel_name(a)}" for i, a in enumerate(stage["arguments"])]
+
+
+def _call(stage, dtype, outputs=()):
+    compute, ctype = precision(dtype)
+    casts = [f"({ctype}){kernel_name(a)}" for a in stage["arguments"]]
+    return f"{stage['functions'][compute]}({', '.join(casts + list(outputs))})"
+
+
+def reduction_source(stage, parameters, dtype):
+    """(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, reduce_type)
+    of the ReductionKernel computing one row statistic."""
+    compute, ctype = precision(dtype)
+    reduce_expr, identity = REDUCTIONS[stage["op"]]
+    return (", ".join(_in_params(stage, parameters)), f"{compute} _lossc_out", _call(stage, dtype),
+            reduce_expr, "_lossc_out = a", identity, ctype)
+
+
+def final_source(stage, parameters, loss_level, dtype):
+    """(in_params, out_params, body) of the ElementwiseKernel computing the loss and
+    gradients. Over rows when the stage is row-level; else over (rows, classes), where a
+    row-level loss is a raw (rows,) output written once per row (class 0), the extra
+    int64 parameter _lossc_classes giving the row length."""
+    _, ctype = precision(dtype)
+    count = stage["outputs"]
+    names = ["_lossc_loss"] + [f"_lossc_d{k}" for k in range(count - 1)]
+    row_loss_per_element = stage["level"] == "element" and loss_level == "row"
+    in_params = _in_params(stage, parameters) + (["int64 _lossc_classes"] if row_loss_per_element else [])
+    out_params = [("raw T " if k == 0 and row_loss_per_element else "T ") + n for k, n in enumerate(names)]
+    stores = [f"{n} = (T)_o{k};" for k, n in enumerate(names)]
+    if row_loss_per_element:
+        stores[0] = "if (i % _lossc_classes == 0) _lossc_loss[i / _lossc_classes] = (T)_o0;"
+    locals_ = " ".join(f"{ctype} _o{k};" for k in range(count))
+    body = f"{locals_} {_call(stage, dtype, [f'&_o{k}' for k in range(count)])}; {' '.join(stores)}"
+    return ", ".join(in_params), ", ".join(out_params), body

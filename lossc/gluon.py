@@ -64,6 +64,12 @@ class _GluonLoss:
         return result.reshape(1)
 
 
+def _arrays(*values):
+    """The values as arrays of one module (NumPy or CuPy, from the arrays among them); None stays None."""
+    xp = array_module(*values)
+    return [None if v is None else xp.asarray(v) for v in values]
+
+
 def _reshape_like(label, pred):
     if label.shape == pred.shape:
         return label
@@ -176,7 +182,7 @@ class _GluonAxisLoss(_GluonLoss):
 
     def _axis_run(self, spec, inputs, params, sample_weight, with_grad):
         loss = get(spec)
-        pred = np.asarray(inputs[0])
+        pred = inputs[0]
         call = loss.bind(tuple(inputs), params)
         layout = call.layout
         row_level = call.module.LOSS_LEVEL == "row"
@@ -185,7 +191,7 @@ class _GluonAxisLoss(_GluonLoss):
         if row_level and layout.axis is not None and layout.axis < batch:
             batch -= 1
         if sample_weight is not None and row_level and np.ndim(sample_weight) == pred.ndim and layout.axis is not None:
-            sample_weight = np.squeeze(np.asarray(sample_weight), axis=layout.axis)
+            sample_weight = _arrays(sample_weight, pred)[0].squeeze(axis=layout.axis)
         axes = tuple(a for a in range(len(out_shape)) if a != batch)
         reduction = "none" if self._batch_reduce == "none" else self._batch_reduce
         pipeline = Pipeline(sample_weight, reduction, None, 1.0 if self._weight is None else self._weight,
@@ -209,8 +215,9 @@ class SoftmaxCrossEntropyLoss(_GluonAxisLoss):
 
     def _run_ce(self, pred, label, sample_weight, with_grad):
         spec = "softmax_ce" if self._sparse_label else "softmax_ce_dense"
+        pred, label = _arrays(pred, label)
         if not self._sparse_label:
-            label = _reshape_like(np.asarray(label), np.asarray(pred))
+            label = _reshape_like(label, pred)
         params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
         return self._axis_run(spec, (pred, label), params, sample_weight, with_grad)
 
@@ -233,7 +240,8 @@ class KLDivLoss(_GluonAxisLoss):
         return self._run_kl(pred, label, sample_weight, True)
 
     def _run_kl(self, pred, label, sample_weight, with_grad):
-        label = _reshape_like(np.asarray(label), np.asarray(pred))
+        pred, label = _arrays(pred, label)
+        label = _reshape_like(label, pred)
         params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
         return self._axis_run("kl_div", (pred, label), params, sample_weight, with_grad)
 
@@ -255,16 +263,16 @@ class TripletLoss(_GluonAxisLoss):
         return self._run_triplet(pred, positive, negative, sample_weight, True)
 
     def _run_triplet(self, pred, positive, negative, sample_weight, with_grad):
-        pred = np.moveaxis(np.asarray(pred), self._batch_axis, 0)
-        positive = np.moveaxis(_reshape_like(np.asarray(positive), np.asarray(pred)), self._batch_axis, 0)
-        negative = np.moveaxis(_reshape_like(np.asarray(negative), np.asarray(pred)), self._batch_axis, 0)
+        pred, positive, negative = _arrays(pred, positive, negative)
+        positive, negative = _reshape_like(positive, pred), _reshape_like(negative, pred)
+        pred, positive, negative = (a.swapaxes(self._batch_axis, 0) if a.ndim else a for a in (pred, positive, negative))
         batch_axis, self._batch_axis = self._batch_axis, 0
         try:
             result = self._axis_run("triplet", (pred, positive, negative), {"margin": self._margin}, sample_weight, with_grad)
         finally:
             self._batch_axis = batch_axis
         if with_grad:
-            return result[0], tuple(np.moveaxis(g, 0, batch_axis) for g in result[1])
+            return result[0], tuple(g.swapaxes(0, batch_axis) for g in result[1])
         return result
 
 
@@ -285,11 +293,11 @@ class CosineEmbeddingLoss(_GluonAxisLoss):
         return self._run_cos(input1, input2, label, sample_weight, True)
 
     def _run_cos(self, input1, input2, label, sample_weight, with_grad):
-        input2 = np.asarray(input2)
-        input1 = _reshape_like(np.asarray(input1), input2)
-        label = np.asarray(label).reshape(-1)
+        input1, input2, label, sample_weight = _arrays(input1, input2, label, sample_weight)
+        input1 = _reshape_like(input1, input2)
+        label = label.reshape(-1)
         if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight).reshape(-1)
+            sample_weight = sample_weight.reshape(-1)
         result = self._axis_run("cosine_embedding", (input1, input2, label), {"margin": self._margin}, sample_weight, with_grad)
         if with_grad:
             return result[0].reshape(-1, 1), result[1]
@@ -317,9 +325,9 @@ class FocalLoss(_GluonAxisLoss):
         return self._run_focal(pred, label, sample_weight, True)
 
     def _run_focal(self, pred, label, sample_weight, with_grad):
-        pred = np.asarray(pred)
+        pred, label = _arrays(pred, label)
         if not self._sparse_label:  # dense labels: positive where label > 0, an element-wise spec
-            label = _reshape_like(np.asarray(label), pred)
+            label = _reshape_like(label, pred)
             axes = tuple(a for a in range(pred.ndim) if a != self._batch_axis % pred.ndim)
             loss = get("focal_dense")
             pipeline = Pipeline(sample_weight, self._batch_reduce, None, 1.0 if self._weight is None else self._weight, axes)
@@ -333,7 +341,7 @@ def pairwise_squared_distances(x1, x2):
     """d_ij = ‖x1_i − x2_j‖² for (batch, features) arrays, computed from the differences
     (no |a|² + |b|² − 2a·b cancellation)."""
     difference = x1[:, None, :] - x2[None, :, :]
-    return np.einsum("ijk,ijk->ij", difference, difference)
+    return (difference * difference).sum(axis=-1)
 
 
 def pairwise_squared_distances_adjoint(x1, x2, g):
@@ -361,13 +369,14 @@ class SDMLLoss(_GluonLoss):
         return self._run_sdml(x1, x2, True)
 
     def _run_sdml(self, x1, x2, with_grad):
-        x1, x2 = np.asarray(x1), np.asarray(x2)
+        x1, x2 = _arrays(x1, x2)
+        xp = array_module(x1)
         if x1.ndim != 2 or x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must be (batch, features) of one shape, got {x1.shape} and {x2.shape}")
         batch = x1.shape[0]
         distances = pairwise_squared_distances(x1, x2)
         loss = get("sdml")
-        call = loss.bind((distances, np.arange(batch)), {"smoothing_parameter": self._smoothing})
+        call = loss.bind((distances, xp.arange(batch)), {"smoothing_parameter": self._smoothing})
         result = loss.evaluate(call, Pipeline(None, "mean", None, 1.0, (1,)), with_grad)
         if not with_grad:
             return result
@@ -403,7 +412,7 @@ class CTCLoss(_GluonLoss):
         from .ctc import ctc_loss
 
         if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight).reshape(-1)
+            sample_weight = _arrays(sample_weight, pred)[0].reshape(-1)
         run = ctc_loss.value_and_grad if with_grad else ctc_loss
         return run(pred, label, pred_lengths, label_lengths, blank="last", layout=self._layout,
                    label_layout=self._label_layout, weight=sample_weight, reduction="none",

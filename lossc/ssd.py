@@ -6,8 +6,7 @@ are one array or a list of arrays (GluonCV's one-per-device form): the positives
 counted over the whole batch *and every list element* before normalizing. Gradients treat
 the mining mask as a constant.
 """
-import numpy as np
-
+from .backend import array_module
 from .pipeline import Pipeline
 from .registry import get
 from .sampling import hard_negative_mask
@@ -27,20 +26,21 @@ def ssd_multibox(cls_pred, box_pred, cls_target, box_target, negative_mining_rat
     parts = [_as_list(x) for x in (cls_pred, box_pred, cls_target, box_target)]
     if len({len(p) for p in parts}) != 1:
         raise ValueError(f"cls_pred, box_pred, cls_target, box_target lists differ in length: {[len(p) for p in parts]}")
-    devices = [_check(*[np.asarray(p[i]) for p in parts]) for i in range(len(parts[0]))]
+    devices = [_check(*_same_module([p[i] for p in parts])) for i in range(len(parts[0]))]
     num_pos = float(sum((ct > 0).sum() for _, _, ct, _ in devices))
     ratio, min_hard = max(0, negative_mining_ratio), max(0, min_hard_negatives)
     if num_pos < 1 and min_hard < 1:  # GluonCV's early return
-        zeros = [np.zeros((), dtype=cp.dtype) for cp, _, _, _ in devices]
+        zeros = [array_module(cp).zeros((), dtype=cp.dtype) for cp, _, _, _ in devices]
         result = (list(zeros), list(zeros), list(zeros))
-        grads = [(np.zeros_like(cp), np.zeros_like(bp)) for cp, bp, _, _ in devices]
+        grads = [(array_module(cp).zeros_like(cp), array_module(bp).zeros_like(bp)) for cp, bp, _, _ in devices]
         return result + (grads,) if with_grad else result
     norm = max(1.0, num_pos)
     ce, huber = get("softmax_ce"), get("huber")
     sums, clss, boxes, grads = [], [], [], []
     for cp, bp, ct, bt in devices:
-        ignored = (ct == ignore_label) if ignore_label is not None else np.zeros(ct.shape, bool)
-        picked = np.where(ct < 0, 0, ct)  # MXNet's pick clips; ignored anchors are masked below
+        xp = array_module(cp)
+        ignored = (ct == ignore_label) if ignore_label is not None else xp.zeros(ct.shape, bool)
+        picked = xp.where(ct < 0, 0, ct)  # MXNet's pick clips; ignored anchors are masked below
         positive = ct > 0
         anchor_ce = ce(cp, picked, reduction="none")
         mask = positive | hard_negative_mask(anchor_ce, positive, ratio, ignored, min_hard)
@@ -48,7 +48,7 @@ def ssd_multibox(cls_pred, box_pred, cls_target, box_target, negative_mining_rat
         box_weight = (positive[..., None] * (lambd / norm)).astype(bp.dtype)
         cls_loss = ce.evaluate(ce.bind((cp, picked), {}), Pipeline(weight, "sum", None, 1.0, (1,)), with_grad)
         box_loss = huber.evaluate(huber.bind((bp, bt), {"rho": rho}),
-                                  Pipeline(np.broadcast_to(positive[..., None], bp.shape) / norm, "sum", None, 1.0, (1, 2)),
+                                  Pipeline(xp.broadcast_to(positive[..., None], bp.shape) / norm, "sum", None, 1.0, (1, 2)),
                                   False)
         if with_grad:
             cls_loss, (d_cls,) = cls_loss
@@ -58,6 +58,11 @@ def ssd_multibox(cls_pred, box_pred, cls_target, box_target, negative_mining_rat
         boxes.append(box_loss)
         sums.append(cls_loss + lambd * box_loss)
     return (sums, clss, boxes, grads) if with_grad else (sums, clss, boxes)
+
+
+def _same_module(arrays):
+    xp = array_module(*arrays)
+    return [xp.asarray(a) for a in arrays]
 
 
 def _check(cp, bp, ct, bt):

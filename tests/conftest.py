@@ -1,6 +1,7 @@
 """Shared fixtures: repository paths and optional oracles (torch) that skip cleanly."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,3 +18,23 @@ def torch():
 def spec_paths():
     """Every spec file of the repository."""
     return sorted(SPECS.glob("*.yaml"))
+
+
+def random_inputs(loss, rng, shape=(5, 4)):
+    """Valid random inputs of a loss with a class axis (last) for a prediction of ``shape``:
+    class indices or ±1 for row inputs, positive per-class weights, distributions for
+    dense targets, normal values otherwise."""
+    arrays = []
+    for spec in loss.inputs:
+        if spec["per"] == "row":
+            if spec["class_index"] or loss.name == "focal":
+                arrays.append(rng.integers(0, shape[-1], shape[0]))
+            else:
+                arrays.append(rng.choice([-1.0, 1.0], shape[0]))
+        elif spec["role"] == "extra":
+            arrays.append(rng.uniform(0.5, 2, shape[-1]))
+        elif spec["role"] == "target" and not spec["differentiable"]:
+            arrays.append(rng.dirichlet(np.ones(shape[-1]), shape[0]))
+        else:
+            arrays.append(rng.normal(0, 2, shape))
+    return arrays

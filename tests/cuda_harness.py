@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import lossc.generated.cupy as generated_cupy
+from lossc.cupy_kernels import COMMON_DEVICE_CODE
 
 HOST_PRELUDE = """#include <cmath>
 #define __device__
@@ -24,6 +25,11 @@ CTYPES = {"float32": ("float", ctypes.c_float, np.float32), "float64": ("double"
 def modules():
     """Every generated CuPy module."""
     return [importlib.import_module(f"lossc.generated.cupy.{m.name}") for m in pkgutil.iter_modules(generated_cupy.__path__)]
+
+
+def elementwise_modules():
+    """The generated CuPy modules of element-wise losses (one device function per kernel)."""
+    return [m for m in modules() if hasattr(m, "FUNCTIONS")]
 
 
 def signature(module, kind):
@@ -44,11 +50,32 @@ def _wrapper(module, kind, precision, qualifier, loop):
     return f'extern "C" {qualifier} void run_{function}(long n, {", ".join(arguments)}) {{ {loop} {function}({call}); }}\n'
 
 
+def _stage_wrapper(stage, precision):
+    """A __global__ kernel calling one stage's __device__ function element by element."""
+    ctype = CTYPES[precision][0]
+    function = stage["functions"][precision]
+    inputs = [f"const {ctype}* a{i}" for i in range(len(stage["arguments"]))]
+    reads = [f"a{i}[i]" for i in range(len(stage["arguments"]))]
+    if stage["op"] == "final":
+        outputs = [f"{ctype}* o{k}" for k in range(stage["outputs"])]
+        call = f"{function}({', '.join(reads + [f'&o{k}[i]' for k in range(stage['outputs'])])});"
+    else:
+        outputs = [f"{ctype}* o0"]
+        call = f"o0[i] = {function}({', '.join(reads)});"
+    return (f'extern "C" __global__ void run_{function}(long n, {", ".join(inputs + outputs)}) '
+            f"{{ long i = (long)blockIdx.x * blockDim.x + threadIdx.x; if (i < n) {call} }}\n")
+
+
 def nvcc_source():
     """All device code plus one __global__ kernel calling each device function."""
-    parts = []
+    parts = [COMMON_DEVICE_CODE,
+             'extern "C" __global__ void lossc_identity(double* o) { o[0] = lossc_negative_infinity(); }\n']
     for module in modules():
         parts.append(module.DEVICE_CODE)
+        if not hasattr(module, "FUNCTIONS"):
+            for plan in module.STAGES.values():
+                parts += [_stage_wrapper(stage, p) for stage in plan for p in CTYPES]
+            continue
         for kind in ("forward", "forward_backward"):
             for precision in CTYPES:
                 loop = "long i = (long)blockIdx.x * blockDim.x + threadIdx.x; if (i < n)"
@@ -59,7 +86,7 @@ def nvcc_source():
 def host_library(folder):
     """Compile every module's device code with g++ into a shared library; return it (ctypes)."""
     source = [HOST_PRELUDE]
-    for module in modules():
+    for module in elementwise_modules():
         source.append(module.DEVICE_CODE)
         for kind in ("forward", "forward_backward"):
             for precision in CTYPES:

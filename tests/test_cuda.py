@@ -10,12 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import spec_paths
+from conftest import random_inputs, spec_paths
 import cuda_harness
 from lossc.compiler.ir import variants
 from lossc.compiler.spec import load_spec
 
 ELEMENTWISE = [load_spec(p) for p in spec_paths() if not load_spec(p).class_axis]
+ROW_SPECS = [load_spec(p) for p in spec_paths() if load_spec(p).class_axis]
 
 
 @pytest.fixture(scope="module")
@@ -122,53 +123,191 @@ def test_gluon_layer_on_cupy_arrays():
     np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-12)
 
 
-def test_elementwise_kernel_wrapper_body_runs_on_the_host(tmp_path, monkeypatch):
-    """The exact ElementwiseKernel parameters and body KernelCache builds, compiled into a host
-    loop that declares each per-element variable as CuPy's generated kernel does."""
-    import ctypes
-    import sys
-    import types
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ROW_SPECS, ids=lambda s: s.name)
+def test_every_row_loss_on_the_gpu_matches_numpy(spec):
+    """Reduction kernels then the fused kernel, through lossc.get(...).value_and_grad, every
+    variant and dtype, against the NumPy backend."""
+    cupy = _cupy()
+    import lossc
 
-    captured = {}
-    fake = types.ModuleType("cupy")
-    fake.ElementwiseKernel = lambda in_params, out_params, body, name, preamble: captured.update(
-        in_params=in_params, out_params=out_params, body=body, preamble=preamble) or object()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    cuda = importlib.import_module("lossc.generated.cupy.sigmoid_bce__from_sigmoid_false")
-    numpy_module = importlib.import_module("lossc.generated.numpy.sigmoid_bce__from_sigmoid_false")
-    for dtype, ctype in ((np.float64, "double"), (np.float32, "float")):
-        cuda._kernels._kernels.clear()
-        cuda._kernels.get("forward_backward", np.dtype(dtype))
-        types_ = {"T": ctype, "float64": "double"}
-        declarations, arguments = [], []
-        for index, param in enumerate(p.strip() for p in captured["in_params"].split(",")):
-            kind, name = param.split()
-            c = types_.get(kind, "double")  # U0.. are bound by the caller's arrays: double here
-            if kind == "float64":
-                arguments.append(f"double {name}")
-            else:
-                arguments.append(f"const {c}* {name}_array")
-                declarations.append(f"const {c} {name} = {name}_array[i];")
-        for param in captured["out_params"].split(","):
-            kind, name = param.split()
-            arguments.append(f"{types_[kind]}* {name}_array")
-            declarations.append(f"{types_[kind]}& {name} = {name}_array[i];")
-        source = (cuda_harness.HOST_PRELUDE + captured["preamble"] +
-                  f'extern "C" void run(long n, {", ".join(arguments)}) {{ typedef {ctype} T; for (long i = 0; i < n; ++i) {{ '
-                  f'{" ".join(declarations)} {captured["body"]} }} }}\n')
-        path = tmp_path / f"wrapper_{ctype}.cpp"
-        path.write_text(source)
-        library = tmp_path / f"wrapper_{ctype}.so"
-        subprocess.run(["g++", "-O2", "-shared", "-fPIC", str(path), "-o", str(library)], check=True)
-        run = ctypes.CDLL(str(library)).run
-        rng = np.random.default_rng(0)
-        pred = rng.normal(0, 3, 1000).astype(dtype)
-        label, pos_weight, grad_output = (rng.random(1000) > 0.5) * 1.0, np.full(1000, 2.0), np.full(1000, 0.5)
-        loss, grad = np.empty(1000, dtype), np.empty(1000, dtype)
-        pointer = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        run(ctypes.c_long(1000), pointer(pred), pointer(label), pointer(pos_weight), pointer(grad_output),
-            ctypes.c_double(1e-12), pointer(loss), pointer(grad))
-        want_loss, (want_grad,) = numpy_module.forward_backward(pred, label, pos_weight, eps=1e-12, grad_output=0.5)
-        rtol = 1e-13 if dtype == np.float64 else 1e-6
-        np.testing.assert_allclose(loss, want_loss, rtol=rtol)
-        np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=1e-30)
+    loss = lossc.get(spec.name)
+    rng = np.random.default_rng(0)
+    for variant in variants(spec):
+        arrays = random_inputs(loss, rng, (64, 10))
+        if variant.get("from_logits") and spec.name == "focal":
+            arrays[0] = 1 / (1 + np.exp(-arrays[0]))
+        for dtype, rtol in ((np.float16, 5e-3), (np.float32, 1e-5), (np.float64, 1e-12)):
+            host_arrays = [arrays[0].astype(dtype)] + arrays[1:]
+            started = time.perf_counter()
+            value, grads = loss.value_and_grad(*[cupy.asarray(a) for a in host_arrays], reduction="none", **variant)
+            print(f"{spec.name} {variant} {np.dtype(dtype).name}: first call {time.perf_counter() - started:.3f} s")
+            want, want_grads = loss.value_and_grad(*host_arrays, reduction="none", **variant)
+            assert value.dtype == dtype and value.shape == want.shape
+            np.testing.assert_allclose(cupy.asnumpy(value).astype(np.float64), want.astype(np.float64), rtol=rtol, atol=1e-5)
+            for g, w in zip(grads, want_grads):
+                np.testing.assert_allclose(cupy.asnumpy(g).astype(np.float64), w.astype(np.float64), rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gluon_softmax_ce_and_ssd_mining_on_cupy_arrays():
+    """The gluon layer and the SSD loss (its mining on the device) on CuPy arrays."""
+    cupy = _cupy()
+    from lossc import gluon
+    from lossc.ssd import SSDMultiBoxLoss
+
+    rng = np.random.default_rng(1)
+    pred, label = rng.normal(0, 3, (32, 7, 5)), rng.integers(0, 7, (32, 5))
+    want, (want_grad,) = gluon.SoftmaxCELoss(axis=1).value_and_grad(pred, label)
+    got, (grad,) = gluon.SoftmaxCELoss(axis=1).value_and_grad(cupy.asarray(pred), cupy.asarray(label))
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-12)
+    np.testing.assert_allclose(cupy.asnumpy(grad), want_grad, rtol=1e-12, atol=1e-15)
+    cls_pred, box_pred = rng.normal(0, 2, (2, 50, 4)), rng.normal(0, 1, (2, 50, 4))
+    cls_target, box_target = rng.choice([-1, 0, 0, 0, 1, 2, 3], (2, 50)), rng.normal(0, 1, (2, 50, 4))
+    want_losses, want_grads = SSDMultiBoxLoss().value_and_grad(cls_pred, box_pred, cls_target, box_target)
+    losses, grads = SSDMultiBoxLoss().value_and_grad(*(cupy.asarray(a) for a in (cls_pred, box_pred, cls_target, box_target)))
+    for got_list, want_list in zip(losses, want_losses):
+        np.testing.assert_allclose(cupy.asnumpy(got_list[0]), want_list[0], rtol=1e-12)
+    for g, w in zip(grads[0], want_grads[0]):
+        assert isinstance(g, cupy.ndarray)
+        np.testing.assert_allclose(cupy.asnumpy(g), w, rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------ CuPy kernels on an emulated CuPy
+PRECISIONS = (("float64", np.float64), ("float32", np.float32))
+CTYPES_NP = dict(PRECISIONS)
+
+
+def _row_case(spec, variant, dtype, rng):
+    """(arrays in the (rows, classes) layout, parameters) for one variant: random logits with
+    one row of 1e4 gaps, an ignored row where the loss has an ignore_index."""
+    import lossc
+
+    loss = lossc.get(spec.name)
+    rows, classes = 7, 5
+    arrays = random_inputs(loss, rng, (rows, classes))
+    arrays[0][0] *= 1e4
+    if variant.get("from_logits") and spec.name in ("focal", "focal_dense"):
+        arrays[0] = 1 / (1 + np.exp(-np.clip(arrays[0], -8, 8)))
+    params = {p.name: p.default for p in spec.runtime_params}
+    if "label_smoothing" in params:
+        params["label_smoothing"] = 0.1
+    if "ignore_index" in params:
+        arrays[1][1] = params["ignore_index"]
+    arrays = [np.broadcast_to(a, (rows, classes)) if a.ndim == 1 and s["per"] == "element" else a
+              for a, s in zip(arrays, loss.inputs)]
+    arrays[0] = arrays[0].astype(dtype)
+    return arrays, params
+
+
+def _powers_of_two(n):
+    """A grad_output that differs per element (so its wiring is checked) and scales exactly."""
+    return 2.0 ** (np.arange(n) % 4 - 1)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """Every generated CuPy module's forward and forward_backward, run through the runtime's
+    KernelCache / RowKernelCache on an emulated CuPy (tests/cupy_emulator.py), next to the
+    NumPy module's results: {(module, precision): (got, want, pred)}."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    import sys
+
+    from cupy_emulator import Emulator
+    from lossc.compiler.ir import variant_module_name
+
+    emulator = Emulator(tmp_path_factory.mktemp("emulated"))
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = emulator.cupy()
+    cases = []
+    for spec in ELEMENTWISE:
+        for variant in variants(spec):
+            name = variant_module_name(spec.name, variant)
+            for precision, dtype in PRECISIONS:
+                arrays = grid(spec, dtype)
+                params = {p.name: p.default for p in spec.runtime_params}
+                cases.append((name, importlib.import_module(f"lossc.generated.cupy.{name}"),
+                              importlib.import_module(f"lossc.generated.numpy.{name}"), precision, arrays, params,
+                              _powers_of_two(arrays[0].size)))
+    for spec in ROW_SPECS:
+        for variant in variants(spec):
+            name = variant_module_name(spec.name, variant)
+            cuda = importlib.import_module(f"lossc.generated.cupy.{name}")
+            numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
+            for precision, dtype in PRECISIONS:
+                arrays, params = _row_case(spec, variant, dtype, np.random.default_rng(len(cases)))
+                gout = np.linspace(0.5, 1.5, arrays[0].shape[0] * (1 if cuda.LOSS_LEVEL == "row" else arrays[0].shape[1]))
+                gout = gout.reshape(arrays[0].shape[0], -1).squeeze(-1) if cuda.LOSS_LEVEL == "row" else gout.reshape(arrays[0].shape)
+                cases.append((name, cuda, numpy_module, precision, arrays, params, gout))
+    try:
+        for collect in (True, False):
+            if not collect:
+                emulator.compile()
+            results = {}
+            for name, cuda, numpy_module, precision, arrays, params, gout in cases:
+                got_fb = cuda.forward_backward(*arrays, **params, grad_output=gout)
+                got_forward = cuda.forward(*arrays, **params)
+                want = numpy_module.forward_backward(*arrays, **params, grad_output=gout)
+                results[name, precision] = ([got_fb[0], got_forward, *got_fb[1]],
+                                            [want[0], numpy_module.forward(*arrays, **params), *want[1]],
+                                            (cuda, arrays, params, gout))
+    finally:
+        for _, cuda, *_ in cases:
+            cuda._kernels._kernels.clear()
+        if saved is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = saved
+    return results
+
+
+@pytest.mark.parametrize("spec", ROW_SPECS, ids=lambda s: s.name)
+def test_row_kernels_on_emulated_cupy_agree_with_numpy(spec, emulated):
+    """Reduction stages then the fused element-wise stage, through the runtime's own launch
+    code, kernel strings and device functions: loss (fused and forward-only) and gradients.
+
+    Sums run in another order on the device (sequentially, not pairwise), so where a result
+    cancels terms of its row (a loss of logits 1e4 apart, a gradient near 0) the bound is
+    relative to that row's scale: its largest |logit| for a loss, its largest |gradient| for
+    a gradient, at least 1 (a gradient is a difference of probabilities times weights of
+    order 1); 1e-13 (float64) or 8 float32 epsilons."""
+    checked = 0
+    for (name, precision), (got, want, (_, arrays, _, _)) in emulated.items():
+        if name.split("__")[0] != spec.name:
+            continue
+        pred = arrays[0]
+        rel = 1e-13 if precision == "float64" else 8 * np.finfo(np.float32).eps
+        for label, g, w in zip(["loss", "forward", "grad"], got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype, (name, label, g.shape, w.shape)
+            g64, w64 = g.astype(np.float64), w.astype(np.float64)
+            scale = np.maximum(np.abs(w64 if label == "grad" else pred.astype(np.float64)).max(axis=1), 1.0)
+            scale = scale.reshape(-1, *(1,) * (w.ndim - 1))
+            assert np.isfinite(g64).all() and np.isfinite(w64).all(), (name, label)
+            error = np.abs(g64 - w64)
+            bad = error > rel * (np.abs(w64) + scale)
+            assert not bad.any(), (name, precision, label, g64[bad][:4], w64[bad][:4])
+            checked += 1
+    assert checked >= 6
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE, ids=lambda s: s.name)
+def test_elementwise_kernels_on_emulated_cupy_match_their_device_functions(spec, emulated, host):
+    """The exact ElementwiseKernel parameters and body KernelCache builds, with its preamble,
+    over the accuracy grid: one launch gives the loss and every gradient, bit for bit what
+    the device function computes when called directly (the test above compares that one
+    with NumPy)."""
+    checked = 0
+    for (name, precision), (got, _, (cuda, arrays, params, gout)) in emulated.items():
+        if name.split("__")[0] != spec.name:
+            continue
+        dtype = CTYPES_NP[precision]
+        values = [dtype(params[p]) for p in cuda.PARAMETERS]
+        direct = cuda_harness.run_host(host, cuda, "forward_backward", precision, arrays + [gout], values)
+        forward = cuda_harness.run_host(host, cuda, "forward", precision, arrays, values)
+        for label, g, w in zip(["loss", "forward", "grad"], got, direct[:1] + forward + direct[1:]):
+            assert g.shape == w.shape and g.dtype == w.dtype, (name, label)
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} {precision} {label}")
+            checked += 1
+    assert checked >= 6

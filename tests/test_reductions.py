@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lossc
-from conftest import spec_paths
+from conftest import random_inputs, spec_paths
 from lossc.compiler.derive import derive
 from lossc.compiler.ir import build_ir, variants
 from lossc.compiler.reductions import reductions_in, rlogsumexp
@@ -127,27 +127,12 @@ def test_focal_losses_match_their_formulas(torch, rng):
     close(grad, want_grad)
 
 
-def _random_inputs(loss, rng, shape=(5, 4)):
-    arrays = []
-    for spec in loss.inputs:
-        if spec["per"] == "row":
-            values = rng.integers(0, shape[-1], shape[0]) if spec["class_index"] or loss.name == "focal" else rng.choice([-1.0, 1.0], shape[0])
-            arrays.append(values)
-        elif spec["role"] == "extra":
-            arrays.append(rng.uniform(0.5, 2, shape[-1]))
-        elif spec["role"] == "target" and not spec["differentiable"]:
-            arrays.append(rng.dirichlet(np.ones(shape[-1]), shape[0]))
-        else:
-            arrays.append(rng.normal(0, 2, shape))
-    return arrays
-
-
 @pytest.mark.parametrize("path", REDUCTION_SPECS, ids=lambda p: p.stem)
 def test_every_gradient_matches_finite_differences(path, rng):
     loss = lossc.get(path.stem)
     spec = load_spec(path)
     for variant in variants(spec):
-        arrays = _random_inputs(loss, rng)
+        arrays = random_inputs(loss, rng)
         kwargs = dict(variant, reduction="sum")
         if "class_weighted" in variant:
             kwargs["label_smoothing"] = 0.1

@@ -1,66 +1,119 @@
 """CuPy emitter: a DerivedLoss → a module in ``generated/cupy/``.
 
-Its device code is a plain CUDA C++ ``__device__`` function per kernel and precision
-(inputs and parameters in, loss and gradients out through pointers); ``cupy.ElementwiseKernel``
-wrappers call it, so a loss and all its gradients cost one launch. Losses with reductions
-along a class axis are not emitted for CuPy yet (see the CuPy issue).
+Its device code is plain CUDA C++ ``__device__`` functions, one per kernel, stage and
+precision (inputs and parameters in, results out through pointers or returned).
+Element-wise losses: one function computes the loss and every gradient, wrapped in one
+``cupy.ElementwiseKernel`` launch. Losses with reductions along the class axis are split
+into stages (``row_stages``): one ``cupy.ReductionKernel`` per row statistic, then one
+fused element-wise launch for the loss and gradients.
 """
 from dataclasses import dataclass
 
+from ..derive import GRAD_OUTPUT
 from . import python_signature, template, variant_text
 from .cuda_printer import CudaPrinter
+from .row_stages import stages
 
 PRECISIONS = ("float32", "float64")
+SHORT = {"float32": "f32", "float64": "f64"}
 
 
 @dataclass
 class DeviceFunction:
-    """One __device__ function: its name, argument list and body statements."""
+    """One __device__ function: return type, name, argument list and body statements."""
 
+    returns: str
     name: str
     arguments: str
     statements: list
 
 
-def device_functions(derived, kind, kernel, n_outputs):
-    """The float32 and float64 __device__ functions computing ``kernel``."""
+def device_function(precision, name, arguments, assignments, outputs, returns_value=False, scale_gradients=False):
+    """A __device__ function of ``arguments`` (symbols) computing ``outputs`` after ``assignments``:
+    returned when ``returns_value``, else stored through out0, out1, … (every output after
+    the first multiplied by grad_output when ``scale_gradients``)."""
+    printer = CudaPrinter(precision)
+    statements = [f"const {printer.type} {s.name} = {printer.doprint(e)};" for s, e in assignments]
+    parameters = [f"{printer.type} {a.name}" for a in arguments]
+    if returns_value:
+        statements.append(f"return {printer.doprint(outputs[0])};")
+        return DeviceFunction(printer.type, name, ", ".join(parameters), statements)
+    codes = [printer.doprint(e) for e in outputs]
+    if scale_gradients:
+        codes = codes[:1] + [f"grad_output * ({c})" for c in codes[1:]]
+    statements += [f"*out{i} = {c};" for i, c in enumerate(codes)]
+    parameters += [f"{printer.type}* out{i}" for i in range(len(outputs))]
+    return DeviceFunction("void", name, ", ".join(parameters), statements)
+
+
+def elementwise_functions(derived, kind, kernel, n_outputs):
+    """The float32 and float64 __device__ functions of an element-wise loss's ``kernel``;
+    the forward-backward one multiplies each gradient by grad_output."""
     ir = derived.ir
-    names = [i.name for i in ir.spec.inputs]
-    if kind == "fb":
-        names.append("grad_output")
-    names += [p.name for p in ir.spec.runtime_params]
-    functions = []
-    for precision in PRECISIONS:
-        printer = CudaPrinter(precision)
-        statements = [f"const {printer.type} {s.name} = {printer.doprint(e)};" for s, e in kernel.assignments]
-        for index, expr in enumerate(kernel.outputs[:n_outputs]):
-            code = printer.doprint(expr)
-            if kind == "fb" and index > 0:
-                code = f"grad_output * ({code})"
-            statements.append(f"*out{index} = {code};")
-        arguments = ", ".join([f"{printer.type} {n}" for n in names] + [f"{printer.type}* out{i}" for i in range(n_outputs)])
-        functions.append(DeviceFunction(f"lossc_{ir.module_name}_{kind}_{'f32' if precision == 'float32' else 'f64'}",
-                                        arguments, statements))
-    return functions
+    arguments = list(ir.input_symbols) + ([GRAD_OUTPUT] if kind == "fb" else []) + list(ir.param_symbols)
+    return [device_function(p, f"lossc_{ir.module_name}_{kind}_{SHORT[p]}", arguments, kernel.assignments,
+                            kernel.outputs[:n_outputs], scale_gradients=kind == "fb")
+            for p in PRECISIONS]
 
 
 def emit_cupy(derived, spec_file):
-    """Render the CuPy module of one element-wise loss variant as Python source text."""
+    """Render the CuPy module of one loss variant as Python source text."""
     ir = derived.ir
     spec = ir.spec
-    differentiable = [i.name for i in spec.differentiable_inputs]
-    forward = device_functions(derived, "fwd", derived.forward, 1)
-    backward = device_functions(derived, "fb", derived.forward_backward, 1 + len(differentiable))
-    return template("cupy_module.py.j2").render(
+    common = dict(
         name=spec.name,
         summary=spec.summary,
         spec_file=spec_file,
         variant_text=variant_text(ir.variant),
         inputs=[i.name for i in spec.inputs],
-        differentiable=differentiable,
+        differentiable=[i.name for i in spec.differentiable_inputs],
         params=[p.name for p in spec.runtime_params],
-        functions=forward + backward,
-        forward=forward,
-        backward=backward,
         signature=python_signature(spec),
+    )
+    if ir.has_reductions:
+        return _emit_rows(derived, common)
+    forward = elementwise_functions(derived, "fwd", derived.forward, 1)
+    backward = elementwise_functions(derived, "fb", derived.forward_backward, 1 + len(common["differentiable"]))
+    return template("cupy_module.py.j2").render(functions=forward + backward, forward=forward, backward=backward,
+                                                **common)
+
+
+@dataclass
+class StagePlan:
+    """One launch of a row kernel as the runtime sees it: op, level, argument names,
+    the __device__ function per precision, and how many results it writes."""
+
+    op: str
+    level: str
+    arguments: tuple
+    functions: dict
+    outputs: int
+
+
+def _emit_rows(derived, common):
+    ir = derived.ir
+    row_loss = derived.loss_is_row_level
+    functions, plans = [], {}
+    for kind, tag, kernel, n_outputs in (("forward", "fwd", derived.forward, 1),
+                                         ("forward_backward", "fb", derived.forward_backward,
+                                          1 + len(common["differentiable"]))):
+        plans[kind] = []
+        for index, stage in enumerate(stages(kernel, ir, element_grad_output=tag == "fb" and not row_loss)):
+            final = stage.op == "final"
+            suffix = "out" if final else f"r{index}"
+            outputs = stage.outputs[:n_outputs] if final else stage.outputs
+            names = {}
+            for precision in PRECISIONS:
+                name = f"lossc_{ir.module_name}_{tag}_{suffix}_{SHORT[precision]}"
+                functions.append(device_function(precision, name, stage.arguments, stage.assignments, outputs,
+                                                 returns_value=not final))
+                names[precision] = name
+            plans[kind].append(StagePlan(stage.op, stage.level, tuple(a.name for a in stage.arguments), names,
+                                         len(outputs) if final else 1))
+    return template("cupy_rows_module.py.j2").render(
+        functions=functions,
+        plans=plans,
+        row_inputs=[i.name for i in ir.spec.inputs if i.per == "row"],
+        loss_level="row" if row_loss else "element",
+        **common,
     )

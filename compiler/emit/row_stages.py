@@ -1,0 +1,96 @@
+"""Split a fused kernel with class-axis reductions into GPU stages.
+
+A GPU cannot compute a row statistic and use it in the same element-wise launch, so a
+kernel whose expressions contain reductions becomes a sequence of stages:
+
+    one reduction stage per row statistic  _r0 = Σ_j f0(...), _r1 = max_j f1(..., _r0), ...
+    one final stage                        loss, gradients = g(..., _r0, _r1, ...)
+
+Each stage keeps only the CSE'd assignments it needs, with every reduction it depends
+on replaced by the symbol of an earlier statistic. A stage is element-level (run over
+(rows, classes)) when it reads an element value, the class index, or an element-level
+grad_output; otherwise row-level (run over rows).
+"""
+from dataclasses import dataclass
+
+import sympy
+
+from ..derive import GRAD_OUTPUT
+from ..reductions import CLASS_INDEX, CLASSES, Reduction, rmax, rsum
+
+REDUCE_OPS = {rsum: "sum", rmax: "max"}
+
+
+@dataclass
+class Stage:
+    """Straight-line code of one launch: assignments, then the output expressions."""
+
+    op: str
+    arguments: list
+    assignments: list
+    outputs: list
+    level: str
+
+
+def stages(kernel, ir, element_grad_output):
+    """The reduction stages then the final stage computing ``kernel``'s outputs."""
+    statistics, assignments, outputs = _flatten(kernel)
+    element = set(ir.element_symbols) | {CLASS_INDEX} | ({GRAD_OUTPUT} if element_grad_output else set())
+    order = _argument_order(ir, statistics)
+    result = [_stage(REDUCE_OPS[type(node)], [node.args[0]], assignments, order, element)
+              for node, _ in statistics]
+    result.append(_stage("final", outputs, assignments, order, element))
+    return result
+
+
+def statistic_symbol(index):
+    """The symbol holding row statistic ``index``."""
+    return sympy.Symbol(f"_r{index}", real=True)
+
+
+def _flatten(kernel):
+    """Replace every reduction by a statistic symbol, innermost first; return the
+    statistics [(reduction with substituted argument, symbol)], assignments and outputs."""
+    statistics = {}
+
+    def extract(expr):
+        if not expr.args:
+            return expr
+        args = tuple(extract(a) for a in expr.args)
+        node = expr.func(*args) if args != expr.args else expr
+        if isinstance(node, Reduction):
+            if type(node) not in REDUCE_OPS:
+                raise TypeError(f"{type(node).__name__} must be lowered before staging")
+            if node not in statistics:
+                statistics[node] = statistic_symbol(len(statistics))
+            return statistics[node]
+        return node
+
+    assignments = [(symbol, extract(expr)) for symbol, expr in kernel.assignments]
+    outputs = [extract(expr) for expr in kernel.outputs]
+    return list(statistics.items()), assignments, outputs
+
+
+def _argument_order(ir, statistics):
+    """Every name a stage may read, in a fixed order: inputs, grad_output, class index,
+    class count, parameters, then the statistics."""
+    return (list(ir.input_symbols) + [GRAD_OUTPUT, CLASS_INDEX, CLASSES]
+            + list(ir.param_symbols) + [symbol for _, symbol in statistics])
+
+
+def _stage(op, exprs, assignments, order, element):
+    """The pruned code computing ``exprs`` and the names it reads."""
+    needed, kept = set().union(*(e.free_symbols for e in exprs)), []
+    for symbol, expr in reversed(assignments):
+        if symbol in needed:
+            kept.append((symbol, expr))
+            needed |= expr.free_symbols
+    kept.reverse()
+    defined = {symbol for symbol, _ in kept}
+    names = {s.name for s in needed - defined}
+    arguments = [s for s in order if s.name in names]
+    missing = names - {s.name for s in arguments}
+    if missing:
+        raise ValueError(f"stage reads unknown names: {sorted(missing)}")
+    level = "element" if any(s.name in {e.name for e in element} for s in arguments) else "row"
+    return Stage(op, arguments, kept, exprs, level)
