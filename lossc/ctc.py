@@ -10,6 +10,7 @@ PyTorch). Results go through the shared pipeline (weight, reduction, avg_factor,
 """
 import numpy as np
 
+from .backend import array_module
 from .pipeline import Pipeline
 
 LAYOUTS = ("NTC", "TNC")
@@ -75,34 +76,47 @@ class CTCLoss:
 
     def _run(self, pred, label, pred_lengths, label_lengths, blank, layout, label_layout, zero_infinity,
              pipeline, with_grad, grad_output):
-        scores, labels, t_len, l_len, blank = _validate(pred, label, pred_lengths, label_lengths, blank, layout,
+        xp = array_module(pred)
+        scores, labels, t_len, l_len, blank = _validate(xp, pred, label, pred_lengths, label_lengths, blank, layout,
                                                         label_layout)
-        losses, grad = ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad)
+        if xp is np:
+            losses, grad = ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad)
+        else:
+            from .ctc_cuda import ctc_forward_backward_cupy
+
+            losses, grad = ctc_forward_backward_cupy(scores, extended_labels(labels, blank), t_len, l_len, blank,
+                                                     with_grad)
         if zero_infinity:
-            infinite = np.isinf(losses)
-            losses = np.where(infinite, 0.0, losses)
+            infinite = xp.isinf(losses)
+            losses = xp.where(infinite, 0.0, losses)
             if grad is not None:
                 grad[:, infinite, :] = 0.0
-        dtype = np.asarray(pred).dtype
-        compute = np.dtype(np.float32) if dtype == np.float16 else dtype
+        dtype, compute = xp.asarray(pred).dtype, scores.dtype  # float16 computes in float32
         pipeline.check(losses.shape)
-        value = pipeline.apply(np, losses.astype(dtype), compute)
+        value = pipeline.apply(xp, losses.astype(dtype), compute)
         if not with_grad:
             return value
-        upstream = np.broadcast_to(pipeline.upstream(np, losses.shape, np.float64, grad_output), losses.shape)
+        upstream = xp.broadcast_to(pipeline.upstream(xp, losses.shape, np.float64, grad_output), losses.shape)
         with np.errstate(invalid="ignore"):
-            grad = np.where(np.isfinite(losses)[None, :, None], grad * upstream[None, :, None], 0.0)
+            grad = xp.where(xp.isfinite(losses)[None, :, None], grad * upstream[None, :, None], 0.0)
         if layout == "NTC":
             grad = grad.transpose(1, 0, 2)
         return value, (grad.astype(dtype),)
 
 
-def _validate(pred, label, pred_lengths, label_lengths, blank, layout, label_layout):
+def _host(values):
+    """A NumPy copy of labels or lengths (small; CuPy arrays are copied from the device)."""
+    return np.asarray(values.get() if hasattr(values, "get") else values)
+
+
+def _validate(xp, pred, label, pred_lengths, label_lengths, blank, layout, label_layout):
+    """(scores (T, N, C) in the computing dtype on pred's device, host labels (N, width), host
+    pred and label lengths, blank index), or a ValueError naming the bad argument."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if label_layout not in LABEL_LAYOUTS:
         raise ValueError(f"label_layout must be one of {', '.join(LABEL_LAYOUTS)}, got {label_layout!r}")
-    pred = np.asarray(pred)
+    pred = xp.asarray(pred)
     if pred.dtype.kind != "f" or pred.ndim != 3:
         raise TypeError(f"pred must be a 3-D floating-point array ({layout}), got dtype {pred.dtype}, shape {pred.shape}")
     scores = pred.astype(np.float64 if pred.dtype == np.float64 else np.float32)  # float16 computes in float32
@@ -112,7 +126,7 @@ def _validate(pred, label, pred_lengths, label_lengths, blank, layout, label_lay
     blank = alphabet - 1 if blank == "last" else int(blank)
     if not 0 <= blank < alphabet:
         raise ValueError(f"blank must be an index in [0, {alphabet}), got {blank}")
-    labels = np.asarray(label)
+    labels = _host(label)
     if labels.ndim != 2:
         raise ValueError(f"label must be 2-D ({label_layout}), got shape {labels.shape}")
     if label_layout == "TN":
@@ -140,7 +154,7 @@ def _validate(pred, label, pred_lengths, label_lengths, blank, layout, label_lay
 
 
 def _lengths(values, batch, limit, name):
-    values = np.asarray(values)
+    values = _host(values)
     if values.shape != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {values.shape}")
     if values.dtype.kind == "f" and not np.all(np.floor(values) == values):
@@ -149,6 +163,13 @@ def _lengths(values, batch, limit, name):
     if (values < 0).any() or (values > limit).any():
         raise ValueError(f"{name} must lie in [0, {limit}], got {values.min()}..{values.max()}")
     return values
+
+
+def extended_labels(labels, blank):
+    """(N, 2·width + 1): blank, l1, blank, l2, …, blank (padding −1 becomes blank)."""
+    ext = np.full((labels.shape[0], 2 * labels.shape[1] + 1), blank, dtype=np.int64)
+    ext[:, 1::2] = np.where(labels >= 0, labels, blank)
+    return ext
 
 
 def ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad=True):
@@ -160,9 +181,8 @@ def ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad=True):
     steps, batch, alphabet = scores.shape
     logp = scores - _logsumexp(scores, axis=2)[:, :, None]
     extended_len = 2 * l_len + 1
-    width = 2 * labels.shape[1] + 1
-    ext = np.full((batch, width), blank, dtype=np.int64)
-    ext[:, 1::2] = np.where(labels >= 0, labels, blank)
+    ext = extended_labels(labels, blank)
+    width = ext.shape[1]
     positions = np.arange(width)[None, :]
     valid = positions < extended_len[:, None]
     skip = np.zeros((batch, width), dtype=bool)  # s − 2 → s allowed: a label differing from two back

@@ -15,6 +15,18 @@ def torch():
     return pytest.importorskip("torch")
 
 
+@pytest.fixture
+def cupy():
+    """CuPy with a CUDA device; the test is skipped without either."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as err:  # noqa: BLE001 - no driver means no device
+        pytest.skip(f"no CUDA device: {err}")
+    return cupy
+
+
 def spec_paths():
     """Every spec file of the repository."""
     return sorted(SPECS.glob("*.yaml"))

@@ -68,7 +68,9 @@ def _stage_wrapper(stage, precision):
 
 def nvcc_source():
     """All device code plus one __global__ kernel calling each device function."""
-    parts = [COMMON_DEVICE_CODE,
+    from lossc.ctc_cuda import SOURCE as CTC_SOURCE
+
+    parts = [COMMON_DEVICE_CODE, CTC_SOURCE,
              'extern "C" __global__ void lossc_identity(double* o) { o[0] = lossc_negative_infinity(); }\n']
     for module in modules():
         parts.append(module.DEVICE_CODE)
@@ -111,3 +113,64 @@ def run_host(library, module, kind, precision, arrays, params):
     function(ctypes.c_long(n), *[a.ctypes.data_as(pointer) for a in arrays], *[c_scalar(p) for p in params],
              *[r.ctypes.data_as(pointer) for r in results])
     return results
+
+
+RAW_KERNEL_PRELUDE = """#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+struct lossc_dim3 { int x, y, z; };
+static thread_local lossc_dim3 threadIdx;
+static lossc_dim3 blockIdx, blockDim, gridDim;
+static std::barrier<>* lossc_barrier;
+#define __syncthreads() lossc_barrier->arrive_and_wait()
+static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
+// One block at a time, each of its threads a real thread; __syncthreads is a barrier.
+template <typename... Args> static void lossc_launch(void (*kernel)(Args...), int grid, int block, Args... args)
+{
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    for (int b = 0; b < grid; ++b) {
+        blockIdx = {b, 0, 0};
+        std::barrier<> barrier(block);
+        lossc_barrier = &barrier;
+        std::vector<std::thread> threads;
+        for (int t = 0; t < block; ++t)
+            threads.emplace_back([=] { threadIdx = {t, 0, 0}; kernel(args...); });
+        for (auto& thread : threads) thread.join();
+    }
+}
+"""
+
+
+def ctc_host_library(folder):
+    """The CTC RawKernel source, unchanged, compiled for the host (threads and barriers stand in
+    for a block); returns ``launch(name, grid, block, arguments)`` with ctc_cuda.run_kernel's arguments."""
+    from lossc.ctc_cuda import KERNELS, SOURCE
+
+    launchers = []
+    for precision, name in KERNELS.items():
+        real = CTYPES[precision][0]
+        params = (f"const {real}* logp, const long long* ext, const long long* t_len, const long long* l_len, "
+                  f"int steps, int batch, int alphabet, int width, int blank, {real}* alpha, {real}* beta, "
+                  f"double* loss, {real}* grad, int with_grad")
+        names = "logp, ext, t_len, l_len, steps, batch, alphabet, width, blank, alpha, beta, loss, grad, with_grad"
+        launchers.append(f'extern "C" void launch_{name}(int grid, int block, {params}) '
+                         f"{{ lossc_launch({name}, grid, block, {names}); }}")
+    path = Path(folder) / "ctc_host.cpp"
+    path.write_text("\n".join([RAW_KERNEL_PRELUDE, SOURCE] + launchers))
+    library_path = Path(folder) / "ctc_host.so"
+    subprocess.run(["g++", "-O2", "-std=c++20", "-pthread", "-shared", "-fPIC", str(path), "-o", str(library_path)],
+                   check=True, capture_output=True, text=True)
+    library = ctypes.CDLL(str(library_path))
+
+    def launch(name, grid, block, arguments):
+        converted = [a.ctypes.data_as(ctypes.c_void_p) if isinstance(a, np.ndarray) and a.ndim else ctypes.c_int(int(a))
+                     for a in arguments]
+        getattr(library, f"launch_{name}")(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted)
+
+    return launch

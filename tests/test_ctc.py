@@ -140,3 +140,84 @@ def test_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ctc_loss(args["pred"], args["label"], kwargs.pop("pred_lengths", None), kwargs.pop("label_lengths", None),
                  blank="last", **kwargs)
+
+
+# ------------------------------------------------------------------ the CuPy RawKernel, run on the host
+@pytest.fixture(scope="module")
+def host_kernel(tmp_path_factory):
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    import cuda_harness
+
+    return cuda_harness.ctc_host_library(tmp_path_factory.mktemp("ctc"))
+
+
+def _device_case(rng, steps, batch, alphabet, width, blank, dtype):
+    from lossc.ctc import extended_labels
+
+    scores = (rng.normal(0, 3, (steps, batch, alphabet))).astype(dtype)
+    labels = rng.integers(0, alphabet - 1, (batch, width))
+    labels[labels >= blank] += 1  # never the blank
+    l_len = rng.integers(0, width + 1, batch)
+    labels[np.arange(width)[None, :] >= l_len[:, None]] = -1
+    labels[0, :2] = labels[0, 0]  # a repeated label
+    t_len = rng.integers(0, steps + 1, batch)
+    t_len[0] = steps
+    t_len[-1], l_len[-1], labels[-1, :2] = 1, 2, [blank + 1 if blank + 1 < alphabet else 0] * 2  # infeasible
+    return scores, labels, extended_labels(labels, blank), t_len, l_len
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_cuda_kernel_on_the_host_matches_numpy(host_kernel, dtype, rtol):
+    """The RawKernel's exact source (one thread per extended-label position, a barrier per time
+    step) against the NumPy forward-backward: variable pred and label lengths, empty labels,
+    repeated labels, infeasible sequences (+inf, gradient 0 after the caller's masking)."""
+    from lossc.ctc import ctc_forward_backward
+    from lossc.ctc_cuda import run_kernel
+
+    rng = np.random.default_rng(7)
+    for steps, batch, alphabet, width, blank in [(12, 6, 5, 4, 0), (9, 5, 4, 5, 3), (30, 3, 6, 40, 2)]:
+        scores, labels, ext, t_len, l_len = _device_case(rng, steps, batch, alphabet, width, blank, dtype)
+        want_loss, want_grad = ctc_forward_backward(scores, labels, t_len, l_len, blank)
+        loss, grad = run_kernel(np, host_kernel, scores, ext, t_len, l_len, blank, True)
+        forward_only, _ = run_kernel(np, host_kernel, scores, ext, t_len, l_len, blank, False)
+        assert np.isinf(want_loss).any()
+        np.testing.assert_array_equal(np.isinf(loss), np.isinf(want_loss))
+        finite = np.isfinite(want_loss)
+        np.testing.assert_allclose(loss[finite], want_loss[finite], rtol=rtol)
+        np.testing.assert_array_equal(forward_only, loss)
+        np.testing.assert_allclose(grad[:, finite], want_grad[:, finite], rtol=rtol, atol=rtol)
+
+
+def test_cuda_kernel_on_the_host_long_sequence_stays_finite(host_kernel):
+    """T = 2000 in float32: log space keeps α and β from underflowing."""
+    from lossc.ctc import ctc_forward_backward, extended_labels
+    from lossc.ctc_cuda import run_kernel
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0, 2, (2000, 2, 20)).astype(np.float32)
+    labels = rng.integers(1, 20, (2, 50))
+    lengths = np.array([2000, 1500]), np.array([50, 30])
+    loss, grad = run_kernel(np, host_kernel, scores, extended_labels(labels, 0), *lengths, 0, True)
+    want_loss, want_grad = ctc_forward_backward(scores, labels, *lengths, 0)
+    assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
+    np.testing.assert_allclose(grad, want_grad, atol=2e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_ctc_on_cupy_matches_numpy(cupy, dtype, rtol):
+    """The RawKernel on a GPU through the gluon layer, against the NumPy implementation."""
+    rng = np.random.default_rng(5)
+    pred = rng.normal(0, 2, (8, 50, 12)).astype(dtype)
+    label = rng.integers(0, 11, (8, 10))
+    label[:, 7:] = -1
+    pred_lengths = rng.integers(30, 51, 8)
+    want, (want_grad,) = gluon.CTCLoss().value_and_grad(pred, label, pred_lengths)
+    got, (grad,) = gluon.CTCLoss().value_and_grad(cupy.asarray(pred), cupy.asarray(label), cupy.asarray(pred_lengths))
+    assert isinstance(got, cupy.ndarray) and got.dtype == dtype
+    np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=rtol)
+    np.testing.assert_allclose(cupy.asnumpy(grad), want_grad, rtol=rtol, atol=rtol)

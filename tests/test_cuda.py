@@ -80,20 +80,9 @@ def _assert_close(got, want, precision, label):
 
 
 # ------------------------------------------------------------------ real GPU (marked, skipped here)
-def _cupy():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as err:  # noqa: BLE001 - no driver means no device
-        pytest.skip(f"no CUDA device: {err}")
-    return cupy
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ELEMENTWISE, ids=lambda s: s.name)
-def test_every_elementwise_loss_on_the_gpu_matches_numpy(spec):
-    cupy = _cupy()
+def test_every_elementwise_loss_on_the_gpu_matches_numpy(spec, cupy):
     import lossc
 
     loss = lossc.get(spec.name)
@@ -112,8 +101,7 @@ def test_every_elementwise_loss_on_the_gpu_matches_numpy(spec):
 
 
 @pytest.mark.gpu
-def test_gluon_layer_on_cupy_arrays():
-    cupy = _cupy()
+def test_gluon_layer_on_cupy_arrays(cupy):
     from lossc import gluon
 
     rng = np.random.default_rng(0)
@@ -125,10 +113,9 @@ def test_gluon_layer_on_cupy_arrays():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ROW_SPECS, ids=lambda s: s.name)
-def test_every_row_loss_on_the_gpu_matches_numpy(spec):
+def test_every_row_loss_on_the_gpu_matches_numpy(spec, cupy):
     """Reduction kernels then the fused kernel, through lossc.get(...).value_and_grad, every
     variant and dtype, against the NumPy backend."""
-    cupy = _cupy()
     import lossc
 
     loss = lossc.get(spec.name)
@@ -150,9 +137,8 @@ def test_every_row_loss_on_the_gpu_matches_numpy(spec):
 
 
 @pytest.mark.gpu
-def test_gluon_softmax_ce_and_ssd_mining_on_cupy_arrays():
+def test_gluon_softmax_ce_and_ssd_mining_on_cupy_arrays(cupy):
     """The gluon layer and the SSD loss (its mining on the device) on CuPy arrays."""
-    cupy = _cupy()
     from lossc import gluon
     from lossc.ssd import SSDMultiBoxLoss
 
