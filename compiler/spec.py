@@ -30,12 +30,14 @@ CPP_KEYWORDS = frozenset(
 )
 # Names the generated code itself uses.
 RESERVED = frozenset({"np", "cp", "math", "grad_output", "forward", "forward_backward", "loss", "out", "dtype",
-                      "classes", "axis"})
+                      "classes", "axis", "row_index", "i", "n"})
+ROW_INDEX = "row_index"  # from_pairs of a row input: the row-side sample's index i
 ROLES = ("prediction", "target", "extra")
 ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 PARAM_TYPES = ("float", "int", "bool", "choice")
 TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "definitions", "loss", "exposed_as",
-              "class_axis")
+              "class_axis", "pair_inputs")
+PAIR_SIDES = ("row", "column")
 CLASS_AXES = ("parameter", "last", "non_batch")
 PER = ("element", "row")
 LAYERS = ("gluon", "mmdet", "paddle")
@@ -61,6 +63,18 @@ class InputSpec:
     accuracy_grid: list
     per: str = "element"
     class_index: bool = False
+    from_pairs: str | None = None
+
+
+@dataclass
+class PairInputSpec:
+    """A (batch, features) array whose pairs build the inputs: side 'row' gives the rows i of
+    the (rows, classes) layout, side 'column' its classes j."""
+
+    name: str
+    side: str
+    differentiable: bool
+    doc: str
 
 
 @dataclass
@@ -110,6 +124,7 @@ class Spec:
     path: str
     lines: dict = field(default_factory=dict, repr=False)
     class_axis: str | None = None
+    pair_inputs: list = field(default_factory=list)
 
     @property
     def variant_params(self):
@@ -264,11 +279,50 @@ class _Validator:
             path=self.path,
             lines=self.lines,
             class_axis=self.class_axis(data),
+            pair_inputs=self.pair_inputs(data),
         )
         self.unique_names(spec)
         self.check_references(spec)
         self.check_levels(spec)
+        self.check_pairs(spec)
         return spec
+
+    def pair_inputs(self, data):
+        items = self.get(data, "pair_inputs", "list", (), required=False, default=[])
+        pairs = []
+        for i, item in enumerate(items):
+            at = ("pair_inputs", i)
+            if not isinstance(item, dict):
+                self.fail(at, f"expected a mapping with name, side, differentiable, got {_show(item)}")
+            self.only(item, ("name", "side", "differentiable", "doc"), at)
+            side = self.get(item, "side", "str", at)
+            if side not in PAIR_SIDES:
+                self.fail(at + ("side",), f"expected one of {', '.join(PAIR_SIDES)}, got '{side}'")
+            pairs.append(PairInputSpec(self.identifier(self.get(item, "name", "str", at), at + ("name",)), side,
+                                       self.get(item, "differentiable", "bool", at),
+                                       self.get(item, "doc", "str", at, required=False, default="")))
+        return pairs
+
+    def check_pairs(self, spec):
+        """With pair_inputs, every input is built from them (from_pairs) over class_axis 'last'."""
+        if not spec.pair_inputs:
+            for i, inp in enumerate(spec.inputs):
+                if inp.from_pairs is not None:
+                    self.fail(("inputs", i, "from_pairs"), "from_pairs needs pair_inputs")
+            return
+        if spec.class_axis != "last":
+            self.fail(("class_axis",), "a loss over pair_inputs needs class_axis: last (the column side's batch)")
+        sides = {p.side for p in spec.pair_inputs}
+        if sides != set(PAIR_SIDES):
+            self.fail(("pair_inputs",), "expected at least one pair input on each side (row and column)")
+        for i, inp in enumerate(spec.inputs):
+            at = ("inputs", i)
+            if inp.from_pairs is None:
+                self.fail(at, "every input of a loss over pair_inputs needs from_pairs")
+            if inp.per == "row" and inp.from_pairs.strip() != ROW_INDEX:
+                self.fail(at + ("from_pairs",), f"a row input is built as '{ROW_INDEX}' (the row's index i)")
+            if inp.per == "element" and inp.from_pairs.strip() == ROW_INDEX:
+                self.fail(at + ("from_pairs",), f"'{ROW_INDEX}' builds a row input: set per: row")
 
     def check_levels(self, spec):
         for i, inp in enumerate(spec.inputs):
@@ -321,7 +375,8 @@ class _Validator:
     def input(self, item, at):
         if not isinstance(item, dict):
             self.fail(at, f"expected a mapping with name, role, differentiable, got {_show(item)}")
-        self.only(item, ("name", "role", "differentiable", "doc", "default", "accuracy_grid", "per", "class_index"), at)
+        self.only(item, ("name", "role", "differentiable", "doc", "default", "accuracy_grid", "per", "class_index",
+                         "from_pairs"), at)
         per = self.get(item, "per", "str", at, required=False, default="element")
         if per not in PER:
             self.fail(at + ("per",), f"expected one of {', '.join(PER)}, got '{per}'")
@@ -346,6 +401,7 @@ class _Validator:
             accuracy_grid=[float(v) for v in grid],
             per=per,
             class_index=self.get(item, "class_index", "bool", at, required=False, default=False),
+            from_pairs=self.get(item, "from_pairs", "str", at, required=False),
         )
 
     def parameters(self, data):
@@ -438,7 +494,8 @@ class _Validator:
 
     def unique_names(self, spec):
         seen = {}
-        groups = [("inputs", spec.inputs), ("parameters", spec.parameters), ("definitions", spec.definitions)]
+        groups = [("inputs", spec.inputs), ("parameters", spec.parameters), ("definitions", spec.definitions),
+                  ("pair_inputs", spec.pair_inputs)]
         for group, items in groups:
             for i, item in enumerate(items):
                 if item.name in seen:

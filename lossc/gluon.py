@@ -337,18 +337,6 @@ class FocalLoss(_GluonAxisLoss):
         return self._axis_run("focal", (pred, label), {"axis": self._axis, **self._focal}, sample_weight, with_grad)
 
 
-def pairwise_squared_distances(x1, x2):
-    """d_ij = ‖x1_i − x2_j‖² for (batch, features) arrays, computed from the differences
-    (no |a|² + |b|² − 2a·b cancellation)."""
-    difference = x1[:, None, :] - x2[None, :, :]
-    return (difference * difference).sum(axis=-1)
-
-
-def pairwise_squared_distances_adjoint(x1, x2, g):
-    """Gradients of Σ_ij g_ij·d_ij w.r.t. x1 and x2: 2(rowsum(g)·x1 − g·x2), 2(colsum(g)·x2 − gᵀ·x1)."""
-    return 2 * (g.sum(axis=1)[:, None] * x1 - g @ x2), 2 * (g.sum(axis=0)[:, None] * x2 - g.T @ x1)
-
-
 class SDMLLoss(_GluonLoss):
     """Smoothed deep metric learning over a batch of pairs, output shape (batch,).
 
@@ -370,18 +358,11 @@ class SDMLLoss(_GluonLoss):
 
     def _run_sdml(self, x1, x2, with_grad):
         x1, x2 = _arrays(x1, x2)
-        xp = array_module(x1)
         if x1.ndim != 2 or x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must be (batch, features) of one shape, got {x1.shape} and {x2.shape}")
-        batch = x1.shape[0]
-        distances = pairwise_squared_distances(x1, x2)
-        loss = get("sdml")
-        call = loss.bind((distances, xp.arange(batch)), {"smoothing_parameter": self._smoothing})
-        result = loss.evaluate(call, Pipeline(None, "mean", None, 1.0, (1,)), with_grad)
-        if not with_grad:
-            return result
-        value, (d_distances,) = result
-        return value, pairwise_squared_distances_adjoint(x1, x2, d_distances)
+        loss = get("sdml")  # its spec builds the distance matrix from the pairs of x1 and x2
+        call = loss.bind((x1, x2), {"smoothing_parameter": self._smoothing})
+        return loss.evaluate(call, Pipeline(None, "mean", None, 1.0, (1,)), with_grad)
 
 
 class CTCLoss(_GluonLoss):

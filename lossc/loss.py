@@ -8,6 +8,7 @@ import numpy as np
 from .backend import array_module, broadcasts_to, sum_to_shape
 from .elementwise import compute_dtype
 from .layout import RowLayout
+from .pairs import PairArrays, check_pair_arrays, pair_gradients, pair_matrix
 from .pipeline import Pipeline
 
 PIPELINE_ARGS = ("weight", "reduction", "avg_factor", "loss_weight")
@@ -22,6 +23,7 @@ class BoundCall:
     arrays: list
     params: dict
     layout: object = None
+    pairs: object = None
 
     @property
     def prediction(self):
@@ -34,6 +36,8 @@ class Loss:
 
     Inputs go positionally or by name, parameters by name; ``weight``, ``reduction``
     ('none' | 'mean' | 'sum'), ``avg_factor`` and ``loss_weight`` are the shared pipeline.
+    A loss over pair inputs (its spec's ``pair_inputs``) takes those instead and builds
+    its inputs from every pair of them.
     """
 
     def __init__(self, manifest, load_module):
@@ -45,6 +49,8 @@ class Loss:
         self.parameters = {p["name"]: p for p in manifest["parameters"]}
         self.exposed_as = manifest.get("exposed_as", {})
         self.class_axis = manifest.get("class_axis")
+        self.pair_inputs = manifest.get("pair_inputs", [])
+        self.pair_terms = {t["input"]: t["module"] for t in manifest.get("pair_terms", [])}
         self._load_module = load_module
         self._modules = {}
 
@@ -54,7 +60,7 @@ class Loss:
     @property
     def differentiable(self):
         """Names of the inputs ``value_and_grad`` returns gradients for, in order."""
-        return tuple(i["name"] for i in self.inputs if i["differentiable"])
+        return tuple(i["name"] for i in (self.pair_inputs or self.inputs) if i["differentiable"])
 
     def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
         """The loss after the pipeline (element-wise when reduction='none')."""
@@ -70,25 +76,61 @@ class Loss:
 
     def bind(self, args, kwargs):
         """Match positional/keyword arguments to inputs and parameters; validate them."""
+        if self.pair_inputs:
+            return self._bind_pairs(args, kwargs)
+        return self._bind_inputs(args, kwargs)
+
+    def _bind_pairs(self, args, kwargs):
+        """Bind the pair inputs, then the inputs built from them (pair matrices, row indices)."""
+        values = self._match(args, kwargs, self.pair_inputs)
+        raw = {p["name"]: values.pop(p["name"]) for p in self.pair_inputs}
+        xp = array_module(*raw.values())
+        sides = {p["name"]: p["side"] for p in self.pair_inputs}
+        arrays = check_pair_arrays(self.name, xp, raw, sides)
+        runtime = {n: self._param(n, values.get(n, p["default"])) for n, p in self.parameters.items() if not p["variant"]}
+        pairs = PairArrays(xp, arrays, sides, {}, runtime)
+        columns = next(a.shape[0] for n, a in arrays.items() if sides[n] == "column")
+        built = [xp.arange(pairs.rows) if spec["per"] == "row" else
+                 pair_matrix(pairs, self._pair_module(xp, spec["name"]), columns) for spec in self.inputs]
+        call = self._bind_inputs(tuple(built), values)
+        call.pairs = pairs
+        return call
+
+    def _match(self, args, kwargs, inputs):
+        """{name: value} of positional and keyword arguments, defaults filled in for ``inputs``
+        (dicts with name, default); a TypeError for extra, repeated, unknown or missing ones."""
         values = dict(kwargs)
-        axis = values.pop("axis", -1) if self.class_axis == "parameter" else -1
-        if len(args) > len(self.inputs):
-            raise TypeError(f"{self.name} takes at most {len(self.inputs)} inputs, got {len(args)}")
-        for spec, arg in zip(self.inputs, args):
-            if spec["name"] in values:
-                raise TypeError(f"{self.name} got input '{spec['name']}' twice")
-            values[spec["name"]] = arg
-        unknown = sorted(set(values) - {i["name"] for i in self.inputs} - set(self.parameters))
+        names = [i["name"] for i in inputs]
+        if len(args) > len(names):
+            raise TypeError(f"{self.name} takes at most {len(names)} inputs, got {len(args)}")
+        for name, arg in zip(names, args):
+            if name in values:
+                raise TypeError(f"{self.name} got input '{name}' twice")
+            values[name] = arg
+        accepted = set(names) | set(self.parameters) | ({"axis"} if self.class_axis == "parameter" else set())
+        unknown = sorted(set(values) - accepted)
         if unknown:
             raise TypeError(
                 f"{self.name} got unknown argument(s) {', '.join(map(repr, unknown))}; inputs: "
-                f"{', '.join(i['name'] for i in self.inputs)}; parameters: {', '.join(self.parameters) or 'none'}; "
+                f"{', '.join(names)}; parameters: {', '.join(self.parameters) or 'none'}; "
                 f"pipeline: {', '.join(PIPELINE_ARGS)}"
             )
-        raw = [values.get(i["name"], i["default"]) for i in self.inputs]
-        for spec, value in zip(self.inputs, raw):
-            if value is None:
+        for spec in inputs:
+            if values.setdefault(spec["name"], spec.get("default")) is None:
                 raise TypeError(f"{self.name} is missing input '{spec['name']}'")
+        return values
+
+    def _pair_module(self, xp, name):
+        backend = "numpy" if xp is np else "cupy"
+        key = (backend, "pair", name)
+        if key not in self._modules:
+            self._modules[key] = self._load_module(self.pair_terms[name], backend)
+        return self._modules[key]
+
+    def _bind_inputs(self, args, kwargs):
+        values = self._match(args, kwargs, self.inputs)
+        axis = values.pop("axis", -1)
+        raw = [values[i["name"]] for i in self.inputs]
         xp = array_module(*raw)
         params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
         variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
@@ -102,6 +144,8 @@ class Loss:
 
     def evaluate(self, call, pipeline, with_grad=False, grad_output=None):
         """Run the kernel and ``pipeline``; with_grad also returns the input gradients."""
+        if call.pairs is not None:
+            return self._evaluate_pairs(call, pipeline, with_grad, grad_output)
         if call.layout is not None:
             return self._evaluate_rows(call, pipeline, with_grad, grad_output)
         xp, pred = call.xp, call.prediction
@@ -115,6 +159,20 @@ class Loss:
         loss = pipeline.apply(xp, elem, compute)
         shapes = [a.shape for a, i in zip(call.arrays, self.inputs) if i["differentiable"]]
         return loss, tuple(sum_to_shape(xp, g, s) for g, s in zip(grads, shapes))
+
+    def _evaluate_pairs(self, call, pipeline, with_grad, grad_output):
+        """evaluate() for a loss over pair inputs: the chain rule through each pair term."""
+        result = self._evaluate_rows(call, pipeline, with_grad, grad_output)
+        if not with_grad:
+            return result
+        loss, inner_grads = result
+        pairs, xp = call.pairs, call.xp
+        total = {n: xp.zeros_like(pairs.arrays[n]) for n in self.differentiable}
+        built = [i["name"] for i in self.inputs if i["differentiable"]]
+        for name, gradient in zip(built, inner_grads):
+            for pair_name, part in pair_gradients(pairs, self._pair_module(xp, name), gradient).items():
+                total[pair_name] += part
+        return loss, tuple(total[n] for n in self.differentiable)
 
     def _evaluate_rows(self, call, pipeline, with_grad, grad_output):
         """evaluate() for losses with reductions: kernels run on (rows, classes)."""

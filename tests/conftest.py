@@ -50,3 +50,11 @@ def random_inputs(loss, rng, shape=(5, 4)):
         else:
             arrays.append(rng.normal(0, 2, shape))
     return arrays
+
+
+def random_call_inputs(loss, rng, shape=(5, 4)):
+    """Arguments of a call to ``loss``: its pair inputs ((batch, features) each) when it has
+    them, else random_inputs for a prediction of ``shape``."""
+    if loss.pair_inputs:
+        return [rng.normal(0, 1, shape) for _ in loss.pair_inputs]
+    return random_inputs(loss, rng, shape)

@@ -2,6 +2,7 @@
 compiled for the host, agree with the NumPy kernels (no GPU needed). Real-GPU tests are
 marked ``gpu`` and skip without CuPy and a device."""
 import importlib
+import inspect
 import itertools
 import shutil
 import subprocess
@@ -10,13 +11,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import random_inputs, spec_paths
+from conftest import random_call_inputs, random_inputs, spec_paths
 import cuda_harness
 from lossc.compiler.ir import variants
 from lossc.compiler.spec import load_spec
 
 ELEMENTWISE = [load_spec(p) for p in spec_paths() if not load_spec(p).class_axis]
 ROW_SPECS = [load_spec(p) for p in spec_paths() if load_spec(p).class_axis]
+PAIR_TERM_MODULES = [m for m in cuda_harness.elementwise_modules() if "__pair_" in m.NAME]
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +123,12 @@ def test_every_row_loss_on_the_gpu_matches_numpy(spec, cupy):
     loss = lossc.get(spec.name)
     rng = np.random.default_rng(0)
     for variant in variants(spec):
-        arrays = random_inputs(loss, rng, (64, 10))
+        arrays = random_call_inputs(loss, rng, (64, 10))
         if variant.get("from_logits") and spec.name == "focal":
             arrays[0] = 1 / (1 + np.exp(-arrays[0]))
         for dtype, rtol in ((np.float16, 5e-3), (np.float32, 1e-5), (np.float64, 1e-12)):
-            host_arrays = [arrays[0].astype(dtype)] + arrays[1:]
+            cast = len(arrays) if loss.pair_inputs else 1
+            host_arrays = [a.astype(dtype) for a in arrays[:cast]] + arrays[cast:]
             started = time.perf_counter()
             value, grads = loss.value_and_grad(*[cupy.asarray(a) for a in host_arrays], reduction="none", **variant)
             print(f"{spec.name} {variant} {np.dtype(dtype).name}: first call {time.perf_counter() - started:.3f} s")
@@ -187,6 +190,13 @@ def _row_case(spec, variant, dtype, rng):
     return arrays, params
 
 
+def _belongs(module_name, item):
+    """Whether a generated module is one of a spec's variants (not a pair term) or is the given module."""
+    if hasattr(item, "NAME"):
+        return module_name == item.NAME
+    return module_name.split("__")[0] == item.name and "__pair_" not in module_name
+
+
 def _powers_of_two(n):
     """A grad_output that differs per element (so its wiring is checked) and scales exactly."""
     return 2.0 ** (np.arange(n) % 4 - 1)
@@ -217,6 +227,12 @@ def emulated(tmp_path_factory):
                 cases.append((name, importlib.import_module(f"lossc.generated.cupy.{name}"),
                               importlib.import_module(f"lossc.generated.numpy.{name}"), precision, arrays, params,
                               _powers_of_two(arrays[0].size)))
+    for cuda in PAIR_TERM_MODULES:  # element-wise summands of pair terms: random values
+        defaults = inspect.signature(cuda.forward).parameters
+        for precision, dtype in PRECISIONS:
+            arrays = [np.random.default_rng(k).normal(0, 2, 40).astype(dtype) for k in range(len(cuda.INPUTS))]
+            cases.append((cuda.NAME, cuda, importlib.import_module(f"lossc.generated.numpy.{cuda.NAME}"), precision,
+                          arrays, {p: defaults[p].default for p in cuda.PARAMETERS}, _powers_of_two(40)))
     for spec in ROW_SPECS:
         for variant in variants(spec):
             name = variant_module_name(spec.name, variant)
@@ -261,7 +277,7 @@ def test_row_kernels_on_emulated_cupy_agree_with_numpy(spec, emulated):
     order 1); 1e-13 (float64) or 8 float32 epsilons."""
     checked = 0
     for (name, precision), (got, want, (_, arrays, _, _)) in emulated.items():
-        if name.split("__")[0] != spec.name:
+        if not _belongs(name, spec):
             continue
         pred = arrays[0]
         rel = 1e-13 if precision == "float64" else 8 * np.finfo(np.float32).eps
@@ -278,7 +294,8 @@ def test_row_kernels_on_emulated_cupy_agree_with_numpy(spec, emulated):
     assert checked >= 6
 
 
-@pytest.mark.parametrize("spec", ELEMENTWISE, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", ELEMENTWISE + PAIR_TERM_MODULES,
+                         ids=lambda s: getattr(s, "name", None) or s.NAME)
 def test_elementwise_kernels_on_emulated_cupy_match_their_device_functions(spec, emulated, host):
     """The exact ElementwiseKernel parameters and body KernelCache builds, with its preamble,
     over the accuracy grid: one launch gives the loss and every gradient, bit for bit what
@@ -286,7 +303,7 @@ def test_elementwise_kernels_on_emulated_cupy_match_their_device_functions(spec,
     with NumPy)."""
     checked = 0
     for (name, precision), (got, _, (cuda, arrays, params, gout)) in emulated.items():
-        if name.split("__")[0] != spec.name:
+        if not _belongs(name, spec):
             continue
         dtype = CTYPES_NP[precision]
         values = [dtype(params[p]) for p in cuda.PARAMETERS]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lossc
-from conftest import random_inputs, spec_paths
+from conftest import random_call_inputs, spec_paths
 from lossc.compiler.derive import derive
 from lossc.compiler.ir import build_ir, variants
 from lossc.compiler.reductions import reductions_in, rlogsumexp
@@ -132,14 +132,14 @@ def test_every_gradient_matches_finite_differences(path, rng):
     loss = lossc.get(path.stem)
     spec = load_spec(path)
     for variant in variants(spec):
-        arrays = random_inputs(loss, rng)
+        arrays = random_call_inputs(loss, rng)
         kwargs = dict(variant, reduction="sum")
         if "class_weighted" in variant:
             kwargs["label_smoothing"] = 0.1
         if variant.get("from_logits") and path.stem in ("focal",):
             arrays[0] = 1 / (1 + np.exp(-arrays[0]))
         _, grads = loss.value_and_grad(*arrays, **kwargs)
-        positions = [i for i, s in enumerate(loss.inputs) if s["differentiable"]]
+        positions = [i for i, s in enumerate(loss.pair_inputs or loss.inputs) if s["differentiable"]]
         for grad, position in zip(grads, positions):
             h = 1e-6
             for index in [(0, 0), (2, 1), (4, 3)]:
