@@ -92,14 +92,19 @@ def test_every_elementwise_loss_on_the_gpu_matches_numpy(spec, cupy):
         for dtype, rtol in ((np.float16, 2e-3), (np.float32, 1e-5), (np.float64, 1e-12)):
             arrays = grid(spec, np.float64)
             host_arrays = [a.astype(dtype) if i == 0 else a for i, a in enumerate(arrays)]
-            started = time.perf_counter()
-            value, grads = loss.value_and_grad(*[cupy.asarray(a) for a in host_arrays], reduction="none", **variant)
-            print(f"{spec.name} {variant} {np.dtype(dtype).name}: first call {time.perf_counter() - started:.3f} s")
-            want, want_grads = loss.value_and_grad(*host_arrays, reduction="none", **variant)
-            assert value.dtype == dtype
-            np.testing.assert_allclose(cupy.asnumpy(value).astype(np.float64), want.astype(np.float64), rtol=rtol, atol=1e-6)
-            for g, w in zip(grads, want_grads):
-                np.testing.assert_allclose(cupy.asnumpy(g).astype(np.float64), w.astype(np.float64), rtol=rtol, atol=1e-6)
+            _compare_on_gpu(cupy, loss, variant, host_arrays, dtype, rtol, atol=1e-6)
+
+
+def _compare_on_gpu(cupy, loss, variant, host_arrays, dtype, rtol, atol):
+    """value_and_grad on CuPy copies of ``host_arrays`` against NumPy; prints the first-call time."""
+    started = time.perf_counter()
+    value, grads = loss.value_and_grad(*[cupy.asarray(a) for a in host_arrays], reduction="none", **variant)
+    print(f"{loss.name} {variant} {np.dtype(dtype).name}: first call {time.perf_counter() - started:.3f} s")
+    want, want_grads = loss.value_and_grad(*host_arrays, reduction="none", **variant)
+    assert value.dtype == dtype and value.shape == want.shape
+    np.testing.assert_allclose(cupy.asnumpy(value).astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(cupy.asnumpy(g).astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol)
 
 
 @pytest.mark.gpu
@@ -129,14 +134,7 @@ def test_every_row_loss_on_the_gpu_matches_numpy(spec, cupy):
         for dtype, rtol in ((np.float16, 5e-3), (np.float32, 1e-5), (np.float64, 1e-12)):
             cast = len(arrays) if loss.pair_inputs else 1
             host_arrays = [a.astype(dtype) for a in arrays[:cast]] + arrays[cast:]
-            started = time.perf_counter()
-            value, grads = loss.value_and_grad(*[cupy.asarray(a) for a in host_arrays], reduction="none", **variant)
-            print(f"{spec.name} {variant} {np.dtype(dtype).name}: first call {time.perf_counter() - started:.3f} s")
-            want, want_grads = loss.value_and_grad(*host_arrays, reduction="none", **variant)
-            assert value.dtype == dtype and value.shape == want.shape
-            np.testing.assert_allclose(cupy.asnumpy(value).astype(np.float64), want.astype(np.float64), rtol=rtol, atol=1e-5)
-            for g, w in zip(grads, want_grads):
-                np.testing.assert_allclose(cupy.asnumpy(g).astype(np.float64), w.astype(np.float64), rtol=rtol, atol=1e-5)
+            _compare_on_gpu(cupy, loss, variant, host_arrays, dtype, rtol, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -91,6 +91,8 @@ class StagePlan:
 
 
 def _emit_rows(derived, common):
+    """The CuPy module of a loss with class-axis reductions: per kind, its stages' device
+    functions (both precisions) and the launch plan the runtime follows."""
     ir = derived.ir
     row_loss = derived.loss_is_row_level
     functions, plans = [], {}
