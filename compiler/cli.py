@@ -102,7 +102,21 @@ def _check(args):
         print(f"  stable loss     = {derived.loss}")
         for name, grad in derived.gradients.items():
             print(f"  d loss / d {name} = {grad}")
+    _check_pair_terms(spec)
     return 0
+
+
+def _check_pair_terms(spec):
+    """Print each pair term (an input built from pairs of the pair inputs) and its derivatives."""
+    from .derive import derive
+    from .ir import build_ir
+    from .pairs import pair_term_spec, pair_terms
+
+    for term in pair_terms(spec):
+        derived = derive(build_ir(pair_term_spec(spec, term), {}))
+        print(f"pair term {term.input}[i, j] = sum over features of {derived.ir.loss}")
+        for name, grad in derived.gradients.items():
+            print(f"  d summand / d {name} = {grad}")
 
 
 def _manifests():

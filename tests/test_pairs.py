@@ -154,3 +154,18 @@ def test_malformed_pair_spec_is_rejected_with_a_located_error(case, tmp_path, mo
     assert expected in str(info.value), str(info.value)
     assert info.value.line > 0
     assert not (tmp_path / CANARY).exists()
+
+
+def test_cli_check_prints_pair_terms_and_rejects_a_bad_one(tmp_path):
+    import subprocess
+    import sys
+
+    good = write_spec(tmp_path, PAIR_SPEC.format(name="pairs_demo", from_pairs="sum((x1 - x2)**2)"))
+    result = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "check", str(good)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pair term distance[i, j] = sum over features of (x1 - x2)**2" in result.stdout
+    assert "d summand / d x2 = -2*x1 + 2*x2" in result.stdout
+    bad = write_spec(tmp_path, PAIR_SPEC.format(name="pairs_demo", from_pairs="sum(x1 - distance)"), "bad")
+    result = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "check", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "inputs[0].from_pairs: 'distance' in a pair term" in result.stderr
