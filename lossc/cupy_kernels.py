@@ -15,7 +15,7 @@ Kernel parameter names: the spec's names (validated identifiers that cannot star
 COMMON_DEVICE_CODE = r"""
 #ifndef LOSSC_COMMON_DEVICE_CODE
 #define LOSSC_COMMON_DEVICE_CODE
-__device__ __forceinline__ double lossc_negative_infinity() { return __longlong_as_double(0xfff0000000000000LL); }
+__device__ __forceinline__ double lossc_negative_infinity() { return -__longlong_as_double(0x7ff0000000000000LL); }
 #endif
 """
 # Row statistics: op → (reduce_expr over a and b, identity). max propagates NaN as NumPy does.

@@ -88,7 +88,7 @@ class Loss:
         sides = {p["name"]: p["side"] for p in self.pair_inputs}
         arrays = check_pair_arrays(self.name, xp, raw, sides)
         runtime = {n: self._param(n, values.get(n, p["default"])) for n, p in self.parameters.items() if not p["variant"]}
-        pairs = PairArrays(xp, arrays, sides, {}, runtime)
+        pairs = PairArrays(xp, arrays, sides, runtime)
         columns = next(a.shape[0] for n, a in arrays.items() if sides[n] == "column")
         built = [xp.arange(pairs.rows) if spec["per"] == "row" else
                  pair_matrix(pairs, self._pair_module(xp, spec["name"]), columns) for spec in self.inputs]

@@ -14,12 +14,11 @@ BLOCK_ELEMENTS = 1 << 20
 
 @dataclass
 class PairArrays:
-    """The pair inputs of one call: arrays by name, their sides, and the term modules."""
+    """The pair inputs of one call: arrays by name, their sides, and the runtime parameters."""
 
     xp: object
     arrays: dict
     sides: dict
-    terms: dict
     params: dict
 
     @property
@@ -68,9 +67,7 @@ def pair_matrix(pairs, module, columns):
 
 def pair_gradients(pairs, module, gradient):
     """{pair input: d Σ_ij G_ij·M_ij / d input} for the differentiable pair inputs of ``module``."""
-    xp = pairs.xp
-    names = list(pairs.arrays)
-    grads = {n: xp.zeros_like(pairs.arrays[n]) for n in module.DIFFERENTIABLE}
+    grads = {n: pairs.xp.zeros_like(pairs.arrays[n]) for n in module.DIFFERENTIABLE}
     columns = gradient.shape[1]
     for start, stop in _blocks(pairs, columns, next(iter(pairs.arrays.values())).shape[1]):
         upstream = gradient[start:stop, :, None]
@@ -80,4 +77,4 @@ def pair_gradients(pairs, module, gradient):
                 grads[name][start:stop] += part.sum(axis=1)
             else:
                 grads[name] += part.sum(axis=0)
-    return {n: grads.get(n) for n in names if n in grads}
+    return grads
