@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import spec_paths
@@ -44,3 +45,28 @@ def test_accuracy_detects_a_wrong_kernel(monkeypatch):
     rows = {(r.output, r.dtype): r for r in measure(next(p for p in spec_paths() if p.stem == "l2"))}
     assert not rows[("loss", "float64")].ok
     assert rows[("loss", "float32")].ok and rows[("d/dpred", "float64")].ok
+
+
+def test_row_losses_are_measured_on_moderate_windows_too(monkeypatch):
+    """Softmax CE's grid row is dominated by its ±1e4 logits (exact results); the windows of
+    three neighbouring values measure moderate logits, where a 1e-9 error in the gradient
+    of one row of them is caught."""
+    from lossc.compiler.accuracy import row_layouts
+    import lossc.generated.numpy.softmax_ce__from_logits_false__class_weighted_false as ce
+
+    path = next(p for p in spec_paths() if p.stem == "softmax_ce")
+    layouts = row_layouts(load_spec(path))
+    assert [len(v["pred"]) for v, _ in layouts] == [7, 3, 3, 3, 3, 3]
+    assert layouts[3][0]["pred"] == [-1, 0, 0.5] and [p["label"] for p in layouts[3][1]] == [0, 1, 2]
+    real = ce.forward_backward
+
+    def off_in_a_moderate_row(*args, **kwargs):
+        loss, (grad,) = real(*args, **kwargs)
+        if np.all(np.abs(kwargs["pred"]) <= 1):
+            grad = grad * (1 + 1e-9)
+        return loss, (grad,)
+
+    monkeypatch.setattr(ce, "forward_backward", off_in_a_moderate_row)
+    plain = {"from_logits": False, "class_weighted": False}
+    rows = {r.output: r for r in measure(path, dtypes=(np.float64,)) if r.variant == plain}
+    assert not rows["d/dpred"].ok and rows["loss"].ok
