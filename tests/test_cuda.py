@@ -312,3 +312,46 @@ def test_elementwise_kernels_on_emulated_cupy_match_their_device_functions(spec,
             np.testing.assert_array_equal(g, w, err_msg=f"{name} {precision} {label}")
             checked += 1
     assert checked >= 6
+
+
+def test_row_launch_plans_read_only_earlier_statistics():
+    """Every stage reads inputs, parameters and statistics computed before it; softmax CE's
+    plan starts with the row max and its Σ exp(pred − max) stage reads that max."""
+    from lossc.compiler.ir import variant_module_name
+
+    for spec in ROW_SPECS:
+        for variant in variants(spec):
+            module = importlib.import_module(f"lossc.generated.cupy.{variant_module_name(spec.name, variant)}")
+            for kind, plan in module.STAGES.items():
+                *reductions, final = plan
+                assert final["op"] == "final" and all(s["op"] in ("sum", "max") for s in reductions)
+                for index, stage in enumerate(plan):
+                    statistics = [int(a[2:]) for a in stage["arguments"] if a.startswith("_r")]
+                    assert all(k < index for k in statistics), (module.NAME, kind, index, stage["arguments"])
+                if kind == "forward_backward":
+                    assert final["level"] == "element" and final["outputs"] == 1 + len(module.DIFFERENTIABLE)
+    ce = importlib.import_module("lossc.generated.cupy.softmax_ce__from_logits_false__class_weighted_false")
+    first, second = ce.STAGES["forward_backward"][:2]
+    assert (first["op"], first["arguments"]) == ("max", ("pred",))
+    assert (second["op"], second["arguments"]) == ("sum", ("pred", "_r0"))
+    assert "expf(-_t2 + pred)" in ce.DEVICE_CODE and "exp(-_t2 + pred)" in ce.DEVICE_CODE
+
+
+def test_float32_device_functions_never_promote_to_double():
+    """float32 functions call expf/log1pf/... and use f-suffixed literals only; float64 ones the double forms."""
+    import re
+
+    double_call = re.compile(r"\b(exp|log|log1p|expm1|fabs|sqrt|pow|lgamma)\(")
+    single_call = re.compile(r"\b(expf|logf|log1pf|expm1f|fabsf|sqrtf|powf|lgammaf)\(")
+    double_literal = re.compile(r"(?<![\w.])(?:\d+\.\d*(?:e[-+]?\d+)?|\d+e[-+]?\d+)(?![\w.])")
+    function = re.compile(r"__device__ __forceinline__ \w+ (\w+)\(([^)]*)\)\n\{\n(.*?)\n\}", re.S)
+    checked = 0
+    for module in cuda_harness.modules():
+        for name, parameters, body in function.findall(module.DEVICE_CODE):
+            if name.endswith("_f32"):
+                assert "double" not in parameters + body, name
+                assert not double_call.search(body) and not double_literal.search(body), (name, body)
+            else:
+                assert name.endswith("_f64") and not single_call.search(body), name
+            checked += 1
+    assert checked > 100
