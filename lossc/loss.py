@@ -90,6 +90,9 @@ class Loss:
         runtime = {n: self._param(n, values.get(n, p["default"])) for n, p in self.parameters.items() if not p["variant"]}
         pairs = PairArrays(xp, arrays, sides, runtime)
         columns = next(a.shape[0] for n, a in arrays.items() if sides[n] == "column")
+        if any(spec["per"] == "row" and spec.get("class_index") for spec in self.inputs) and pairs.rows > columns:
+            raise ValueError(f"{self.name}: the row index of each row-side sample is a class index along the "
+                             f"column side, so it needs at most {columns} row-side samples, got {pairs.rows}")
         built = [xp.arange(pairs.rows) if spec["per"] == "row" else
                  pair_matrix(pairs, self._pair_module(xp, spec["name"]), columns) for spec in self.inputs]
         call = self._bind_inputs(tuple(built), values)

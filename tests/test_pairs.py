@@ -118,6 +118,8 @@ def test_bad_pair_input_is_a_clear_error():
         loss(np.ones(4), np.ones((4, 2)))
     with pytest.raises(ValueError, match="different feature sizes"):
         loss(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="needs at most 3 row-side samples, got 4"):
+        loss(np.ones((4, 2)), np.ones((3, 2)))
     with pytest.raises(TypeError, match="missing input 'x2'"):
         loss(np.ones((4, 3)))
     with pytest.raises(TypeError, match="unknown argument"):
