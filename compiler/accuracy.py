@@ -7,9 +7,10 @@ kernel really received). Losses with a class axis are measured on rows built fro
 element inputs' grids: the whole grid as one row, and every window of three neighbouring
 values (``row_layouts``); their errors are relative to max(|truth|, 1): their outputs are
 differences of terms of order one (log-sum-exp minus the label's logit, softmax minus
-one-hot), so near a zero — a confident prediction, whose loss is below the dtype's
-epsilon — only an absolute error of a few epsilons is attainable without special forms,
-as in PyTorch. Element-wise losses: the error is relative, except where the truth is below the
+one-hot), computed as such, so where the result is small — a confident prediction — the
+error is a few epsilons absolute (relative error ≈ ε / result), as in PyTorch; the
+log1p forms that would keep it relative are not implemented yet. Element-wise losses: the
+error is relative, except where the truth is below the
 dtype's smallest normal, where the absolute error must stay below that smallest normal.
 Points where the truth is not real (e.g. a probability outside [0, 1]) or overflows the
 dtype are left out, and the grids avoid the zeros of each output (a gradient's root, or
