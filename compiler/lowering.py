@@ -1,9 +1,11 @@
 """Lowering: the stable special functions → overflow-free primitives shared by all targets.
 
-Reductions: logsumexp(e) = m + log Σ_j exp(e_j − m) with m = max_j e_j, and the softmax
-exp(e − logsumexp(e)) = exp(e − m) / Σ_j exp(e_j − m), so the gradient reuses the
-exponentials the loss already computed (CSE shares them) and nothing exponentiates an
-unshifted value.
+Reductions: logsumexp(e) = m + log1p(excess(e)) with m = max_j e_j and excess(e) =
+Σ_j exp(e_j − m) − 1 summed from nonnegative terms, and the softmax exp(e − logsumexp(e)) =
+exp(e − m) / (1 + excess(e)), so the gradient reuses the exponentials the loss already
+computed (CSE shares them) and nothing exponentiates an unshifted value. The label's
+log-probability and its derivative [j = y] − softmax stay relatively exact for a confident
+prediction: (e_y − m) − log1p(excess) and −expm1(log p_y) at the label.
 
 After differentiation, ``sigmoid`` and ``softplus`` are expanded around one shared
 ``e = exp(−|u|)`` (which never overflows), so common-subexpression elimination can share
@@ -14,8 +16,8 @@ it between a loss and its gradients:
 """
 import sympy
 
-from .functions import log1p, one_if_nonneg, relu, sigmoid, softplus
-from .reductions import rlogsumexp, rmax, rsum
+from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus
+from .reductions import CLASS_INDEX, onehot_minus_softmax, one_hot, one_hot_where, rlog_softmax_at, rlogsumexp, rmax, rsum
 
 
 def lower_sigmoid(u):
@@ -29,25 +31,49 @@ def lower_softplus(u):
     return relu(u) + log1p(sympy.exp(-sympy.Abs(u)))
 
 
+def excess(e):
+    """Σ_j exp(e_j − max e) − 1 as a sum of terms that are ≥ 0 or exact: the exponentials of the
+    entries below the max, plus (number of maxima − 1) counted on its own. So log Σ exp(e − max)
+    = log1p(excess) keeps full relative accuracy when one entry dominates."""
+    m = rmax(e)
+    at_max = one_hot_where(sympy.Eq(e, m))  # exp(e − m) is exactly 1 there
+    return rsum(sympy.exp(e - m) - at_max) + grouped(rsum(at_max) - 1)
+
+
 def lower_softmax(node):
-    """exp(e − logsumexp(e)) → exp(e − max e) / Σ exp(e − max e); other nodes unchanged."""
+    """exp(e − logsumexp(e)) → exp(e − max e) / (1 + excess(e)); other nodes unchanged."""
     if isinstance(node, sympy.exp) and node.args[0].is_Add:
         for term in node.args[0].args:
             if term.is_Mul and term.args[0] == -1 and isinstance(term.args[1], rlogsumexp):
                 e = term.args[1].args[0]
                 if node.args[0] - term == e:
-                    shifted = sympy.exp(e - rmax(e))
-                    return shifted / rsum(shifted)
+                    return sympy.exp(e - rmax(e)) / (1 + excess(e))
     return None
 
 
 def lower_logsumexp(e):
-    """logsumexp(e) as max e + log Σ exp(e − max e)."""
-    return rmax(e) + sympy.log(rsum(sympy.exp(e - rmax(e))))
+    """logsumexp(e) as max e + log1p(excess(e))."""
+    return rmax(e) + log1p(excess(e))
+
+
+def lower_log_softmax_at(e, label):
+    """e_y − logsumexp(e) as (e_y − max e) − log1p(excess(e)): exactly 0 − log1p(tiny) for a
+    confident prediction, where e_y + ... − logsumexp would cancel."""
+    return rsum((e - rmax(e)) * one_hot(label)) - log1p(excess(e))
+
+
+def lower_onehot_minus_softmax(e, label):
+    """[j = y] − softmax_j: −expm1(log p_y) = 1 − p_y at the label (no 1 − p cancellation),
+    −exp(e_j − max e) / (1 + excess(e)) elsewhere."""
+    elsewhere = -sympy.exp(e - rmax(e)) / (1 + excess(e))
+    # Eq(label, j), not one_hot's Eq(j, label): CSE keeps one_hot whole, so its pick stays a gather
+    return sympy.Piecewise((-expm1(lower_log_softmax_at(e, label)), sympy.Eq(label, CLASS_INDEX)), (elsewhere, True))
 
 
 def lower(expr):
     """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form."""
+    expr = expr.replace(onehot_minus_softmax, lower_onehot_minus_softmax)
+    expr = expr.replace(rlog_softmax_at, lower_log_softmax_at)
     expr = expr.replace(lambda n: lower_softmax(n) is not None, lower_softmax)
     expr = expr.replace(rlogsumexp, lower_logsumexp)
     return expr.replace(sigmoid, lower_sigmoid).replace(softplus, lower_softplus)

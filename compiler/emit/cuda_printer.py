@@ -77,6 +77,9 @@ class CudaPrinter(StrPrinter):
     def _print_loggamma(self, expr):
         return self._call("loggamma", expr)
 
+    def _print_grouped(self, expr):
+        return f"({self._print(expr.args[0])})"
+
     def _print_sign(self, expr):
         x = self._print(expr.args[0])
         return f"(({self.type})(({x}) > 0) - ({self.type})(({x}) < 0))"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ..functions import expm1, log1p, one_if_nonneg, relu, step
+from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step
 from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
@@ -157,6 +157,8 @@ class _Linearizer:
         """Code naming expr's value, emitting the ufunc calls that compute it once."""
         if expr in self.names:
             return self.names[expr]
+        if isinstance(expr, grouped):  # its own buffer already keeps it apart from the sum around it
+            return self.value(expr.args[0])
         if self.is_leaf(expr):
             return self.scalar(expr) if not expr.is_Symbol or expr in self.scalars else expr.name
         name = self.compute(expr)
@@ -202,16 +204,26 @@ class _Linearizer:
         product = expr.args[0]
         if self.uses.get(product) != 1 or product in self.names:
             return None
-        is_hot = lambda e: isinstance(self.definitions.get(e, e), Indicator)  # noqa: E731
-        values, hot = product.args if is_hot(product.args[1]) else product.args[::-1]
-        definition = self.definitions.get(hot, hot)
-        if not isinstance(definition, Indicator) or OPS[int(definition.args[0])] != "==" or self.level(values) != "e":
+        values, hot = product.args if self.equality_sides(product.args[1]) else product.args[::-1]
+        sides = self.equality_sides(hot)
+        if not sides or self.level(values) != "e":
             return None
-        sides = definition.args[1:]
         index = sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
         if index is None or self.level(index) == "e":
             return None
         return product, values, index
+
+    def equality_sides(self, expr):
+        """(a, b) when expr is the 0/1 indicator of a == b — an Indicator, or a Blend of 1 and 0
+        on the mask of that comparison (when CSE shared it) — else None."""
+        definition = self.definitions.get(expr, expr)
+        if isinstance(definition, Indicator):
+            return definition.args[1:] if OPS[int(definition.args[0])] == "==" else None
+        if isinstance(definition, Blend) and definition.args[1:] == (1, 0) and isinstance(definition.args[0], Mask):
+            cond = definition.args[0].args[0]
+            cond = self.definitions.get(cond, cond)
+            return (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
+        return None
 
     def pick(self, expr, product, values, index, out):
         """Σ_j values·[j = index] as a gather (see lossc.elementwise.pick_into)."""
