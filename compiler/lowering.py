@@ -32,12 +32,13 @@ def lower_softplus(u):
 
 
 def excess(e):
-    """Σ_j exp(e_j − max e) − 1 as a sum of terms that are ≥ 0 or exact: the exponentials of the
-    entries below the max, plus (number of maxima − 1) counted on its own. So log Σ exp(e − max)
-    = log1p(excess) keeps full relative accuracy when one entry dominates."""
-    m = rmax(e)
-    at_max = one_hot_where(sympy.Eq(e, m))  # exp(e − m) is exactly 1 there
-    return rsum(sympy.exp(e - m) - at_max) + grouped(rsum(at_max) - 1)
+    """Σ_j exp(e_j − max e) − 1 as a sum of terms that are ≥ 0 or exact: the exponentials below
+    1 (x − floor(x) of each x = exp(e_j − max e) in (0, 1]), plus (number of ones − 1) counted
+    on its own. So log Σ exp(e − max) = log1p(excess) keeps full relative accuracy when one
+    entry dominates."""
+    shifted = sympy.exp(e - rmax(e))  # in (0, 1], exactly 1 at the max (and at entries that round to it)
+    ones = sympy.floor(shifted)
+    return rsum(shifted - ones) + grouped(rsum(ones) - 1)
 
 
 def lower_softmax(node):
@@ -65,9 +66,8 @@ def lower_log_softmax_at(e, label):
 def lower_onehot_minus_softmax(e, label):
     """[j = y] − softmax_j: −expm1(log p_y) = 1 − p_y at the label (no 1 − p cancellation),
     −exp(e_j − max e) / (1 + excess(e)) elsewhere."""
-    elsewhere = -sympy.exp(e - rmax(e)) / (1 + excess(e))
-    # Eq(label, j), not one_hot's Eq(j, label): CSE keeps one_hot whole, so its pick stays a gather
-    return sympy.Piecewise((-expm1(lower_log_softmax_at(e, label)), sympy.Eq(label, CLASS_INDEX)), (elsewhere, True))
+    softmax = sympy.exp(e - rmax(e)) / (1 + excess(e))
+    return -sympy.Piecewise((expm1(lower_log_softmax_at(e, label)), sympy.Eq(CLASS_INDEX, label)), (softmax, True))
 
 
 def lower(expr):

@@ -22,6 +22,7 @@ UNARY = {
     expm1: "np.expm1",
     sympy.Abs: "np.absolute",
     sympy.sign: "np.sign",
+    sympy.floor: "np.floor",
 }
 COMPARE = {"<": "np.less", "<=": "np.less_equal", ">": "np.greater", ">=": "np.greater_equal",
            "==": "np.equal", "!=": "np.not_equal"}
@@ -187,6 +188,9 @@ class _Linearizer:
         picked = self.pick_parts(expr)
         if picked:
             return self.pick(expr, *picked, out)
+        selected = self.label_select_parts(expr)
+        if selected:
+            return self.label_select(expr, *selected, out)
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
         kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
@@ -224,6 +228,35 @@ class _Linearizer:
             cond = self.definitions.get(cond, cond)
             return (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
         return None
+
+    def label_select_parts(self, expr):
+        """(index, at_label, elsewhere) when expr is where(j == index, at_label, elsewhere) with
+        row-level index and at_label, else None."""
+        if not isinstance(expr, Blend):
+            return None
+        mask, at_label, elsewhere = expr.args
+        if isinstance(mask, CompareMask):
+            sides = mask.args[1:] if OPS[int(mask.args[0])] == "==" else None
+        else:
+            cond = self.definitions.get(mask.args[0], mask.args[0]) if isinstance(mask, Mask) else None
+            sides = (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
+        if not sides or CLASS_INDEX not in sides:
+            return None
+        index = sides[1] if sides[0] == CLASS_INDEX else sides[0]
+        if self.level(index) == "e" or self.level(at_label) == "e":
+            return None
+        return index, at_label, elsewhere
+
+    def label_select(self, expr, index, at_label, elsewhere, out):
+        """where(j == index, at_label, elsewhere) as a copy of elsewhere and one value set per
+        row (see lossc.elementwise.set_at_into), not a blend over every element."""
+        codes = [self.value(elsewhere), self.value(at_label), self.value(index)]
+        target = out or self.pool("f", expr).take(avoid=codes)
+        self.lines.append(f"np.copyto({target}, {codes[0]})")
+        self.lines.append(f"set_at_into({target}, {codes[2]}, {codes[1]})")
+        for node in expr.args:  # the mask is never computed: its users elsewhere compute it
+            self.release(node)
+        return target
 
     def pick(self, expr, product, values, index, out):
         """Σ_j values·[j = index] as a gather (see lossc.elementwise.pick_into)."""

@@ -41,57 +41,53 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ float lossc_sdml_fwd_r0_f32(float distance)
 {
-    const float _t2 = -distance;
-    return _t2;
+    return -distance;
 }
 __device__ __forceinline__ double lossc_sdml_fwd_r0_f64(double distance)
 {
-    const double _t2 = -distance;
-    return _t2;
+    return -distance;
 }
 __device__ __forceinline__ float lossc_sdml_fwd_r1_f32(float distance, float _r0)
 {
-    const float _t3 = _r0;
-    const float _t4 = -_t3;
-    const float _t5 = ((_t4 == distance) ? 1.0f : 0.0f);
-    return _t5;
+    const float _t2 = _r0 + distance;
+    const float _t3 = expf(-_t2);
+    const float _t4 = floorf(_t3);
+    return _t4;
 }
 __device__ __forceinline__ double lossc_sdml_fwd_r1_f64(double distance, double _r0)
 {
-    const double _t3 = _r0;
-    const double _t4 = -_t3;
-    const double _t5 = ((_t4 == distance) ? 1.0 : 0.0);
-    return _t5;
+    const double _t2 = _r0 + distance;
+    const double _t3 = exp(-_t2);
+    const double _t4 = floor(_t3);
+    return _t4;
 }
 __device__ __forceinline__ float lossc_sdml_fwd_r2_f32(float distance, float _r0)
 {
-    const float _t2 = -distance;
-    const float _t3 = _r0;
-    const float _t4 = -_t3;
-    const float _t5 = ((_t4 == distance) ? 1.0f : 0.0f);
-    return -_t5 + expf(_t2 + _t4);
+    const float _t2 = _r0 + distance;
+    const float _t3 = expf(-_t2);
+    const float _t4 = floorf(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ double lossc_sdml_fwd_r2_f64(double distance, double _r0)
 {
-    const double _t2 = -distance;
-    const double _t3 = _r0;
-    const double _t4 = -_t3;
-    const double _t5 = ((_t4 == distance) ? 1.0 : 0.0);
-    return -_t5 + exp(_t2 + _t4);
+    const double _t2 = _r0 + distance;
+    const double _t3 = exp(-_t2);
+    const double _t4 = floor(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ void lossc_sdml_fwd_out_f32(float distance, float position, float _j, float classes, float smoothing_parameter, float _r0, float _r1, float _r2, float* out0)
 {
     const float _t0 = ((_j == position) ? 1.0f : 0.0f);
     const float _t1 = _t0*(smoothing_parameter - 1.0f) + smoothing_parameter*(_t0 - 1.0f)/(classes - 1.0f);
-    const float _t3 = _r0;
-    *out0 = -_t1*(_t3 + distance + logf(-_t1 + 9.99999996e-13f) + log1pf(_r2 + (_r1 - 1.0f)));
+    const float _t2 = _r0 + distance;
+    *out0 = -_t1*(_t2 + logf(-_t1 + 9.99999996e-13f) + log1pf(_r2 + (_r1 - 1.0f)));
 }
 __device__ __forceinline__ void lossc_sdml_fwd_out_f64(double distance, double position, double _j, double classes, double smoothing_parameter, double _r0, double _r1, double _r2, double* out0)
 {
     const double _t0 = ((_j == position) ? 1.0 : 0.0);
     const double _t1 = _t0*(smoothing_parameter - 1.0) + smoothing_parameter*(_t0 - 1.0)/(classes - 1.0);
-    const double _t3 = _r0;
-    *out0 = -_t1*(_t3 + distance + log(-_t1 + 1e-12) + log1p(_r2 + (_r1 - 1.0)));
+    const double _t2 = _r0 + distance;
+    *out0 = -_t1*(_t2 + log(-_t1 + 1e-12) + log1p(_r2 + (_r1 - 1.0)));
 }
 __device__ __forceinline__ float lossc_sdml_fb_r0_f32(float distance)
 {
@@ -103,55 +99,51 @@ __device__ __forceinline__ double lossc_sdml_fb_r0_f64(double distance)
 }
 __device__ __forceinline__ float lossc_sdml_fb_r1_f32(float distance, float _r0)
 {
-    const float _t3 = _r0;
-    const float _t4 = ((_t3 == -distance) ? 1.0f : 0.0f);
-    return _t4;
+    const float _t3 = _r0 + distance;
+    const float _t4 = expf(-_t3);
+    const float _t5 = floorf(_t4);
+    return _t5;
 }
 __device__ __forceinline__ double lossc_sdml_fb_r1_f64(double distance, double _r0)
 {
-    const double _t3 = _r0;
-    const double _t4 = ((_t3 == -distance) ? 1.0 : 0.0);
-    return _t4;
+    const double _t3 = _r0 + distance;
+    const double _t4 = exp(-_t3);
+    const double _t5 = floor(_t4);
+    return _t5;
 }
 __device__ __forceinline__ float lossc_sdml_fb_r2_f32(float distance, float _r0)
 {
-    const float _t3 = _r0;
-    const float _t4 = ((_t3 == -distance) ? 1.0f : 0.0f);
-    const float _t5 = _t3 + distance;
-    const float _t6 = expf(-_t5);
-    return -_t4 + _t6;
+    const float _t3 = _r0 + distance;
+    const float _t4 = expf(-_t3);
+    const float _t5 = floorf(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ double lossc_sdml_fb_r2_f64(double distance, double _r0)
 {
-    const double _t3 = _r0;
-    const double _t4 = ((_t3 == -distance) ? 1.0 : 0.0);
-    const double _t5 = _t3 + distance;
-    const double _t6 = exp(-_t5);
-    return -_t4 + _t6;
+    const double _t3 = _r0 + distance;
+    const double _t4 = exp(-_t3);
+    const double _t5 = floor(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ void lossc_sdml_fb_out_f32(float distance, float position, float grad_output, float _j, float classes, float smoothing_parameter, float _r0, float _r1, float _r2, float* out0, float* out1)
 {
     const float _t0 = ((_j == position) ? 1.0f : 0.0f);
     const float _t1 = smoothing_parameter/(classes - 1.0f);
     const float _t2 = _t0*(smoothing_parameter - 1.0f) + _t1*(_t0 - 1.0f);
-    const float _t3 = _r0;
-    const float _t5 = _t3 + distance;
-    const float _t6 = expf(-_t5);
-    const float _t7 = _r2 + (_r1 - 1.0f);
-    *out0 = -_t2*(_t5 + logf(-_t2 + 9.99999996e-13f) + log1pf(_t7));
-    *out1 = -grad_output*(_t2 + _t6*(_t1*classes - _t1 - smoothing_parameter + 1.0f)/(_t7 + 1.0f));
+    const float _t3 = _r0 + distance;
+    const float _t6 = _r2 + (_r1 - 1.0f);
+    *out0 = -_t2*(_t3 + logf(-_t2 + 9.99999996e-13f) + log1pf(_t6));
+    *out1 = -grad_output*(_t2 + (_t1*classes - _t1 - smoothing_parameter + 1.0f)*expf(-_t3)/(_t6 + 1.0f));
 }
 __device__ __forceinline__ void lossc_sdml_fb_out_f64(double distance, double position, double grad_output, double _j, double classes, double smoothing_parameter, double _r0, double _r1, double _r2, double* out0, double* out1)
 {
     const double _t0 = ((_j == position) ? 1.0 : 0.0);
     const double _t1 = smoothing_parameter/(classes - 1.0);
     const double _t2 = _t0*(smoothing_parameter - 1.0) + _t1*(_t0 - 1.0);
-    const double _t3 = _r0;
-    const double _t5 = _t3 + distance;
-    const double _t6 = exp(-_t5);
-    const double _t7 = _r2 + (_r1 - 1.0);
-    *out0 = -_t2*(_t5 + log(-_t2 + 1e-12) + log1p(_t7));
-    *out1 = -grad_output*(_t2 + _t6*(_t1*classes - _t1 - smoothing_parameter + 1.0)/(_t7 + 1.0));
+    const double _t3 = _r0 + distance;
+    const double _t6 = _r2 + (_r1 - 1.0);
+    *out0 = -_t2*(_t3 + log(-_t2 + 1e-12) + log1p(_t6));
+    *out1 = -grad_output*(_t2 + (_t1*classes - _t1 - smoothing_parameter + 1.0)*exp(-_t3)/(_t6 + 1.0));
 }
 """
 

@@ -58,40 +58,46 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    return _t1;
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    return _t1;
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    const float _t2 = -_t0 + pred;
-    return -_t1 + expf(_t2);
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    const double _t2 = -_t0 + pred;
-    return -_t1 + exp(_t2);
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float pred, float label, float _j, float _r0)
 {
     const float _t0 = _r0;
-    const float _t2 = -_t0 + pred;
-    return _t2*((_j == label) ? 1.0f : 0.0f);
+    const float _t1 = -_t0 + pred;
+    return _t1*((_j == label) ? 1.0f : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double pred, double label, double _j, double _r0)
 {
     const double _t0 = _r0;
-    const double _t2 = -_t0 + pred;
-    return _t2*((_j == label) ? 1.0 : 0.0);
+    const double _t1 = -_t0 + pred;
+    return _t1*((_j == label) ? 1.0 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float pred)
 {
@@ -104,14 +110,14 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
 {
     const float _t0 = _r0;
-    const float _t3 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((ignore_index == label) ? 0.0f : -(-_r3 + _t3)*(label_smoothing - 1.0f) + label_smoothing*(-_r4 + classes*(_t0 + _t3))/classes);
+    const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
+    *out0 = ((ignore_index == label) ? 0.0f : -(-_r3 + _t4)*(label_smoothing - 1.0f) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
 {
     const double _t0 = _r0;
-    const double _t3 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((ignore_index == label) ? 0.0 : -(-_r3 + _t3)*(label_smoothing - 1.0) + label_smoothing*(-_r4 + classes*(_t0 + _t3))/classes);
+    const double _t4 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = ((ignore_index == label) ? 0.0 : -(-_r3 + _t4)*(label_smoothing - 1.0) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float pred)
 {
@@ -124,44 +130,48 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = ((_t2 == pred) ? 1.0f : 0.0f);
-    return _t3;
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = ((_t2 == pred) ? 1.0 : 0.0);
-    return _t3;
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t5;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = ((_t2 == pred) ? 1.0f : 0.0f);
-    const float _t4 = -_t2 + pred;
-    const float _t5 = expf(_t4);
-    return -_t3 + _t5;
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = ((_t2 == pred) ? 1.0 : 0.0);
-    const double _t4 = -_t2 + pred;
-    const double _t5 = exp(_t4);
-    return -_t3 + _t5;
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float pred, float label, float _j, float _r0)
 {
     const float _t2 = _r0;
-    const float _t4 = -_t2 + pred;
+    const float _t3 = -_t2 + pred;
     const float _t9 = (_j == label);
-    return _t4*(_t9 ? 1.0f : 0.0f);
+    return _t3*(_t9 ? 1.0f : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double pred, double label, double _j, double _r0)
 {
     const double _t2 = _r0;
-    const double _t4 = -_t2 + pred;
+    const double _t3 = -_t2 + pred;
     const double _t9 = (_j == label);
-    return _t4*(_t9 ? 1.0 : 0.0);
+    return _t3*(_t9 ? 1.0 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float pred)
 {
@@ -176,34 +186,34 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t0 = (ignore_index == label);
     const float _t1 = (1.0f/classes);
     const float _t2 = _r0;
-    const float _t4 = -_t2 + pred;
-    const float _t5 = expf(_t4);
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
     const float _t6 = _r2 + (_r1 - 1.0f);
     const float _t7 = log1pf(_t6);
     const float _t8 = label_smoothing - 1.0f;
     const float _t9 = (_j == label);
     const float _t10 = -_r3 + _t7;
     const float _t11 = (_t0 ? 0.0f : -_t1*label_smoothing);
-    const float _t12 = _t5/(_t6 + 1.0f);
+    const float _t12 = _t4/(_t6 + 1.0f);
     *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = grad_output*(-_t11*_t12*classes + _t11 + (_t0 ? 0.0f : _t8)*(_t9 ? -expm1f(-_t10) : -_t12));
+    *out1 = grad_output*(-_t11*_t12*classes + _t11 - (_t0 ? 0.0f : _t8)*(_t9 ? expm1f(-_t10) : _t12));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double pred, double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
     const double _t0 = (ignore_index == label);
     const double _t1 = (1.0/classes);
     const double _t2 = _r0;
-    const double _t4 = -_t2 + pred;
-    const double _t5 = exp(_t4);
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
     const double _t6 = _r2 + (_r1 - 1.0);
     const double _t7 = log1p(_t6);
     const double _t8 = label_smoothing - 1.0;
     const double _t9 = (_j == label);
     const double _t10 = -_r3 + _t7;
     const double _t11 = (_t0 ? 0.0 : -_t1*label_smoothing);
-    const double _t12 = _t5/(_t6 + 1.0);
+    const double _t12 = _t4/(_t6 + 1.0);
     *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = grad_output*(-_t11*_t12*classes + _t11 + (_t0 ? 0.0 : _t8)*(_t9 ? -expm1(-_t10) : -_t12));
+    *out1 = grad_output*(-_t11*_t12*classes + _t11 - (_t0 ? 0.0 : _t8)*(_t9 ? expm1(-_t10) : _t12));
 }
 """
 

@@ -66,28 +66,34 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    return _t1;
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    return _t1;
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    const float _t2 = -_t0 + pred;
-    return -_t1 + expf(_t2);
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    const double _t2 = -_t0 + pred;
-    return -_t1 + exp(_t2);
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32(float pred, float class_weight)
 {
@@ -108,38 +114,38 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32(float pred, float label, float _j, float _r0)
 {
     const float _t0 = _r0;
-    const float _t2 = -_t0 + pred;
-    const float _t4 = ((_j == label) ? 1.0f : 0.0f);
-    return _t2*_t4;
+    const float _t1 = -_t0 + pred;
+    const float _t5 = ((_j == label) ? 1.0f : 0.0f);
+    return _t1*_t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64(double pred, double label, double _j, double _r0)
 {
     const double _t0 = _r0;
-    const double _t2 = -_t0 + pred;
-    const double _t4 = ((_j == label) ? 1.0 : 0.0);
-    return _t2*_t4;
+    const double _t1 = -_t0 + pred;
+    const double _t5 = ((_j == label) ? 1.0 : 0.0);
+    return _t1*_t5;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f32(float label, float class_weight, float _j)
 {
-    const float _t4 = ((_j == label) ? 1.0f : 0.0f);
-    return _t4*class_weight;
+    const float _t5 = ((_j == label) ? 1.0f : 0.0f);
+    return _t5*class_weight;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f64(double label, double class_weight, double _j)
 {
-    const double _t4 = ((_j == label) ? 1.0 : 0.0);
-    return _t4*class_weight;
+    const double _t5 = ((_j == label) ? 1.0 : 0.0);
+    return _t5*class_weight;
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0)
 {
     const float _t0 = _r0;
-    const float _t3 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((ignore_index == label) ? 0.0f : -_r6*(-_r5 + _t3)*(label_smoothing - 1.0f) + label_smoothing*(-_r3 + _r4*(_t0 + _t3))/classes);
+    const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
+    *out0 = ((ignore_index == label) ? 0.0f : -_r6*(-_r5 + _t4)*(label_smoothing - 1.0f) + label_smoothing*(-_r3 + _r4*(_t0 + _t4))/classes);
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0)
 {
     const double _t0 = _r0;
-    const double _t3 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((ignore_index == label) ? 0.0 : -_r6*(-_r5 + _t3)*(label_smoothing - 1.0) + label_smoothing*(-_r3 + _r4*(_t0 + _t3))/classes);
+    const double _t4 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = ((ignore_index == label) ? 0.0 : -_r6*(-_r5 + _t4)*(label_smoothing - 1.0) + label_smoothing*(-_r3 + _r4*(_t0 + _t4))/classes);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r0_f32(float class_weight)
 {
@@ -160,46 +166,50 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32(float pred, float _r1)
 {
     const float _t3 = _r1;
-    const float _t4 = ((_t3 == pred) ? 1.0f : 0.0f);
-    return _t4;
+    const float _t4 = -_t3 + pred;
+    const float _t5 = expf(_t4);
+    const float _t6 = floorf(_t5);
+    return _t6;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64(double pred, double _r1)
 {
     const double _t3 = _r1;
-    const double _t4 = ((_t3 == pred) ? 1.0 : 0.0);
-    return _t4;
+    const double _t4 = -_t3 + pred;
+    const double _t5 = exp(_t4);
+    const double _t6 = floor(_t5);
+    return _t6;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32(float pred, float _r1)
 {
     const float _t3 = _r1;
-    const float _t4 = ((_t3 == pred) ? 1.0f : 0.0f);
-    const float _t5 = -_t3 + pred;
-    const float _t6 = expf(_t5);
-    return -_t4 + _t6;
+    const float _t4 = -_t3 + pred;
+    const float _t5 = expf(_t4);
+    const float _t6 = floorf(_t5);
+    return _t5 - _t6;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64(double pred, double _r1)
 {
     const double _t3 = _r1;
-    const double _t4 = ((_t3 == pred) ? 1.0 : 0.0);
-    const double _t5 = -_t3 + pred;
-    const double _t6 = exp(_t5);
-    return -_t4 + _t6;
+    const double _t4 = -_t3 + pred;
+    const double _t5 = exp(_t4);
+    const double _t6 = floor(_t5);
+    return _t5 - _t6;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32(float pred, float label, float _j, float _r1)
 {
     const float _t3 = _r1;
-    const float _t5 = -_t3 + pred;
+    const float _t4 = -_t3 + pred;
     const float _t9 = (_j == label);
     const float _t10 = (_t9 ? 1.0f : 0.0f);
-    return _t10*_t5;
+    return _t10*_t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64(double pred, double label, double _j, double _r1)
 {
     const double _t3 = _r1;
-    const double _t5 = -_t3 + pred;
+    const double _t4 = -_t3 + pred;
     const double _t9 = (_j == label);
     const double _t10 = (_t9 ? 1.0 : 0.0);
-    return _t10*_t5;
+    return _t10*_t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32(float label, float class_weight, float _j)
 {
@@ -227,17 +237,17 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t1 = (1.0f/classes);
     const float _t2 = _r0;
     const float _t3 = _r1;
-    const float _t5 = -_t3 + pred;
-    const float _t6 = expf(_t5);
+    const float _t4 = -_t3 + pred;
+    const float _t5 = expf(_t4);
     const float _t7 = _r3 + (_r2 - 1.0f);
     const float _t8 = log1pf(_t7);
     const float _t9 = (_j == label);
     const float _t11 = -_r4 + _t8;
     const float _t12 = _r5*(label_smoothing - 1.0f);
     const float _t13 = (_t0 ? 0.0f : -_t1*label_smoothing);
-    const float _t14 = _t6/(_t7 + 1.0f);
+    const float _t14 = _t5/(_t7 + 1.0f);
     *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight + (_t0 ? 0.0f : _t12)*(_t9 ? -expm1f(-_t11) : -_t14));
+    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight - (_t0 ? 0.0f : _t12)*(_t9 ? expm1f(-_t11) : _t14));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double pred, double label, double class_weight, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1)
 {
@@ -245,17 +255,17 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t1 = (1.0/classes);
     const double _t2 = _r0;
     const double _t3 = _r1;
-    const double _t5 = -_t3 + pred;
-    const double _t6 = exp(_t5);
+    const double _t4 = -_t3 + pred;
+    const double _t5 = exp(_t4);
     const double _t7 = _r3 + (_r2 - 1.0);
     const double _t8 = log1p(_t7);
     const double _t9 = (_j == label);
     const double _t11 = -_r4 + _t8;
     const double _t12 = _r5*(label_smoothing - 1.0);
     const double _t13 = (_t0 ? 0.0 : -_t1*label_smoothing);
-    const double _t14 = _t6/(_t7 + 1.0);
+    const double _t14 = _t5/(_t7 + 1.0);
     *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight + (_t0 ? 0.0 : _t12)*(_t9 ? -expm1(-_t11) : -_t14));
+    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight - (_t0 ? 0.0 : _t12)*(_t9 ? expm1(-_t11) : _t14));
 }
 """
 

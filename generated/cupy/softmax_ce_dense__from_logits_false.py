@@ -62,26 +62,30 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    return _t1;
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t2;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    return _t1;
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t2;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = ((_t0 == pred) ? 1.0f : 0.0f);
-    return -_t1 + expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t1 - _t2;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = ((_t0 == pred) ? 1.0 : 0.0);
-    return -_t1 + exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t1 - _t2;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float pred, float label)
 {
@@ -110,16 +114,16 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
 {
     const float _t0 = _r0;
-    const float _t2 = _t0 + log1pf(_r2 + (_r1 - 1.0f));
-    const float _t3 = _t2*label_smoothing;
-    *out0 = _r3*(label_smoothing - 1.0f) + _r4*(_t2 - _t3) - _r5*label_smoothing/classes + _t3;
+    const float _t3 = _t0 + log1pf(_r2 + (_r1 - 1.0f));
+    const float _t4 = _t3*label_smoothing;
+    *out0 = _r3*(label_smoothing - 1.0f) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
 {
     const double _t0 = _r0;
-    const double _t2 = _t0 + log1p(_r2 + (_r1 - 1.0));
-    const double _t3 = _t2*label_smoothing;
-    *out0 = _r3*(label_smoothing - 1.0) + _r4*(_t2 - _t3) - _r5*label_smoothing/classes + _t3;
+    const double _t3 = _t0 + log1p(_r2 + (_r1 - 1.0));
+    const double _t4 = _t3*label_smoothing;
+    *out0 = _r3*(label_smoothing - 1.0) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r0_f32(float pred)
 {
@@ -132,28 +136,30 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1_f32(float pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = ((_t2 == pred) ? 1.0f : 0.0f);
-    return _t3;
+    const float _t3 = expf(-_t2 + pred);
+    const float _t4 = floorf(_t3);
+    return _t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = ((_t2 == pred) ? 1.0 : 0.0);
-    return _t3;
+    const double _t3 = exp(-_t2 + pred);
+    const double _t4 = floor(_t3);
+    return _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = ((_t2 == pred) ? 1.0f : 0.0f);
-    const float _t4 = expf(-_t2 + pred);
-    return -_t3 + _t4;
+    const float _t3 = expf(-_t2 + pred);
+    const float _t4 = floorf(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = ((_t2 == pred) ? 1.0 : 0.0);
-    const double _t4 = exp(-_t2 + pred);
-    return -_t3 + _t4;
+    const double _t3 = exp(-_t2 + pred);
+    const double _t4 = floor(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float label)
 {
@@ -184,26 +190,26 @@ __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out
     const float _t0 = label_smoothing - 1.0f;
     const float _t1 = label_smoothing/classes;
     const float _t2 = _r0;
-    const float _t4 = expf(-_t2 + pred);
+    const float _t3 = expf(-_t2 + pred);
     const float _t5 = _r2 + (_r1 - 1.0f);
     const float _t6 = _t2 + log1pf(_t5);
     const float _t7 = _t6*label_smoothing;
     const float _t8 = _r3;
     *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = grad_output*(_t0*label - _t1 + _t4*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0f));
+    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
 {
     const double _t0 = label_smoothing - 1.0;
     const double _t1 = label_smoothing/classes;
     const double _t2 = _r0;
-    const double _t4 = exp(-_t2 + pred);
+    const double _t3 = exp(-_t2 + pred);
     const double _t5 = _r2 + (_r1 - 1.0);
     const double _t6 = _t2 + log1p(_t5);
     const double _t7 = _t6*label_smoothing;
     const double _t8 = _r3;
     *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = grad_output*(_t0*label - _t1 + _t4*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0));
+    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0));
 }
 """
 

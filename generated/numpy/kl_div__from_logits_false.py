@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "kl_div"
 VARIANT = {'from_logits': False}
@@ -24,15 +24,15 @@ def _forward(_s, _out, pred, label, _j, classes):
     _i0, _i1, = _s[2]
     _rf0, _rf1, _rf2, _rf3, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.equal(_rf0, pred, out=_f0)
+    np.subtract(pred, _rf0, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f0)
     np.greater(label, 0, out=_i0)
     np.negative(_i0, out=_i0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf1, -1, out=_rf2)
-    np.subtract(pred, _rf0, out=_f1)
-    np.exp(_f1, out=_f2)
-    np.subtract(_f2, _f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(_f1, _f0, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf3)
@@ -51,29 +51,29 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes):
     _i0, _i1, = _s[2]
     _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.equal(_rf0, pred, out=_f0)
-    np.subtract(pred, _rf0, out=_f1)
-    np.exp(_f1, out=_f2)
+    np.subtract(pred, _rf0, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f2, _f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(_f1, _f0, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.greater(label, 0, out=_b0)
     mask_into(_i0, _b0)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf4)
     np.log(label, out=_f0)
-    np.add(_f0, _rf4, out=_f1)
-    np.subtract(_f1, pred, out=_f1)
-    np.multiply(label, _f1, out=_f0)
+    np.add(_f0, _rf4, out=_f2)
+    np.subtract(_f2, pred, out=_f2)
+    np.multiply(label, _f2, out=_f0)
     blend_into(_out0, _i0, _f0, 0, _i1)
     np.add(_rf3, 1, out=_rf0)
     np.divide(1, _rf0, out=_rf1)
     blend_into(_f0, _i0, label, 0, _i1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf1, _rf0, out=_rf3)
-    np.multiply(_f2, _rf3, out=_f0)
+    np.multiply(_f1, _rf3, out=_f0)
     np.negative(label, out=_f1)
     blend_into(_f2, _i0, _f1, 0, _i1)
     np.add(_f0, _f2, out=_f1)

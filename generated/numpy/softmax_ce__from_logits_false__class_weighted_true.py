@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': False, 'class_weighted': True}
@@ -24,16 +24,16 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
     _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
     _ri0, _ri1, = _s[5]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.equal(_rf0, pred, out=_f0)
-    np.subtract(pred, _rf0, out=_f1)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(pred, _rf0, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf1, -1, out=_rf2)
-    np.exp(_f1, out=_f2)
-    np.subtract(_f2, _f0, out=_f3)
+    np.subtract(_f1, _f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
-    np.equal(_j, label, out=_f0)
+    np.equal(_j, label, out=_f1)
     np.equal(ignore_index, label, out=_ri0)
     np.negative(_ri0, out=_ri0)
     np.add(_rf0, _rf1, out=_rf3)
@@ -43,7 +43,7 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
     np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
     np.subtract(_rf4, _rf0, out=_rf3)
     np.multiply(_rf3, float(label_smoothing/classes), out=_rf0)
-    pick_into(_rf3, _f1, label)
+    pick_into(_rf3, _f0, label)
     np.subtract(_rf1, _rf3, out=_rf4)
     pick_into(_rf1, class_weight, label)
     np.multiply(_rf4, _rf1, out=_rf3)
@@ -57,7 +57,6 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _b0, = _s[1]
-    _i0, _i1, = _s[2]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
@@ -65,19 +64,19 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _t1 = float((1/(classes)))
     np.sum(class_weight, axis=-1, keepdims=True, out=_rf0)
     np.max(pred, axis=-1, keepdims=True, out=_rf1)
-    np.equal(_rf1, pred, out=_f0)
-    np.subtract(pred, _rf1, out=_f1)
-    np.exp(_f1, out=_f2)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf2)
+    np.subtract(pred, _rf1, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf2)
     np.add(_rf2, -1, out=_rf3)
-    np.subtract(_f2, _f0, out=_f3)
+    np.subtract(_f1, _f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf2)
     np.add(_rf3, _rf2, out=_rf4)
     np.log1p(_rf4, out=_rf2)
     np.equal(_j, label, out=_b0)
-    mask_into(_i0, _b0)
-    blend_into(_f0, _i0, 1, 0, _i1)
-    pick_into(_rf5, _f1, label)
+    np.copyto(_f2, 0)
+    set_at_into(_f2, label, 1)
+    pick_into(_rf5, _f0, label)
     np.subtract(_rf2, _rf5, out=_rf6)
     pick_into(_rf5, class_weight, label)
     np.multiply(_rf5, float(label_smoothing - 1), out=_rf7)
@@ -85,7 +84,7 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     blend_into(_rf5, _ri0, 0, float(-_t1*label_smoothing), _ri1)
     np.add(_rf4, 1, out=_rf8)
     np.divide(1, _rf8, out=_rf4)
-    np.multiply(_f2, _rf4, out=_f0)
+    np.multiply(_f1, _rf4, out=_f0)
     np.multiply(_rf6, _rf7, out=_rf4)
     np.negative(_rf4, out=_rf4)
     np.add(_rf1, _rf2, out=_rf8)
@@ -98,17 +97,17 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     blend_into(_out0, _ri0, 0, _rf2, _ri1)
     np.multiply(_rf5, class_weight, out=_f1)
     blend_into(_rf1, _ri0, 0, _rf7, _ri1)
-    np.negative(_rf6, out=_rf2)
-    np.expm1(_rf2, out=_rf4)
-    np.negative(_rf4, out=_rf2)
-    np.negative(_f0, out=_f2)
-    blend_into(_f3, _i0, _rf2, _f2, _i1)
-    np.multiply(_rf1, _f3, out=_f2)
+    np.negative(_rf1, out=_rf2)
+    np.negative(_rf6, out=_rf1)
+    np.expm1(_rf1, out=_rf4)
+    np.copyto(_f2, _f0)
+    set_at_into(_f2, label, _rf4)
+    np.multiply(_f2, _rf2, out=_f3)
     np.multiply(_rf5, _rf0, out=_rf1)
     np.negative(_rf1, out=_rf1)
-    np.multiply(_f0, _rf1, out=_f3)
-    np.add(_f1, _f2, out=_f0)
-    np.add(_f0, _f3, out=_f0)
+    np.multiply(_f0, _rf1, out=_f2)
+    np.add(_f1, _f3, out=_f0)
+    np.add(_f0, _f2, out=_f0)
     np.multiply(grad_output, _f0, out=_out1)
 
 
@@ -120,7 +119,7 @@ def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (4, 1, 2, 9, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 1, 0, 9, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce_dense"
 VARIANT = {'from_logits': False}
@@ -23,13 +23,13 @@ def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
     _f0, _f1, _f2, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.equal(_rf0, pred, out=_f0)
+    np.subtract(pred, _rf0, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf1, -1, out=_rf2)
-    np.subtract(pred, _rf0, out=_f1)
-    np.exp(_f1, out=_f2)
-    np.subtract(_f2, _f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(_f1, _f0, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf3)
@@ -55,13 +55,13 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smo
     _t0 = float(label_smoothing - 1)
     _t1 = float(label_smoothing/classes)
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.equal(_rf0, pred, out=_f0)
-    np.subtract(pred, _rf0, out=_f1)
-    np.exp(_f1, out=_f2)
+    np.subtract(pred, _rf0, out=_f0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f2, _f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(_f1, _f0, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf4)
@@ -83,10 +83,10 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smo
     np.multiply(_rf1, float(-_t0), out=_rf0)
     np.add(_rf0, label_smoothing, out=_rf1)
     np.multiply(_rf3, _rf1, out=_rf0)
-    np.multiply(_f2, _rf0, out=_f1)
-    np.add(_f0, _f1, out=_f2)
-    np.add(_f2, float(-_t1), out=_f2)
-    np.multiply(grad_output, _f2, out=_out1)
+    np.multiply(_f1, _rf0, out=_f2)
+    np.add(_f0, _f2, out=_f1)
+    np.add(_f1, float(-_t1), out=_f1)
+    np.multiply(grad_output, _f1, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):

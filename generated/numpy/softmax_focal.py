@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_focal"
 VARIANT = {}
@@ -24,11 +24,11 @@ def _forward(_s, _out, pred, label, _j, classes, alpha, gamma):
     _rf0, _rf1, _rf2, _rf3, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
-    np.equal(_rf0, pred, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf0, -1, out=_rf1)
-    np.exp(_f0, out=_f2)
-    np.subtract(_f2, _f1, out=_f3)
+    np.subtract(_f1, _f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf1, _rf0, out=_rf2)
     np.log1p(_rf2, out=_rf0)
@@ -47,16 +47,15 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _b0, = _s[1]
-    _i0, _i1, = _s[2]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
     np.equal(_j, label, out=_b0)
-    np.equal(_rf0, pred, out=_f1)
-    np.exp(_f0, out=_f2)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf0)
+    np.exp(_f0, out=_f1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf0, -1, out=_rf1)
-    np.subtract(_f2, _f1, out=_f3)
+    np.subtract(_f1, _f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf1, _rf0, out=_rf2)
     np.log1p(_rf2, out=_rf0)
@@ -65,23 +64,22 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.negative(_rf4, out=_rf0)
     np.expm1(_rf0, out=_rf3)
     np.negative(_rf3, out=_rf5)
-    np.power(_rf5, gamma, out=_rf3)
-    np.multiply(_rf4, _rf3, out=_rf6)
-    np.multiply(_rf6, alpha, out=_out0)
-    np.power(_rf5, float(gamma - 1), out=_rf6)
-    np.exp(_rf0, out=_rf7)
-    np.multiply(_rf4, _rf6, out=_rf0)
-    np.multiply(_rf0, _rf7, out=_rf0)
+    np.power(_rf5, gamma, out=_rf6)
+    np.multiply(_rf4, _rf6, out=_rf7)
+    np.multiply(_rf7, alpha, out=_out0)
+    np.power(_rf5, float(gamma - 1), out=_rf7)
+    np.exp(_rf0, out=_rf5)
+    np.multiply(_rf4, _rf7, out=_rf0)
+    np.multiply(_rf0, _rf5, out=_rf0)
     np.multiply(_rf0, gamma, out=_rf0)
-    np.add(_rf3, _rf0, out=_rf4)
+    np.add(_rf6, _rf0, out=_rf4)
     np.multiply(grad_output, _rf4, out=_rf0)
-    np.multiply(_rf0, float(-alpha), out=_rf0)
-    mask_into(_i0, _b0)
-    np.add(_rf2, 1, out=_rf3)
-    np.divide(1, _rf3, out=_rf2)
-    np.negative(_rf2, out=_rf3)
-    np.multiply(_f2, _rf3, out=_f0)
-    blend_into(_f1, _i0, _rf5, _f0, _i1)
+    np.multiply(_rf0, alpha, out=_rf0)
+    np.add(_rf2, 1, out=_rf4)
+    np.divide(1, _rf4, out=_rf2)
+    np.multiply(_f1, _rf2, out=_f0)
+    np.copyto(_f1, _f0)
+    set_at_into(_f1, label, _rf3)
     np.multiply(_f1, _rf0, out=_out1)
 
 
@@ -93,7 +91,7 @@ def forward(pred, label, *, alpha=0.25, gamma=2.0):
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (4, 1, 2, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 1, 0, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma,), 2
     )
     return loss, tuple(grads)
