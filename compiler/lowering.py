@@ -17,7 +17,8 @@ it between a loss and its gradients:
 import sympy
 
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus
-from .reductions import CLASS_INDEX, onehot_minus_softmax, one_hot, one_hot_where, rlog_softmax_at, rlogsumexp, rmax, rsum
+from .reductions import (CLASS_INDEX, element_level, onehot_minus_softmax, one_hot, rlog_softmax_at, rlogsumexp,
+                         rmax, rsum)
 
 
 def lower_sigmoid(u):
@@ -43,13 +44,8 @@ def excess(e):
 
 def lower_softmax(node):
     """exp(e − logsumexp(e)) → exp(e − max e) / (1 + excess(e)); other nodes unchanged."""
-    if isinstance(node, sympy.exp) and node.args[0].is_Add:
-        for term in node.args[0].args:
-            if term.is_Mul and term.args[0] == -1 and isinstance(term.args[1], rlogsumexp):
-                e = term.args[1].args[0]
-                if node.args[0] - term == e:
-                    return sympy.exp(e - rmax(e)) / (1 + excess(e))
-    return None
+    e = _softmax_argument(node)
+    return None if e is None else sympy.exp(e - rmax(e)) / (1 + excess(e))
 
 
 def lower_logsumexp(e):
@@ -70,8 +66,61 @@ def lower_onehot_minus_softmax(e, label):
     return -sympy.Piecewise((expm1(lower_log_softmax_at(e, label)), sympy.Eq(CLASS_INDEX, label)), (softmax, True))
 
 
+def _softmax_argument(term):
+    """e when term is exp(e − logsumexp(e)), else None."""
+    if isinstance(term, sympy.exp) and term.args[0].is_Add:
+        for part in term.args[0].args:
+            if part.is_Mul and part.args[0] == -1 and isinstance(part.args[1], rlogsumexp):
+                e = part.args[1].args[0]
+                if term.args[0] - part == e:
+                    return e
+    return None
+
+
+def _without(product, factor):
+    """The product of ``product``'s factors other than ``factor`` (no division, which SymPy may
+    leave as factor·factor⁻¹)."""
+    factors = list(sympy.Mul.make_args(product))
+    factors.remove(factor)
+    return sympy.Mul(*factors)
+
+
+def lower_label_gradient(node):
+    """A·([j = y] − softmax(e)) + B·softmax(e) + C with A, B, C one value per row (softmax CE's
+    and softmax focal's gradients) → one where(j = y, ..., ...): at the label
+    −A·expm1(log p_y) + B·p_y + C (exact for a confident prediction), elsewhere
+    (B − A)·exp(e − max e)/(1 + excess) + C — one element expression, the label set per row."""
+    if not node.is_Add:
+        return None
+    found = [t for t in node.args if t.has(onehot_minus_softmax)]
+    if len(found) != 1:
+        return None
+    hot = [f for f in sympy.Mul.make_args(found[0]) if isinstance(f, onehot_minus_softmax)]
+    if len(hot) != 1:
+        return None
+    e, label = hot[0].args
+    elements = e.free_symbols
+    a, b, c = _without(found[0], hot[0]), sympy.S.Zero, []
+    for term in node.args:
+        if term is found[0]:
+            continue
+        soft = [f for f in sympy.Mul.make_args(term) if _softmax_argument(f) == e]
+        if len(soft) == 1:
+            b += _without(term, soft[0])
+        else:
+            c.append(term)
+    c = sympy.Add(*c)
+    if any(element_level(x, elements) or x.has(onehot_minus_softmax) for x in (a, b, c)):
+        return None
+    log_py = lower_log_softmax_at(e, label)
+    at_label = -a * expm1(log_py) + b * sympy.exp(log_py) + c
+    elsewhere = (b - a) * sympy.exp(e - rmax(e)) / (1 + excess(e)) + c
+    return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
+
+
 def lower(expr):
     """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form."""
+    expr = expr.replace(lambda n: lower_label_gradient(n) is not None, lower_label_gradient)
     expr = expr.replace(onehot_minus_softmax, lower_onehot_minus_softmax)
     expr = expr.replace(rlog_softmax_at, lower_log_softmax_at)
     expr = expr.replace(lambda n: lower_softmax(n) is not None, lower_softmax)

@@ -194,9 +194,12 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t9 = (_j == label);
     const float _t10 = -_r3 + _t7;
     const float _t11 = (_t0 ? 0.0f : -_t1*label_smoothing);
-    const float _t12 = _t4/(_t6 + 1.0f);
+    const float _t12 = -_t11;
+    const float _t13 = (_t0 ? 0.0f : _t8);
+    const float _t14 = -_t10;
+    const float _t15 = _t11*classes;
     *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = grad_output*(-_t11*_t12*classes + _t11 - (_t0 ? 0.0f : _t8)*(_t9 ? expm1f(-_t10) : _t12));
+    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1f(_t14) - _t15*expf(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double pred, double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
@@ -211,9 +214,12 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t9 = (_j == label);
     const double _t10 = -_r3 + _t7;
     const double _t11 = (_t0 ? 0.0 : -_t1*label_smoothing);
-    const double _t12 = _t4/(_t6 + 1.0);
+    const double _t12 = -_t11;
+    const double _t13 = (_t0 ? 0.0 : _t8);
+    const double _t14 = -_t10;
+    const double _t15 = _t11*classes;
     *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = grad_output*(-_t11*_t12*classes + _t11 - (_t0 ? 0.0 : _t8)*(_t9 ? expm1(-_t10) : _t12));
+    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1(_t14) - _t15*exp(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0)));
 }
 """
 

@@ -245,9 +245,11 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t11 = -_r4 + _t8;
     const float _t12 = _r5*(label_smoothing - 1.0f);
     const float _t13 = (_t0 ? 0.0f : -_t1*label_smoothing);
-    const float _t14 = _t5/(_t7 + 1.0f);
+    const float _t14 = -_t11;
+    const float _t15 = _t13*_t2;
+    const float _t16 = (_t0 ? 0.0f : _t12);
     *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight - (_t0 ? 0.0f : _t12)*(_t9 ? expm1f(-_t11) : _t14));
+    *out1 = (_t9 ? grad_output*(_t13*class_weight - _t15*expf(_t14) - _t16*expm1f(_t14)) : grad_output*(_t13*class_weight - _t5*(_t15 + _t16)/(_t7 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double pred, double label, double class_weight, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1)
 {
@@ -263,9 +265,11 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t11 = -_r4 + _t8;
     const double _t12 = _r5*(label_smoothing - 1.0);
     const double _t13 = (_t0 ? 0.0 : -_t1*label_smoothing);
-    const double _t14 = _t5/(_t7 + 1.0);
+    const double _t14 = -_t11;
+    const double _t15 = _t13*_t2;
+    const double _t16 = (_t0 ? 0.0 : _t12);
     *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = grad_output*(-_t13*_t14*_t2 + _t13*class_weight - (_t0 ? 0.0 : _t12)*(_t9 ? expm1(-_t11) : _t14));
+    *out1 = (_t9 ? grad_output*(_t13*class_weight - _t15*exp(_t14) - _t16*expm1(_t14)) : grad_output*(_t13*class_weight - _t5*(_t15 + _t16)/(_t7 + 1.0)));
 }
 """
 

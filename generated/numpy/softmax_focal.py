@@ -46,11 +46,9 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
-    _b0, = _s[1]
-    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, = _s[3]
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
-    np.equal(_j, label, out=_b0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
@@ -68,19 +66,18 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.multiply(_rf4, _rf6, out=_rf7)
     np.multiply(_rf7, alpha, out=_out0)
     np.power(_rf5, float(gamma - 1), out=_rf7)
-    np.exp(_rf0, out=_rf5)
-    np.multiply(_rf4, _rf7, out=_rf0)
-    np.multiply(_rf0, _rf5, out=_rf0)
-    np.multiply(_rf0, gamma, out=_rf0)
-    np.add(_rf6, _rf0, out=_rf4)
-    np.multiply(grad_output, _rf4, out=_rf0)
-    np.multiply(_rf0, alpha, out=_rf0)
-    np.add(_rf2, 1, out=_rf4)
-    np.divide(1, _rf4, out=_rf2)
-    np.multiply(_f1, _rf2, out=_f0)
-    np.copyto(_f1, _f0)
-    set_at_into(_f1, label, _rf3)
-    np.multiply(_f1, _rf0, out=_out1)
+    np.exp(_rf0, out=_rf8)
+    np.multiply(_rf4, _rf7, out=_rf9)
+    np.multiply(_rf9, _rf8, out=_rf9)
+    np.multiply(_rf9, gamma, out=_rf9)
+    np.add(_rf6, _rf9, out=_rf7)
+    np.multiply(grad_output, _rf7, out=_rf8)
+    np.multiply(_rf8, alpha, out=_rf8)
+    np.add(_rf2, 1, out=_rf7)
+    np.divide(1, _rf7, out=_rf9)
+    np.multiply(_f1, _rf9, out=_f3)
+    set_at_into(_f3, label, _rf3)
+    np.multiply(_f3, _rf8, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):
@@ -91,7 +88,7 @@ def forward(pred, label, *, alpha=0.25, gamma=2.0):
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (4, 1, 0, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 10, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma,), 2
     )
     return loss, tuple(grads)
