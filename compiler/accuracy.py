@@ -5,12 +5,8 @@ with parameters at their defaults, for every variant, in float32 and float64 (in
 parameters rounded to the dtype first, so the truth is the exact value at the numbers the
 kernel really received). Losses with a class axis are measured on rows built from the
 element inputs' grids: the whole grid as one row, and every window of three neighbouring
-values (``row_layouts``); their errors are relative to max(|truth|, 1): their outputs are
-differences of terms of order one (log-sum-exp minus the label's logit, softmax minus
-one-hot), computed as such, so where the result is small — a confident prediction — the
-error is a few epsilons absolute (relative error ≈ ε / result), as in PyTorch; the
-log1p forms that would keep it relative are not implemented yet. Element-wise losses: the
-error is relative, except where the truth is below the
+values (``row_layouts``), so moderate and confident predictions are measured, not only
+the extremes. The error is relative, except where the truth is below the
 dtype's smallest normal, where the absolute error must stay below that smallest normal.
 Points where the truth is not real (e.g. a probability outside [0, 1]) or overflows the
 dtype are left out, and the grids avoid the zeros of each output (a gradient's root, or
@@ -172,12 +168,9 @@ def _compare(spec, ir, output, dtype, expr, elements, points, values):
             nonfinite += 1
             worst_at = where
             continue
-        if elements is not None:  # a class axis: relative to max(|truth|, 1), see the module doc
-            error = abs(g - value) / max(abs(value), 1.0)
-        else:
-            error = abs(g - value) / abs(value) if abs(value) >= info.tiny else abs(g - value) / info.tiny * BOUNDS[dtype]
-            if abs(value) < info.tiny and abs(g - value) <= info.tiny:
-                error = 0.0
+        error = abs(g - value) / abs(value) if abs(value) >= info.tiny else abs(g - value) / info.tiny * BOUNDS[dtype]
+        if abs(value) < info.tiny and abs(g - value) <= info.tiny:
+            error = 0.0
         if error > worst:
             worst, worst_at = error, where
     return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)

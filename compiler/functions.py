@@ -12,7 +12,7 @@ def _with_power(tex, exp):
     return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
 
-__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "log1p", "expm1"]
+__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "grouped", "log1p", "expm1"]
 
 
 class sigmoid(sympy.Function):
@@ -103,3 +103,20 @@ class one_if_nonneg(sympy.Function):
     def _latex(self, printer, exp=None):
         u, e = (printer._print(a) for a in self.args)
         return r"\begin{cases} 1 & %s \geq 0 \\ %s & \text{otherwise} \end{cases}" % (u, e)
+
+
+class grouped(sympy.Function):
+    """Its argument's value, computed on its own before the expression around it uses it:
+    ``a + grouped(b − 1)`` evaluates b − 1 (exact for an integer count b) before adding a,
+    where a flat sum could add a + b first and lose a's low bits. Only lowering creates it."""
+
+    nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def fdiff(self, argindex=1):
+        return sympy.S.One
+
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\left(%s\right)" % printer._print(self.args[0]), exp)

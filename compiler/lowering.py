@@ -1,9 +1,11 @@
 """Lowering: the stable special functions → overflow-free primitives shared by all targets.
 
-Reductions: logsumexp(e) = m + log Σ_j exp(e_j − m) with m = max_j e_j, and the softmax
-exp(e − logsumexp(e)) = exp(e − m) / Σ_j exp(e_j − m), so the gradient reuses the
-exponentials the loss already computed (CSE shares them) and nothing exponentiates an
-unshifted value.
+Reductions: logsumexp(e) = m + log1p(excess(e)) with m = max_j e_j and excess(e) =
+Σ_j exp(e_j − m) − 1 summed from nonnegative terms, and the softmax exp(e − logsumexp(e)) =
+exp(e − m) / (1 + excess(e)), so the gradient reuses the exponentials the loss already
+computed (CSE shares them) and nothing exponentiates an unshifted value. The label's
+log-probability and its derivative [j = y] − softmax stay relatively exact for a confident
+prediction: (e_y − m) − log1p(excess) and −expm1(log p_y) at the label.
 
 After differentiation, ``sigmoid`` and ``softplus`` are expanded around one shared
 ``e = exp(−|u|)`` (which never overflows), so common-subexpression elimination can share
@@ -14,8 +16,9 @@ it between a loss and its gradients:
 """
 import sympy
 
-from .functions import log1p, one_if_nonneg, relu, sigmoid, softplus
-from .reductions import rlogsumexp, rmax, rsum
+from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus
+from .reductions import (CLASS_INDEX, element_level, onehot_minus_softmax, one_hot, rlog_softmax_at, rlogsumexp,
+                         rmax, rsum)
 
 
 def lower_sigmoid(u):
@@ -29,25 +32,97 @@ def lower_softplus(u):
     return relu(u) + log1p(sympy.exp(-sympy.Abs(u)))
 
 
+def excess(e):
+    """Σ_j exp(e_j − max e) − 1 as a sum of terms that are ≥ 0 or exact: the exponentials below
+    1 (x − floor(x) of each x = exp(e_j − max e) in (0, 1]), plus (number of ones − 1) counted
+    on its own. So log Σ exp(e − max) = log1p(excess) keeps full relative accuracy when one
+    entry dominates."""
+    shifted = sympy.exp(e - rmax(e))  # in (0, 1], exactly 1 at the max (and at entries that round to it)
+    ones = sympy.floor(shifted)
+    return rsum(shifted - ones) + grouped(rsum(ones) - 1)
+
+
 def lower_softmax(node):
-    """exp(e − logsumexp(e)) → exp(e − max e) / Σ exp(e − max e); other nodes unchanged."""
-    if isinstance(node, sympy.exp) and node.args[0].is_Add:
-        for term in node.args[0].args:
-            if term.is_Mul and term.args[0] == -1 and isinstance(term.args[1], rlogsumexp):
-                e = term.args[1].args[0]
-                if node.args[0] - term == e:
-                    shifted = sympy.exp(e - rmax(e))
-                    return shifted / rsum(shifted)
-    return None
+    """exp(e − logsumexp(e)) → exp(e − max e) / (1 + excess(e)); other nodes unchanged."""
+    e = _softmax_argument(node)
+    return None if e is None else sympy.exp(e - rmax(e)) / (1 + excess(e))
 
 
 def lower_logsumexp(e):
-    """logsumexp(e) as max e + log Σ exp(e − max e)."""
-    return rmax(e) + sympy.log(rsum(sympy.exp(e - rmax(e))))
+    """logsumexp(e) as max e + log1p(excess(e))."""
+    return rmax(e) + log1p(excess(e))
+
+
+def lower_log_softmax_at(e, label):
+    """e_y − logsumexp(e) as (e_y − max e) − log1p(excess(e)): exactly 0 − log1p(tiny) for a
+    confident prediction, where e_y + ... − logsumexp would cancel."""
+    return rsum((e - rmax(e)) * one_hot(label)) - log1p(excess(e))
+
+
+def lower_onehot_minus_softmax(e, label):
+    """[j = y] − softmax_j: −expm1(log p_y) = 1 − p_y at the label (no 1 − p cancellation),
+    −exp(e_j − max e) / (1 + excess(e)) elsewhere."""
+    softmax = sympy.exp(e - rmax(e)) / (1 + excess(e))
+    return -sympy.Piecewise((expm1(lower_log_softmax_at(e, label)), sympy.Eq(CLASS_INDEX, label)), (softmax, True))
+
+
+def _softmax_argument(term):
+    """e when term is exp(e − logsumexp(e)), else None."""
+    if isinstance(term, sympy.exp) and term.args[0].is_Add:
+        for part in term.args[0].args:
+            if part.is_Mul and part.args[0] == -1 and isinstance(part.args[1], rlogsumexp):
+                e = part.args[1].args[0]
+                if term.args[0] - part == e:
+                    return e
+    return None
+
+
+def _without(product, factor):
+    """The product of ``product``'s factors other than ``factor`` (no division, which SymPy may
+    leave as factor·factor⁻¹)."""
+    factors = list(sympy.Mul.make_args(product))
+    factors.remove(factor)
+    return sympy.Mul(*factors)
+
+
+def lower_label_gradient(node):
+    """A·([j = y] − softmax(e)) + B·softmax(e) + C with A, B, C one value per row (softmax CE's
+    and softmax focal's gradients) → one where(j = y, ..., ...): at the label
+    −A·expm1(log p_y) + B·p_y + C (exact for a confident prediction), elsewhere
+    (B − A)·exp(e − max e)/(1 + excess) + C — one element expression, the label set per row."""
+    if not node.is_Add:
+        return None
+    found = [t for t in node.args if t.has(onehot_minus_softmax)]
+    if len(found) != 1:
+        return None
+    hot = [f for f in sympy.Mul.make_args(found[0]) if isinstance(f, onehot_minus_softmax)]
+    if len(hot) != 1:
+        return None
+    e, label = hot[0].args
+    elements = e.free_symbols
+    a, b, c = _without(found[0], hot[0]), sympy.S.Zero, []
+    for term in node.args:
+        if term is found[0]:
+            continue
+        soft = [f for f in sympy.Mul.make_args(term) if _softmax_argument(f) == e]
+        if len(soft) == 1:
+            b += _without(term, soft[0])
+        else:
+            c.append(term)
+    c = sympy.Add(*c)
+    if any(element_level(x, elements) or x.has(onehot_minus_softmax) for x in (a, b, c)):
+        return None
+    log_py = lower_log_softmax_at(e, label)
+    at_label = -a * expm1(log_py) + b * sympy.exp(log_py) + c
+    elsewhere = (b - a) * sympy.exp(e - rmax(e)) / (1 + excess(e)) + c
+    return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
 
 
 def lower(expr):
     """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form."""
+    expr = expr.replace(lambda n: lower_label_gradient(n) is not None, lower_label_gradient)
+    expr = expr.replace(onehot_minus_softmax, lower_onehot_minus_softmax)
+    expr = expr.replace(rlog_softmax_at, lower_log_softmax_at)
     expr = expr.replace(lambda n: lower_softmax(n) is not None, lower_softmax)
     expr = expr.replace(rlogsumexp, lower_logsumexp)
     return expr.replace(sigmoid, lower_sigmoid).replace(softplus, lower_softplus)

@@ -9,7 +9,7 @@ import mpmath
 import sympy
 
 from .functions import expm1, log1p, relu, sigmoid, softplus, step
-from .reductions import CLASS_INDEX, CLASSES, rlogsumexp, rmax, rsum
+from .reductions import CLASS_INDEX, CLASSES, onehot_minus_softmax, rlog_softmax_at, rlogsumexp, rmax, rsum
 
 GUARD_BITS = 160  # bits beyond the worst absorption/cancellation: ≥ 40 correct digits
 START_BITS = 256
@@ -69,6 +69,8 @@ class _Evaluator:
             if expr == CLASSES:
                 return mpmath.mpf(self.classes)
             return self.env[expr.name]
+        if isinstance(expr, (rlog_softmax_at, onehot_minus_softmax)):  # stable nodes: by their definition
+            return self.value(expr.definition())
         if isinstance(expr, (rsum, rmax, rlogsumexp)):
             if expr not in self.reduced:
                 self.reduced[expr] = self.reduce(expr)

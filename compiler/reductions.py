@@ -65,6 +65,51 @@ class rlogsumexp(Reduction):
         return _power(r"\log \sum_{j} e^{%s}" % printer._print(self.args[0]), exp)
 
 
+class rlog_softmax_at(Reduction):
+    """log softmax(e) at the row's label y: e_y − logsumexp(e), the label's log-probability.
+
+    One node (rewrites.pick_of_log_softmax makes it from pick(log_softmax(e), y)) so that
+    lowering can keep it relatively exact when the prediction is confident and it is tiny:
+    (e_y − max e) − log1p(Σ_{e_j < max} exp(e_j − max) + ties − 1), every term ≥ 0 or exact.
+    Its derivative, [j = y] − softmax_j, is ``onehot_minus_softmax``, lowered the same way.
+    """
+
+    nargs = 2
+
+    def local_derivative(self):
+        return onehot_minus_softmax(*self.args)
+
+    def definition(self):
+        """The plain form: Σ_j (e_j − logsumexp(e))·[j = y]."""
+        e, label = self.args
+        return rsum((e - rlogsumexp(e)) * one_hot(label))
+
+    def _latex(self, printer, exp=None):
+        e, label = (printer._print(a) for a in self.args)
+        return _power(r"\left(%s - \log \sum_{j} e^{%s}\right)_{j = %s}" % (e, e, label), exp)
+
+
+class onehot_minus_softmax(sympy.Function):
+    """[j = y] − softmax(e)_j (element-level): the derivative of rlog_softmax_at(e, y)."""
+
+    nargs = 2
+
+    def _eval_is_real(self):
+        return True
+
+    def fdiff(self, argindex=1):
+        raise TypeError("onehot_minus_softmax is a derivative rule's result, not differentiated further")
+
+    def definition(self):
+        """The plain form: [j = y] − exp(e − logsumexp(e))."""
+        e, label = self.args
+        return one_hot(label) - sympy.exp(e - rlogsumexp(e))
+
+    def _latex(self, printer, exp=None):
+        e, label = (printer._print(a) for a in self.args)
+        return _power(r"[j = %s] - \frac{e^{%s}}{\sum_{k} e^{%s}}" % (label, e, e), exp)
+
+
 def _power(tex, exp):
     return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 

@@ -91,6 +91,17 @@ def pick_into(out, values, index):
     np.copyto(out, np.where(valid, gathered, 0), casting="unsafe")
 
 
+def set_at_into(out, index, values):
+    """out[r, index[r]] = values[r] where 0 ≤ index[r] < classes: where(j == index, values, out)
+    in O(rows)."""
+    classes = out.shape[-1]
+    position = index.astype(np.intp)
+    valid = (position >= 0) & (position < classes)
+    np.clip(position, 0, classes - 1, out=position)
+    current = np.take_along_axis(out, position, axis=-1)
+    np.put_along_axis(out, position, np.where(valid, values, current), axis=-1)
+
+
 def scatter_add_into(out, index, values):
     """out[r, index[r]] += values[r] where 0 ≤ index[r] < classes: a term values·[j = index]
     of an element-level sum, added in O(rows) instead of three passes over the row."""

@@ -2,13 +2,14 @@
 import tracemalloc
 
 import numpy as np
+import sympy
 import pytest
 
 import lossc
 from conftest import random_call_inputs, spec_paths
 from lossc.compiler.derive import derive
 from lossc.compiler.ir import build_ir, variants
-from lossc.compiler.reductions import reductions_in, rlogsumexp
+from lossc.compiler.reductions import onehot_minus_softmax, reductions_in, rlogsumexp
 from lossc.compiler.spec import load_spec
 
 REDUCTION_SPECS = [p for p in spec_paths() if load_spec(p).class_axis]
@@ -156,8 +157,12 @@ def test_softmax_ce_gradient_is_softmax_minus_one_hot_with_no_backward_reduction
     pred = derived.ir.symbols["pred"]
     gradient = derived.gradients["pred"]
     assert reductions_in(gradient) == [rlogsumexp(pred)]  # only the forward logsumexp
-    text = str(gradient.subs("label_smoothing", 0))
-    assert "exp(pred - rlogsumexp(pred))" in text and "Piecewise((1, Eq(_j, label))" in text
+    # without smoothing: (softmax − one_hot) where not ignored, [j = y] − softmax as one stable node
+    symbols = derived.ir.symbols
+    plain = gradient.subs({symbols["label_smoothing"]: 0, symbols["ignore_index"]: -100})
+    label, grad_output = symbols["label"], sympy.Symbol("grad_output", real=True)
+    not_ignored = sympy.Piecewise((0, sympy.Eq(-100, label)), (-1, True))
+    assert sympy.simplify(plain - grad_output * not_ignored * onehot_minus_softmax(pred, label)) == 0
 
 
 def test_logit_gaps_of_1e4_stay_finite_and_exact():
@@ -167,6 +172,38 @@ def test_logit_gaps_of_1e4_stay_finite_and_exact():
         loss, (grad,) = ce.value_and_grad(x.astype(dtype), np.array([0, 1, 2]), reduction="none")
         np.testing.assert_array_equal(loss, np.array([0.0, 1e4, 2e4], dtype=dtype))
         np.testing.assert_array_equal(grad, np.array([[0, 0, 0], [1, -1, 0], [1, 0, -1]], dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["softmax_ce", "softmax_focal"])
+def test_confident_predictions_keep_relative_accuracy(name):
+    """A label logit ahead by 5..60: the loss (≈ Σ exp(−margin)) and the label's gradient
+    (≈ −loss) are tiny and still relatively exact vs 50-digit mpmath, where
+    logsumexp − x_y and p_y − 1 would cancel to a few epsilons absolute (as PyTorch does)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    loss = lossc.get(name)
+    for dtype, rtol in ((np.float64, 1e-13), (np.float32, 2e-6)):
+        for margin in (5.0, 17.0, 30.0, 60.0):
+            x = np.array([[0.0, -1.5, margin, 0.25]], dtype=dtype)
+            value, (grad,) = loss.value_and_grad(x, np.array([2]), reduction="none")
+            row = [mpmath.mpf(float(v)) for v in x[0]]
+            total = mpmath.fsum(mpmath.exp(v - row[2]) for v in row)
+            p = [mpmath.exp(v - row[2]) / total for v in row]
+            log_py = -mpmath.log(total)
+            if name == "softmax_ce":
+                want, want_grad = -log_py, [p[j] - (j == 2) for j in range(4)]
+            else:  # −α(1 − p_y)^γ log p_y and its gradient, α = 0.25, γ = 2
+                one_minus = -mpmath.expm1(log_py)
+                want = -0.25 * one_minus**2 * log_py
+                d_logpy = -0.25 * (-2 * one_minus * (1 - one_minus) * log_py + one_minus**2)
+                want_grad = [d_logpy * ((j == 2) - p[j]) for j in range(4)]
+            if abs(want) < np.finfo(dtype).tiny:
+                continue
+            assert float(value[0]) == pytest.approx(float(want), rel=rtol), (dtype, margin)
+            for j in range(4):
+                if abs(want_grad[j]) >= np.finfo(dtype).tiny:
+                    assert float(grad[0, j]) == pytest.approx(float(want_grad[j]), rel=rtol), (dtype, margin, j)
 
 
 def test_all_ignored_batch_gives_zero_loss_and_gradient(rng):

@@ -8,7 +8,7 @@ import numpy as np
 from sympy.printing.str import StrPrinter
 
 MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "Abs": "fabs", "sqrt": "sqrt", "pow": "pow",
-        "loggamma": "lgamma"}
+        "loggamma": "lgamma", "floor": "floor"}
 
 
 class CudaPrinter(StrPrinter):
@@ -71,11 +71,17 @@ class CudaPrinter(StrPrinter):
     def _print_expm1(self, expr):
         return self._call("expm1", expr)
 
+    def _print_floor(self, expr):
+        return self._call("floor", expr)
+
     def _print_Abs(self, expr):
         return self._call("Abs", expr)
 
     def _print_loggamma(self, expr):
         return self._call("loggamma", expr)
+
+    def _print_grouped(self, expr):
+        return f"({self._print(expr.args[0])})"
 
     def _print_sign(self, expr):
         x = self._print(expr.args[0])

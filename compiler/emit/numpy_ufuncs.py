@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ..functions import expm1, log1p, one_if_nonneg, relu, step
+from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step
 from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
@@ -22,6 +22,7 @@ UNARY = {
     expm1: "np.expm1",
     sympy.Abs: "np.absolute",
     sympy.sign: "np.sign",
+    sympy.floor: "np.floor",
 }
 COMPARE = {"<": "np.less", "<=": "np.less_equal", ">": "np.greater", ">=": "np.greater_equal",
            "==": "np.equal", "!=": "np.not_equal"}
@@ -110,6 +111,7 @@ class _Linearizer:
         self.pools = {key: _Pool(prefix) for key, prefix in POOLS.items()}
         self.lines, self.names, self.uses, self.levels = [], {}, {}, {}
         self.definitions = {}  # CSE temporaries → their expressions
+        self.pending = {}  # comparison temporaries not computed yet
 
     # -- analysis ----------------------------------------------------------------------
     def level(self, expr):
@@ -134,6 +136,25 @@ class _Linearizer:
         """The scratch pool for a value of ``kind`` ('f', 'b', 'i') at expr's level."""
         return self.pools[(kind, "r" if self.level(expr) == "r" else "e")]
 
+    def distribute_rows(self, expr):
+        """g·(r + s·E) → g·r + (g·s)·E, bottom-up, where g is row-level (not just scalars), r and
+        s row-level or scalar and E the one element-level term: the row factor joins the row
+        coefficients instead of costing one more pass over the elements."""
+        if expr.args:
+            args = tuple(self.distribute_rows(a) for a in expr.args)
+            if args != expr.args:
+                expr = expr.func(*args)
+        if not expr.is_Mul:
+            return expr
+        elements = [a for a in expr.args if self.level(a) == "e"]
+        others = [a for a in expr.args if self.level(a) != "e"]
+        if len(elements) != 1 or not elements[0].is_Add or not any(self.level(a) == "r" for a in others):
+            return expr
+        terms = elements[0].args
+        if sum(self.level(t) == "e" for t in terms) != 1:
+            return expr
+        return sympy.Add(*[sympy.Mul(*others, t) for t in terms])
+
     def count_uses(self, exprs):
         for expr in exprs:
             self._count(expr)
@@ -157,6 +178,11 @@ class _Linearizer:
         """Code naming expr's value, emitting the ufunc calls that compute it once."""
         if expr in self.names:
             return self.names[expr]
+        if expr in self.pending:
+            self.names[expr] = self.value(self.pending.pop(expr))
+            return self.names[expr]
+        if isinstance(expr, grouped):  # its own buffer already keeps it apart from the sum around it
+            return self.value(expr.args[0])
         if self.is_leaf(expr):
             return self.scalar(expr) if not expr.is_Symbol or expr in self.scalars else expr.name
         name = self.compute(expr)
@@ -173,6 +199,8 @@ class _Linearizer:
         if self.uses[expr] == 0:
             if expr in self.names:
                 name = self.names[expr]
+                if any(n == name and self.uses.get(other, 0) > 0 for other, n in self.names.items()):
+                    return  # a temporary and its defining expression share the buffer: both must be done
                 for pool in self.pools.values():
                     if name.startswith(pool.prefix) and name[len(pool.prefix):].isdigit():
                         pool.give(name)
@@ -185,6 +213,9 @@ class _Linearizer:
         picked = self.pick_parts(expr)
         if picked:
             return self.pick(expr, *picked, out)
+        selected = self.label_select_parts(expr)
+        if selected:
+            return self.label_select(expr, *selected, out)
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
         kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
@@ -202,16 +233,60 @@ class _Linearizer:
         product = expr.args[0]
         if self.uses.get(product) != 1 or product in self.names:
             return None
-        is_hot = lambda e: isinstance(self.definitions.get(e, e), Indicator)  # noqa: E731
-        values, hot = product.args if is_hot(product.args[1]) else product.args[::-1]
-        definition = self.definitions.get(hot, hot)
-        if not isinstance(definition, Indicator) or OPS[int(definition.args[0])] != "==" or self.level(values) != "e":
+        values, hot = product.args if self.equality_sides(product.args[1]) else product.args[::-1]
+        sides = self.equality_sides(hot)
+        if not sides or self.level(values) != "e":
             return None
-        sides = definition.args[1:]
         index = sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
         if index is None or self.level(index) == "e":
             return None
         return product, values, index
+
+    def equality_sides(self, expr):
+        """(a, b) when expr is the 0/1 indicator of a == b — an Indicator, or a Blend of 1 and 0
+        on the mask of that comparison (when CSE shared it) — else None."""
+        definition = self.definitions.get(expr, expr)
+        if isinstance(definition, Indicator):
+            return definition.args[1:] if OPS[int(definition.args[0])] == "==" else None
+        if isinstance(definition, Blend) and definition.args[1:] == (1, 0) and isinstance(definition.args[0], Mask):
+            cond = definition.args[0].args[0]
+            cond = self.definitions.get(cond, cond)
+            return (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
+        return None
+
+    def label_select_parts(self, expr):
+        """(index, at_label, elsewhere) when expr is where(j == index, at_label, elsewhere) with
+        row-level index and at_label, else None."""
+        if not isinstance(expr, Blend):
+            return None
+        mask, at_label, elsewhere = expr.args
+        if isinstance(mask, CompareMask):
+            sides = mask.args[1:] if OPS[int(mask.args[0])] == "==" else None
+        else:
+            cond = self.definitions.get(mask.args[0], mask.args[0]) if isinstance(mask, Mask) else None
+            sides = (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
+        if not sides or CLASS_INDEX not in sides:
+            return None
+        index = sides[1] if sides[0] == CLASS_INDEX else sides[0]
+        if self.level(index) == "e" or self.level(at_label) == "e":
+            return None
+        return index, at_label, elsewhere
+
+    def label_select(self, expr, index, at_label, elsewhere, out):
+        """where(j == index, at_label, elsewhere) as a copy of elsewhere and one value set per
+        row (see lossc.elementwise.set_at_into), not a blend over every element."""
+        if elsewhere not in self.names and self.uses.get(elsewhere) == 1 and not self.is_leaf(elsewhere):
+            target = out or self.pool("f", expr).take()
+            self.compute(elsewhere, out=target)  # used only here: computed straight into the result
+        else:
+            code = self.value(elsewhere)
+            target = out or self.pool("f", expr).take(avoid=[code])
+            self.lines.append(f"np.copyto({target}, {code})")
+        codes = [self.value(at_label), self.value(index)]
+        self.lines.append(f"set_at_into({target}, {codes[1]}, {codes[0]})")
+        for node in expr.args:  # the mask is never computed: its users elsewhere compute it
+            self.release(node)
+        return target
 
     def pick(self, expr, product, values, index, out):
         """Σ_j values·[j = index] as a gather (see lossc.elementwise.pick_into)."""
@@ -426,14 +501,19 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
         lin.levels[symbol] = lin.level(expr)
         if lin.levels[symbol] == "s":
             lin.scalars.add(symbol)
-    lin.count_uses([expr for _, expr in kernel.assignments] + list(kernel.outputs))
-    for symbol, expr in kernel.assignments:
+    assignments = [(symbol, lin.distribute_rows(expr)) for symbol, expr in kernel.assignments]
+    outputs = [lin.distribute_rows(expr) for expr in kernel.outputs]
+    lin.definitions.update(dict(assignments))
+    lin.count_uses([expr for _, expr in assignments] + outputs)
+    for symbol, expr in assignments:
         if lin.is_scalar(expr):
             lin.lines.append(f"{symbol.name} = {lin.scalar(expr)}")
             lin.scalars.add(symbol)
+        elif expr.is_Relational:
+            lin.pending[symbol] = expr  # a comparison is computed where first needed (maybe never)
         else:
             lin.names[symbol] = lin.value(expr)  # the temporary now owns the buffer
-    for index, (expr, target) in enumerate(zip(kernel.outputs, output_targets)):
+    for index, (expr, target) in enumerate(zip(outputs, output_targets)):
         scaled = scale_gradients and index > 0
         fresh = expr not in lin.names and not lin.is_leaf(expr) and not scaled
         code = lin.compute(expr, out=target) if fresh else lin.value(expr)

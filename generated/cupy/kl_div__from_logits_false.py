@@ -21,7 +21,9 @@ STAGES = {
          "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r0_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r1_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r1_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', '_r0', '_r1'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r2_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r2_f64"}},
+        {"op": "final", "level": "element", "arguments": ('pred', 'label', '_r0', '_r1', '_r2'), "outputs": 1,
          "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_out_f32", "float64": "lossc_kl_div__from_logits_false_fwd_out_f64"}},
     ),
     "forward_backward": (
@@ -29,9 +31,11 @@ STAGES = {
          "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r0_f32", "float64": "lossc_kl_div__from_logits_false_fb_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r1_f32", "float64": "lossc_kl_div__from_logits_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r2_f32", "float64": "lossc_kl_div__from_logits_false_fb_r2_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2'), "outputs": 2,
+        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
+         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r3_f32", "float64": "lossc_kl_div__from_logits_false_fb_r3_f64"}},
+        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
          "functions": {"float32": "lossc_kl_div__from_logits_false_fb_out_f32", "float64": "lossc_kl_div__from_logits_false_fb_out_f64"}},
     ),
 }
@@ -48,22 +52,40 @@ __device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r0_f64(dou
 __device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    return expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t2;
 }
 __device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    return exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t2;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f32(float pred, float label, float _r0, float _r1, float* out0)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    *out0 = ((label > 0.0f) ? label*(_t0 - pred + logf(_r1) + logf(label)) : 0.0f);
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t1 - _t2;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(double pred, double label, double _r0, double _r1, double* out0)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    *out0 = ((label > 0.0) ? label*(_t0 - pred + log(_r1) + log(label)) : 0.0);
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t1 - _t2;
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f32(float pred, float label, float _r0, float _r1, float _r2, float* out0)
+{
+    const float _t0 = _r0;
+    *out0 = ((label > 0.0f) ? label*(_t0 - pred + logf(label) + log1pf(_r2 + (_r1 - 1.0f))) : 0.0f);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(double pred, double label, double _r0, double _r1, double _r2, double* out0)
+{
+    const double _t0 = _r0;
+    *out0 = ((label > 0.0) ? label*(_t0 - pred + log(label) + log1p(_r2 + (_r1 - 1.0))) : 0.0);
 }
 __device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r0_f32(float pred)
 {
@@ -77,41 +99,57 @@ __device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r1_f32(float
 {
     const float _t0 = _r0;
     const float _t1 = expf(-_t0 + pred);
-    return _t1;
+    const float _t2 = floorf(_t1);
+    return _t2;
 }
 __device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
     const double _t1 = exp(-_t0 + pred);
-    return _t1;
+    const double _t2 = floor(_t1);
+    return _t2;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r2_f32(float label)
-{
-    const float _t3 = (label > 0.0f);
-    return (_t3 ? label : 0.0f);
-}
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r2_f64(double label)
-{
-    const double _t3 = (label > 0.0);
-    return (_t3 ? label : 0.0);
-}
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float _r0, float _r1, float _r2, float* out0, float* out1)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
     const float _t1 = expf(-_t0 + pred);
-    const float _t2 = _r1;
-    const float _t3 = (label > 0.0f);
-    *out0 = (_t3 ? label*(_t0 - pred + logf(_t2) + logf(label)) : 0.0f);
-    *out1 = grad_output*(_r2*_t1/_t2 + (_t3 ? -label : 0.0f));
+    const float _t2 = floorf(_t1);
+    return _t1 - _t2;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double _r0, double _r1, double _r2, double* out0, double* out1)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
     const double _t1 = exp(-_t0 + pred);
-    const double _t2 = _r1;
-    const double _t3 = (label > 0.0);
-    *out0 = (_t3 ? label*(_t0 - pred + log(_t2) + log(label)) : 0.0);
-    *out1 = grad_output*(_r2*_t1/_t2 + (_t3 ? -label : 0.0));
+    const double _t2 = floor(_t1);
+    return _t1 - _t2;
+}
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r3_f32(float label)
+{
+    const float _t4 = (label > 0.0f);
+    return (_t4 ? label : 0.0f);
+}
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r3_f64(double label)
+{
+    const double _t4 = (label > 0.0);
+    return (_t4 ? label : 0.0);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
+{
+    const float _t0 = _r0;
+    const float _t1 = expf(-_t0 + pred);
+    const float _t3 = _r2 + (_r1 - 1.0f);
+    const float _t4 = (label > 0.0f);
+    *out0 = (_t4 ? label*(_t0 - pred + logf(label) + log1pf(_t3)) : 0.0f);
+    *out1 = grad_output*(_r3*_t1/(_t3 + 1.0f) + (_t4 ? -label : 0.0f));
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
+{
+    const double _t0 = _r0;
+    const double _t1 = exp(-_t0 + pred);
+    const double _t3 = _r2 + (_r1 - 1.0);
+    const double _t4 = (label > 0.0);
+    *out0 = (_t4 ? label*(_t0 - pred + log(label) + log1p(_t3)) : 0.0);
+    *out1 = grad_output*(_r3*_t1/(_t3 + 1.0) + (_t4 ? -label : 0.0));
 }
 """
 

@@ -21,11 +21,13 @@ STAGES = {
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64"}},
-        {"op": "final", "level": "row", "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64"}},
+        {"op": "final", "level": "row", "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64"}},
     ),
     "forward_backward": (
@@ -33,11 +35,13 @@ STAGES = {
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
+        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64"}},
+        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64"}},
     ),
 }
@@ -54,40 +58,66 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    return expf(-_t0 + pred);
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    return exp(-_t0 + pred);
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float pred, float label, float _j)
-{
-    return pred*((_j == label) ? 1.0f : 0.0f);
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double pred, double label, double _j)
-{
-    return pred*((_j == label) ? 1.0 : 0.0);
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float pred)
-{
-    return pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double pred)
-{
-    return pred;
-}
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float* out0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = _t0 + logf(_r1);
-    *out0 = ((ignore_index == label) ? 0.0f : -(-_r2 + _t1)*(label_smoothing - 1.0f) + label_smoothing*(-_r3 + _t1*classes)/classes);
+    const float _t1 = -_t0 + pred;
+    const float _t2 = expf(_t1);
+    const float _t3 = floorf(_t2);
+    return _t2 - _t3;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double* out0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = _t0 + log(_r1);
-    *out0 = ((ignore_index == label) ? 0.0 : -(-_r2 + _t1)*(label_smoothing - 1.0) + label_smoothing*(-_r3 + _t1*classes)/classes);
+    const double _t1 = -_t0 + pred;
+    const double _t2 = exp(_t1);
+    const double _t3 = floor(_t2);
+    return _t2 - _t3;
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float pred, float label, float _j, float _r0)
+{
+    const float _t0 = _r0;
+    const float _t1 = -_t0 + pred;
+    return _t1*((_j == label) ? 1.0f : 0.0f);
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double pred, double label, double _j, double _r0)
+{
+    const double _t0 = _r0;
+    const double _t1 = -_t0 + pred;
+    return _t1*((_j == label) ? 1.0 : 0.0);
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float pred)
+{
+    return pred;
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64(double pred)
+{
+    return pred;
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
+{
+    const float _t0 = _r0;
+    const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
+    *out0 = ((ignore_index == label) ? 0.0f : -(-_r3 + _t4)*(label_smoothing - 1.0f) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
+{
+    const double _t0 = _r0;
+    const double _t4 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = ((ignore_index == label) ? 0.0 : -(-_r3 + _t4)*(label_smoothing - 1.0) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float pred)
 {
@@ -100,62 +130,96 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + pred);
-    return _t3;
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + pred);
-    return _t3;
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t5;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float pred, float label, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float pred, float _r0)
 {
-    const float _t7 = ((_j == label) ? 1.0f : 0.0f);
-    return _t7*pred;
+    const float _t2 = _r0;
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t4 - _t5;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double pred, double label, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double pred, double _r0)
 {
-    const double _t7 = ((_j == label) ? 1.0 : 0.0);
-    return _t7*pred;
+    const double _t2 = _r0;
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t4 - _t5;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float pred, float label, float _j, float _r0)
+{
+    const float _t2 = _r0;
+    const float _t3 = -_t2 + pred;
+    const float _t9 = (_j == label);
+    return _t3*(_t9 ? 1.0f : 0.0f);
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double pred, double label, double _j, double _r0)
+{
+    const double _t2 = _r0;
+    const double _t3 = -_t2 + pred;
+    const double _t9 = (_j == label);
+    return _t3*(_t9 ? 1.0 : 0.0);
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float pred)
 {
     return pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64(double pred)
 {
     return pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float pred, float label, float grad_output, float _j, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float pred, float label, float grad_output, float _j, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
     const float _t0 = (ignore_index == label);
     const float _t1 = (1.0f/classes);
     const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + pred);
-    const float _t4 = _r1;
-    const float _t5 = _t2 + logf(_t4);
-    const float _t6 = label_smoothing - 1.0f;
-    const float _t7 = ((_j == label) ? 1.0f : 0.0f);
-    const float _t8 = (_t0 ? 0.0f : -_t1*label_smoothing);
-    const float _t9 = (_t0 ? 0.0f : _t6);
-    *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r3 + _t5*classes) - _t6*(-_r2 + _t5));
-    *out1 = grad_output*(-_t3*(_t8*classes + _t9)/_t4 + _t7*_t9 + _t8);
+    const float _t3 = -_t2 + pred;
+    const float _t4 = expf(_t3);
+    const float _t6 = _r2 + (_r1 - 1.0f);
+    const float _t7 = log1pf(_t6);
+    const float _t8 = label_smoothing - 1.0f;
+    const float _t9 = (_j == label);
+    const float _t10 = -_r3 + _t7;
+    const float _t11 = (_t0 ? 0.0f : -_t1*label_smoothing);
+    const float _t12 = -_t11;
+    const float _t13 = (_t0 ? 0.0f : _t8);
+    const float _t14 = -_t10;
+    const float _t15 = _t11*classes;
+    *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
+    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1f(_t14) - _t15*expf(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0f)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double pred, double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double pred, double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
     const double _t0 = (ignore_index == label);
     const double _t1 = (1.0/classes);
     const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + pred);
-    const double _t4 = _r1;
-    const double _t5 = _t2 + log(_t4);
-    const double _t6 = label_smoothing - 1.0;
-    const double _t7 = ((_j == label) ? 1.0 : 0.0);
-    const double _t8 = (_t0 ? 0.0 : -_t1*label_smoothing);
-    const double _t9 = (_t0 ? 0.0 : _t6);
-    *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r3 + _t5*classes) - _t6*(-_r2 + _t5));
-    *out1 = grad_output*(-_t3*(_t8*classes + _t9)/_t4 + _t7*_t9 + _t8);
+    const double _t3 = -_t2 + pred;
+    const double _t4 = exp(_t3);
+    const double _t6 = _r2 + (_r1 - 1.0);
+    const double _t7 = log1p(_t6);
+    const double _t8 = label_smoothing - 1.0;
+    const double _t9 = (_j == label);
+    const double _t10 = -_r3 + _t7;
+    const double _t11 = (_t0 ? 0.0 : -_t1*label_smoothing);
+    const double _t12 = -_t11;
+    const double _t13 = (_t0 ? 0.0 : _t8);
+    const double _t14 = -_t10;
+    const double _t15 = _t11*classes;
+    *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
+    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1(_t14) - _t15*exp(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0)));
 }
 """
 

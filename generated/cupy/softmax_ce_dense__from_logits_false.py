@@ -21,13 +21,15 @@ STAGES = {
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r0_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64"}},
-        {"op": "final", "level": "row", "arguments": ('classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64"}},
+        {"op": "final", "level": "row", "arguments": ('classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_out_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_out_f64"}},
     ),
     "forward_backward": (
@@ -35,13 +37,15 @@ STAGES = {
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r0_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r0_f64"}},
         {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r1_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r2_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r3_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r4_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r4_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
+        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r5_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r5_f64"}},
+        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 2,
          "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_out_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_out_f64"}},
     ),
 }
@@ -58,50 +62,68 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    return expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t2;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    return exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t2;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float pred, float label)
-{
-    return label*pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double pred, double label)
-{
-    return label*pred;
-}
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float label)
-{
-    return label;
-}
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double label)
-{
-    return label;
-}
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32(float pred)
-{
-    return pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64(double pred)
-{
-    return pred;
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = _t0 + logf(_r1);
-    const float _t2 = _t1*label_smoothing;
-    *out0 = _r2*(label_smoothing - 1.0f) + _r3*(_t1 - _t2) - _r4*label_smoothing/classes + _t2;
+    const float _t1 = expf(-_t0 + pred);
+    const float _t2 = floorf(_t1);
+    return _t1 - _t2;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = _t0 + log(_r1);
-    const double _t2 = _t1*label_smoothing;
-    *out0 = _r2*(label_smoothing - 1.0) + _r3*(_t1 - _t2) - _r4*label_smoothing/classes + _t2;
+    const double _t1 = exp(-_t0 + pred);
+    const double _t2 = floor(_t1);
+    return _t1 - _t2;
+}
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float pred, float label)
+{
+    return label*pred;
+}
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double pred, double label)
+{
+    return label*pred;
+}
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32(float label)
+{
+    return label;
+}
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64(double label)
+{
+    return label;
+}
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32(float pred)
+{
+    return pred;
+}
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64(double pred)
+{
+    return pred;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
+{
+    const float _t0 = _r0;
+    const float _t3 = _t0 + log1pf(_r2 + (_r1 - 1.0f));
+    const float _t4 = _t3*label_smoothing;
+    *out0 = _r3*(label_smoothing - 1.0f) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
+{
+    const double _t0 = _r0;
+    const double _t3 = _t0 + log1p(_r2 + (_r1 - 1.0));
+    const double _t4 = _t3*label_smoothing;
+    *out0 = _r3*(label_smoothing - 1.0) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r0_f32(float pred)
 {
@@ -115,63 +137,79 @@ __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1
 {
     const float _t2 = _r0;
     const float _t3 = expf(-_t2 + pred);
-    return _t3;
+    const float _t4 = floorf(_t3);
+    return _t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double pred, double _r0)
 {
     const double _t2 = _r0;
     const double _t3 = exp(-_t2 + pred);
-    return _t3;
+    const double _t4 = floor(_t3);
+    return _t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float pred, float _r0)
+{
+    const float _t2 = _r0;
+    const float _t3 = expf(-_t2 + pred);
+    const float _t4 = floorf(_t3);
+    return _t3 - _t4;
+}
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double pred, double _r0)
+{
+    const double _t2 = _r0;
+    const double _t3 = exp(-_t2 + pred);
+    const double _t4 = floor(_t3);
+    return _t3 - _t4;
+}
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float label)
 {
     return label;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double label)
 {
     return label;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float pred, float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float pred, float label)
 {
     return label*pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double pred, double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double pred, double label)
 {
     return label*pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r5_f32(float pred)
 {
     return pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r5_f64(double pred)
 {
     return pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1)
 {
     const float _t0 = label_smoothing - 1.0f;
     const float _t1 = label_smoothing/classes;
     const float _t2 = _r0;
     const float _t3 = expf(-_t2 + pred);
-    const float _t4 = _r1;
-    const float _t5 = _t2 + logf(_t4);
-    const float _t6 = _t5*label_smoothing;
-    const float _t7 = _r2;
-    *out0 = _r3*_t0 - _r4*_t1 + _t6 + _t7*(_t5 - _t6);
-    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t7 + label_smoothing)/_t4);
+    const float _t5 = _r2 + (_r1 - 1.0f);
+    const float _t6 = _t2 + log1pf(_t5);
+    const float _t7 = _t6*label_smoothing;
+    const float _t8 = _r3;
+    *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
+    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0f));
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
 {
     const double _t0 = label_smoothing - 1.0;
     const double _t1 = label_smoothing/classes;
     const double _t2 = _r0;
     const double _t3 = exp(-_t2 + pred);
-    const double _t4 = _r1;
-    const double _t5 = _t2 + log(_t4);
-    const double _t6 = _t5*label_smoothing;
-    const double _t7 = _r2;
-    *out0 = _r3*_t0 - _r4*_t1 + _t6 + _t7*(_t5 - _t6);
-    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t7 + label_smoothing)/_t4);
+    const double _t5 = _r2 + (_r1 - 1.0);
+    const double _t6 = _t2 + log1p(_t5);
+    const double _t7 = _t6*label_smoothing;
+    const double _t8 = _r3;
+    *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
+    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0));
 }
 """
 

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "focal"
 VARIANT = {'mode': 'exact', 'from_logits': False}
@@ -20,7 +20,7 @@ LOSS_LEVEL = "element"
 def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
     np.equal(_j, label, out=_f0)
     np.absolute(pred, out=_f1)
     np.negative(_f1, out=_f2)
@@ -31,24 +31,24 @@ def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
     np.add(_f2, _f3, out=_f1)
     np.maximum(pred, 0, out=_f3)
     np.add(_f2, _f3, out=_f4)
-    np.multiply(_f4, float(-gamma), out=_f2)
-    np.exp(_f2, out=_f3)
-    np.multiply(_f0, _f1, out=_f2)
-    np.multiply(_f2, _f3, out=_f2)
-    np.multiply(_f2, alpha, out=_f2)
-    np.add(_f0, -1, out=_f3)
-    np.multiply(_f1, float(-gamma), out=_f0)
-    np.exp(_f0, out=_f1)
-    np.multiply(_f4, _f3, out=_f0)
-    np.multiply(_f0, _f1, out=_f0)
-    np.multiply(_f0, float(alpha - 1), out=_f0)
-    np.add(_f2, _f0, out=_out0)
+    np.multiply(_f4, float(-gamma), out=_f3)
+    np.exp(_f3, out=_f5)
+    np.multiply(_f0, _f1, out=_f3)
+    np.multiply(_f3, _f5, out=_f3)
+    np.multiply(_f3, alpha, out=_f3)
+    np.add(_f0, -1, out=_f5)
+    np.multiply(_f1, float(-gamma), out=_f6)
+    np.exp(_f6, out=_f7)
+    np.multiply(_f4, _f5, out=_f6)
+    np.multiply(_f6, _f7, out=_f6)
+    np.multiply(_f6, float(alpha - 1), out=_f6)
+    np.add(_f3, _f6, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma, eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, _f15, _f16, _f17, = _s[0]
     _b0, = _s[1]
     np.negative(pred, out=_f0)
     np.absolute(pred, out=_f1)
@@ -60,51 +60,51 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.equal(_j, label, out=_f3)
     np.maximum(pred, 0, out=_f5)
     np.add(_f2, _f5, out=_f6)
-    np.multiply(_f6, gamma, out=_f2)
-    np.negative(_f2, out=_f5)
-    np.exp(_f5, out=_f7)
-    np.multiply(_f3, _f7, out=_f5)
-    np.multiply(_f5, alpha, out=_f5)
-    np.multiply(_f4, gamma, out=_f7)
-    np.add(_f3, -1, out=_f8)
-    np.negative(_f7, out=_f3)
-    np.exp(_f3, out=_f9)
-    np.multiply(_f8, _f9, out=_f3)
-    np.multiply(_f3, float(alpha - 1), out=_f3)
+    np.multiply(_f6, gamma, out=_f5)
+    np.negative(_f5, out=_f7)
+    np.exp(_f7, out=_f8)
+    np.multiply(_f3, _f8, out=_f7)
+    np.multiply(_f7, alpha, out=_f7)
+    np.multiply(_f4, gamma, out=_f8)
+    np.add(_f3, -1, out=_f9)
+    np.negative(_f8, out=_f10)
+    np.exp(_f10, out=_f11)
+    np.multiply(_f9, _f11, out=_f10)
+    np.multiply(_f10, float(alpha - 1), out=_f10)
     np.greater_equal(_f0, 0, out=_b0)
-    np.maximum(_f1, _b0, out=_f8)
+    np.maximum(_f1, _b0, out=_f9)
     np.greater_equal(pred, 0, out=_b0)
-    np.maximum(_f1, _b0, out=_f0)
-    np.multiply(_f4, _f5, out=_f9)
-    np.multiply(_f6, _f3, out=_f4)
-    np.add(_f9, _f4, out=_out0)
-    np.add(_f1, 1, out=_f4)
-    np.divide(1, _f4, out=_f1)
-    np.multiply(_f8, _f5, out=_f4)
-    np.multiply(_f0, _f3, out=_f6)
-    np.negative(_f6, out=_f6)
-    np.multiply(_f0, _f5, out=_f9)
-    np.multiply(_f9, _f7, out=_f9)
-    np.multiply(_f8, _f2, out=_f0)
-    np.multiply(_f0, _f3, out=_f0)
-    np.negative(_f0, out=_f0)
-    np.add(_f4, _f6, out=_f2)
-    np.add(_f2, _f9, out=_f2)
-    np.add(_f2, _f0, out=_f2)
-    np.multiply(grad_output, _f1, out=_f0)
-    np.multiply(_f0, _f2, out=_f0)
-    np.negative(_f0, out=_out1)
+    np.maximum(_f1, _b0, out=_f11)
+    np.multiply(_f4, _f7, out=_f12)
+    np.multiply(_f6, _f10, out=_f13)
+    np.add(_f12, _f13, out=_out0)
+    np.add(_f1, 1, out=_f12)
+    np.divide(1, _f12, out=_f13)
+    np.multiply(_f9, _f7, out=_f12)
+    np.multiply(_f11, _f10, out=_f14)
+    np.negative(_f14, out=_f14)
+    np.multiply(_f11, _f7, out=_f15)
+    np.multiply(_f15, _f8, out=_f15)
+    np.multiply(_f9, _f5, out=_f16)
+    np.multiply(_f16, _f10, out=_f16)
+    np.negative(_f16, out=_f16)
+    np.add(_f12, _f14, out=_f17)
+    np.add(_f17, _f15, out=_f17)
+    np.add(_f17, _f16, out=_f17)
+    np.multiply(grad_output, _f13, out=_f12)
+    np.multiply(_f12, _f17, out=_f12)
+    np.negative(_f12, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     """focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (5, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    return run_rows(_forward, (8, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (10, 1, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (18, 1, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
     return loss, tuple(grads)

@@ -17,7 +17,7 @@ PARAMETERS = ('alpha', 'gamma', 'eps')
 def _forward(_s, _out, pred, label, alpha, gamma, eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
     np.greater(label, 0, out=_f0)
     np.subtract(1, pred, out=_f1)
     np.power(_f1, gamma, out=_f2)
@@ -27,18 +27,18 @@ def _forward(_s, _out, pred, label, alpha, gamma, eps):
     np.multiply(_f3, float(-alpha), out=_f3)
     np.power(pred, gamma, out=_f1)
     np.add(_f0, -1, out=_f2)
-    np.negative(pred, out=_f0)
-    np.log1p(_f0, out=_f4)
-    np.multiply(_f1, _f2, out=_f0)
-    np.multiply(_f0, _f4, out=_f0)
-    np.multiply(_f0, float(-alpha + 1), out=_f0)
-    np.add(_f3, _f0, out=_out0)
+    np.negative(pred, out=_f4)
+    np.log1p(_f4, out=_f5)
+    np.multiply(_f1, _f2, out=_f4)
+    np.multiply(_f4, _f5, out=_f4)
+    np.multiply(_f4, float(-alpha + 1), out=_f4)
+    np.add(_f3, _f4, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma, eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, = _s[0]
     np.log(pred, out=_f0)
     np.add(pred, -1, out=_f1)
     np.negative(_f1, out=_f2)
@@ -62,31 +62,31 @@ def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma, eps):
     np.divide(1, pred, out=_f7)
     np.multiply(_f5, _f7, out=_f9)
     np.negative(_f9, out=_f9)
-    np.divide(1, _f1, out=_f5)
-    np.multiply(_f8, _f5, out=_f1)
-    np.negative(_f1, out=_f1)
-    np.power(_f2, _t9, out=_f5)
-    np.multiply(_f0, _f3, out=_f2)
-    np.multiply(_f2, _f5, out=_f2)
-    np.multiply(_f2, float(alpha*gamma), out=_f2)
-    np.power(pred, _t9, out=_f0)
-    np.multiply(_f6, _f4, out=_f3)
-    np.multiply(_f3, _f0, out=_f3)
-    np.multiply(_f3, float(-_t6*gamma), out=_f3)
-    np.add(_f9, _f1, out=_f0)
-    np.add(_f0, _f2, out=_f0)
-    np.add(_f0, _f3, out=_f0)
-    np.multiply(_f0, grad_output, out=_out1)
+    np.divide(1, _f1, out=_f7)
+    np.multiply(_f8, _f7, out=_f10)
+    np.negative(_f10, out=_f10)
+    np.power(_f2, _t9, out=_f7)
+    np.multiply(_f0, _f3, out=_f11)
+    np.multiply(_f11, _f7, out=_f11)
+    np.multiply(_f11, float(alpha*gamma), out=_f11)
+    np.power(pred, _t9, out=_f7)
+    np.multiply(_f6, _f4, out=_f12)
+    np.multiply(_f12, _f7, out=_f12)
+    np.multiply(_f12, float(-_t6*gamma), out=_f12)
+    np.add(_f9, _f10, out=_f7)
+    np.add(_f7, _f11, out=_f7)
+    np.add(_f7, _f12, out=_f7)
+    np.multiply(_f7, grad_output, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     """Element-wise focal_dense loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (5, 0, 0, 0, 0, 0), (pred, label,), (alpha, gamma, eps,), 1)[0]
+    return run_elementwise(_forward, (6, 0, 0, 0, 0, 0), (pred, label,), (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (10, 0, 0, 0, 0, 0), (pred, label, grad_output), (alpha, gamma, eps,), 2
+        _forward_backward, (13, 0, 0, 0, 0, 0), (pred, label, grad_output), (alpha, gamma, eps,), 2
     )
     return loss, tuple(grads)

@@ -17,7 +17,7 @@ PARAMETERS = ('alpha', 'gamma', 'eps')
 def _forward(_s, _out, pred, label, alpha, gamma, eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
     _i0, _i1, = _s[2]
     np.greater(label, 0, out=_f0)
     np.add(pred, eps, out=_f1)
@@ -27,28 +27,28 @@ def _forward(_s, _out, pred, label, alpha, gamma, eps):
     np.greater(_f1, 1, out=_i0)
     np.negative(_i0, out=_i0)
     blend_into(_f3, _i0, 1, _f1, _i1)
-    np.log(_f3, out=_f1)
+    np.log(_f3, out=_f5)
     np.multiply(_f0, _f4, out=_f3)
-    np.multiply(_f3, _f1, out=_f3)
+    np.multiply(_f3, _f5, out=_f3)
     np.multiply(_f3, float(-alpha), out=_f3)
-    np.power(pred, gamma, out=_f1)
-    np.add(_f0, -1, out=_f4)
+    np.power(pred, gamma, out=_f4)
+    np.add(_f0, -1, out=_f5)
     np.greater(_f2, 0, out=_i0)
     np.negative(_i0, out=_i0)
-    np.add(_f2, 1, out=_f0)
-    blend_into(_f2, _i0, 1, _f0, _i1)
-    np.log(_f2, out=_f0)
-    np.multiply(_f1, _f4, out=_f2)
-    np.multiply(_f2, _f0, out=_f2)
-    np.multiply(_f2, float(-alpha + 1), out=_f2)
-    np.add(_f3, _f2, out=_out0)
+    np.add(_f2, 1, out=_f6)
+    blend_into(_f7, _i0, 1, _f6, _i1)
+    np.log(_f7, out=_f6)
+    np.multiply(_f4, _f5, out=_f7)
+    np.multiply(_f7, _f6, out=_f7)
+    np.multiply(_f7, float(-alpha + 1), out=_f7)
+    np.add(_f3, _f7, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma, eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, = _s[0]
-    _b0, = _s[1]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, _f15, = _s[0]
+    _b0, _b1, = _s[1]
     _i0, _i1, _i2, = _s[2]
     np.subtract(1, pred, out=_f0)
     np.power(_f0, gamma, out=_f1)
@@ -62,55 +62,55 @@ def _forward_backward(_s, _out, pred, label, grad_output, alpha, gamma, eps):
     _t7 = float(alpha - 1)
     np.add(_f2, -1, out=_f6)
     np.subtract(eps, pred, out=_f7)
-    np.greater(_f7, 0, out=_b0)
     np.add(_f7, 1, out=_f8)
-    mask_into(_i1, _b0)
-    blend_into(_f7, _i1, 1, _f8, _i2)
-    np.log(_f7, out=_f9)
-    np.multiply(_f6, _f9, out=_f7)
-    np.multiply(_f7, _t7, out=_f7)
+    np.greater(_f7, 0, out=_b1)
+    mask_into(_i1, _b1)
+    blend_into(_f9, _i1, 1, _f8, _i2)
+    np.log(_f9, out=_f10)
+    np.multiply(_f6, _f10, out=_f9)
+    np.multiply(_f9, _t7, out=_f9)
     _t13 = float(gamma - 1)
-    np.multiply(_f7, _f4, out=_f9)
-    np.negative(_f9, out=_f9)
-    np.multiply(_f1, _f2, out=_f10)
-    np.multiply(_f10, _f5, out=_f10)
-    np.multiply(_f10, float(-alpha), out=_f10)
-    np.add(_f9, _f10, out=_out0)
-    np.power(pred, _t13, out=_f9)
-    np.multiply(_f7, _f9, out=_f10)
-    np.multiply(_f10, float(-gamma), out=_f10)
-    np.power(_f0, _t13, out=_f7)
-    np.multiply(_f2, _f5, out=_f0)
-    np.multiply(_f0, _f7, out=_f0)
-    np.multiply(_f0, float(alpha*gamma), out=_f0)
-    blend_into(_f5, _i0, 0, 1, _i2)
-    np.divide(1, _f3, out=_f7)
-    blend_into(_f3, _i0, 1, _f7, _i2)
-    np.multiply(_f1, _f2, out=_f7)
-    np.multiply(_f7, _f5, out=_f7)
-    np.multiply(_f7, _f3, out=_f7)
-    np.multiply(_f7, float(-alpha), out=_f7)
-    blend_into(_f1, _i1, 0, -1, _i0)
-    np.divide(1, _f8, out=_f2)
-    blend_into(_f3, _i1, 1, _f2, _i0)
-    np.multiply(_f4, _f6, out=_f2)
-    np.multiply(_f2, _f1, out=_f2)
-    np.multiply(_f2, _f3, out=_f2)
-    np.multiply(_f2, float(-_t7), out=_f2)
-    np.add(_f10, _f0, out=_f1)
-    np.add(_f1, _f7, out=_f1)
-    np.add(_f1, _f2, out=_f1)
-    np.multiply(_f1, grad_output, out=_out1)
+    np.multiply(_f9, _f4, out=_f10)
+    np.negative(_f10, out=_f10)
+    np.multiply(_f1, _f2, out=_f11)
+    np.multiply(_f11, _f5, out=_f11)
+    np.multiply(_f11, float(-alpha), out=_f11)
+    np.add(_f10, _f11, out=_out0)
+    np.power(pred, _t13, out=_f10)
+    np.multiply(_f9, _f10, out=_f11)
+    np.multiply(_f11, float(-gamma), out=_f11)
+    np.power(_f0, _t13, out=_f10)
+    np.multiply(_f2, _f5, out=_f12)
+    np.multiply(_f12, _f10, out=_f12)
+    np.multiply(_f12, float(alpha*gamma), out=_f12)
+    blend_into(_f10, _i0, 0, 1, _i2)
+    np.divide(1, _f3, out=_f13)
+    blend_into(_f14, _i0, 1, _f13, _i2)
+    np.multiply(_f1, _f2, out=_f13)
+    np.multiply(_f13, _f10, out=_f13)
+    np.multiply(_f13, _f14, out=_f13)
+    np.multiply(_f13, float(-alpha), out=_f13)
+    blend_into(_f10, _i1, 0, -1, _i0)
+    np.divide(1, _f8, out=_f14)
+    blend_into(_f15, _i1, 1, _f14, _i0)
+    np.multiply(_f4, _f6, out=_f14)
+    np.multiply(_f14, _f10, out=_f14)
+    np.multiply(_f14, _f15, out=_f14)
+    np.multiply(_f14, float(-_t7), out=_f14)
+    np.add(_f11, _f12, out=_f10)
+    np.add(_f10, _f13, out=_f10)
+    np.add(_f10, _f14, out=_f10)
+    np.multiply(_f10, grad_output, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     """Element-wise focal_dense loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (5, 0, 2, 0, 0, 0), (pred, label,), (alpha, gamma, eps,), 1)[0]
+    return run_elementwise(_forward, (8, 0, 2, 0, 0, 0), (pred, label,), (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (11, 1, 3, 0, 0, 0), (pred, label, grad_output), (alpha, gamma, eps,), 2
+        _forward_backward, (16, 2, 3, 0, 0, 0), (pred, label, grad_output), (alpha, gamma, eps,), 2
     )
     return loss, tuple(grads)

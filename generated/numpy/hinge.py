@@ -30,7 +30,7 @@ def _forward(_s, _out, pred, label, margin):
 def _forward_backward(_s, _out, pred, label, grad_output, margin):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, = _s[0]
+    _f0, _f1, _f2, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
     np.multiply(label, pred, out=_f0)
@@ -40,8 +40,8 @@ def _forward_backward(_s, _out, pred, label, grad_output, margin):
     np.negative(_f1, out=_f0)
     blend_into(_out0, _i0, _f0, 0, _i1)
     np.negative(label, out=_f0)
-    blend_into(_f1, _i0, _f0, 0, _i1)
-    np.multiply(_f1, grad_output, out=_out1)
+    blend_into(_f2, _i0, _f0, 0, _i1)
+    np.multiply(_f2, grad_output, out=_out1)
 
 
 def forward(pred, label, *, margin=1.0):
@@ -52,6 +52,6 @@ def forward(pred, label, *, margin=1.0):
 def forward_backward(pred, label, *, margin=1.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (2, 1, 2, 0, 0, 0), (pred, label, grad_output), (margin,), 2
+        _forward_backward, (3, 1, 2, 0, 0, 0), (pred, label, grad_output), (margin,), 2
     )
     return loss, tuple(grads)

@@ -17,22 +17,22 @@ PARAMETERS = ('rho',)
 def _forward(_s, _out, pred, label, rho):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, = _s[0]
+    _f0, _f1, _f2, _f3, = _s[0]
     _i0, _i1, = _s[2]
     np.subtract(label, pred, out=_f0)
     np.absolute(_f0, out=_f1)
     np.less(_f1, rho, out=_i0)
     np.negative(_i0, out=_i0)
     np.square(_f0, out=_f2)
-    np.multiply(_f2, float(1/(2*rho)), out=_f0)
+    np.multiply(_f2, float(1/(2*rho)), out=_f3)
     np.add(_f1, float(-rho/2), out=_f2)
-    blend_into(_out0, _i0, _f0, _f2, _i1)
+    blend_into(_out0, _i0, _f3, _f2, _i1)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, rho):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
     _t0 = float((1/(rho)))
@@ -44,21 +44,21 @@ def _forward_backward(_s, _out, pred, label, grad_output, rho):
     np.multiply(_f2, float(_t0/2), out=_f3)
     np.add(_f1, float(-rho/2), out=_f2)
     blend_into(_out0, _i0, _f3, _f2, _i1)
-    np.multiply(_f0, float(-_t0), out=_f1)
-    np.sign(_f0, out=_f2)
-    np.negative(_f2, out=_f0)
-    blend_into(_f2, _i0, _f1, _f0, _i1)
-    np.multiply(_f2, grad_output, out=_out1)
+    np.multiply(_f0, float(-_t0), out=_f2)
+    np.sign(_f0, out=_f3)
+    np.negative(_f3, out=_f4)
+    blend_into(_f3, _i0, _f2, _f4, _i1)
+    np.multiply(_f3, grad_output, out=_out1)
 
 
 def forward(pred, label, *, rho=1.0):
     """Element-wise huber loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (3, 0, 2, 0, 0, 0), (pred, label,), (rho,), 1)[0]
+    return run_elementwise(_forward, (4, 0, 2, 0, 0, 0), (pred, label,), (rho,), 1)[0]
 
 
 def forward_backward(pred, label, *, rho=1.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (4, 1, 2, 0, 0, 0), (pred, label, grad_output), (rho,), 2
+        _forward_backward, (5, 1, 2, 0, 0, 0), (pred, label, grad_output), (rho,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "kl_div"
 VARIANT = {'from_logits': True}

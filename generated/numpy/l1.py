@@ -25,12 +25,12 @@ def _forward(_s, _out, pred, label):
 def _forward_backward(_s, _out, pred, label, grad_output):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, = _s[0]
+    _f0, _f1, _f2, = _s[0]
     np.subtract(label, pred, out=_f0)
     np.absolute(_f0, out=_out0)
     np.sign(_f0, out=_f1)
-    np.negative(_f1, out=_f0)
-    np.multiply(_f0, grad_output, out=_out1)
+    np.negative(_f1, out=_f2)
+    np.multiply(_f2, grad_output, out=_out1)
 
 
 def forward(pred, label):
@@ -41,6 +41,6 @@ def forward(pred, label):
 def forward_backward(pred, label, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (2, 0, 0, 0, 0, 0), (pred, label, grad_output), (), 2
+        _forward_backward, (3, 0, 0, 0, 0, 0), (pred, label, grad_output), (), 2
     )
     return loss, tuple(grads)

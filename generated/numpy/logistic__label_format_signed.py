@@ -17,48 +17,48 @@ PARAMETERS = ()
 def _forward(_s, _out, pred, label):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, = _s[0]
+    _f0, _f1, _f2, _f3, = _s[0]
     np.multiply(label, pred, out=_f0)
     np.absolute(_f0, out=_f1)
     np.negative(_f1, out=_f2)
     np.exp(_f2, out=_f1)
     np.log1p(_f1, out=_f2)
     np.negative(_f0, out=_f1)
-    np.maximum(_f1, 0, out=_f0)
-    np.add(_f2, _f0, out=_out0)
+    np.maximum(_f1, 0, out=_f3)
+    np.add(_f2, _f3, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
     _b0, = _s[1]
     np.multiply(label, pred, out=_f0)
     np.negative(_f0, out=_f1)
     np.absolute(_f0, out=_f2)
-    np.negative(_f2, out=_f0)
-    np.exp(_f0, out=_f2)
-    np.log1p(_f2, out=_f0)
-    np.maximum(_f1, 0, out=_f3)
-    np.add(_f0, _f3, out=_out0)
-    np.add(_f2, 1, out=_f0)
-    np.divide(1, _f0, out=_f3)
+    np.negative(_f2, out=_f3)
+    np.exp(_f3, out=_f2)
+    np.log1p(_f2, out=_f3)
+    np.maximum(_f1, 0, out=_f4)
+    np.add(_f3, _f4, out=_out0)
+    np.add(_f2, 1, out=_f3)
+    np.divide(1, _f3, out=_f4)
     np.greater_equal(_f1, 0, out=_b0)
-    np.maximum(_f2, _b0, out=_f0)
-    np.multiply(label, _f3, out=_f1)
-    np.multiply(_f1, _f0, out=_f1)
-    np.negative(_f1, out=_f1)
-    np.multiply(_f1, grad_output, out=_out1)
+    np.maximum(_f2, _b0, out=_f3)
+    np.multiply(label, _f4, out=_f5)
+    np.multiply(_f5, _f3, out=_f5)
+    np.negative(_f5, out=_f5)
+    np.multiply(_f5, grad_output, out=_out1)
 
 
 def forward(pred, label):
     """Element-wise logistic loss; result has pred's dtype and the broadcast shape."""
-    return run_elementwise(_forward, (3, 0, 0, 0, 0, 0), (pred, label,), (), 1)[0]
+    return run_elementwise(_forward, (4, 0, 0, 0, 0, 0), (pred, label,), (), 1)[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (4, 1, 0, 0, 0, 0), (pred, label, grad_output), (), 2
+        _forward_backward, (6, 1, 0, 0, 0, 0), (pred, label, grad_output), (), 2
     )
     return loss, tuple(grads)

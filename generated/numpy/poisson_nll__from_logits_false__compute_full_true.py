@@ -59,9 +59,9 @@ def _forward_backward(_s, _out, pred, target, grad_output, epsilon):
     np.add(pred, _f2, out=_f3)
     np.add(_f3, _f1, out=_out0)
     np.divide(1, _f0, out=_f1)
-    np.multiply(target, _f1, out=_f0)
-    np.negative(_f0, out=_f0)
-    np.add(_f0, 1, out=_f1)
+    np.multiply(target, _f1, out=_f2)
+    np.negative(_f2, out=_f2)
+    np.add(_f2, 1, out=_f1)
     np.multiply(_f1, grad_output, out=_out1)
 
 

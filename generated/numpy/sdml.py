@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "sdml"
 VARIANT = {}
@@ -20,69 +20,80 @@ LOSS_LEVEL = "element"
 def _forward(_s, _out, distance, position, _j, classes, smoothing_parameter):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
-    _rf0, _rf1, = _s[3]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
+    _rf0, _rf1, _rf2, = _s[3]
     np.equal(_j, position, out=_f0)
     np.add(_f0, -1, out=_f1)
     np.multiply(_f1, float(smoothing_parameter/(classes - 1)), out=_f2)
     np.add(_f2, 0, out=_f1)
     scatter_add_into(_f1, position, float(smoothing_parameter - 1))
-    np.negative(distance, out=_f0)
-    np.max(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.add(distance, _rf0, out=_f0)
-    np.subtract(1e-12, _f1, out=_f2)
-    np.log(_f2, out=_f3)
-    np.negative(_f0, out=_f2)
-    np.exp(_f2, out=_f4)
-    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
-    np.log(_rf0, out=_rf1)
-    np.add(_f0, _f3, out=_f2)
-    np.add(_f2, _rf1, out=_f2)
-    np.multiply(_f1, _f2, out=_f0)
-    np.negative(_f0, out=_out0)
+    np.negative(distance, out=_f2)
+    np.max(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(distance, _rf0, out=_f2)
+    np.negative(_f2, out=_f3)
+    np.exp(_f3, out=_f4)
+    np.floor(_f4, out=_f3)
+    np.subtract(1e-12, _f1, out=_f5)
+    np.log(_f5, out=_f6)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f4, _f3, out=_f5)
+    np.sum(_f5, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.log1p(_rf2, out=_rf0)
+    np.add(_f2, _f6, out=_f5)
+    np.add(_f5, _rf0, out=_f5)
+    np.multiply(_f1, _f5, out=_f6)
+    np.negative(_f6, out=_out0)
 
 
 def _forward_backward(_s, _out, distance, position, grad_output, _j, classes, smoothing_parameter):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
-    _rf0, _rf1, = _s[3]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, = _s[3]
     np.equal(_j, position, out=_f0)
     _t1 = float(smoothing_parameter/(classes - 1))
     np.add(_f0, -1, out=_f1)
     np.multiply(_f1, _t1, out=_f2)
     np.add(_f2, 0, out=_f1)
     scatter_add_into(_f1, position, float(smoothing_parameter - 1))
-    np.negative(distance, out=_f0)
-    np.max(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.add(distance, _rf0, out=_f0)
-    np.negative(_f0, out=_f2)
-    np.exp(_f2, out=_f3)
+    np.negative(distance, out=_f2)
+    np.max(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(distance, _rf0, out=_f2)
+    np.negative(_f2, out=_f3)
+    np.exp(_f3, out=_f4)
+    np.floor(_f4, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
-    np.log(_rf0, out=_rf1)
-    np.subtract(1e-12, _f1, out=_f2)
-    np.log(_f2, out=_f4)
-    np.add(_f0, _rf1, out=_f2)
-    np.add(_f2, _f4, out=_f2)
-    np.multiply(_f1, _f2, out=_f0)
-    np.negative(_f0, out=_out0)
-    np.divide(1, _rf0, out=_rf1)
-    np.multiply(_rf1, float(_t1*classes - _t1 - smoothing_parameter + 1), out=_rf0)
-    np.multiply(_f3, _rf0, out=_f0)
-    np.add(_f1, _f0, out=_f2)
-    np.multiply(grad_output, _f2, out=_f0)
-    np.negative(_f0, out=_out1)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f4, _f3, out=_f5)
+    np.sum(_f5, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.subtract(1e-12, _f1, out=_f5)
+    np.log(_f5, out=_f6)
+    np.log1p(_rf2, out=_rf0)
+    np.add(_f2, _f6, out=_f5)
+    np.add(_f5, _rf0, out=_f5)
+    np.multiply(_f1, _f5, out=_f6)
+    np.negative(_f6, out=_out0)
+    np.add(_rf2, 1, out=_rf0)
+    np.divide(1, _rf0, out=_rf3)
+    np.multiply(_rf3, float(_t1*classes - _t1 - smoothing_parameter + 1), out=_rf0)
+    np.multiply(_f4, _rf0, out=_f5)
+    np.add(_f1, _f5, out=_f6)
+    np.multiply(grad_output, _f6, out=_f5)
+    np.negative(_f5, out=_out1)
 
 
 def forward(distance, position, *, smoothing_parameter=0.3):
     """sdml of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (5, 0, 0, 2, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (smoothing_parameter,), 1)[0]
+    return run_rows(_forward, (7, 0, 0, 3, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (smoothing_parameter,), 1)[0]
 
 
 def forward_backward(distance, position, *, smoothing_parameter=0.3, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d distance, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (5, 0, 0, 2, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (7, 0, 0, 4, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (smoothing_parameter,), 2
     )
     return loss, tuple(grads)

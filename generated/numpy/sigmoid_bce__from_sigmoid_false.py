@@ -30,15 +30,15 @@ def _forward(_s, _out, pred, label, pos_weight, eps):
     np.negative(pred, out=_f0)
     np.maximum(_f0, 0, out=_f3)
     np.add(_f1, _f3, out=_f0)
-    np.multiply(label, pos_weight, out=_f1)
-    np.multiply(_f1, _f0, out=_f1)
-    np.add(_f2, _f1, out=_out0)
+    np.multiply(label, pos_weight, out=_f3)
+    np.multiply(_f3, _f0, out=_f3)
+    np.add(_f2, _f3, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, pos_weight, grad_output, eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, = _s[0]
     _b0, = _s[1]
     np.add(label, -1, out=_f0)
     np.absolute(pred, out=_f1)
@@ -52,21 +52,21 @@ def _forward_backward(_s, _out, pred, label, pos_weight, grad_output, eps):
     np.multiply(_f4, _f6, out=_f5)
     np.maximum(pred, 0, out=_f6)
     np.add(_f2, _f6, out=_f7)
-    np.multiply(_f0, _f7, out=_f2)
-    np.negative(_f2, out=_f2)
-    np.add(_f5, _f2, out=_out0)
-    np.add(_f1, 1, out=_f2)
-    np.divide(1, _f2, out=_f5)
+    np.multiply(_f0, _f7, out=_f6)
+    np.negative(_f6, out=_f6)
+    np.add(_f5, _f6, out=_out0)
+    np.add(_f1, 1, out=_f5)
+    np.divide(1, _f5, out=_f6)
     np.greater_equal(pred, 0, out=_b0)
-    np.maximum(_f1, _b0, out=_f2)
-    np.multiply(_f0, _f2, out=_f6)
+    np.maximum(_f1, _b0, out=_f5)
+    np.multiply(_f0, _f5, out=_f7)
     np.greater_equal(_f3, 0, out=_b0)
-    np.maximum(_f1, _b0, out=_f0)
-    np.multiply(_f4, _f0, out=_f1)
-    np.add(_f6, _f1, out=_f0)
-    np.multiply(_f5, _f0, out=_f1)
-    np.negative(_f1, out=_f1)
-    np.multiply(_f1, grad_output, out=_out1)
+    np.maximum(_f1, _b0, out=_f5)
+    np.multiply(_f4, _f5, out=_f8)
+    np.add(_f7, _f8, out=_f5)
+    np.multiply(_f6, _f5, out=_f7)
+    np.negative(_f7, out=_f7)
+    np.multiply(_f7, grad_output, out=_out1)
 
 
 def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
@@ -77,6 +77,6 @@ def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
 def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (8, 1, 0, 0, 0, 0), (pred, label, pos_weight, grad_output), (eps,), 2
+        _forward_backward, (9, 1, 0, 0, 0, 0), (pred, label, pos_weight, grad_output), (eps,), 2
     )
     return loss, tuple(grads)

@@ -45,14 +45,14 @@ def _forward_backward(_s, _out, pred, label, pos_weight, grad_output, eps):
     np.negative(_f6, out=_f6)
     np.add(_f5, _f6, out=_out0)
     np.divide(1, _f0, out=_f4)
-    np.multiply(_f1, _f4, out=_f0)
-    np.negative(_f0, out=_f0)
-    np.add(_f3, 1, out=_f1)
-    np.divide(1, _f1, out=_f3)
-    np.multiply(_f2, _f3, out=_f1)
-    np.negative(_f1, out=_f1)
-    np.add(_f0, _f1, out=_f2)
-    np.multiply(_f2, grad_output, out=_out1)
+    np.multiply(_f1, _f4, out=_f5)
+    np.negative(_f5, out=_f5)
+    np.add(_f3, 1, out=_f4)
+    np.divide(1, _f4, out=_f6)
+    np.multiply(_f2, _f6, out=_f4)
+    np.negative(_f4, out=_f4)
+    np.add(_f5, _f4, out=_f6)
+    np.multiply(_f6, grad_output, out=_out1)
 
 
 def forward(pred, label, pos_weight=1.0, *, eps=1e-12):

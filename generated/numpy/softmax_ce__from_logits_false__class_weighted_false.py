@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': False, 'class_weighted': False}
@@ -20,77 +20,100 @@ LOSS_LEVEL = "row"
 def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, = _s[3]
+    _f0, _f1, _f2, _f3, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
     _ri0, _ri1, = _s[5]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
-    np.log(_rf1, out=_rf2)
-    np.add(_rf0, _rf2, out=_rf1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
+    np.add(_rf1, -1, out=_rf2)
+    np.subtract(_f1, _f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
+    np.add(_rf2, _rf1, out=_rf3)
+    np.log1p(_rf3, out=_rf1)
     np.equal(ignore_index, label, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    pick_into(_rf0, pred, label)
-    np.subtract(_rf1, _rf0, out=_rf2)
-    np.multiply(_rf2, float(-label_smoothing + 1), out=_rf0)
-    np.multiply(_rf1, classes, out=_rf2)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf1)
-    np.subtract(_rf2, _rf1, out=_rf3)
-    np.multiply(_rf3, float(label_smoothing/classes), out=_rf1)
-    np.add(_rf0, _rf1, out=_rf2)
-    blend_into(_out0, _ri0, 0, _rf2, _ri1)
+    pick_into(_rf3, _f0, label)
+    np.subtract(_rf1, _rf3, out=_rf4)
+    np.multiply(_rf4, float(-label_smoothing + 1), out=_rf3)
+    np.add(_rf0, _rf1, out=_rf4)
+    np.multiply(_rf4, classes, out=_rf5)
+    np.sum(pred, axis=-1, keepdims=True, out=_rf4)
+    np.subtract(_rf5, _rf4, out=_rf6)
+    np.multiply(_rf6, float(label_smoothing/classes), out=_rf4)
+    np.add(_rf3, _rf4, out=_rf5)
+    blend_into(_out0, _ri0, 0, _rf5, _ri1)
 
 
 def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
+    _f0, _f1, _f2, _f3, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    np.equal(ignore_index, label, out=_rb0)
     _t1 = float((1/(classes)))
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
-    np.log(_rf1, out=_rf2)
-    np.add(_rf0, _rf2, out=_rf3)
-    _t6 = float(label_smoothing - 1)
-    np.equal(_j, label, out=_f0)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
+    np.add(_rf1, -1, out=_rf2)
+    np.subtract(_f1, _f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
+    np.add(_rf2, _rf1, out=_rf3)
+    np.log1p(_rf3, out=_rf1)
+    _t8 = float(label_smoothing - 1)
+    pick_into(_rf4, _f0, label)
+    np.subtract(_rf1, _rf4, out=_rf5)
+    np.equal(ignore_index, label, out=_rb0)
     mask_into(_ri0, _rb0)
-    blend_into(_rf0, _ri0, 0, float(-_t1*label_smoothing), _ri1)
-    blend_into(_rf2, _ri0, 0, _t6, _ri1)
-    pick_into(_rf4, pred, label)
-    np.subtract(_rf3, _rf4, out=_rf5)
-    np.multiply(_rf5, float(-_t6), out=_rf4)
-    np.multiply(_rf3, classes, out=_rf5)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf3)
-    np.subtract(_rf5, _rf3, out=_rf6)
-    np.multiply(_rf6, float(_t1*label_smoothing), out=_rf3)
-    np.add(_rf4, _rf3, out=_rf5)
-    blend_into(_out0, _ri0, 0, _rf5, _ri1)
-    np.divide(1, _rf1, out=_rf3)
-    np.multiply(_rf0, classes, out=_rf1)
-    np.add(_rf2, _rf1, out=_rf4)
-    np.multiply(_rf3, _rf4, out=_rf1)
-    np.negative(_rf1, out=_rf1)
-    np.multiply(_f1, _rf1, out=_f2)
-    np.add(_rf0, _f2, out=_f1)
-    scatter_add_into(_f1, label, _rf2)
-    np.multiply(grad_output, _f1, out=_out1)
+    blend_into(_rf4, _ri0, 0, float(-_t1*label_smoothing), _ri1)
+    np.negative(_rf4, out=_rf6)
+    blend_into(_rf7, _ri0, 0, _t8, _ri1)
+    np.negative(_rf5, out=_rf8)
+    np.multiply(_rf4, classes, out=_rf9)
+    np.multiply(_rf5, float(-_t8), out=_rf10)
+    np.add(_rf0, _rf1, out=_rf11)
+    np.multiply(_rf11, classes, out=_rf12)
+    np.sum(pred, axis=-1, keepdims=True, out=_rf11)
+    np.subtract(_rf12, _rf11, out=_rf13)
+    np.multiply(_rf13, float(_t1*label_smoothing), out=_rf11)
+    np.add(_rf10, _rf11, out=_rf12)
+    blend_into(_out0, _ri0, 0, _rf12, _ri1)
+    np.multiply(_rf6, grad_output, out=_rf10)
+    np.negative(_rf10, out=_rf10)
+    np.add(_rf3, 1, out=_rf11)
+    np.divide(1, _rf11, out=_rf12)
+    np.add(_rf7, _rf9, out=_rf11)
+    np.multiply(grad_output, _rf12, out=_rf13)
+    np.multiply(_rf13, _rf11, out=_rf13)
+    np.negative(_rf13, out=_rf13)
+    np.multiply(_f1, _rf13, out=_f3)
+    np.add(_rf10, _f3, out=_out1)
+    np.expm1(_rf8, out=_rf10)
+    np.multiply(_rf7, _rf10, out=_rf11)
+    np.negative(_rf11, out=_rf11)
+    np.exp(_rf8, out=_rf10)
+    np.multiply(_rf9, _rf10, out=_rf12)
+    np.negative(_rf12, out=_rf12)
+    np.add(_rf11, _rf12, out=_rf10)
+    np.subtract(_rf10, _rf6, out=_rf10)
+    np.multiply(grad_output, _rf10, out=_rf11)
+    set_at_into(_out1, label, _rf11)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (2, 0, 0, 4, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return run_rows(_forward, (4, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (3, 0, 0, 7, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 14, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return loss, tuple(grads)

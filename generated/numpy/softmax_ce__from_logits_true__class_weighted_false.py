@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': True, 'class_weighted': False}
@@ -39,10 +39,10 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    np.equal(ignore_index, label, out=_rb0)
     _t1 = float(label_smoothing/classes)
     _t2 = float(label_smoothing - 1)
     np.equal(_j, label, out=_f0)
+    np.equal(ignore_index, label, out=_rb0)
     mask_into(_ri0, _rb0)
     pick_into(_rf0, pred, label)
     np.multiply(_rf0, _t2, out=_rf1)
@@ -51,10 +51,11 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.add(_rf1, _rf2, out=_rf0)
     blend_into(_out0, _ri0, 0, _rf0, _ri1)
     blend_into(_rf0, _ri0, 0, float(-_t1), _ri1)
-    np.add(_rf0, 0, out=_f1)
-    blend_into(_rf1, _ri0, 0, _t2, _ri1)
-    scatter_add_into(_f1, label, _rf1)
-    np.multiply(grad_output, _f1, out=_out1)
+    np.multiply(grad_output, _rf0, out=_rf1)
+    blend_into(_rf0, _ri0, 0, _t2, _ri1)
+    np.multiply(grad_output, _rf0, out=_rf2)
+    np.multiply(_f0, _rf2, out=_f1)
+    np.add(_rf1, _f1, out=_out1)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce"
 VARIANT = {'from_logits': True, 'class_weighted': True}
@@ -37,15 +37,15 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
 def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, = _s[0]
+    _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    np.equal(ignore_index, label, out=_rb0)
     np.multiply(class_weight, pred, out=_f0)
     _t2 = float(label_smoothing/classes)
     _t3 = float(label_smoothing - 1)
     np.equal(_j, label, out=_f1)
+    np.equal(ignore_index, label, out=_rb0)
     mask_into(_ri0, _rb0)
     pick_into(_rf0, _f0, label)
     np.multiply(_rf0, _t3, out=_rf1)
@@ -54,11 +54,11 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.add(_rf1, _rf2, out=_rf0)
     blend_into(_out0, _ri0, 0, _rf0, _ri1)
     blend_into(_rf0, _ri0, 0, float(-_t2), _ri1)
-    np.add(_rf0, 0, out=_f0)
+    np.add(_rf0, 0, out=_f2)
     blend_into(_rf1, _ri0, 0, _t3, _ri1)
-    scatter_add_into(_f0, label, _rf1)
-    np.multiply(class_weight, grad_output, out=_f1)
-    np.multiply(_f1, _f0, out=_out1)
+    scatter_add_into(_f2, label, _rf1)
+    np.multiply(class_weight, grad_output, out=_f3)
+    np.multiply(_f3, _f2, out=_out1)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
@@ -69,7 +69,7 @@ def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (2, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_ce_dense"
 VARIANT = {'from_logits': True}
@@ -33,7 +33,7 @@ def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
 def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, = _s[0]
+    _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _t0 = float(label_smoothing - 1)
     _t1 = float(label_smoothing/classes)
@@ -43,9 +43,10 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smo
     np.sum(pred, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-_t1), out=_rf2)
     np.add(_rf1, _rf2, out=_out0)
-    np.multiply(label, _t0, out=_f0)
-    np.add(_f0, float(-_t1), out=_f1)
-    np.multiply(grad_output, _f1, out=_out1)
+    np.multiply(grad_output, float(-_t1), out=_rf0)
+    np.multiply(grad_output, _t0, out=_rf1)
+    np.multiply(label, _rf1, out=_f0)
+    np.add(_rf0, _f0, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
@@ -56,7 +57,7 @@ def forward(pred, label, *, label_smoothing=0.0):
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (2, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
     return loss, tuple(grads)

@@ -6,7 +6,7 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into
+from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
 
 NAME = "softmax_focal"
 VARIANT = {}
@@ -20,71 +20,75 @@ LOSS_LEVEL = "row"
 def _forward(_s, _out, pred, label, _j, classes, alpha, gamma):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
+    _f0, _f1, _f2, _f3, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
-    pick_into(_rf2, pred, label)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f1, _f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.log1p(_rf2, out=_rf0)
+    pick_into(_rf2, _f0, label)
     np.subtract(_rf0, _rf2, out=_rf3)
-    np.divide(1, _rf1, out=_rf0)
-    np.negative(_rf3, out=_rf2)
-    np.exp(_rf2, out=_rf4)
-    np.multiply(_rf0, _rf4, out=_rf2)
-    np.negative(_rf2, out=_rf2)
-    np.add(_rf2, 1, out=_rf0)
+    np.negative(_rf3, out=_rf0)
+    np.expm1(_rf0, out=_rf2)
+    np.negative(_rf2, out=_rf0)
     np.power(_rf0, gamma, out=_rf2)
-    np.log(_rf1, out=_rf0)
-    np.add(_rf3, _rf0, out=_rf1)
-    np.multiply(_rf2, _rf1, out=_rf0)
+    np.multiply(_rf3, _rf2, out=_rf0)
     np.multiply(_rf0, alpha, out=_out0)
 
 
 def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
+    _f0, _f1, _f2, _f3, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, = _s[3]
     np.max(pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.sum(_f1, axis=-1, keepdims=True, out=_rf1)
-    np.equal(_j, label, out=_f0)
-    pick_into(_rf2, pred, label)
-    np.subtract(_rf0, _rf2, out=_rf3)
-    np.log(_rf1, out=_rf0)
-    np.add(_rf3, _rf0, out=_rf2)
-    np.divide(1, _rf1, out=_rf0)
-    np.negative(_rf3, out=_rf1)
-    np.exp(_rf1, out=_rf3)
-    np.multiply(_rf0, _rf3, out=_rf1)
-    np.subtract(1, _rf1, out=_rf3)
-    np.power(_rf3, gamma, out=_rf4)
-    np.multiply(_rf2, _rf4, out=_rf5)
-    np.multiply(_rf5, alpha, out=_out0)
-    np.power(_rf3, float(gamma - 1), out=_rf5)
-    np.multiply(_rf2, _rf1, out=_rf3)
-    np.multiply(_rf3, _rf5, out=_rf3)
-    np.multiply(_rf3, gamma, out=_rf3)
-    np.add(_rf4, _rf3, out=_rf1)
-    np.multiply(grad_output, _rf1, out=_rf2)
-    np.multiply(_rf2, alpha, out=_rf2)
-    np.multiply(_f1, _rf0, out=_f2)
-    np.add(_f2, 0, out=_f1)
-    scatter_add_into(_f1, label, -1)
-    np.multiply(_f1, _rf2, out=_out1)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f1, _f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.log1p(_rf2, out=_rf0)
+    pick_into(_rf3, _f0, label)
+    np.subtract(_rf0, _rf3, out=_rf4)
+    np.negative(_rf4, out=_rf0)
+    np.expm1(_rf0, out=_rf3)
+    np.negative(_rf3, out=_rf5)
+    np.power(_rf5, gamma, out=_rf6)
+    np.multiply(_rf4, _rf6, out=_rf7)
+    np.multiply(_rf7, alpha, out=_out0)
+    np.power(_rf5, float(gamma - 1), out=_rf7)
+    np.exp(_rf0, out=_rf8)
+    np.multiply(_rf4, _rf7, out=_rf9)
+    np.multiply(_rf9, _rf8, out=_rf9)
+    np.multiply(_rf9, gamma, out=_rf9)
+    np.add(_rf6, _rf9, out=_rf7)
+    np.multiply(grad_output, _rf7, out=_rf8)
+    np.multiply(_rf8, alpha, out=_rf8)
+    np.add(_rf2, 1, out=_rf7)
+    np.divide(1, _rf7, out=_rf9)
+    np.multiply(_f1, _rf9, out=_f3)
+    set_at_into(_f3, label, _rf3)
+    np.multiply(_f3, _rf8, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):
     """softmax_focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (2, 0, 0, 5, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma,), 1)[0]
+    return run_rows(_forward, (4, 0, 0, 4, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
     loss, *grads = run_rows(
-        _forward_backward, (3, 0, 0, 6, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 10, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma,), 2
     )
     return loss, tuple(grads)
