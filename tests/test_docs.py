@@ -96,6 +96,16 @@ def test_html_has_no_unescaped_relations_and_is_static(tmp_path):
     assert "http" not in page.split("<body>")[1].replace("http://www.w3.org/1998/Math/MathML", "")
 
 
+def test_html_prints_reductions_as_math_not_as_internal_names(tmp_path):
+    export([COMPILED["softmax_ce"], COMPILED["kl_div"]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
+    for name in ("softmax_ce", "kl_div"):
+        page = (tmp_path / f"{name}.html").read_text()
+        for internal in ("rsum", "rmax", "rlogsumexp", "rlog_softmax_at", "onehot_minus_softmax"):
+            assert internal not in page, (name, internal)
+        assert "<munder><mo>&#8721;</mo><mi>j</mi></munder>" in page  # Σ_j
+    assert "<mi>softmax</mi>" in (tmp_path / "softmax_ce.html").read_text()
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_latex_document_compiles(tmp_path):
     export(list(COMPILED.values()), "latex", tmp_path, with_accuracy=False, log=lambda *_: None)

@@ -6,7 +6,8 @@ _RELATIONS = {"<": "&lt;", "<=": "&#x2264;", ">": "&gt;", ">=": "&#x2265;", "=="
 
 
 class DocMathMLPrinter(MathMLPresentationPrinter):
-    """Prints Piecewise as a brace with a table of cases; relations as escaped operators."""
+    """Prints Piecewise as a brace with a table of cases; relations as escaped operators;
+    reductions along the class axis as Σ_j, max_j, log Σ_j e^…, log softmax(…)_y."""
 
     def _element(self, tag, *children, text=None, **attributes):
         element = self.dom.createElement(tag)
@@ -27,6 +28,37 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
                 condition = self._element("mrow", self._element("mtext", text="if\u00a0"), self._print(cond))
             rows.append(self._element("mtr", self._element("mtd", self._print(value)), self._element("mtd", condition)))
         return self._element("mrow", self._element("mo", text="{"), self._element("mtable", *rows, columnalign="left"))
+
+    def _under(self, operator, index="j"):
+        return self._element("munder", self._element("mo", text=operator), self._element("mi", text=index))
+
+    def _parenthesized(self, expr):
+        return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
+
+    def _print_rsum(self, expr):
+        return self._element("mrow", self._under("\u2211"), self._parenthesized(expr.args[0]))
+
+    def _print_rmax(self, expr):
+        return self._element("mrow", self._under("max"), self._parenthesized(expr.args[0]))
+
+    def _print_rlogsumexp(self, expr):
+        power = self._element("msup", self._element("mi", text="e"), self._print(expr.args[0]))
+        return self._element("mrow", self._element("mi", text="log"), self._under("\u2211"), power)
+
+    def _softmax(self, logits, index):
+        name = self._element("mi", text="softmax")
+        return self._element("msub", self._element("mrow", name, self._parenthesized(logits)), index)
+
+    def _print_rlog_softmax_at(self, expr):
+        logits, label = expr.args
+        return self._element("mrow", self._element("mi", text="log"), self._softmax(logits, self._print(label)))
+
+    def _print_onehot_minus_softmax(self, expr):
+        logits, label = expr.args
+        bracket = self._element("mrow", self._element("mo", text="["), self._element("mi", text="j"),
+                                self._element("mo", text="="), self._print(label), self._element("mo", text="]"))
+        return self._element("mrow", bracket, self._element("mo", text="\u2212"),
+                             self._softmax(logits, self._element("mi", text="j")))
 
     def _print_Relational(self, expr):
         return self._element("mrow", self._print(expr.lhs), self._element("mo", text=_RELATIONS[expr.rel_op]),
