@@ -17,8 +17,8 @@ it between a loss and its gradients:
 import sympy
 
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus
-from .reductions import (CLASS_INDEX, element_level, onehot_minus_softmax, one_hot, rlog_softmax_at, rlogsumexp,
-                         rmax, rsum)
+from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
+                         rlog_softmax_at, rlogsumexp, rmax, rsum)
 
 
 def lower_sigmoid(u):
@@ -68,13 +68,7 @@ def lower_onehot_minus_softmax(e, label):
 
 def _softmax_argument(term):
     """e when term is exp(e − logsumexp(e)), else None."""
-    if isinstance(term, sympy.exp) and term.args[0].is_Add:
-        for part in term.args[0].args:
-            if part.is_Mul and part.args[0] == -1 and isinstance(part.args[1], rlogsumexp):
-                e = part.args[1].args[0]
-                if term.args[0] - part == e:
-                    return e
-    return None
+    return log_softmax_argument(term.args[0]) if isinstance(term, sympy.exp) else None
 
 
 def _without(product, factor):

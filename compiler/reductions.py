@@ -156,14 +156,31 @@ def row_sum(expr, element_symbols):
 
 
 def _is_one_hot(expr, element_symbols):
+    label = one_hot_label(expr)
+    return label is not None and not element_level(label, element_symbols)
+
+
+def one_hot_label(expr):
+    """y when expr is the one-hot [j = y] (Piecewise((1, Eq(j, y)), (0, True))), else None."""
     if not (isinstance(expr, sympy.Piecewise) and len(expr.args) == 2):
-        return False
+        return None
     (one, cond), (zero, _) = expr.args
     if one != 1 or zero != 0 or not isinstance(cond, sympy.Eq):
-        return False
+        return None
     sides = (cond.lhs, cond.rhs)
-    other = sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
-    return other is not None and not element_level(other, element_symbols)
+    return sides[1] if sides[0] == CLASS_INDEX else sides[0] if sides[1] == CLASS_INDEX else None
+
+
+def log_softmax_argument(expr):
+    """e when expr is e − logsumexp(e) (log_softmax), else None."""
+    if not expr.is_Add:
+        return None
+    for term in expr.args:
+        if term.is_Mul and len(term.args) == 2 and term.args[0] == -1 and isinstance(term.args[1], rlogsumexp):
+            logits = term.args[1].args[0]
+            if sympy.expand(expr - term - logits) == 0:
+                return logits
+    return None
 
 
 def element_level(expr, element_symbols):

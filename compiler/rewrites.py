@@ -8,7 +8,7 @@ such as ``log(1 - sigmoid(x))`` or ``exp(x) - 1``.
 import sympy
 
 from .functions import expm1, log1p, sigmoid, softplus
-from .reductions import CLASS_INDEX, rlog_softmax_at, rlogsumexp, rsum
+from .reductions import log_softmax_argument, one_hot_label, rlog_softmax_at, rsum
 
 ONE = sympy.S.One
 
@@ -97,39 +97,18 @@ def power_over_base(node):
 
 def pick_of_log_softmax(node):
     """Σ_j w_j·(e_j − logsumexp(e))·[j = y] → (Σ_j w_j·[j = y])·rlog_softmax_at(e, y): the
-    label's log-probability as one node, which lowering keeps exact for a confident prediction."""
+    label's log-probability as one node, which lowering keeps exact for a confident prediction
+    (Σ_j [j = y] = 1 alone folds to 1: labels are validated to lie in range)."""
     if not isinstance(node, rsum):
         return None
     factors = list(sympy.Mul.make_args(node.args[0]))
-    label = next((_one_hot_label(f) for f in factors if _one_hot_label(f) is not None), None)
-    logits = next((_log_softmax_argument(f) for f in factors if _log_softmax_argument(f) is not None), None)
-    if label is None or logits is None:
+    labels = [one_hot_label(f) for f in factors if one_hot_label(f) is not None]
+    log_softmax = [f for f in factors if log_softmax_argument(f) is not None]
+    if not labels or len(log_softmax) != 1:
         return None
-    found = next(f for f in factors if _log_softmax_argument(f) is not None)
-    rest = [f for f in factors if f is not found]
+    rest = [f for f in factors if f is not log_softmax[0]]
     weight = rsum(sympy.Mul(*rest)) if len(rest) > 1 else ONE
-    return weight * rlog_softmax_at(logits, label)
-
-
-def _one_hot_label(expr):
-    """y for [j = y] (Piecewise((1, Eq(_j, y)), (0, True))), else None."""
-    if isinstance(expr, sympy.Piecewise) and len(expr.args) == 2 and expr.args[0][0] == ONE and expr.args[1][0] == 0:
-        cond = expr.args[0][1]
-        if isinstance(cond, sympy.Eq) and CLASS_INDEX in (cond.lhs, cond.rhs):
-            return cond.rhs if cond.lhs == CLASS_INDEX else cond.lhs
-    return None
-
-
-def _log_softmax_argument(expr):
-    """e for e − logsumexp(e), else None."""
-    if not expr.is_Add:
-        return None
-    for term in expr.args:
-        if term.is_Mul and len(term.args) == 2 and term.args[0] == -ONE and isinstance(term.args[1], rlogsumexp):
-            logits = term.args[1].args[0]
-            if sympy.expand(expr - term - logits) == 0:
-                return logits
-    return None
+    return weight * rlog_softmax_at(log_softmax_argument(log_softmax[0]), labels[0])
 
 
 RULES = (

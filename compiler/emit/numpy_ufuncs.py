@@ -273,8 +273,9 @@ class _Linearizer:
         return index, at_label, elsewhere
 
     def label_select(self, expr, index, at_label, elsewhere, out):
-        """where(j == index, at_label, elsewhere) as a copy of elsewhere and one value set per
-        row (see lossc.elementwise.set_at_into), not a blend over every element."""
+        """where(j == index, at_label, elsewhere) as elsewhere (computed straight into the result
+        when nothing else uses it, else copied) and one value set per row (see
+        lossc.elementwise.set_at_into), not a blend over every element."""
         if elsewhere not in self.names and self.uses.get(elsewhere) == 1 and not self.is_leaf(elsewhere):
             target = out or self.pool("f", expr).take()
             self.compute(elsewhere, out=target)  # used only here: computed straight into the result
