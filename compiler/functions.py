@@ -12,7 +12,7 @@ def _with_power(tex, exp):
     return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
 
-__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "grouped", "log1p", "expm1"]
+__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "grouped", "unit_clip", "log1p", "expm1"]
 
 
 class sigmoid(sympy.Function):
@@ -120,3 +120,24 @@ class grouped(sympy.Function):
 
     def _latex(self, printer, exp=None):
         return _with_power(r"\left(%s\right)" % printer._print(self.args[0]), exp)
+
+
+class unit_clip(sympy.Function):
+    """x clipped to [−1, 1] (NaN stays NaN). Only lowering creates it, from where(|u| < r, u/r, sign(u))."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sympy.Max(sympy.Min(x, sympy.S.One), -sympy.S.One)
+        return None
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def fdiff(self, argindex=1):
+        return sympy.Piecewise((sympy.S.One, sympy.Abs(self.args[0]) < 1), (sympy.S.Zero, True))
+
+    def _latex(self, printer, exp=None):
+        return _with_power(r"\operatorname{clip}_{[-1, 1]}\left(%s\right)" % printer._print(self.args[0]), exp)

@@ -70,7 +70,7 @@ def variant_module_name(loss_name, variant):
 def build_ir(spec, variant):
     """Parse the spec's definitions and loss for one variant into a LossIR."""
     symbols = {i.name: sympy.Symbol(i.name, real=True) for i in spec.inputs}
-    symbols.update({p.name: sympy.Symbol(p.name, real=True) for p in spec.runtime_params})
+    symbols.update({p.name: _param_symbol(p) for p in spec.runtime_params})
     base = Scope(values=dict(symbols))
     for p in spec.variant_params:
         if p.type == "bool":
@@ -89,6 +89,13 @@ def build_ir(spec, variant):
     ir = LossIR(spec, dict(variant), symbols, definitions, loss, _parse(spec, spec.loss, readable, ("loss",)))
     _check_reductions(ir)
     return ir
+
+
+def _param_symbol(param):
+    """A runtime parameter's symbol: real, and positive when its range's low end is above 0
+    (so rules that need a positive parameter, like lowering.clip_of_where, can apply)."""
+    low = param.range[0]
+    return sympy.Symbol(param.name, real=True, positive=True if low is not None and low > 0 else None)
 
 
 def _check_reductions(ir):

@@ -16,7 +16,7 @@ it between a loss and its gradients:
 """
 import sympy
 
-from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus
+from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus, unit_clip
 from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
                          rlog_softmax_at, rlogsumexp, rmax, rsum)
 
@@ -112,8 +112,26 @@ def lower_label_gradient(node):
     return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
 
 
+def clip_of_where(node):
+    """where(|u| < r, k·u/r, k·sign(u)) → k·clip(u/r, −1, 1) for a positive r (Huber's gradient):
+    one pass instead of a sign and a blend; equal at |u| = r, where both sides are ±k."""
+    if not (isinstance(node, sympy.Piecewise) and len(node.args) == 2 and node.args[1][1] == True):  # noqa: E712
+        return None
+    (inside, cond), (outside, _) = node.args
+    if not isinstance(cond, (sympy.StrictLessThan, sympy.StrictGreaterThan)) or not isinstance(cond.lts, sympy.Abs):
+        return None
+    u, r = cond.lts.args[0], cond.gts
+    if not r.is_positive:
+        return None
+    k = sympy.simplify(outside / sympy.sign(u))
+    if k.has(sympy.sign) or k.has(u) or sympy.simplify(inside - k * u / r) != 0:
+        return None
+    return unit_clip(-u / r) if k == -1 else k * unit_clip(u / r)  # clip is odd: fold a −1 into its argument
+
+
 def lower(expr):
     """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form."""
+    expr = expr.replace(lambda n: clip_of_where(n) is not None, clip_of_where)
     expr = expr.replace(lambda n: lower_label_gradient(n) is not None, lower_label_gradient)
     expr = expr.replace(onehot_minus_softmax, lower_onehot_minus_softmax)
     expr = expr.replace(rlog_softmax_at, lower_log_softmax_at)

@@ -81,3 +81,22 @@ def test_gradients_agree_with_sympy_on_the_declared_form():
                 point = {s: sympy.Rational(3, 7) + sympy.Rational(i, 5) for i, s in enumerate(sorted(ir.symbols.values(), key=str))}
                 difference = (grad - declared).subs(point).rewrite(sympy.exp).evalf(30)
                 assert abs(difference) < 1e-25, (path.stem, variant, name)
+
+
+def test_huber_gradient_lowers_to_a_clip_only_for_a_positive_threshold():
+    """where(|u| < ρ, −u/ρ, −sign(u)) is clip(−u/ρ, −1, 1) when ρ > 0 (the spec's range says so);
+    with a threshold that may be 0 or negative the where() stays."""
+    from lossc.compiler.functions import unit_clip
+    from lossc.compiler.lowering import lower
+
+    spec = load_spec(next(p for p in spec_paths() if p.stem == "huber"))
+    derived = derive(build_ir(spec, {}))
+    lowered = lower(derived.gradients["pred"])
+    assert lowered.has(unit_clip) and not lowered.has(sympy.sign)
+    u, rho = sympy.Symbol("u", real=True), sympy.Symbol("rho", real=True)  # sign of rho unknown
+    where = sympy.Piecewise((-u / rho, sympy.Abs(u) < rho), (-sympy.sign(u), True))
+    assert lower(where) == where
+    positive = sympy.Symbol("rho", positive=True)
+    for value in (-3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 7.0):  # same values on both sides of the kink
+        clipped = lower(where.subs(rho, positive)).subs({u: value, positive: 1.0})
+        assert float(clipped) == float(where.subs({u: value, rho: 1.0}))

@@ -91,6 +91,11 @@ class CudaPrinter(StrPrinter):
         x = self._print(expr.args[0])
         return f"(({x}) < 0 ? {self.literal(0)} : ({x}))"
 
+    def _print_unit_clip(self, expr):
+        x = self._print(expr.args[0])
+        one = self.literal(1)
+        return f"(({x}) < -{one} ? -{one} : (({x}) > {one} ? {one} : ({x})))"
+
     def _print_step(self, expr):
         return f"(({self._print(expr.args[0])}) > 0 ? {self.literal(1)} : {self.literal(0)})"
 

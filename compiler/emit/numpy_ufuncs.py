@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step
+from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step, unit_clip
 from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
 from .numpy_printer import NumPyPrinter
 
@@ -428,6 +428,8 @@ class _Linearizer:
             line(f"{UNARY[expr.func]}({codes[0]}, out={out})")
         elif isinstance(expr, relu):
             line(f"np.maximum({codes[0]}, 0, out={out})")
+        elif isinstance(expr, unit_clip):
+            line(f"np.clip({codes[0]}, -1, 1, out={out})")
         elif isinstance(expr, step):
             line(f"np.greater({codes[0]}, 0, out={out})")
         elif isinstance(expr, one_if_nonneg):

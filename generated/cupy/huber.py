@@ -34,18 +34,16 @@ __device__ __forceinline__ void lossc_huber_fb_f32(float pred, float label, floa
     const float _t0 = (1.0f/rho);
     const float _t1 = label - pred;
     const float _t2 = fabsf(_t1);
-    const float _t3 = (rho > _t2);
-    *out0 = (_t3 ? _t0*(_t1*_t1)/2.0f : _t2 - rho/2.0f);
-    *out1 = grad_output * ((_t3 ? -_t0*_t1 : -((float)((_t1) > 0) - (float)((_t1) < 0))));
+    *out0 = ((_t2 < rho) ? _t0*(_t1*_t1)/2.0f : _t2 - rho/2.0f);
+    *out1 = grad_output * (((-_t0*_t1) < -1.0f ? -1.0f : ((-_t0*_t1) > 1.0f ? 1.0f : (-_t0*_t1))));
 }
 __device__ __forceinline__ void lossc_huber_fb_f64(double pred, double label, double grad_output, double rho, double* out0, double* out1)
 {
     const double _t0 = (1.0/rho);
     const double _t1 = label - pred;
     const double _t2 = fabs(_t1);
-    const double _t3 = (rho > _t2);
-    *out0 = (_t3 ? _t0*(_t1*_t1)/2.0 : _t2 - rho/2.0);
-    *out1 = grad_output * ((_t3 ? -_t0*_t1 : -((double)((_t1) > 0) - (double)((_t1) < 0))));
+    *out0 = ((_t2 < rho) ? _t0*(_t1*_t1)/2.0 : _t2 - rho/2.0);
+    *out1 = grad_output * (((-_t0*_t1) < -1.0 ? -1.0 : ((-_t0*_t1) > 1.0 ? 1.0 : (-_t0*_t1))));
 }
 """
 

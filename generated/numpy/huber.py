@@ -32,22 +32,19 @@ def _forward(_s, _out, pred, label, rho):
 def _forward_backward(_s, _out, pred, label, grad_output, rho):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
-    _b0, = _s[1]
+    _f0, _f1, _f2, _f3, = _s[0]
     _i0, _i1, = _s[2]
     _t0 = float((1/(rho)))
     np.subtract(label, pred, out=_f0)
     np.absolute(_f0, out=_f1)
-    np.greater(rho, _f1, out=_b0)
-    mask_into(_i0, _b0)
+    np.less(_f1, rho, out=_i0)
+    np.negative(_i0, out=_i0)
     np.square(_f0, out=_f2)
     np.multiply(_f2, float(_t0/2), out=_f3)
     np.add(_f1, float(-rho/2), out=_f2)
     blend_into(_out0, _i0, _f3, _f2, _i1)
     np.multiply(_f0, float(-_t0), out=_f2)
-    np.sign(_f0, out=_f3)
-    np.negative(_f3, out=_f4)
-    blend_into(_f3, _i0, _f2, _f4, _i1)
+    np.clip(_f2, -1, 1, out=_f3)
     np.multiply(_f3, grad_output, out=_out1)
 
 
@@ -59,6 +56,6 @@ def forward(pred, label, *, rho=1.0):
 def forward_backward(pred, label, *, rho=1.0, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output·∂loss/∂pred, one fused pass."""
     loss, *grads = run_elementwise(
-        _forward_backward, (5, 1, 2, 0, 0, 0), (pred, label, grad_output), (rho,), 2
+        _forward_backward, (4, 0, 2, 0, 0, 0), (pred, label, grad_output), (rho,), 2
     )
     return loss, tuple(grads)
