@@ -80,13 +80,19 @@ def blend_into(out, mask, if_true, if_false, blend):
         np.copyto(out, blend.view(floats), casting="unsafe")
 
 
+def _label_positions(index, classes):
+    """(positions clipped into [0, classes) as an (rows, 1) intp array, which of them were in range)."""
+    position = index.astype(np.intp)
+    valid = (position >= 0) & (position < classes)
+    np.clip(position, 0, classes - 1, out=position)
+    return position, valid
+
+
 def pick_into(out, values, index):
     """out[r] = values[r, index[r]], or 0 where index[r] is outside [0, classes):
     Σ_j values·[j = index] as one gather instead of two passes over the row."""
     classes = values.shape[-1]
-    position = index.astype(np.intp)
-    valid = (position >= 0) & (position < classes)
-    np.clip(position, 0, classes - 1, out=position)
+    position, valid = _label_positions(index, classes)
     gathered = np.take_along_axis(np.broadcast_to(values, position.shape[:-1] + (classes,)), position, axis=-1)
     np.copyto(out, np.where(valid, gathered, 0), casting="unsafe")
 
@@ -94,10 +100,7 @@ def pick_into(out, values, index):
 def set_at_into(out, index, values):
     """out[r, index[r]] = values[r] where 0 ≤ index[r] < classes: where(j == index, values, out)
     in O(rows)."""
-    classes = out.shape[-1]
-    position = index.astype(np.intp)
-    valid = (position >= 0) & (position < classes)
-    np.clip(position, 0, classes - 1, out=position)
+    position, valid = _label_positions(index, out.shape[-1])
     current = np.take_along_axis(out, position, axis=-1)
     np.put_along_axis(out, position, np.where(valid, values, current), axis=-1)
 
@@ -105,10 +108,7 @@ def set_at_into(out, index, values):
 def scatter_add_into(out, index, values):
     """out[r, index[r]] += values[r] where 0 ≤ index[r] < classes: a term values·[j = index]
     of an element-level sum, added in O(rows) instead of three passes over the row."""
-    classes = out.shape[-1]
-    position = index.astype(np.intp)
-    valid = (position >= 0) & (position < classes)
-    np.clip(position, 0, classes - 1, out=position)
+    position, valid = _label_positions(index, out.shape[-1])
     current = np.take_along_axis(out, position, axis=-1)
     np.put_along_axis(out, position, current + np.where(valid, values, 0), axis=-1)
 
