@@ -60,11 +60,9 @@ class KernelCache:
         in_params = ", ".join([f"T {inputs[0]}"] + [f"U{i} {n}" for i, n in enumerate(inputs[1:])]
                               + [f"float64 {p}" for p in self.parameters])
         out_params = ", ".join(f"T {n}" for n in outputs)
-        locals_ = " ".join(f"{ctype} _o{i};" for i in range(len(outputs)))
-        arguments = ", ".join([f"({ctype}){n}" for n in inputs + list(self.parameters)]
-                              + [f"&_o{i}" for i in range(len(outputs))])
-        stores = " ".join(f"{n} = (T)_o{i};" for i, n in enumerate(outputs))
-        body = f"{locals_} {self.functions[kind][compute]}({arguments}); {stores}"
+        casts = [f"({ctype}){n}" for n in inputs + list(self.parameters)]
+        stores = [f"{n} = (T)_o{i};" for i, n in enumerate(outputs)]
+        body = _call_and_store(self.functions[kind][compute], casts, ctype, stores)
         return cupy.ElementwiseKernel(in_params, out_params, body, f"lossc_{self.name}_{kind}_{dtype.name}",
                                       preamble=COMMON_DEVICE_CODE + self.device_code)
 
@@ -149,10 +147,15 @@ def _in_params(stage, parameters):
     return [f"float64 {a}" if a in scalars else f"U{i} {kernel_name(a)}" for i, a in enumerate(stage["arguments"])]
 
 
-def _call(stage, dtype, outputs=()):
-    compute, ctype = precision(dtype)
-    casts = [f"({ctype}){kernel_name(a)}" for a in stage["arguments"]]
-    return f"{stage['functions'][compute]}({', '.join(casts + list(outputs))})"
+def _casts(stage, ctype):
+    return [f"({ctype}){kernel_name(a)}" for a in stage["arguments"]]
+
+
+def _call_and_store(function, casts, ctype, stores):
+    """A kernel body: locals _o0, _o1, … for the device function's results, the call, then ``stores``."""
+    locals_ = " ".join(f"{ctype} _o{k};" for k in range(len(stores)))
+    arguments = ", ".join(casts + [f"&_o{k}" for k in range(len(stores))])
+    return f"{locals_} {function}({arguments}); {' '.join(stores)}"
 
 
 def reduction_source(stage, parameters, dtype):
@@ -160,7 +163,8 @@ def reduction_source(stage, parameters, dtype):
     of the ReductionKernel computing one row statistic."""
     compute, ctype = precision(dtype)
     reduce_expr, identity = REDUCTIONS[stage["op"]]
-    return (", ".join(_in_params(stage, parameters)), f"{compute} _lossc_out", _call(stage, dtype),
+    map_expr = f"{stage['functions'][compute]}({', '.join(_casts(stage, ctype))})"
+    return (", ".join(_in_params(stage, parameters)), f"{compute} _lossc_out", map_expr,
             reduce_expr, "_lossc_out = a", identity, ctype)
 
 
@@ -169,7 +173,7 @@ def final_source(stage, parameters, loss_level, dtype):
     gradients. Over rows when the stage is row-level; else over (rows, classes), where a
     row-level loss is a raw (rows,) output written once per row (class 0), the extra
     int64 parameter _lossc_classes giving the row length."""
-    _, ctype = precision(dtype)
+    compute, ctype = precision(dtype)
     count = stage["outputs"]
     names = ["_lossc_loss"] + [f"_lossc_d{k}" for k in range(count - 1)]
     row_loss_per_element = stage["level"] == "element" and loss_level == "row"
@@ -178,6 +182,5 @@ def final_source(stage, parameters, loss_level, dtype):
     stores = [f"{n} = (T)_o{k};" for k, n in enumerate(names)]
     if row_loss_per_element:
         stores[0] = "if (i % _lossc_classes == 0) _lossc_loss[i / _lossc_classes] = (T)_o0;"
-    locals_ = " ".join(f"{ctype} _o{k};" for k in range(count))
-    body = f"{locals_} {_call(stage, dtype, [f'&_o{k}' for k in range(count)])}; {' '.join(stores)}"
+    body = _call_and_store(stage["functions"][compute], _casts(stage, ctype), ctype, stores)
     return ", ".join(in_params), ", ".join(out_params), body

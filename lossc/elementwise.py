@@ -81,7 +81,7 @@ def blend_into(out, mask, if_true, if_false, blend):
 
 
 def _label_positions(index, classes):
-    """(positions clipped into [0, classes) as an (rows, 1) intp array, which of them were in range)."""
+    """(index as intp positions clipped into [0, classes), which of them were in range)."""
     position = index.astype(np.intp)
     valid = (position >= 0) & (position < classes)
     np.clip(position, 0, classes - 1, out=position)
