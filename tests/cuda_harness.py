@@ -16,8 +16,11 @@ import lossc.generated.cupy as generated_cupy
 from lossc.cupy_kernels import COMMON_DEVICE_CODE
 
 HOST_PRELUDE = """#include <cmath>
+#include <cstddef>
+#include <cstring>
 #define __device__
 #define __forceinline__ inline
+static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
 """
 CTYPES = {"float32": ("float", ctypes.c_float, np.float32), "float64": ("double", ctypes.c_double, np.float64)}
 
@@ -115,20 +118,15 @@ def run_host(library, module, kind, precision, arrays, params):
     return results
 
 
-RAW_KERNEL_PRELUDE = """#include <barrier>
-#include <cmath>
-#include <cstring>
+RAW_KERNEL_PRELUDE = HOST_PRELUDE + """#include <barrier>
 #include <thread>
 #include <vector>
-#define __device__
-#define __forceinline__ inline
 #define __global__
 struct lossc_dim3 { int x, y, z; };
 static thread_local lossc_dim3 threadIdx;
 static lossc_dim3 blockIdx, blockDim, gridDim;
 static std::barrier<>* lossc_barrier;
 #define __syncthreads() lossc_barrier->arrive_and_wait()
-static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
 // One block at a time, each of its threads a real thread; __syncthreads is a barrier.
 template <typename... Args> static void lossc_launch(void (*kernel)(Args...), int grid, int block, Args... args)
 {

@@ -19,14 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cuda_harness import HOST_PRELUDE
+
 CTYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
-PRELUDE = """#include <cmath>
-#include <cstddef>
-#include <cstring>
-#define __device__
-#define __forceinline__ inline
-static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
-"""
 
 
 def parse_params(text):
@@ -74,7 +69,7 @@ class Emulator:
         groups = {}
         for kernel in self.kernels:
             groups.setdefault(kernel.preamble, []).append(kernel)
-        source = [PRELUDE] + [part for preamble, members in groups.items()
+        source = [HOST_PRELUDE] + [part for preamble, members in groups.items()
                               for part in [preamble] + [k.source for k in members]]
         path = self.folder / "emulated_kernels.cpp"
         path.write_text("\n".join(source))
