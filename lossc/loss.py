@@ -124,11 +124,7 @@ class Loss:
         return values
 
     def _pair_module(self, xp, name):
-        backend = "numpy" if xp is np else "cupy"
-        key = (backend, "pair", name)
-        if key not in self._modules:
-            self._modules[key] = self._load_module(self.pair_terms[name], backend)
-        return self._modules[key]
+        return self._cached_module(xp, ("pair", name), lambda backend: self.pair_terms[name])
 
     def _bind_inputs(self, args, kwargs):
         values = self._match(args, kwargs, self.inputs)
@@ -272,13 +268,19 @@ class Loss:
         return int(value) if kind == "int" else float(value)
 
     def _module(self, xp, variant):
-        backend = "numpy" if xp is np else "cupy"
-        key = (backend, tuple(sorted(variant.items())))
-        if key not in self._modules:
+        def module_name(backend):
             entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
             module = entry.get(f"{backend}_module")
             if module is None:
                 raise NotImplementedError(f"{self.name}: no {backend} kernels are generated for this loss yet; "
                                           "pass NumPy arrays")
-            self._modules[key] = self._load_module(module, backend)
-        return self._modules[key]
+            return module
+
+        return self._cached_module(xp, tuple(sorted(variant.items())), module_name)
+
+    def _cached_module(self, xp, key, module_name):
+        """The generated module for ``key`` in xp's backend, loaded once (module_name(backend) names it)."""
+        backend = "numpy" if xp is np else "cupy"
+        if (backend, key) not in self._modules:
+            self._modules[backend, key] = self._load_module(module_name(backend), backend)
+        return self._modules[backend, key]
