@@ -33,6 +33,12 @@ def array_module(*arrays):
     return np
 
 
+def as_arrays(*values):
+    """The values as arrays of one module (NumPy or CuPy, from the arrays among them); None stays None."""
+    xp = array_module(*values)
+    return [None if v is None else xp.asarray(v) for v in values]
+
+
 def broadcasts_to(shape, target):
     """True when an array of ``shape`` broadcasts to ``target`` without enlarging it."""
     try:

@@ -12,7 +12,7 @@ shared pipeline (:class:`lossc.Pipeline`).
 """
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, as_arrays
 from .pipeline import Pipeline
 from .registry import get
 
@@ -62,12 +62,6 @@ class _GluonLoss:
         if with_grad:
             return result[0].reshape(1), result[1]
         return result.reshape(1)
-
-
-def _arrays(*values):
-    """The values as arrays of one module (NumPy or CuPy, from the arrays among them); None stays None."""
-    xp = array_module(*values)
-    return [None if v is None else xp.asarray(v) for v in values]
 
 
 def _reshape_like(label, pred):
@@ -191,7 +185,7 @@ class _GluonAxisLoss(_GluonLoss):
         if row_level and layout.axis is not None and layout.axis < batch:
             batch -= 1
         if sample_weight is not None and row_level and np.ndim(sample_weight) == pred.ndim and layout.axis is not None:
-            sample_weight = _arrays(sample_weight, pred)[0].squeeze(axis=layout.axis)
+            sample_weight = as_arrays(sample_weight, pred)[0].squeeze(axis=layout.axis)
         axes = tuple(a for a in range(len(out_shape)) if a != batch)
         reduction = "none" if self._batch_reduce == "none" else self._batch_reduce
         pipeline = Pipeline(sample_weight, reduction, None, 1.0 if self._weight is None else self._weight,
@@ -215,7 +209,7 @@ class SoftmaxCrossEntropyLoss(_GluonAxisLoss):
 
     def _run_ce(self, pred, label, sample_weight, with_grad):
         spec = "softmax_ce" if self._sparse_label else "softmax_ce_dense"
-        pred, label = _arrays(pred, label)
+        pred, label = as_arrays(pred, label)
         if not self._sparse_label:
             label = _reshape_like(label, pred)
         params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
@@ -240,7 +234,7 @@ class KLDivLoss(_GluonAxisLoss):
         return self._run_kl(pred, label, sample_weight, True)
 
     def _run_kl(self, pred, label, sample_weight, with_grad):
-        pred, label = _arrays(pred, label)
+        pred, label = as_arrays(pred, label)
         label = _reshape_like(label, pred)
         params = {"axis": self._axis, "from_logits": bool(self._from_logits)}
         return self._axis_run("kl_div", (pred, label), params, sample_weight, with_grad)
@@ -263,7 +257,7 @@ class TripletLoss(_GluonAxisLoss):
         return self._run_triplet(pred, positive, negative, sample_weight, True)
 
     def _run_triplet(self, pred, positive, negative, sample_weight, with_grad):
-        pred, positive, negative = _arrays(pred, positive, negative)
+        pred, positive, negative = as_arrays(pred, positive, negative)
         positive, negative = _reshape_like(positive, pred), _reshape_like(negative, pred)
         pred, positive, negative = (a.swapaxes(self._batch_axis, 0) if a.ndim else a for a in (pred, positive, negative))
         batch_axis, self._batch_axis = self._batch_axis, 0
@@ -293,7 +287,7 @@ class CosineEmbeddingLoss(_GluonAxisLoss):
         return self._run_cos(input1, input2, label, sample_weight, True)
 
     def _run_cos(self, input1, input2, label, sample_weight, with_grad):
-        input1, input2, label, sample_weight = _arrays(input1, input2, label, sample_weight)
+        input1, input2, label, sample_weight = as_arrays(input1, input2, label, sample_weight)
         input1 = _reshape_like(input1, input2)
         label = label.reshape(-1)
         if sample_weight is not None:
@@ -325,7 +319,7 @@ class FocalLoss(_GluonAxisLoss):
         return self._run_focal(pred, label, sample_weight, True)
 
     def _run_focal(self, pred, label, sample_weight, with_grad):
-        pred, label = _arrays(pred, label)
+        pred, label = as_arrays(pred, label)
         if not self._sparse_label:  # dense labels: positive where label > 0, an element-wise spec
             label = _reshape_like(label, pred)
             axes = tuple(a for a in range(pred.ndim) if a != self._batch_axis % pred.ndim)
@@ -357,7 +351,7 @@ class SDMLLoss(_GluonLoss):
         return self._run_sdml(x1, x2, True)
 
     def _run_sdml(self, x1, x2, with_grad):
-        x1, x2 = _arrays(x1, x2)
+        x1, x2 = as_arrays(x1, x2)
         if x1.ndim != 2 or x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must be (batch, features) of one shape, got {x1.shape} and {x2.shape}")
         loss = get("sdml")  # its spec builds the distance matrix from the pairs of x1 and x2
@@ -393,7 +387,7 @@ class CTCLoss(_GluonLoss):
         from .ctc import ctc_loss
 
         if sample_weight is not None:
-            sample_weight = _arrays(sample_weight, pred)[0].reshape(-1)
+            sample_weight = as_arrays(sample_weight, pred)[0].reshape(-1)
         run = ctc_loss.value_and_grad if with_grad else ctc_loss
         return run(pred, label, pred_lengths, label_lengths, blank="last", layout=self._layout,
                    label_layout=self._label_layout, weight=sample_weight, reduction="none",

@@ -6,7 +6,7 @@ are one array or a list of arrays (GluonCV's one-per-device form): the positives
 counted over the whole batch *and every list element* before normalizing. Gradients treat
 the mining mask as a constant.
 """
-from .backend import array_module
+from .backend import array_module, as_arrays
 from .pipeline import Pipeline
 from .registry import get
 from .sampling import hard_negative_mask
@@ -26,7 +26,7 @@ def ssd_multibox(cls_pred, box_pred, cls_target, box_target, negative_mining_rat
     parts = [_as_list(x) for x in (cls_pred, box_pred, cls_target, box_target)]
     if len({len(p) for p in parts}) != 1:
         raise ValueError(f"cls_pred, box_pred, cls_target, box_target lists differ in length: {[len(p) for p in parts]}")
-    devices = [_check(*_same_module([p[i] for p in parts])) for i in range(len(parts[0]))]
+    devices = [_check(*as_arrays(*[p[i] for p in parts])) for i in range(len(parts[0]))]
     num_pos = float(sum((ct > 0).sum() for _, _, ct, _ in devices))
     ratio, min_hard = max(0, negative_mining_ratio), max(0, min_hard_negatives)
     if num_pos < 1 and min_hard < 1:  # GluonCV's early return
@@ -58,11 +58,6 @@ def ssd_multibox(cls_pred, box_pred, cls_target, box_target, negative_mining_rat
         boxes.append(box_loss)
         sums.append(cls_loss + lambd * box_loss)
     return (sums, clss, boxes, grads) if with_grad else (sums, clss, boxes)
-
-
-def _same_module(arrays):
-    xp = array_module(*arrays)
-    return [xp.asarray(a) for a in arrays]
 
 
 def _check(cp, bp, ct, bt):
