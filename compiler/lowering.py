@@ -42,10 +42,15 @@ def excess(e):
     return rsum(shifted - ones) + grouped(rsum(ones) - 1)
 
 
+def stable_softmax(e):
+    """softmax(e) as exp(e − max e) / (1 + excess(e)): nothing exponentiates an unshifted value."""
+    return sympy.exp(e - rmax(e)) / (1 + excess(e))
+
+
 def lower_softmax(node):
-    """exp(e − logsumexp(e)) → exp(e − max e) / (1 + excess(e)); other nodes unchanged."""
+    """exp(e − logsumexp(e)) → stable_softmax(e); other nodes unchanged."""
     e = _softmax_argument(node)
-    return None if e is None else sympy.exp(e - rmax(e)) / (1 + excess(e))
+    return None if e is None else stable_softmax(e)
 
 
 def lower_logsumexp(e):
@@ -61,9 +66,9 @@ def lower_log_softmax_at(e, label):
 
 def lower_onehot_minus_softmax(e, label):
     """[j = y] − softmax_j: −expm1(log p_y) = 1 − p_y at the label (no 1 − p cancellation),
-    −exp(e_j − max e) / (1 + excess(e)) elsewhere."""
-    softmax = sympy.exp(e - rmax(e)) / (1 + excess(e))
-    return -sympy.Piecewise((expm1(lower_log_softmax_at(e, label)), sympy.Eq(CLASS_INDEX, label)), (softmax, True))
+    −stable_softmax(e) elsewhere."""
+    at_label = expm1(lower_log_softmax_at(e, label))
+    return -sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (stable_softmax(e), True))
 
 
 def _softmax_argument(term):
@@ -108,7 +113,7 @@ def lower_label_gradient(node):
         return None
     log_py = lower_log_softmax_at(e, label)
     at_label = -a * expm1(log_py) + b * sympy.exp(log_py) + c
-    elsewhere = (b - a) * sympy.exp(e - rmax(e)) / (1 + excess(e)) + c
+    elsewhere = (b - a) * stable_softmax(e) + c
     return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
 
 
