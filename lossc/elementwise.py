@@ -19,6 +19,8 @@ CHUNK_ELEMENTS = 1 << 18  # fastest measured (1e6 and 1e7 float32): per-call ove
 ROW_CHUNK_ELEMENTS = 1 << 19  # row kernels: longer ufunc calls let the threads overlap (measured)
 _BITS = {4: np.int32, 8: np.int64}
 _FLOATS = {4: np.dtype(np.float32), 8: np.dtype(np.float64)}
+WORKERS = max(1, min(8, os.cpu_count() or 1))  # threads that run chunks at once
+_DONE = object()
 _pool = None
 _local = threading.local()
 
@@ -26,18 +28,33 @@ _local = threading.local()
 def _executor():
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="lossc")
+        _pool = ThreadPoolExecutor(max_workers=max(1, WORKERS - 1), thread_name_prefix="lossc")
     return _pool
 
 
-def _run_all(run, chunks):
-    """run(chunk) for every chunk: on the thread pool when there are two or more."""
+def run_all(run, chunks):
+    """run(chunk) for every chunk, on WORKERS threads: this one and WORKERS − 1 from the pool,
+    each taking the next chunk until none is left."""
     chunks = list(chunks)
-    if len(chunks) >= 2:
-        list(_executor().map(run, chunks))
-    else:
+    helpers = min(len(chunks), WORKERS) - 1
+    if helpers <= 0:
         for chunk in chunks:
             run(chunk)
+        return
+    remaining, lock = iter(chunks), threading.Lock()
+
+    def drain():
+        while True:
+            with lock:
+                chunk = next(remaining, _DONE)
+            if chunk is _DONE:
+                return
+            run(chunk)
+
+    pending = [_executor().submit(drain) for _ in range(helpers)]
+    drain()
+    for future in pending:
+        future.result()
 
 
 def compute_dtype(dtype):
@@ -153,7 +170,7 @@ def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
     outputs = [np.empty(shape, dtype) for _ in range(n_outputs)]
     scalars = tuple(p if isinstance(p, int) and not isinstance(p, bool) else float(p) for p in params)
-    tasks = _chunk_tasks(arrays, outputs, shape, compute)
+    tasks = chunk_tasks(arrays, outputs, shape, compute)
 
     def run(task):
         inputs, targets = task
@@ -161,26 +178,30 @@ def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
         with np.errstate(all="ignore"):
             kernel(scratch, targets, *inputs, *scalars)
 
-    _run_all(run, tasks)
+    run_all(run, tasks)
     return outputs
 
 
-def _chunk_tasks(arrays, outputs, shape, compute):
-    """Split the work into (input chunks, output chunks) pairs of about CHUNK_ELEMENTS."""
+def is_flat(arrays, shape):
+    """True when every array is a single value or C-contiguous of the full ``shape``."""
+    return all(a.size == 1 or (a.shape == shape and a.flags.c_contiguous) for a in arrays)
+
+
+def chunk_tasks(arrays, outputs, shape, compute, step=CHUNK_ELEMENTS):
+    """Split the work into (input chunks, output chunks) pairs of about ``step`` elements."""
     size = math.prod(shape)
     if size == 0:
         return []
-    flat = all(a.size == 1 or (a.shape == shape and a.flags.c_contiguous) for a in arrays)
-    if flat:
+    if is_flat(arrays, shape):
         views = [_scalar(a, compute) if a.shape != shape else a.reshape(-1) for a in arrays]
         targets = [o.reshape(-1) for o in outputs]
-        step, total = CHUNK_ELEMENTS, size
+        total = size
     else:
         views = [_scalar(a, compute) if a.size == 1 else np.broadcast_to(a, shape) for a in arrays]
         targets = outputs
         if not shape:
             return [([_cast(v, compute) for v in views], targets)]
-        step, total = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:]))), shape[0]
+        step, total = max(1, step // max(1, math.prod(shape[1:]))), shape[0]
     tasks = []
     for start in range(0, total, step):
         part = slice(start, min(start + step, total))
@@ -233,7 +254,7 @@ def run_rows(kernel, scratch_counts, arrays, row_inputs, names, grad_output, los
         with np.errstate(all="ignore"):
             kernel(scratch, targets, *chunk, class_index, classes, *scalars)
 
-    _run_all(run, range(0, rows, step))
+    run_all(run, range(0, rows, step))
     if loss_level == "row":
         outputs[0] = outputs[0].reshape(rows)
     return outputs

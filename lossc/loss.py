@@ -8,6 +8,7 @@ import numpy as np
 from .backend import array_module, broadcasts_to, sum_to_shape
 from .elementwise import compute_dtype
 from .layout import RowLayout
+from .native import NativeModule
 from .pairs import PairArrays, check_pair_arrays, pair_gradients, pair_matrix
 from .pipeline import Pipeline
 
@@ -282,5 +283,8 @@ class Loss:
         """The generated module for ``key`` in xp's backend, loaded once (module_name(backend) names it)."""
         backend = "numpy" if xp is np else "cupy"
         if (backend, key) not in self._modules:
-            self._modules[backend, key] = self._load_module(module_name(backend), backend)
+            module = self._load_module(module_name(backend), backend)
+            if backend == "numpy" and not hasattr(module, "LOSS_LEVEL"):  # element-wise: native when it can
+                module = NativeModule(module, lambda: self._load_module(module_name("cupy"), "cupy"))
+            self._modules[backend, key] = module
         return self._modules[backend, key]

@@ -1,0 +1,262 @@
+"""Native CPU kernels: a generated element-wise loss's device code compiled for this machine.
+
+The CUDA ``__device__`` functions a generated CuPy module holds are plain C++. Compiled for
+the host by the system's C++ compiler (``$CXX``, else ``g++``) — optimised for this CPU,
+every loop an OpenMP SIMD loop, exp/log/log1p/expm1/pow from glibc's vector math library
+(libmvec) where there is one — they compute the loss and every gradient in one vectorised
+pass over the elements, where the NumPy kernels make one pass per operation. Strict IEEE
+semantics stay on (no fast-math): the stable forms are evaluated exactly as written; only the
+rounding of the vector math functions differs from NumPy's libm (libmvec: within 4 ulp).
+
+A module's library is built on first use and cached on disk (``$LOSSC_CACHE_DIR``, else
+``~/.cache/lossc``), keyed by its source, the compiler and the CPU. Chunks run on the same
+thread pool as the NumPy kernels (ctypes releases the GIL). Without a compiler, when the
+build fails, for float16 or broadcast (non-flat) inputs, or with ``LOSSC_NATIVE=0``, the
+generated NumPy kernels run instead; :func:`status` says which and why.
+"""
+import ctypes
+import hashlib
+import inspect
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .cupy_kernels import COMMON_DEVICE_CODE
+from .elementwise import WORKERS, chunk_tasks, is_flat, run_all
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PRECISIONS = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+BLOCK = 1024  # elements per inner SIMD loop; a scalar input is expanded once into a block of this size
+MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over costs about as much as it
+# libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
+# ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
+_VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
+_CXX_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+# x86-64: this CPU's instruction set, and full-width AVX-512 vectors where it has them (measured faster)
+_X86_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
+
+PRELUDE = r"""#include <cmath>
+#include <cstring>
+#define __device__
+#define __forceinline__ inline __attribute__((always_inline))
+static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
+"""
+
+_lock = threading.Lock()
+_libraries = {}  # source digest -> ctypes library, or None when building failed
+_failures = []  # why a build failed, newest last
+
+
+def enabled():
+    """False when ``LOSSC_NATIVE=0`` is set (read on every call): then only NumPy kernels run."""
+    return os.environ.get("LOSSC_NATIVE", "1") != "0"
+
+
+def status():
+    """A line saying whether native kernels run here and, if not, why."""
+    if not enabled():
+        return "NumPy kernels (native kernels disabled by LOSSC_NATIVE=0)"
+    compiler = _compiler()
+    if compiler is None:
+        return "NumPy kernels (no C++ compiler: set CXX or install g++ for native kernels)"
+    if _failures:
+        return f"NumPy kernels where a native build failed ({_failures[-1]})"
+    math = "libmvec vector math" if _vector_math() else "scalar libm"
+    return f"native kernels ({Path(compiler).name}, {math}), NumPy kernels for float16 and broadcast inputs"
+
+
+def _compiler():
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _vector_math():
+    """True where glibc's libmvec can be linked (x86-64 Linux)."""
+    return sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+def _link_libraries():
+    return ["-lmvec"] if _vector_math() else []
+
+
+def _vector_declarations():
+    lines = ['extern "C" {']
+    for name, arity in _VECTOR_FUNCTIONS.items():
+        for ctype, suffix in (("double", ""), ("float", "f")):
+            arguments = ", ".join([ctype] * arity)
+            lines.append(f"#pragma omp declare simd notinbranch\n{ctype} {name}{suffix}({arguments}) noexcept;")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
+    """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …): the device function over n
+    elements, input k read from a_k (s_k = 1) or broadcast from a_k[0] (s_k = 0)."""
+    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
+                 + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(n_outputs)])
+    lines = [f'extern "C" void lossc_run_{function}(long n, {", ".join(arguments)})', "{"]
+    for k in range(n_inputs):
+        lines.append(f"    {ctype} c{k}[{BLOCK}];")
+        lines.append(f"    if (!s{k}) for (int j = 0; j < {BLOCK}; ++j) c{k}[j] = a{k}[0];")
+    lines.append(f"    for (long b = 0; b < n; b += {BLOCK}) {{")
+    lines.append(f"        const long m = n - b < {BLOCK} ? n - b : {BLOCK};")
+    lines += [f"        const {ctype}* __restrict q{k} = s{k} ? a{k} + b : c{k};" for k in range(n_inputs)]
+    lines += [f"        {ctype}* __restrict r{k} = o{k} + b;" for k in range(n_outputs)]
+    call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
+                     + [f"&r{k}[j]" for k in range(n_outputs)])
+    lines += ["#pragma omp simd", f"        for (long j = 0; j < m; ++j) {function}({call});", "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def kernel_counts(device_module, kind):
+    """(array inputs, scalar parameters, outputs) of one kind of a module's device function."""
+    backward = kind == "forward_backward"
+    outputs = 1 + (len(device_module.DIFFERENTIABLE) if backward else 0)
+    return len(device_module.INPUTS) + backward, len(device_module.PARAMETERS), outputs
+
+
+def source(device_module, vector_math=None):
+    """The C++ source of one module's native library: its device code and a loop per kernel."""
+    vector_math = _vector_math() if vector_math is None else vector_math
+    parts = [PRELUDE, _vector_declarations() if vector_math else "", COMMON_DEVICE_CODE, device_module.DEVICE_CODE]
+    for kind in ("forward", "forward_backward"):
+        for precision, (ctype, _) in _PRECISIONS.items():
+            function = device_module.FUNCTIONS[kind][precision]
+            if not _IDENTIFIER.match(function):
+                raise ValueError(f"{device_module.__name__}: bad device function name {function!r}")
+            parts.append(_wrapper(function, ctype, *kernel_counts(device_module, kind)))
+    return "\n".join(parts)
+
+
+def library(device_module):
+    """The module's compiled library (ctypes), built or loaded once; None if it cannot be built."""
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    code = source(device_module)
+    flags = _CXX_FLAGS + (_X86_FLAGS if platform.machine() == "x86_64" else [])
+    digest = hashlib.sha256("\0".join([code, compiler, *flags, *_link_libraries(), _machine()]).encode()).hexdigest()[:24]
+    with _lock:
+        if digest not in _libraries:
+            _libraries[digest] = _load_or_build(compiler, flags, code, digest, device_module.__name__)
+        return _libraries[digest]
+
+
+def _machine():
+    """What the compiled code depends on besides its source: the compiler and this CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return f"{platform.machine()} {version} {flags}"
+
+
+def _cache_dir():
+    folder = Path(os.environ.get("LOSSC_CACHE_DIR") or Path.home() / ".cache" / "lossc") / "native"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / f"lossc-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _load_or_build(compiler, flags, code, digest, module_name):
+    path = _cache_dir() / f"{digest}.so"
+    if not path.exists():
+        with tempfile.TemporaryDirectory(dir=path.parent) as work:
+            cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
+            cpp.write_text(code)
+            result = subprocess.run([compiler, *flags, str(cpp), "-o", str(built), *_link_libraries()],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                _failures.append(f"{module_name}: {result.stderr.strip().splitlines()[-1:] or 'compiler failed'}")
+                return None
+            os.replace(built, path)  # atomic: concurrent builders of the same digest agree
+    return ctypes.CDLL(str(path))
+
+
+class NativeModule:
+    """A generated NumPy module whose forward / forward_backward run the native library when
+    they can (float32/float64, flat inputs), else the module's NumPy kernels."""
+
+    def __init__(self, numpy_module, load_device_module):
+        self.numpy_module = numpy_module
+        self._load_device_module = load_device_module
+        self._device_module = None
+        self._functions = None
+        self._signatures = {kind: inspect.signature(getattr(numpy_module, kind)) for kind in ("forward", "forward_backward")}
+
+    def __getattr__(self, name):
+        return getattr(self.numpy_module, name)
+
+    def forward(self, *args, **kwargs):
+        """Element-wise loss, as the NumPy module's ``forward``."""
+        outputs = self._run("forward", args, kwargs)
+        return self.numpy_module.forward(*args, **kwargs) if outputs is None else outputs[0]
+
+    def forward_backward(self, *args, **kwargs):
+        """(loss, grads), as the NumPy module's ``forward_backward``."""
+        outputs = self._run("forward_backward", args, kwargs)
+        if outputs is None:
+            return self.numpy_module.forward_backward(*args, **kwargs)
+        return outputs[0], tuple(outputs[1:])
+
+    def _run(self, kind, args, kwargs):
+        """The native kernel's outputs, or None where the NumPy kernels must run."""
+        if not enabled():
+            return None
+        try:
+            bound = self._signatures[kind].bind(*args, **kwargs)
+        except TypeError:
+            return None  # the NumPy module raises the error
+        bound.apply_defaults()
+        values = bound.arguments
+        arrays = [np.asarray(values[name]) for name in self.numpy_module.INPUTS]
+        if kind == "forward_backward":
+            arrays.append(np.asarray(values["grad_output"]))
+        if arrays[0].dtype.name not in _PRECISIONS or self._native_functions() is None:
+            return None
+        params = [values[name] for name in self.numpy_module.PARAMETERS]
+        return run_native(self._functions[kind, arrays[0].dtype.name], arrays, params,
+                          kernel_counts(self._device_module, kind)[2])
+
+    def _native_functions(self):
+        if self._functions is None:
+            self._device_module = self._load_device_module()
+            compiled = library(self._device_module)
+            self._functions = False if compiled is None else {
+                (kind, precision): getattr(compiled, f"lossc_run_{functions[precision]}")
+                for kind, functions in self._device_module.FUNCTIONS.items() for precision in _PRECISIONS}
+        return self._functions or None
+
+
+def run_native(function, arrays, params, n_outputs):
+    """Call a native kernel chunk by chunk on the thread pool; None if the inputs are not flat."""
+    dtype = arrays[0].dtype
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    if not is_flat(arrays, shape):
+        return None
+    outputs = [np.empty(shape, dtype) for _ in range(n_outputs)]
+    c_scalar = _PRECISIONS[dtype.name][1]
+    scalars = [c_scalar(p) for p in params]
+
+    def run(task):
+        inputs, targets = task
+        held = [np.full(1, v, dtype) if np.ndim(v) == 0 else v for v in inputs]
+        pointers = []
+        for array, value in zip(held, inputs):
+            pointers += [ctypes.c_void_p(array.ctypes.data), ctypes.c_long(np.ndim(value))]
+        function(ctypes.c_long(targets[0].size), *pointers, *scalars,
+                 *[ctypes.c_void_p(t.ctypes.data) for t in targets])
+
+    step = max(MIN_CHUNK, -(-outputs[0].size // WORKERS))
+    run_all(run, chunk_tasks(arrays, outputs, shape, dtype, step))
+    return outputs
