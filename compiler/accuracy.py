@@ -1,4 +1,5 @@
-"""``lossc accuracy``: the generated NumPy kernels vs 50-digit (and more) mpmath truth.
+"""``lossc accuracy``: the generated NumPy kernels, and the native CPU kernels where they run,
+vs 50-digit (and more) mpmath truth.
 
 The grid for each loss is the Cartesian product of its inputs' ``accuracy_grid`` values,
 with parameters at their defaults, for every variant, in float32 and float64 (inputs and
@@ -55,13 +56,19 @@ def grid_points(spec):
     return [dict(zip(names, combo)) for combo in itertools.product(*(i.accuracy_grid for i in spec.inputs))]
 
 
-def measure(spec_path, dtypes=(np.float32, np.float64)):
-    """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``."""
+def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy"):
+    """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of its
+    NumPy kernels or (``kernels='native'``) its native CPU kernels, which exist for the
+    element-wise variants only."""
     spec = load_spec(spec_path)
     rows = []
     for variant in variants(spec):
         ir = build_ir(spec, variant)
         module = importlib.import_module(f"lossc.generated.numpy.{ir.module_name}")
+        if kernels == "native":
+            if ir.has_reductions:
+                continue
+            module = native_module(module, ir.module_name)
         truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in declared_gradients(ir).items()}}
         for dtype in dtypes:
             measure_one = _measure_rows if ir.has_reductions else _measure_variant
@@ -176,21 +183,38 @@ def _compare(spec, ir, output, dtype, expr, elements, points, values):
     return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
 
 
+def native_module(module, module_name):
+    """The generated NumPy ``module`` running its native CPU kernels (lossc.native)."""
+    from lossc.native import NativeModule
+
+    return NativeModule(module, lambda: importlib.import_module(f"lossc.generated.cupy.{module_name}"))
+
+
 def accuracy_report(names, specs_dir, log=print):
-    """Print the accuracy table for the named specs (all when None); True if all pass."""
+    """Print the accuracy table for the named specs (all when None), NumPy kernels and, where
+    they run here, native CPU kernels; True if all pass."""
+    from lossc import native
+
     paths = sorted(Path(specs_dir).glob("*.yaml"))
     if names:
         paths = [p for p in paths if p.stem in names]
+    with_native = native.available()
+    log(f"kernels: NumPy; {native.status()}")
     ok = True
-    log(f"{'loss':16s} {'variant':40s} {'output':16s} {'float32':>10s} {'float64':>10s}  status")
+    log(f"{'loss':16s} {'variant':40s} {'output':16s} {'float32':>10s} {'float64':>10s} "
+        f"{'native32':>10s} {'native64':>10s}  status")
     for path in paths:
-        rows = measure(path)
-        for key in dict.fromkeys((r.loss, str(r.variant), r.output) for r in rows):
-            pair = {r.dtype: r for r in rows if (r.loss, str(r.variant), r.output) == key}
-            good = all(r.ok for r in pair.values())
+        rows = {(r.loss, str(r.variant), r.output, "numpy", r.dtype): r for r in measure(path)}
+        if with_native:
+            rows.update({(r.loss, str(r.variant), r.output, "native", r.dtype): r
+                         for r in measure(path, kernels="native")})
+        for key in dict.fromkeys(k[:3] for k in rows):
+            found = {k[3:]: r for k, r in rows.items() if k[:3] == key}
+            good = all(r.ok for r in found.values())
             ok &= good
-            variant = ", ".join(f"{k}={v}" for k, v in pair["float64"].variant.items()) or "-"
-            log(f"{key[0]:16s} {variant:40s} {key[2]:16s} {pair['float32'].max_error:10.2e} "
-                f"{pair['float64'].max_error:10.2e}  {'ok' if good else 'FAIL'}"
-                + "".join(f" ({r.dtype} worst at {r.worst_inputs})" for r in pair.values() if not r.ok))
+            variant = ", ".join(f"{k}={v}" for k, v in found["numpy", "float64"].variant.items()) or "-"
+            errors = [f"{found[k, d].max_error:10.2e}" if (k, d) in found else f"{'-':>10s}"
+                      for k in ("numpy", "native") for d in ("float32", "float64")]
+            log(f"{key[0]:16s} {variant:40s} {key[2]:16s} {' '.join(errors)}  {'ok' if good else 'FAIL'}"
+                + "".join(f" ({k} {d} worst at {r.worst_inputs})" for (k, d), r in found.items() if not r.ok))
     return ok

@@ -15,6 +15,7 @@ build fails, for float16 or broadcast (non-flat) inputs, or with ``LOSSC_NATIVE=
 generated NumPy kernels run instead; :func:`status` says which and why.
 """
 import ctypes
+import functools
 import hashlib
 import inspect
 import os
@@ -39,7 +40,7 @@ MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over cos
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
-_CXX_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+_CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
 # x86-64: this CPU's instruction set, and full-width AVX-512 vectors where it has them (measured faster)
 _X86_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
@@ -58,6 +59,11 @@ _failures = []  # why a build failed, newest last
 def enabled():
     """False when ``LOSSC_NATIVE=0`` is set (read on every call): then only NumPy kernels run."""
     return os.environ.get("LOSSC_NATIVE", "1") != "0"
+
+
+def available():
+    """True when native kernels can run here: enabled and a C++ compiler found."""
+    return enabled() and _compiler() is not None
 
 
 def status():
@@ -141,20 +147,21 @@ def library(device_module):
         return None
     code = source(device_module)
     flags = _CXX_FLAGS + (_X86_FLAGS if platform.machine() == "x86_64" else [])
-    digest = hashlib.sha256("\0".join([code, compiler, *flags, *_link_libraries(), _machine()]).encode()).hexdigest()[:24]
+    digest = hashlib.sha256("\0".join([code, compiler, *flags, *_link_libraries(), _machine(compiler)]).encode()).hexdigest()[:24]
     with _lock:
         if digest not in _libraries:
             _libraries[digest] = _load_or_build(compiler, flags, code, digest, device_module.__name__)
         return _libraries[digest]
 
 
-def _machine():
+@functools.lru_cache(maxsize=None)
+def _machine(compiler):
     """What the compiled code depends on besides its source: the compiler and this CPU."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
-    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return f"{platform.machine()} {version} {flags}"
 
 

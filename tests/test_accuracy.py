@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 
 from conftest import spec_paths
+from lossc import native
 from lossc.compiler.accuracy import measure
 from lossc.compiler.spec import load_spec
 
 
+@pytest.mark.parametrize("kernels", ["numpy", "native"])
 @pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
-def test_accuracy_bounds(path):
-    rows = measure(path)
+def test_accuracy_bounds(path, kernels):
+    if kernels == "native" and not native.available():
+        pytest.skip(native.status())
+    rows = measure(path, kernels=kernels)
+    if kernels == "native" and not rows:
+        assert load_spec(path).class_axis
+        pytest.skip("native kernels exist for element-wise variants only")
     assert rows
     for row in rows:
         assert row.points > 0
@@ -33,8 +40,11 @@ def test_accuracy_cli_prints_table():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:5] == ["loss", "variant", "output", "float32", "float64"]
-    assert any(l.startswith("sigmoid_focal") and "d/dpred" in l and l.endswith("ok") for l in lines)
+    assert lines[0].startswith("kernels: NumPy;")
+    assert lines[1].split() == ["loss", "variant", "output", "float32", "float64", "native32", "native64", "status"]
+    focal = next(l.split() for l in lines if l.startswith("sigmoid_focal") and "d/dpred" in l)
+    assert focal[-1] == "ok" and len(focal) == 8
+    assert (focal[5] == "-") == (not native.available())
 
 
 def test_accuracy_detects_a_wrong_kernel(monkeypatch):

@@ -1,0 +1,252 @@
+"""Native CPU kernels (lossc.native): the generated device code compiled for the host.
+
+Each is checked against the generated NumPy kernels it stands in for (which the accuracy
+and oracle tests check against mpmath, finite differences and PyTorch), over random and
+extreme inputs, at chunk and block boundaries, with scalar and mixed-dtype inputs; and
+every way of falling back to the NumPy kernels is exercised.
+"""
+import importlib
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import lossc
+from lossc import native
+from lossc.compiler.accuracy import native_module
+from lossc.compiler.derive import declared_gradients
+from lossc.compiler.ir import build_ir
+from lossc.compiler.mp_eval import NotReal, truth
+from lossc.compiler.spec import load_spec
+
+from conftest import SPECS
+from cuda_harness import elementwise_modules
+
+needs_native = pytest.mark.skipif(not native.available(), reason=native.status())
+# Libm vs libmvec rounding (≤ 4 ulp per function), compounded through a few operations.
+TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def module_names():
+    """Every generated element-wise module (those have native kernels)."""
+    return [m.__name__.rsplit(".", 1)[1] for m in elementwise_modules()]
+
+
+def numpy_and_native(name):
+    numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
+    return numpy_module, native_module(numpy_module, name)
+
+
+def sample_inputs(module, rng, size, dtype):
+    """Random inputs of every scale, extremes mixed in, in the ranges the losses accept."""
+    arrays = []
+    for name in module.INPUTS:
+        values = rng.normal(0, 3, size) * rng.choice([1e-3, 1, 30, 1e4], size)
+        if name in ("label", "target") or "prob" in name or module.VARIANT.get("from_sigmoid"):
+            values = rng.random(size)
+            values[::7], values[3::7] = 0.0, 1.0
+        if (module.VARIANT.get("from_logits") is False and name == "pred") or "weight" in name:
+            values = np.abs(values) + 1e-3
+        arrays.append(values.astype(dtype))
+    return arrays
+
+
+def assert_close(got, want, dtype):
+    """Same non-finite positions; elsewhere relative agreement, absolute below the smallest normal."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    finite = np.isfinite(want)
+    scale = np.maximum(np.abs(want[finite]), np.finfo(dtype).tiny)
+    error = np.abs(got[finite] - want[finite]) / scale
+    assert error.max(initial=0) <= TOLERANCE[dtype], f"max relative difference {error.max()}"
+
+
+def declared_truths(module):
+    """{output index: declared SymPy expression} of a generated module, via its spec."""
+    path = SPECS / f"{module.NAME}.yaml"
+    if not path.exists():
+        return None
+    ir = build_ir(load_spec(path), module.VARIANT)
+    gradients = declared_gradients(ir)
+    return [ir.loss] + [gradients[name] for name in module.DIFFERENTIABLE]
+
+
+def worst_errors(expr, module, arrays, at, outputs, dtype):
+    """Max relative error vs 50-digit mpmath of each of ``outputs`` at the elements ``at``."""
+    info = np.finfo(dtype)
+    worst = [0.0] * len(outputs)
+    for i in at:
+        scalars = {name: float(a[i]) for name, a in zip(module.INPUTS, arrays)}
+        scalars.update({p.name: float(dtype(p.default)) for p in load_spec(SPECS / f"{module.NAME}.yaml").runtime_params})
+        try:
+            value = float(truth(expr, scalars))
+        except NotReal:
+            continue
+        if not np.isfinite(value) or abs(value) > info.max:
+            continue
+        for k, output in enumerate(outputs):
+            worst[k] = max(worst[k], abs(float(output[i]) - value) / max(abs(value), info.tiny))
+    return worst
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", module_names())
+def test_native_matches_numpy_kernels(name, dtype):
+    """Where the native and NumPy kernels differ most (libmvec vs libm rounding, amplified by
+    the loss's own conditioning), the native result is as close to mpmath as NumPy's."""
+    numpy_module, fast = numpy_and_native(name)
+    rng = np.random.default_rng(7)
+    size = 2 * native.MIN_CHUNK + 3 * native.BLOCK + 5  # several threads, a ragged last block
+    arrays = sample_inputs(numpy_module, rng, size, dtype)
+    with np.errstate(all="ignore"):
+        want_loss, want_grads = numpy_module.forward_backward(*arrays)
+        loss, grads = fast.forward_backward(*arrays)
+        pairs = [(fast.forward(*arrays), numpy_module.forward(*arrays), 0), (loss, want_loss, 0)]
+    pairs += [(got, want, k + 1) for k, (got, want) in enumerate(zip(grads, want_grads))]
+    truths = declared_truths(numpy_module)
+    for got, want, output in pairs:
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        finite = np.flatnonzero(np.isfinite(want))
+        difference = np.abs(got[finite] - want[finite]) / np.maximum(np.abs(want[finite]), np.finfo(dtype).tiny)
+        if truths is None:  # no spec (a pair term): compare directly
+            assert difference.max(initial=0) <= TOLERANCE[dtype]
+            continue
+        at = finite[np.argsort(difference)[-20:]]
+        ours, theirs = worst_errors(truths[output], numpy_module, arrays, at, [got, want], dtype)
+        assert ours <= 4 * theirs + 16 * np.finfo(dtype).eps, (output, ours, theirs)
+
+
+@needs_native
+@pytest.mark.parametrize("size", [1, native.BLOCK - 1, native.BLOCK + 1, native.MIN_CHUNK + 1, 4 * native.MIN_CHUNK])
+def test_scalar_inputs_and_sizes(size):
+    """Scalar inputs (read from one value, expanded per block) and every size give the
+    NumPy kernels' results: exactly, for Huber (no transcendental functions)."""
+    numpy_module, fast = numpy_and_native("huber")
+    rng = np.random.default_rng(size)
+    pred = rng.normal(0, 2, size)
+    label = rng.normal(0, 2, size)
+    for args in [(pred, label), (pred, 0.5), (pred, np.float64(-1.5))]:
+        for kwargs in [{}, {"rho": 0.25, "grad_output": 3.0}, {"grad_output": label}]:
+            want_loss, (want_grad,) = numpy_module.forward_backward(*args, **kwargs)
+            loss, (grad,) = fast.forward_backward(*args, **kwargs)
+            np.testing.assert_array_equal(loss, want_loss)
+            np.testing.assert_array_equal(grad, want_grad)
+
+
+@needs_native
+def test_mixed_input_dtypes_are_cast_like_the_numpy_kernels():
+    numpy_module, fast = numpy_and_native("sigmoid_bce__from_sigmoid_false")
+    rng = np.random.default_rng(1)
+    pred = rng.normal(0, 5, 5000).astype(np.float32)
+    for label in [rng.integers(0, 2, 5000), (rng.random(5000) > 0.5).astype(np.float64), True]:
+        want_loss, (want_grad,) = numpy_module.forward_backward(pred, label)
+        loss, (grad,) = fast.forward_backward(pred, label)
+        assert loss.dtype == grad.dtype == np.float32
+        assert_close(loss, want_loss, np.float32)
+        assert_close(grad, want_grad, np.float32)
+
+
+@needs_native
+def test_losses_run_native_kernels_through_the_public_api(monkeypatch):
+    loss = lossc.get("sigmoid_focal")
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 4, 10000).astype(np.float32)
+    y = (rng.random(10000) > 0.7).astype(np.float32)
+    call = loss.bind((x, y), {})
+    assert isinstance(call.module, native.NativeModule)
+    calls = []
+    monkeypatch.setattr(native, "run_native", lambda *a: calls.append(a) or None)  # None: fall back
+    value, (grad,) = loss.value_and_grad(x, y, reduction="sum")
+    assert len(calls) == 1
+    monkeypatch.undo()
+    native_value, (native_grad,) = loss.value_and_grad(x, y, reduction="sum")
+    np.testing.assert_allclose(native_value, value, rtol=1e-5)
+    assert_close(native_grad, grad, np.float32)
+
+
+def test_fallbacks_give_the_numpy_kernels_results_exactly(monkeypatch):
+    """float16, broadcast inputs, LOSSC_NATIVE=0, no compiler: the NumPy kernels run."""
+    numpy_module, fast = numpy_and_native("sigmoid_bce__from_sigmoid_false")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 3, (50, 40))
+    y = (rng.random((50, 40)) > 0.5).astype(np.float64)
+    cases = [(x.astype(np.float16), y), (x, y[:1]), (x[:, :1], y)]
+    monkeypatch.setattr(native, "run_all", lambda *a: pytest.fail("native kernel ran"))
+    for args in cases:
+        want_loss, (want_grad,) = numpy_module.forward_backward(*args)
+        loss, (grad,) = fast.forward_backward(*args)
+        np.testing.assert_array_equal(loss, want_loss)
+        np.testing.assert_array_equal(grad, want_grad)
+    monkeypatch.undo()
+    for setting, value in [("LOSSC_NATIVE", "0"), ("CXX", "/nonexistent/c++")]:
+        with monkeypatch.context() as patch:
+            patch.setenv(setting, value)
+            assert not native.available()
+            assert "NumPy kernels (" in native.status() and (setting in native.status() or "compiler" in native.status())
+            _, fresh = numpy_and_native("sigmoid_bce__from_sigmoid_false")
+            want = numpy_module.forward_backward(x, y)
+            got = fresh.forward_backward(x, y)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1][0], want[1][0])
+
+
+def test_unknown_arguments_raise_the_numpy_modules_error():
+    _, fast = numpy_and_native("huber")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rhoo'"):
+        fast.forward(np.zeros(3), np.zeros(3), rhoo=1.0)
+
+
+def fake_device_module(device_code, function="lossc_fake"):
+    return types.SimpleNamespace(
+        __name__="fake_device_module", INPUTS=("pred",), DIFFERENTIABLE=("pred",), PARAMETERS=(),
+        DEVICE_CODE=device_code,
+        FUNCTIONS={kind: {p: f"{function}_{kind}_{p}" for p in ("float32", "float64")}
+                   for kind in ("forward", "forward_backward")})
+
+
+@needs_native
+def test_a_failed_build_falls_back_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOSSC_CACHE_DIR", str(tmp_path))
+    broken = fake_device_module("this is not C++;")
+    assert native.library(broken) is None
+    assert "native build failed" in native.status() and "fake_device_module" in native.status()
+    assert not list((tmp_path / "native").glob("*.so"))
+    numpy_module = importlib.import_module("lossc.generated.numpy.l2")
+    fallback = native.NativeModule(numpy_module, lambda: broken)
+    np.testing.assert_array_equal(fallback.forward(np.arange(3.0), np.ones(3)), numpy_module.forward(np.arange(3.0), np.ones(3)))
+    monkeypatch.setattr(native, "_failures", [])
+
+
+def test_device_function_names_are_checked_before_reaching_the_compiler():
+    hostile = fake_device_module("", function="f(); system(\"rm -rf /\"); void g")
+    with pytest.raises(ValueError, match="bad device function name"):
+        native.source(hostile)
+
+
+@needs_native
+def test_libraries_are_cached_on_disk_and_vectorised(tmp_path):
+    """A second process loads the cached library without compiling; on x86-64 Linux the
+    loops call libmvec's vector functions (symbols _ZGV…)."""
+    log = tmp_path / "compiles.log"
+    compiler = tmp_path / "cxx"
+    compiler.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {native._compiler()} \"$@\"\n")
+    compiler.chmod(0o755)
+    script = ("import numpy as np, lossc, lossc.native as n; x = np.linspace(-9, 9, 10**5); "
+              "lossc.get('sigmoid_bce').value_and_grad(x, x > 0); print(n.status())")
+    env = {**os.environ, "CXX": str(compiler), "LOSSC_CACHE_DIR": str(tmp_path / "cache")}
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("native kernels"), result.stdout
+    builds = [line for line in log.read_text().splitlines() if "kernels.cpp" in line]
+    assert len(builds) == 1
+    libraries = list((tmp_path / "cache" / "native").glob("*.so"))
+    assert len(libraries) == 1
+    if native._vector_math():
+        symbols = subprocess.run(["nm", "-D", str(libraries[0])], capture_output=True, text=True).stdout
+        assert "_ZGV" in symbols and "log1p" in symbols
