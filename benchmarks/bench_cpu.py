@@ -4,14 +4,17 @@ Also softmax cross-entropy forward+backward on (10000, 1000) float32 against PyT
 eager, with the peak memory it allocates beyond its outputs (tracemalloc).
 
 For sigmoid focal, SigmoidBCE and Huber at N = 1e6 and 1e7 float32 it prints the median
-time of: the lossc fused kernel (loss + gradient), the same loss and hand-derived gradient
-written as plain NumPy expressions, PyTorch CPU eager forward + backward (if installed),
-and one ``np.add(a, b, out=c)`` streaming pass (the memory-bandwidth floor). Ratios are
-against the baselines measured in this same run, never against stored numbers.
+time of: the lossc fused kernel (loss + gradient) as users get it (native CPU kernels where
+a C++ compiler exists, see lossc.native), the generated NumPy kernels (LOSSC_NATIVE=0), the
+same loss and hand-derived gradient written as plain NumPy expressions, PyTorch CPU eager
+forward + backward (if installed), and one ``np.add(a, b, out=c)`` streaming pass (the
+memory-bandwidth floor). Ratios are against the baselines measured in this same run, never
+against stored numbers.
 
 Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--repeat 7]
 """
 import argparse
+import os
 import statistics
 import time
 import tracemalloc
@@ -19,10 +22,11 @@ import tracemalloc
 import numpy as np
 
 import lossc
+from lossc import native
 
 
 def timed(fn, repeat):
-    """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up)."""
+    """Median wall time of ``fn()`` over ``repeat`` back-to-back runs (after one warm-up)."""
     fn()
     times = []
     for _ in range(repeat):
@@ -30,6 +34,22 @@ def timed(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def without_native(fn):
+    """``fn`` run with the native kernels switched off (LOSSC_NATIVE=0): the NumPy kernels."""
+    def run():
+        previous = os.environ.get("LOSSC_NATIVE")
+        os.environ["LOSSC_NATIVE"] = "0"
+        try:
+            return fn()
+        finally:
+            if previous is None:
+                del os.environ["LOSSC_NATIVE"]
+            else:
+                os.environ["LOSSC_NATIVE"] = previous
+
+    return run
 
 
 def numpy_focal(x, y, alpha=0.25, gamma=2.0):
@@ -155,8 +175,9 @@ def main():
     args = parser.parse_args()
     torch_info = torch_cases()
     rng = np.random.default_rng(0)
-    header = f"{'loss':14s} {'N':>6s} {'lossc ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} {'np.add ms':>9s} " \
-             f"{'vs numpy':>9s} {'vs torch':>9s} {'x np.add':>9s}"
+    print(f"lossc kernels: {native.status()}")
+    header = f"{'loss':14s} {'N':>6s} {'lossc ms':>9s} {'np-krn ms':>9s} {'numpy ms':>9s} {'torch ms':>9s} " \
+             f"{'np.add ms':>9s} {'vs np-krn':>9s} {'vs numpy':>9s} {'vs torch':>9s} {'x np.add':>9s}"
     print(header)
     for size in args.sizes:
         n = int(size)
@@ -164,20 +185,20 @@ def main():
         binary = (rng.random(n) > 0.5).astype(np.float32)
         real = rng.normal(0, 3, n).astype(np.float32)
         out = np.empty_like(x)
-        t_add = timed(lambda: np.add(x, real, out=out), args.repeat)
         for label, (name, params, plain, kind) in CASES.items():
             y = binary if kind == "binary" else real
-            loss = lossc.get(name)
-            module = loss.bind((x, y), params).module
-            t_ours = timed(lambda: module.forward_backward(x, y, **params), args.repeat)
-            t_numpy = timed(lambda: plain(x, y), args.repeat)
-            t_torch = float("nan")
+            module = lossc.get(name).bind((x, y), params).module
+            ours = lambda: module.forward_backward(x, y, **params)  # noqa: E731
+            fns = [ours, without_native(ours), lambda: plain(x, y), lambda: np.add(x, real, out=out)]
             if torch_info:
-                torch, fns = torch_info
+                torch, cases = torch_info
                 xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-                t_torch = timed(lambda: fns[label](xt, yt), args.repeat)
-            print(f"{label:14s} {size:6.0e} {t_ours*1e3:9.2f} {t_numpy*1e3:9.2f} {t_torch*1e3:9.2f} {t_add*1e3:9.2f} "
-                  f"{t_numpy/t_ours:8.2f}x {t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
+                fns.append(lambda: cases[label](xt, yt))
+            t_ours, t_kernels, t_numpy, t_add, *rest = [timed(fn, args.repeat) for fn in fns]
+            t_torch = rest[0] if rest else float("nan")
+            print(f"{label:14s} {size:6.0e} {t_ours*1e3:9.2f} {t_kernels*1e3:9.2f} {t_numpy*1e3:9.2f} "
+                  f"{t_torch*1e3:9.2f} {t_add*1e3:9.2f} {t_kernels/t_ours:8.2f}x {t_numpy/t_ours:8.2f}x "
+                  f"{t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
     softmax_ce(rng, args.repeat, torch_info)
     ctc(rng, args.repeat, torch_info)
     if torch_info:

@@ -36,7 +36,7 @@ from .elementwise import WORKERS, chunk_tasks, is_flat, run_all
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PRECISIONS = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
 BLOCK = 1024  # elements per inner SIMD loop; a scalar input is expanded once into a block of this size
-MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over costs about as much as it
+MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over costs about what running it does
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
@@ -147,7 +147,8 @@ def library(device_module):
         return None
     code = source(device_module)
     flags = _CXX_FLAGS + (_X86_FLAGS if platform.machine() == "x86_64" else [])
-    digest = hashlib.sha256("\0".join([code, compiler, *flags, *_link_libraries(), _machine(compiler)]).encode()).hexdigest()[:24]
+    key = "\0".join([code, compiler, *flags, *_link_libraries(), _machine(compiler)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     with _lock:
         if digest not in _libraries:
             _libraries[digest] = _load_or_build(compiler, flags, code, digest, device_module.__name__)
@@ -176,18 +177,25 @@ def _cache_dir():
 
 
 def _load_or_build(compiler, flags, code, digest, module_name):
+    """Load the cached library ``digest``, compiling it first if absent; None (and the reason
+    in ``_failures``) when compiling or loading fails."""
     path = _cache_dir() / f"{digest}.so"
-    if not path.exists():
-        with tempfile.TemporaryDirectory(dir=path.parent) as work:
-            cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
-            cpp.write_text(code)
-            result = subprocess.run([compiler, *flags, str(cpp), "-o", str(built), *_link_libraries()],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                _failures.append(f"{module_name}: {result.stderr.strip().splitlines()[-1:] or 'compiler failed'}")
-                return None
-            os.replace(built, path)  # atomic: concurrent builders of the same digest agree
-    return ctypes.CDLL(str(path))
+    try:
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=path.parent) as work:
+                cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
+                cpp.write_text(code)
+                result = subprocess.run([compiler, *flags, str(cpp), "-o", str(built), *_link_libraries()],
+                                        capture_output=True, text=True, timeout=600)
+                if result.returncode != 0:
+                    last = result.stderr.strip().splitlines()[-1:] or ["the compiler failed"]
+                    _failures.append(f"{module_name}: {last[0]}")
+                    return None
+                os.replace(built, path)  # atomic: concurrent builders of the same digest agree
+        return ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as error:
+        _failures.append(f"{module_name}: {error}")
+        return None
 
 
 class NativeModule:
