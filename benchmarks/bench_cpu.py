@@ -11,7 +11,7 @@ forward + backward (if installed), and one ``np.add(a, b, out=c)`` streaming pas
 memory-bandwidth floor). Ratios are against the baselines measured in this same run, never
 against stored numbers.
 
-Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--repeat 7]
+Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--repeat 15]
 """
 import argparse
 import os
@@ -25,9 +25,15 @@ import lossc
 from lossc import native
 
 
+WARM_UP_SECONDS = 0.25  # an idle vCPU runs slow for ~50 ms after waking: every function warms up first
+
+
 def timed(fn, repeat):
-    """Median wall time of ``fn()`` over ``repeat`` back-to-back runs (after one warm-up)."""
+    """Median wall time of ``fn()`` over ``repeat`` back-to-back runs, after warming up."""
+    start = time.perf_counter()
     fn()
+    while time.perf_counter() - start < WARM_UP_SECONDS:
+        fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -171,7 +177,7 @@ def ctc(rng, repeat, torch_info, batch=32, steps=200, alphabet=30, label_length=
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     torch_info = torch_cases()
     rng = np.random.default_rng(0)
