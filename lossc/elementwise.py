@@ -54,7 +54,8 @@ def run_all(run, chunks):
     pending = [_executor().submit(drain) for _ in range(helpers)]
     drain()
     for future in pending:
-        future.result()
+        if not future.cancel():  # a helper that never started (pool busy, or after a fork) is not awaited
+            future.result()
 
 
 def compute_dtype(dtype):

@@ -34,7 +34,8 @@ from .cupy_kernels import COMMON_DEVICE_CODE
 from .elementwise import WORKERS, chunk_tasks, is_flat, run_all
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_PRECISIONS = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+_C_TYPES = {"float32": "float", "float64": "double"}
+_DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
 BLOCK = 1024  # elements per inner SIMD loop; a scalar input is expanded once into a block of this size
 MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over costs about what running it does
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
@@ -132,7 +133,7 @@ def source(device_module, vector_math=None):
     vector_math = _vector_math() if vector_math is None else vector_math
     parts = [PRELUDE, _vector_declarations() if vector_math else "", COMMON_DEVICE_CODE, device_module.DEVICE_CODE]
     for kind in ("forward", "forward_backward"):
-        for precision, (ctype, _) in _PRECISIONS.items():
+        for precision, ctype in _C_TYPES.items():
             function = device_module.FUNCTIONS[kind][precision]
             if not _IDENTIFIER.match(function):
                 raise ValueError(f"{device_module.__name__}: bad device function name {function!r}")
@@ -205,9 +206,8 @@ class NativeModule:
     def __init__(self, numpy_module, load_device_module):
         self.numpy_module = numpy_module
         self._load_device_module = load_device_module
-        self._device_module = None
         self._functions = None
-        self._signatures = {kind: inspect.signature(getattr(numpy_module, kind)) for kind in ("forward", "forward_backward")}
+        self._binders = {kind: _Binder(getattr(numpy_module, kind)) for kind in ("forward", "forward_backward")}
 
     def __getattr__(self, name):
         return getattr(self.numpy_module, name)
@@ -228,29 +228,56 @@ class NativeModule:
         """The native kernel's outputs, or None where the NumPy kernels must run."""
         if not enabled():
             return None
-        try:
-            bound = self._signatures[kind].bind(*args, **kwargs)
-        except TypeError:
+        bound = self._binders[kind].bind(args, kwargs)
+        if bound is None:
             return None  # the NumPy module raises the error
-        bound.apply_defaults()
-        values = bound.arguments
-        arrays = [np.asarray(values[name]) for name in self.numpy_module.INPUTS]
-        if kind == "forward_backward":
-            arrays.append(np.asarray(values["grad_output"]))
-        if arrays[0].dtype.name not in _PRECISIONS or self._native_functions() is None:
+        arrays, params = bound
+        if arrays[0].dtype not in _DTYPES or self._native_functions() is None:
             return None
-        params = [values[name] for name in self.numpy_module.PARAMETERS]
-        return run_native(self._functions[kind, arrays[0].dtype.name], arrays, params,
-                          kernel_counts(self._device_module, kind)[2])
+        function, counts = self._functions[kind, arrays[0].dtype]
+        if (len(arrays), len(params)) != counts[:2]:  # a wrong argument list would crash the process
+            raise RuntimeError(f"{self.numpy_module.__name__}.{kind}: {len(arrays)} arrays and {len(params)} "
+                               f"parameters do not match its native kernel's {counts[0]} and {counts[1]}")
+        return run_native(function, arrays, params, counts[2])
 
     def _native_functions(self):
+        """{(kind, dtype): (library function, kernel_counts)}, built on first use; None if unavailable."""
         if self._functions is None:
-            self._device_module = self._load_device_module()
-            compiled = library(self._device_module)
+            device_module = self._load_device_module()
+            compiled = library(device_module)
             self._functions = False if compiled is None else {
-                (kind, precision): getattr(compiled, f"lossc_run_{functions[precision]}")
-                for kind, functions in self._device_module.FUNCTIONS.items() for precision in _PRECISIONS}
+                (kind, dtype): (getattr(compiled, f"lossc_run_{functions[dtype.name]}"),
+                                kernel_counts(device_module, kind))
+                for kind, functions in device_module.FUNCTIONS.items() for dtype in _DTYPES}
         return self._functions or None
+
+
+class _Binder:
+    """Matches a call's arguments to a generated forward / forward_backward's signature
+    (inputs, grad_output, keyword-only parameters; defaults filled in), cheaper than
+    inspect.Signature.bind on every call."""
+
+    def __init__(self, function):
+        parameters = list(inspect.signature(function).parameters.values())
+        self.positional = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD]
+        self.keyword = [p.name for p in parameters if p.kind == p.KEYWORD_ONLY]
+        self.defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+        self.arrays = self.positional + [n for n in self.keyword if n == "grad_output"]
+        self.params = [n for n in self.keyword if n != "grad_output"]
+
+    def bind(self, args, kwargs):
+        """([arrays in order], [parameters in order]), or None when the call does not match."""
+        if len(args) > len(self.positional) or any(n in kwargs for n in self.positional[:len(args)]):
+            return None
+        values = dict(self.defaults)
+        values.update(zip(self.positional, args))
+        values.update(kwargs)
+        if len(values) != len(self.positional) + len(self.keyword):
+            return None  # a missing or an unknown argument
+        try:
+            return [np.asarray(values[n]) for n in self.arrays], [values[n] for n in self.params]
+        except KeyError:
+            return None
 
 
 def run_native(function, arrays, params, n_outputs):
@@ -260,7 +287,7 @@ def run_native(function, arrays, params, n_outputs):
     if not is_flat(arrays, shape):
         return None
     outputs = [np.empty(shape, dtype) for _ in range(n_outputs)]
-    c_scalar = _PRECISIONS[dtype.name][1]
+    c_scalar = _DTYPES[dtype]
     scalars = [c_scalar(p) for p in params]
     step = max(MIN_CHUNK, -(-outputs[0].size // WORKERS))
     calls, held = [], []  # every call's arguments, made here so the threads only call

@@ -185,6 +185,7 @@ def test_fallbacks_give_the_numpy_kernels_results_exactly(monkeypatch):
     monkeypatch.undo()
     for setting, value in [("LOSSC_NATIVE", "0"), ("CXX", "/nonexistent/c++")]:
         with monkeypatch.context() as patch:
+            patch.delenv("LOSSC_NATIVE", raising=False)
             patch.setenv(setting, value)
             assert not native.available()
             assert "NumPy kernels (" in native.status() and (setting in native.status() or "compiler" in native.status())
@@ -250,3 +251,40 @@ def test_libraries_are_cached_on_disk_and_vectorised(tmp_path):
     if native._vector_math():
         symbols = subprocess.run(["nm", "-D", str(libraries[0])], capture_output=True, text=True).stdout
         assert "_ZGV" in symbols and "log1p" in symbols
+
+
+def test_arguments_are_matched_like_the_numpy_module(monkeypatch):
+    """Inputs by position or name, defaults filled in, grad_output as an array; a call the
+    signature rejects goes to the NumPy module, which raises its TypeError."""
+    numpy_module, fast = numpy_and_native("huber")
+    x, y = np.linspace(-3, 3, 11), np.linspace(2, -2, 11)
+    real, calls = native.run_native, []
+    monkeypatch.setattr(native, "run_native", lambda *a: calls.append(a) or real(*a))
+    for args, kwargs in [((x, y), {}), ((x,), {"label": y}), ((), {"pred": x, "label": y, "rho": 0.5}),
+                         ((x, y), {"grad_output": y, "rho": 2.0})]:
+        want = numpy_module.forward_backward(*args, **kwargs)
+        got = fast.forward_backward(*args, **kwargs)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-15)
+        np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-15)
+    assert len(calls) == 4 if native.available() else not calls
+    for args, kwargs in [((x,), {}), ((x, y, y), {}), ((x, y), {"pred": x}), ((x, y), {"grad_output": 1.0})]:
+        with pytest.raises(TypeError):
+            fast.forward(*args, **kwargs)
+
+
+def test_a_thread_pool_that_cannot_help_does_not_hang(monkeypatch):
+    """If no pool thread ever picks up its share (a busy pool, or a pool inherited through
+    fork), the calling thread does all the chunks and does not wait for the helpers."""
+    from concurrent.futures import Future
+
+    from lossc import elementwise
+
+    class StuckPool:
+        def submit(self, fn):
+            return Future()  # never runs
+
+    monkeypatch.setattr(elementwise, "_executor", lambda: StuckPool())
+    monkeypatch.setattr(elementwise, "WORKERS", 2)
+    done = []
+    elementwise.run_all(done.append, range(5))
+    assert done == [0, 1, 2, 3, 4]
