@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from .cupy_kernels import COMMON_DEVICE_CODE
-from .elementwise import WORKERS, chunk_tasks, is_flat, run_all
+from .elementwise import WORKERS, is_flat
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _C_TYPES = {"float32": "float", "float64": "double"}
 _DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
 BLOCK = 1024  # elements per inner SIMD loop; a scalar input is expanded once into a block of this size
-MIN_CHUNK = 1 << 16  # smaller calls run on one thread: handing a chunk over costs about what running it does
+MIN_CHUNK = 1 << 16  # elements per thread at least: handing fewer over costs about what running them does
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
@@ -51,6 +51,99 @@ PRELUDE = r"""#include <cmath>
 #define __forceinline__ inline __attribute__((always_inline))
 static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
 """
+
+# lossc_parallel(job, context, n, parts): job(context, begin, end) over [0, n) cut into ``parts``
+# equal parts, part 0 on the calling thread, the others on helper threads. A helper spins for
+# SPIN_MICROSECONDS after each job, so back-to-back calls do not wait for a sleeping thread to
+# wake, then sleeps on a condition variable. One job at a time per library: a concurrent caller
+# runs its job alone. A forked child starts with a fresh pool (the parent's helpers are not there).
+SPIN_MICROSECONDS = 200
+POOL_CODE = r"""#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <pthread.h>
+namespace {
+typedef void (*lossc_job)(const void*, long, long);
+struct lossc_pool {
+    std::mutex busy, mutex;
+    std::condition_variable wake;
+    std::atomic<unsigned long> generation{0};
+    std::atomic<int> running{0};
+    lossc_job job = nullptr;
+    const void* context = nullptr;
+    long n = 0;
+    int parts = 1, helpers = 0;
+};
+lossc_pool* lossc_pool_state = new lossc_pool();  // never destroyed: detached helpers outlive exit
+std::once_flag lossc_fork_handler;
+
+inline void lossc_relax()
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+}
+
+void lossc_run_part(lossc_pool* pool, int k)
+{
+    if (k < pool->parts) pool->job(pool->context, pool->n * k / pool->parts, pool->n * (k + 1) / pool->parts);
+}
+
+void lossc_helper(lossc_pool* pool, int k, unsigned long seen)
+{
+    for (;;) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(SPIN_MICROSECONDS);
+        while (pool->generation.load() == seen && std::chrono::steady_clock::now() < until) lossc_relax();
+        if (pool->generation.load() == seen) {
+            std::unique_lock<std::mutex> lock(pool->mutex);
+            pool->wake.wait(lock, [&] { return pool->generation.load() != seen; });
+        }
+        seen = pool->generation.load();
+        lossc_run_part(pool, k);
+        pool->running.fetch_sub(1);
+    }
+}
+
+void lossc_parallel(lossc_job job, const void* context, long n, int parts)
+{
+    std::call_once(lossc_fork_handler, [] {
+        pthread_atfork(nullptr, nullptr, [] { lossc_pool_state = new lossc_pool(); });
+    });
+    lossc_pool* pool = lossc_pool_state;
+    std::unique_lock<std::mutex> busy(pool->busy, std::try_to_lock);
+    while (busy.owns_lock() && pool->helpers < parts - 1) {
+        try {
+            std::thread(lossc_helper, pool, pool->helpers + 1, pool->generation.load()).detach();
+            ++pool->helpers;
+        } catch (const std::system_error&) {
+            break;  // no more threads: use the ones there are
+        }
+    }
+    parts = busy.owns_lock() && pool->helpers + 1 < parts ? pool->helpers + 1 : parts;
+    if (parts <= 1 || !busy.owns_lock()) {
+        job(context, 0, n);
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(pool->mutex);
+        pool->job = job;
+        pool->context = context;
+        pool->n = n;
+        pool->parts = parts;
+        pool->running.store(pool->helpers);
+        pool->generation.fetch_add(1);
+    }
+    pool->wake.notify_all();
+    lossc_run_part(pool, 0);
+    while (pool->running.load() != 0) lossc_relax();
+}
+}
+""".replace("SPIN_MICROSECONDS", str(SPIN_MICROSECONDS))
 
 _lock = threading.Lock()
 _libraries = {}  # source digest -> ctypes library, or None when building failed
@@ -90,7 +183,7 @@ def _vector_math():
 
 
 def _link_libraries():
-    return ["-lmvec"] if _vector_math() else []
+    return ["-pthread"] + (["-lmvec"] if _vector_math() else [])
 
 
 def _vector_declarations():
@@ -103,21 +196,32 @@ def _vector_declarations():
 
 
 def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
-    """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …): the device function over n
-    elements, input k read from a_k (s_k = 1) or broadcast from a_k[0] (s_k = 0)."""
+    """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …, threads): the device function
+    over n elements on up to ``threads`` threads, input k read from a_k (s_k = 1) or broadcast
+    from a_k[0] (s_k = 0)."""
+    fields = ([f"const {ctype}* a{k}; long s{k};" for k in range(n_inputs)] + [f"{ctype} p{k};" for k in range(n_params)]
+              + [f"{ctype}* o{k};" for k in range(n_outputs)])
     arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
                  + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(n_outputs)])
-    lines = [f'extern "C" void lossc_run_{function}(long n, {", ".join(arguments)})', "{"]
-    for k in range(n_inputs):
-        lines.append(f"    {ctype} c{k}[{BLOCK}];")
-        lines.append(f"    if (!s{k}) for (int j = 0; j < {BLOCK}; ++j) c{k}[j] = a{k}[0];")
-    lines.append(f"    for (long b = 0; b < n; b += {BLOCK}) {{")
-    lines.append(f"        const long m = n - b < {BLOCK} ? n - b : {BLOCK};")
-    lines += [f"        const {ctype}* __restrict q{k} = s{k} ? a{k} + b : c{k};" for k in range(n_inputs)]
-    lines += [f"        {ctype}* __restrict r{k} = o{k} + b;" for k in range(n_outputs)]
+    values = [f"a{k}, s{k}" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)] + [f"o{k}" for k in range(n_outputs)]
     call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
                      + [f"&r{k}[j]" for k in range(n_outputs)])
-    lines += ["#pragma omp simd", f"        for (long j = 0; j < m; ++j) {function}({call});", "    }", "}"]
+    lines = [f"struct lossc_context_{function} {{ {' '.join(fields)} }};",
+             f"static void lossc_part_{function}(const void* context, long begin, long end)", "{",
+             f"    const lossc_context_{function}& c = *static_cast<const lossc_context_{function}*>(context);"]
+    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
+    for k in range(n_inputs):
+        lines.append(f"    {ctype} c{k}[{BLOCK}];")
+        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {BLOCK}; ++j) c{k}[j] = c.a{k}[0];")
+    lines.append(f"    for (long b = begin; b < end; b += {BLOCK}) {{")
+    lines.append(f"        const long m = end - b < {BLOCK} ? end - b : {BLOCK};")
+    lines += [f"        const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
+    lines += [f"        {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(n_outputs)]
+    lines += ["#pragma omp simd", f"        for (long j = 0; j < m; ++j) {function}({call});", "    }", "}",
+              f'extern "C" void lossc_run_{function}(long n, {", ".join(arguments)}, int threads)', "{",
+              f"    const lossc_context_{function} c{{{', '.join(values)}}};",
+              f"    const long parts = n / {MIN_CHUNK} < threads ? n / {MIN_CHUNK} : threads;",
+              f"    lossc_parallel(lossc_part_{function}, &c, n, parts < 1 ? 1 : int(parts));", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +235,8 @@ def kernel_counts(device_module, kind):
 def source(device_module, vector_math=None):
     """The C++ source of one module's native library: its device code and a loop per kernel."""
     vector_math = _vector_math() if vector_math is None else vector_math
-    parts = [PRELUDE, _vector_declarations() if vector_math else "", COMMON_DEVICE_CODE, device_module.DEVICE_CODE]
+    parts = [PRELUDE, POOL_CODE, _vector_declarations() if vector_math else "", COMMON_DEVICE_CODE,
+             device_module.DEVICE_CODE]
     for kind in ("forward", "forward_backward"):
         for precision, ctype in _C_TYPES.items():
             function = device_module.FUNCTIONS[kind][precision]
@@ -234,11 +339,14 @@ class NativeModule:
         arrays, params = bound
         if arrays[0].dtype not in _DTYPES or self._native_functions() is None:
             return None
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        if not is_flat(arrays, shape):
+            return None  # broadcasting beyond single values: the NumPy kernels
         function, counts = self._functions[kind, arrays[0].dtype]
         if (len(arrays), len(params)) != counts[:2]:  # a wrong argument list would crash the process
             raise RuntimeError(f"{self.numpy_module.__name__}.{kind}: {len(arrays)} arrays and {len(params)} "
                                f"parameters do not match its native kernel's {counts[0]} and {counts[1]}")
-        return run_native(function, arrays, params, counts[2])
+        return run_native(function, arrays, shape, params, counts[2])
 
     def _native_functions(self):
         """{(kind, dtype): (library function, kernel_counts)}, built on first use; None if unavailable."""
@@ -280,24 +388,18 @@ class _Binder:
             return None
 
 
-def run_native(function, arrays, params, n_outputs):
-    """Call a native kernel chunk by chunk on the thread pool; None if the inputs are not flat."""
+def run_native(function, arrays, shape, params, n_outputs):
+    """Call a native kernel once (it runs on up to WORKERS threads) over ``arrays``, each of the
+    broadcast ``shape`` and C-contiguous, or a single value; return its outputs."""
     dtype = arrays[0].dtype
-    shape = np.broadcast_shapes(*(a.shape for a in arrays))
-    if not is_flat(arrays, shape):
-        return None
     outputs = [np.empty(shape, dtype) for _ in range(n_outputs)]
+    if not outputs[0].size:
+        return outputs
     c_scalar = _DTYPES[dtype]
-    scalars = [c_scalar(p) for p in params]
-    step = max(MIN_CHUNK, -(-outputs[0].size // WORKERS))
-    calls, held = [], []  # every call's arguments, made here so the threads only call
-    for inputs, targets in chunk_tasks(arrays, outputs, shape, dtype, step):
-        pointers = []
-        for value in inputs:
-            array = np.full(1, value, dtype) if np.ndim(value) == 0 else value
-            held.append(array)
-            pointers += [ctypes.c_void_p(array.ctypes.data), ctypes.c_long(np.ndim(value))]
-        calls.append((ctypes.c_long(targets[0].size), *pointers, *scalars,
-                      *[ctypes.c_void_p(t.ctypes.data) for t in targets]))
-    run_all(lambda arguments: function(*arguments), calls)
+    held = [np.full(1, a.reshape(-1)[0], dtype) if a.shape != shape else a.astype(dtype, copy=False) for a in arrays]
+    pointers = []
+    for array in held:
+        pointers += [ctypes.c_void_p(array.ctypes.data), ctypes.c_long(array.shape == shape)]
+    function(ctypes.c_long(outputs[0].size), *pointers, *[c_scalar(p) for p in params],
+             *[ctypes.c_void_p(o.ctypes.data) for o in outputs], ctypes.c_int(WORKERS))
     return outputs

@@ -176,7 +176,7 @@ def test_fallbacks_give_the_numpy_kernels_results_exactly(monkeypatch):
     x = rng.normal(0, 3, (50, 40))
     y = (rng.random((50, 40)) > 0.5).astype(np.float64)
     cases = [(x.astype(np.float16), y), (x, y[:1]), (x[:, :1], y)]
-    monkeypatch.setattr(native, "run_all", lambda *a: pytest.fail("native kernel ran"))
+    monkeypatch.setattr(native, "run_native", lambda *a: pytest.fail("native kernel ran"))
     for args in cases:
         want_loss, (want_grad,) = numpy_module.forward_backward(*args)
         loss, (grad,) = fast.forward_backward(*args)
@@ -288,3 +288,66 @@ def test_a_thread_pool_that_cannot_help_does_not_hang(monkeypatch):
     done = []
     elementwise.run_all(done.append, range(5))
     assert done == [0, 1, 2, 3, 4]
+
+
+@needs_native
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_any_number_of_threads_gives_the_same_result(monkeypatch, workers):
+    numpy_module, fast = numpy_and_native("huber")
+    rng = np.random.default_rng(workers)
+    size = 5 * native.MIN_CHUNK + 17
+    pred, label = rng.normal(0, 2, size), rng.normal(0, 2, size)
+    want = numpy_module.forward_backward(pred, label, grad_output=label)
+    monkeypatch.setattr(native, "WORKERS", workers)
+    for _ in range(3):  # helpers started by one call serve the next ones
+        loss, (grad,) = fast.forward_backward(pred, label, grad_output=label)
+        np.testing.assert_array_equal(loss, want[0])
+        np.testing.assert_array_equal(grad, want[1][0])
+
+
+@needs_native
+def test_concurrent_callers_each_get_their_own_result():
+    """Python threads calling one library at once: one uses the helper threads, the others
+    run alone (the library's pool runs one job at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    numpy_module, fast = numpy_and_native("sigmoid_bce__from_sigmoid_false")
+    rng = np.random.default_rng(11)
+    cases = [(rng.normal(0, 4, 3 * native.MIN_CHUNK), (rng.random(3 * native.MIN_CHUNK) > 0.5) * 1.0)
+             for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda case: [fast.forward_backward(*case) for _ in range(20)], cases))
+    for case, runs in zip(cases, results):
+        want_loss, (want_grad,) = fast.forward_backward(*case)
+        for loss, (grad,) in runs:
+            np.testing.assert_array_equal(loss, want_loss)
+            np.testing.assert_array_equal(grad, want_grad)
+        assert_close(want_loss, numpy_module.forward(*case), np.float64)
+
+
+def _forked_child_result(queue):
+    _, fast = numpy_and_native("huber")
+    x = np.linspace(-5, 5, 4 * native.MIN_CHUNK)
+    queue.put(float(fast.forward_backward(x, x[::-1].copy())[0].sum()))
+
+
+@needs_native
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_fresh_thread_pool():
+    """After the parent's helpers have run, a forked child (e.g. a data-loader worker) must
+    not wait for helper threads that do not exist in it."""
+    import multiprocessing
+
+    numpy_module, fast = numpy_and_native("huber")
+    x = np.linspace(-5, 5, 4 * native.MIN_CHUNK)
+    want = float(fast.forward_backward(x, x[::-1].copy())[0].sum())  # the parent's pool is started
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forked_child_result, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == want
