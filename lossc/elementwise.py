@@ -171,7 +171,7 @@ def run_elementwise(kernel, scratch_counts, arrays, params, n_outputs):
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
     outputs = [np.empty(shape, dtype) for _ in range(n_outputs)]
     scalars = tuple(p if isinstance(p, int) and not isinstance(p, bool) else float(p) for p in params)
-    tasks = chunk_tasks(arrays, outputs, shape, compute)
+    tasks = _chunk_tasks(arrays, outputs, shape, compute)
 
     def run(task):
         inputs, targets = task
@@ -188,21 +188,21 @@ def is_flat(arrays, shape):
     return all(a.size == 1 or (a.shape == shape and a.flags.c_contiguous) for a in arrays)
 
 
-def chunk_tasks(arrays, outputs, shape, compute, step=CHUNK_ELEMENTS):
-    """Split the work into (input chunks, output chunks) pairs of about ``step`` elements."""
+def _chunk_tasks(arrays, outputs, shape, compute):
+    """Split the work into (input chunks, output chunks) pairs of about CHUNK_ELEMENTS."""
     size = math.prod(shape)
     if size == 0:
         return []
     if is_flat(arrays, shape):
         views = [_scalar(a, compute) if a.shape != shape else a.reshape(-1) for a in arrays]
         targets = [o.reshape(-1) for o in outputs]
-        total = size
+        step, total = CHUNK_ELEMENTS, size
     else:
         views = [_scalar(a, compute) if a.size == 1 else np.broadcast_to(a, shape) for a in arrays]
         targets = outputs
         if not shape:
             return [([_cast(v, compute) for v in views], targets)]
-        step, total = max(1, step // max(1, math.prod(shape[1:]))), shape[0]
+        step, total = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:]))), shape[0]
     tasks = []
     for start in range(0, total, step):
         part = slice(start, min(start + step, total))

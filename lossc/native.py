@@ -5,12 +5,15 @@ the host by the system's C++ compiler (``$CXX``, else ``g++``) — optimised for
 every loop an OpenMP SIMD loop, exp/log/log1p/expm1/pow from glibc's vector math library
 (libmvec) where there is one — they compute the loss and every gradient in one vectorised
 pass over the elements, where the NumPy kernels make one pass per operation. Strict IEEE
-semantics stay on (no fast-math): the stable forms are evaluated exactly as written; only the
-rounding of the vector math functions differs from NumPy's libm (libmvec: within 4 ulp).
+semantics stay on (no fast-math, no FMA contraction): the stable forms are evaluated exactly
+as written; only the rounding of the vector math functions differs from NumPy's libm
+(libmvec: within 4 ulp).
 
 A module's library is built on first use and cached on disk (``$LOSSC_CACHE_DIR``, else
-``~/.cache/lossc``), keyed by its source, the compiler and the CPU. Chunks run on the same
-thread pool as the NumPy kernels (ctypes releases the GIL). Without a compiler, when the
+``~/.cache/lossc``), keyed by its source, the compiler and the CPU. One call runs a whole
+kernel (ctypes releases the GIL): the library splits it over up to ``WORKERS`` threads, its
+own helper threads spinning briefly after each job so that back-to-back calls (a training
+loop) do not wait for sleeping threads to wake (``POOL_CODE``). Without a compiler, when the
 build fails, for float16 or broadcast (non-flat) inputs, or with ``LOSSC_NATIVE=0``, the
 generated NumPy kernels run instead; :func:`status` says which and why.
 """
@@ -41,7 +44,9 @@ MIN_CHUNK = 1 << 16  # elements per thread at least: handing fewer over costs ab
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
-_CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
+# No -ffast-math: no FMA contraction, errno and FP traps unobserved (results identical), SIMD loops.
+_CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+              "-shared", "-fPIC"]
 # x86-64: this CPU's instruction set, and full-width AVX-512 vectors where it has them (measured faster)
 _X86_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
@@ -199,11 +204,10 @@ def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
     """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …, threads): the device function
     over n elements on up to ``threads`` threads, input k read from a_k (s_k = 1) or broadcast
     from a_k[0] (s_k = 0)."""
-    fields = ([f"const {ctype}* a{k}; long s{k};" for k in range(n_inputs)] + [f"{ctype} p{k};" for k in range(n_params)]
-              + [f"{ctype}* o{k};" for k in range(n_outputs)])
     arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
                  + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(n_outputs)])
-    values = [f"a{k}, s{k}" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)] + [f"o{k}" for k in range(n_outputs)]
+    fields = [f"{a.replace(', ', '; ')};" for a in arguments]
+    values = [", ".join(part.split()[-1] for part in a.split(", ")) for a in arguments]
     call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
                      + [f"&r{k}[j]" for k in range(n_outputs)])
     lines = [f"struct lossc_context_{function} {{ {' '.join(fields)} }};",
