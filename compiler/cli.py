@@ -139,7 +139,11 @@ def _show(args):
     print(f"{data['name']}: {data['summary']}  (spec {data['spec_file']})")
     for v in data["variants"]:
         label = ", ".join(f"{k}={val}" for k, val in v["values"].items()) or "(no variants)"
-        print(f"variant {label}: generated/numpy/{v['numpy_module']}.py")
+        files = [f"generated/numpy/{v['numpy_module']}.py"]
+        if v.get("cupy_module"):
+            files.append(f"generated/cupy/{v['cupy_module']}.py"
+                         + ("" if data.get("class_axis") else " (also the native CPU kernels' source)"))
+        print(f"variant {label}: {', '.join(files)}")
         print(f"  loss        = {v['loss']}")
         print(f"  stable loss = {v['stable_loss']}")
         for name, grad in v["gradients"].items():

@@ -104,3 +104,20 @@ def test_where_on_a_parameter_only_selects_at_run_time(tmp_path):
         value, (grad,) = loss.value_and_grad(pred, label, reduction="none", alpha=alpha)
         np.testing.assert_array_equal(value, want)
         np.testing.assert_array_equal(grad, want_grad)
+
+
+def test_list_and_show_name_the_losses_their_files_and_formulas():
+    listed = run_cli("list")
+    assert listed.returncode == 0 and {"huber", "softmax_ce", "sigmoid_bce"} <= set(listed.stdout.split())
+    shown = run_cli("show", "sigmoid_bce")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("sigmoid_bce: ") and "(spec sigmoid_bce.yaml)" in lines[0]
+    variants = [l for l in lines if l.startswith("variant ")]
+    assert len(variants) == 2 and all("generated/numpy/sigmoid_bce__from_sigmoid_" in v for v in variants)
+    assert all("native CPU kernels' source" in v for v in variants)
+    assert any(l.strip().startswith("d/dpred") for l in lines)
+    rows = run_cli("show", "softmax_ce").stdout
+    assert "generated/cupy/softmax_ce__" in rows and "native" not in rows  # reductions: no native kernels
+    unknown = run_cli("show", "no_such_loss")
+    assert unknown.returncode == 1 and "unknown loss 'no_such_loss'" in unknown.stderr
