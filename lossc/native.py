@@ -277,20 +277,25 @@ def _machine(compiler):
 
 
 def _cache_dir():
+    """The folder compiled libraries are kept in; an OSError if it is not safely ours (a library
+    planted there by another user would be loaded and run)."""
     folder = Path(os.environ.get("LOSSC_CACHE_DIR") or Path.home() / ".cache" / "lossc") / "native"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         folder = Path(tempfile.gettempdir()) / f"lossc-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise PermissionError(f"{folder} is not owned by this user or is writable by others; not loading code from it")
     return folder
 
 
 def _load_or_build(compiler, flags, code, digest, module_name):
     """Load the cached library ``digest``, compiling it first if absent; None (and the reason
     in ``_failures``) when compiling or loading fails."""
-    path = _cache_dir() / f"{digest}.so"
     try:
+        path = _cache_dir() / f"{digest}.so"
         if not path.exists():
             with tempfile.TemporaryDirectory(dir=path.parent) as work:
                 cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
@@ -355,7 +360,12 @@ class NativeModule:
     def _native_functions(self):
         """{(kind, dtype): (library function, kernel_counts)}, built on first use; None if unavailable."""
         if self._functions is None:
-            device_module = self._load_device_module()
+            try:
+                device_module = self._load_device_module()
+            except (ImportError, OSError, NotImplementedError) as error:  # no device code was generated
+                _failures.append(f"{self.numpy_module.__name__}: {error}")
+                self._functions = False
+                return None
             compiled = library(device_module)
             self._functions = False if compiled is None else {
                 (kind, dtype): (getattr(compiled, f"lossc_run_{functions[dtype.name]}"),

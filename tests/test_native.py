@@ -213,6 +213,7 @@ def fake_device_module(device_code, function="lossc_fake"):
 @needs_native
 def test_a_failed_build_falls_back_and_says_why(monkeypatch, tmp_path):
     monkeypatch.setenv("LOSSC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_failures", [])  # this test's failures stay out of the others'
     broken = fake_device_module("this is not C++;")
     assert native.library(broken) is None
     assert "native build failed" in native.status() and "fake_device_module" in native.status()
@@ -220,7 +221,6 @@ def test_a_failed_build_falls_back_and_says_why(monkeypatch, tmp_path):
     numpy_module = importlib.import_module("lossc.generated.numpy.l2")
     fallback = native.NativeModule(numpy_module, lambda: broken)
     np.testing.assert_array_equal(fallback.forward(np.arange(3.0), np.ones(3)), numpy_module.forward(np.arange(3.0), np.ones(3)))
-    monkeypatch.setattr(native, "_failures", [])
 
 
 def test_device_function_names_are_checked_before_reaching_the_compiler():
@@ -351,3 +351,27 @@ def test_a_forked_child_gets_a_fresh_thread_pool():
         pytest.fail("the forked child hung")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == want
+
+
+def test_a_module_without_device_code_falls_back(monkeypatch):
+    monkeypatch.setattr(native, "_failures", [])  # this test's failures stay out of the others'
+    numpy_module = importlib.import_module("lossc.generated.numpy.l1")
+
+    def missing():
+        raise ImportError("no module named lossc.generated.cupy.l1")
+
+    fallback = native.NativeModule(numpy_module, missing)
+    x, y = np.linspace(-2, 2, 9), np.zeros(9)
+    np.testing.assert_array_equal(fallback.forward(x, y), numpy_module.forward(x, y))
+    assert "lossc.generated.numpy.l1" in native.status()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_failures", [])  # this test's failures stay out of the others'
+    shared = tmp_path / "shared"
+    (shared / "native").mkdir(parents=True)
+    (shared / "native").chmod(0o777)
+    monkeypatch.setenv("LOSSC_CACHE_DIR", str(shared))
+    assert native._load_or_build("g++", [], "", "digest", "some_module") is None
+    assert "writable by others" in native.status()
