@@ -2,8 +2,9 @@
 
 Each is checked against the generated NumPy kernels it stands in for (which the accuracy
 and oracle tests check against mpmath, finite differences and PyTorch), over random and
-extreme inputs, at chunk and block boundaries, with scalar and mixed-dtype inputs; and
-every way of falling back to the NumPy kernels is exercised.
+extreme inputs, split over threads and with a ragged last block, with scalar and mixed-dtype
+inputs, from concurrent callers and a forked child; and every way of falling back to the
+NumPy kernels is exercised.
 """
 import importlib
 import os
@@ -65,7 +66,8 @@ def assert_close(got, want, dtype):
 
 
 def declared_truths(module):
-    """{output index: declared SymPy expression} of a generated module, via its spec."""
+    """The declared SymPy expressions of a module's outputs (loss, then gradients), via its spec;
+    None for a module without a spec of its own (a pair term)."""
     path = SPECS / f"{module.NAME}.yaml"
     if not path.exists():
         return None
@@ -78,9 +80,10 @@ def worst_errors(expr, module, arrays, at, outputs, dtype):
     """Max relative error vs 50-digit mpmath of each of ``outputs`` at the elements ``at``."""
     info = np.finfo(dtype)
     worst = [0.0] * len(outputs)
+    params = {p.name: float(dtype(p.default)) for p in load_spec(SPECS / f"{module.NAME}.yaml").runtime_params}
     for i in at:
         scalars = {name: float(a[i]) for name, a in zip(module.INPUTS, arrays)}
-        scalars.update({p.name: float(dtype(p.default)) for p in load_spec(SPECS / f"{module.NAME}.yaml").runtime_params})
+        scalars.update(params)
         try:
             value = float(truth(expr, scalars))
         except NotReal:
