@@ -236,10 +236,9 @@ def kernel_counts(device_module, kind):
     return len(device_module.INPUTS) + backward, len(device_module.PARAMETERS), outputs
 
 
-def source(device_module, vector_math=None):
+def source(device_module):
     """The C++ source of one module's native library: its device code and a loop per kernel."""
-    vector_math = _vector_math() if vector_math is None else vector_math
-    parts = [PRELUDE, POOL_CODE, _vector_declarations() if vector_math else "", COMMON_DEVICE_CODE,
+    parts = [PRELUDE, POOL_CODE, _vector_declarations() if _vector_math() else "", COMMON_DEVICE_CODE,
              device_module.DEVICE_CODE]
     for kind in ("forward", "forward_backward"):
         for precision, ctype in _C_TYPES.items():
