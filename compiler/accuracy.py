@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .derive import declared_gradients
+from .derive import declared_program
 from .ir import build_ir, variants
 from .mp_eval import NotReal, truth
 from .spec import load_spec
@@ -69,7 +69,8 @@ def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy"):
             if ir.has_reductions:
                 continue
             module = native_module(module, ir.module_name)
-        truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in declared_gradients(ir).items()}}
+        steps, gradients = declared_program(ir)
+        truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in gradients.items()}, "steps": steps}
         for dtype in dtypes:
             measure_one = _measure_rows if ir.has_reductions else _measure_variant
             rows += measure_one(spec, ir, module, truths, dtype)
@@ -129,7 +130,7 @@ def _measure_layout(spec, ir, module, truths, dtype, vectors, row_points):
             for j in range(classes) if per_element else [None]:
                 points.append({**point, **elements, **({"class": j} if j is not None else {})})
                 values.append((scalars, j, got[r, j] if per_element else got[r]))
-        rows.append(_compare(spec, ir, output, dtype, expr, elements, points, values))
+        rows.append(_compare(spec, ir, output, dtype, expr, elements, points, values, truths["steps"]))
     return rows
 
 
@@ -145,7 +146,7 @@ def _measure_variant(spec, ir, module, truths, dtype):
         expr = truths["loss" if output.startswith("loss") else output]
         got = np.broadcast_to(got, shape)
         values = [({**inputs, **params}, None, got[i]) for i, inputs in enumerate(exact_inputs)]
-        rows.append(_compare(spec, ir, output, dtype, expr, None, exact_inputs, values))
+        rows.append(_compare(spec, ir, output, dtype, expr, None, exact_inputs, values, truths["steps"]))
     return rows
 
 
@@ -157,14 +158,14 @@ def _outputs(module, arrays, params):
     return outputs
 
 
-def _compare(spec, ir, output, dtype, expr, elements, points, values):
+def _compare(spec, ir, output, dtype, expr, elements, points, values, steps=()):
     """Worst error of the kernel values vs the mpmath truth: ``values`` holds one
     (scalar inputs, class index or None, kernel value) per point of ``points``."""
     info = np.finfo(dtype)
     worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
     for where, (scalars, index, got) in zip(points, values):
         try:
-            value = float(truth(expr, scalars, elements, index))
+            value = float(truth(expr, scalars, elements, index, steps))
         except NotReal:
             continue
         if not np.isfinite(value) or abs(value) > info.max:

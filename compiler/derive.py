@@ -5,8 +5,13 @@ results are stabilized again (never simplified into cancelling forms), lowered, 
 together with the loss so one generated function computes loss and gradients in one pass.
 Non-differentiable points follow PyTorch: d|x|/dx = sign(x) = 0 at 0, relu/max have
 derivative 0 at the kink, and the derivative of sign/step is 0.
+
+A loss whose large definitions are graph nodes (``ir.nodes``) is differentiated in reverse
+mode over that graph: each node's local derivatives once, an adjoint symbol per node
+(``_a0``, ``_a1``, …), so the cost grows with the number of definitions, not with the size
+of the expression they would inline to.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy
 
@@ -31,6 +36,8 @@ class DerivedLoss:
 
     For element-wise losses the gradients are ∂loss/∂input (the kernels multiply by
     grad_output); for losses with reductions they are already d Σ(grad_output·loss)/d input.
+    ``steps`` are the graph's (symbol, expression) assignments the loss and gradients read:
+    its nodes, then their adjoints (empty when every definition was inlined).
     """
 
     ir: object
@@ -38,6 +45,7 @@ class DerivedLoss:
     gradients: dict
     forward: Kernel
     forward_backward: Kernel
+    steps: list = field(default_factory=list)
 
     @property
     def loss_is_row_level(self):
@@ -48,13 +56,17 @@ class DerivedLoss:
 def derive(ir):
     """Stabilize, differentiate, lower and CSE one variant's loss."""
     loss = stabilize(ir.loss)
-    gradients = {}
-    for inp in ir.spec.differentiable_inputs:
+    nodes = [(symbol, stabilize(expr)) for symbol, expr in ir.nodes]
+    finish = lambda e: stabilize(_drop_distributions(e))  # noqa: E731
+    adjoints, gradients = [], {}
+    if nodes:
+        adjoints, gradients = chain_rule(loss, nodes, _differentiable_symbols(ir), finish)
+    for inp in ir.spec.differentiable_inputs if not nodes else ():
         if ir.has_reductions:
             gradient = reduction_gradient(loss, ir.symbols[inp.name], ir.element_symbols)
         else:
             gradient = sympy.diff(loss, ir.symbols[inp.name])
-        gradients[inp.name] = stabilize(_drop_distributions(gradient))
+        gradients[inp.name] = finish(gradient)
     kernel_exprs = [loss, *gradients.values()]
     if ir.has_reductions:
         kernel_exprs = [split_row_sums(e, ir.element_symbols) for e in kernel_exprs]
@@ -62,9 +74,40 @@ def derive(ir):
         ir=ir,
         loss=loss,
         gradients=gradients,
-        forward=fuse(kernel_exprs[:1]),
-        forward_backward=fuse(kernel_exprs),
+        forward=fuse(kernel_exprs[:1], nodes),
+        forward_backward=fuse(kernel_exprs, nodes + adjoints),
+        steps=nodes + adjoints,
     )
+
+
+def _differentiable_symbols(ir):
+    return {inp.name: ir.symbols[inp.name] for inp in ir.spec.differentiable_inputs}
+
+
+def chain_rule(loss, nodes, inputs, finish=lambda e: e):
+    """Reverse mode over a graph of element-wise ``nodes`` ((symbol, expression), each reading
+    inputs and earlier nodes) ending in ``loss``: ([(adjoint symbol, ∂loss/∂node)], in the
+    order they can be computed, and {name: d loss/d input} for ``inputs`` {name: symbol}).
+    Each adjoint is the loss's direct derivative plus later nodes' adjoints times their local
+    derivatives; ``finish`` post-processes every derivative (stabilization)."""
+    adjoint = {}
+    steps = []
+    for k in reversed(range(len(nodes))):
+        symbol = nodes[k][0]
+        total = sympy.diff(loss, symbol) + sum(
+            (adjoint[m] * sympy.diff(expr, symbol) for m, (_, expr) in enumerate(nodes)
+             if m > k and adjoint[m] != 0 and symbol in expr.free_symbols), sympy.S.Zero)
+        total = finish(total)
+        adjoint[k] = total if total.is_Number else sympy.Symbol(f"_a{k}", real=True)
+        if not total.is_Number:
+            steps.append((adjoint[k], total))
+    gradients = {}
+    for name, x in inputs.items():
+        total = sympy.diff(loss, x) + sum(
+            (adjoint[k] * sympy.diff(expr, x) for k, (_, expr) in enumerate(nodes)
+             if adjoint[k] != 0 and x in expr.free_symbols), sympy.S.Zero)
+        gradients[name] = finish(total)
+    return steps, gradients
 
 
 def reduction_gradient(loss, x, element_symbols):
@@ -104,7 +147,18 @@ def reduction_gradient(loss, x, element_symbols):
 def declared_gradients(ir):
     """Gradients of the loss *as declared* (no rewrites), for references and the docs.
 
-    With reductions, the gradient of Σ loss (grad_output = 1) w.r.t. each element."""
+    With reductions, the gradient of Σ loss (grad_output = 1) w.r.t. each element. With
+    graph nodes they read the steps of :func:`declared_program`."""
+    return declared_program(ir)[1]
+
+
+def declared_program(ir):
+    """(steps, gradients) of the loss as declared: ``steps`` the (symbol, expression)
+    assignments of its graph (nodes, then adjoints; none when all is inlined) that the
+    loss and the gradients read."""
+    if ir.nodes:
+        adjoints, gradients = chain_rule(ir.loss, ir.nodes, _differentiable_symbols(ir), _drop_distributions)
+        return list(ir.nodes) + adjoints, gradients
     gradients = {}
     for inp in ir.spec.differentiable_inputs:
         x = ir.symbols[inp.name]
@@ -113,15 +167,34 @@ def declared_gradients(ir):
         else:
             gradient = sympy.diff(ir.loss, x)
         gradients[inp.name] = _drop_distributions(gradient)
-    return gradients
+    return [], gradients
 
 
-def fuse(exprs):
-    """Lower ``exprs`` and eliminate their common subexpressions into one Kernel."""
-    lowered = [lower(e) for e in exprs]
+def fuse(exprs, steps=()):
+    """Lower ``exprs`` (and the graph ``steps`` they read) and eliminate their common
+    subexpressions into one Kernel. SymPy's 'basic' pre-CSE factoring costs more than
+    linear time, so a graph's kernels skip it."""
+    lowered = [lower(e) for _, e in steps] + [lower(e) for e in exprs]
     temporaries = sympy.numbered_symbols("_t", real=True)
-    assignments, outputs = sympy.cse(lowered, symbols=temporaries, order="canonical", optimizations="basic")
-    return Kernel(assignments=list(assignments), outputs=list(outputs))
+    assignments, outputs = sympy.cse(lowered, symbols=temporaries, order="canonical",
+                                     optimizations=None if steps else "basic")
+    if not steps:
+        return Kernel(assignments=list(assignments), outputs=list(outputs))
+    named = list(zip((symbol for symbol, _ in steps), outputs[:len(steps)]))
+    return Kernel(assignments=_dependency_order(list(assignments) + named), outputs=list(outputs[len(steps):]))
+
+
+def _dependency_order(assignments):
+    """``assignments`` reordered so each comes after those it reads, otherwise keeping their order."""
+    defined = {symbol for symbol, _ in assignments}
+    needs = [expr.free_symbols & defined for _, expr in assignments]
+    ordered, done, pending = [], set(), list(range(len(assignments)))
+    while pending:
+        k = next(k for k in pending if needs[k] <= done)
+        pending.remove(k)
+        ordered.append(assignments[k])
+        done.add(assignments[k][0])
+    return ordered
 
 
 def _drop_distributions(expr):

@@ -3,14 +3,23 @@
 Each combination of build-time (bool/choice) parameter values is one variant; its
 expressions are parsed with those values fixed, so ``where(from_sigmoid, a, b)`` keeps
 only the branch that variant needs and each variant compiles to its own kernel.
+
+Definitions are inlined into the expressions that use them, so the stability rules see
+across them (``p = sigmoid(x)``, then ``log(1 - p)``). A definition whose inlined form
+grows past :data:`NODE_SIZE` operations or :data:`NODE_DEPTH` levels (a chain of
+definitions that each use the previous one twice doubles at every step) instead becomes a
+node of the loss's graph: a symbol of its own, its expression computed once, and the
+gradient chained through it (``derive``). Losses over a class axis are always inlined, and
+fail with a clear error past :data:`MAX_INLINED_SIZE`.
 """
+import heapq
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy
 
 from .expr_parser import ExprError, Scope, parse_expression, referenced_names
-from .reductions import CLASS_INDEX, element_level, reductions_in
+from .reductions import CLASS_INDEX, CLASSES, element_level, reductions_in
 
 
 @dataclass
@@ -23,6 +32,7 @@ class LossIR:
     definitions: list
     loss: sympy.Expr
     readable_loss: sympy.Expr
+    nodes: list = field(default_factory=list)
 
     @property
     def input_symbols(self):
@@ -78,17 +88,58 @@ def build_ir(spec, variant):
         else:
             base.choices[p.name] = (variant[p.name], p.choices)
     inlined, readable = Scope(dict(base.values), base.flags, base.choices), Scope(dict(base.values), base.flags, base.choices)
-    definitions = []
-    for index in _definition_order(spec):
+    definitions, nodes = [], []
+    for index in definition_order(spec):
         d = spec.definitions[index]
         at = ("definitions", index, "expr")
-        inlined.values[d.name] = _parse(spec, d.expr, inlined, at)
+        expr = _parse(spec, d.expr, inlined, at)
         readable.values[d.name] = sympy.Symbol(d.name, real=True)
+        inlined.values[d.name] = expr
+        if _needs_node(spec, expr, at):
+            inlined.values[d.name] = readable.values[d.name]
+            nodes.append((readable.values[d.name], expr))
         definitions.append((d.name, _parse(spec, d.expr, readable, at)))
     loss = _parse(spec, spec.loss, inlined, ("loss",))
-    ir = LossIR(spec, dict(variant), symbols, definitions, loss, _parse(spec, spec.loss, readable, ("loss",)))
+    _needs_node(spec, loss, ("loss",))
+    ir = LossIR(spec, dict(variant), symbols, definitions, loss, _parse(spec, spec.loss, readable, ("loss",)), nodes)
     _check_reductions(ir)
     return ir
+
+
+NODE_SIZE = 120
+NODE_DEPTH = 20
+MAX_INLINED_SIZE = 20_000
+
+
+def _needs_node(spec, expr, at):
+    """Whether a definition's inlined ``expr`` is too large to inline further (see the module
+    docstring); losses over a class axis are always inlined, up to MAX_INLINED_SIZE."""
+    size, depth = tree_size(expr)
+    if spec.class_axis is None:
+        return size > NODE_SIZE or depth > NODE_DEPTH
+    if size > MAX_INLINED_SIZE or depth > 4 * NODE_DEPTH:
+        raise spec.error(at, f"with its definitions inlined this expression has {size} operations nested {depth} "
+                             f"deep; a loss over a class axis allows {MAX_INLINED_SIZE} operations nested "
+                             f"{4 * NODE_DEPTH} deep")
+    return False
+
+
+def tree_size(expr):
+    """(operations, depth) of ``expr`` written out as a tree, counted over its DAG with a memo
+    and without recursion (SymPy shares repeated subexpressions, so the tree can be
+    exponentially larger than the object)."""
+    memo, stack = {}, [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in memo:
+            continue
+        if ready or not node.args:
+            args = [memo[a] for a in node.args]
+            memo[node] = (1 + sum(a[0] for a in args), 1 + max((a[1] for a in args), default=0))
+            continue
+        stack.append((node, True))
+        stack.extend((a, False) for a in node.args if a not in memo)
+    return memo[expr]
 
 
 def _param_symbol(param):
@@ -100,9 +151,12 @@ def _param_symbol(param):
 
 def _check_reductions(ir):
     found = reductions_in(ir.loss)
-    uses_index = CLASS_INDEX in ir.loss.free_symbols
-    if (found or uses_index) and ir.spec.class_axis is None:
+    used = ir.loss.free_symbols.union(*(expr.free_symbols for _, expr in ir.nodes))
+    if (found or CLASS_INDEX in used) and ir.spec.class_axis is None:
         raise ir.spec.error(("loss",), "reductions, pick and one_hot need a class_axis (parameter, last or non_batch)")
+    if CLASSES in used and ir.spec.class_axis is None:
+        raise ir.spec.error(("loss",), "'classes' (the size of the class axis) needs a class_axis (parameter, last "
+                                       "or non_batch)")
     for node in found:
         if not element_level(node.args[0], ir.element_symbols):
             raise ir.spec.error(("loss",), f"{type(node).__name__[1:]}() of a row-level value: {node.args[0]}")
@@ -118,15 +172,24 @@ def _parse(spec, text, scope, at):
     return expr
 
 
-def _definition_order(spec):
-    """Indices of definitions so each comes after those it uses (spec validated acyclic)."""
-    names = [d.name for d in spec.definitions]
-    deps = {i: referenced_names(d.expr) & set(names) for i, d in enumerate(spec.definitions)}
-    order, placed = [], set()
-    while len(order) < len(names):
-        for i in range(len(names)):
-            if i not in order and deps[i] <= placed:
-                order.append(i)
-                placed.add(names[i])
-                break
+def definition_order(spec):
+    """Indices of definitions so each comes after those it uses, the earliest-declared ready
+    one first (spec validated acyclic)."""
+    index = {d.name: i for i, d in enumerate(spec.definitions)}
+    uses = [referenced_names(d.expr) & set(index) for d in spec.definitions]
+    waiting = [len(u) for u in uses]
+    users = {i: [] for i in range(len(uses))}
+    for i, used in enumerate(uses):
+        for name in used:
+            users[index[name]].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for user in users[i]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
     return order

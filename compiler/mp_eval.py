@@ -153,8 +153,10 @@ def _real(value):
     return value
 
 
-def truth(expr, values, elements=None, index=None):
+def truth(expr, values, elements=None, index=None, steps=()):
     """``expr`` at ``values`` (name → exact float) with at least 40 correct digits, as an mpf.
+    ``steps`` are (symbol, expression) assignments evaluated first, in order, that ``expr``
+    may read (the nodes of a loss's graph).
 
     For losses with reductions, ``elements`` maps element-level names to one row of values
     (one per class) and ``index`` is the class at which an element-level expr is taken.
@@ -171,6 +173,8 @@ def truth(expr, values, elements=None, index=None):
                 {name: [mpmath.mpf(v) for v in row] for name, row in (elements or {}).items()},
                 index,
             )
+            for symbol, step in steps:
+                evaluator.env[symbol.name] = evaluator.value(step)
             value = evaluator.value(expr)
         needed = evaluator.lost_bits + GUARD_BITS
         if needed <= bits and (not evaluator.exact_zero or zero_confirmed):

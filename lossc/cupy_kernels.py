@@ -6,9 +6,9 @@ of its functions and, for losses with reductions, its launch plan); this builds 
 lazily and cached. float16 is computed in float32; float32 stays in single precision.
 CuPy is imported on first use only.
 
-Kernel parameter names: the spec's names (validated identifiers that cannot start with
-'_' and exclude CuPy's reserved 'i'), and for generated values names starting with
-``_lossc_`` so they never meet CuPy's own ``_``-prefixed kernel variables.
+Kernel parameter names all start with ``_lossc_`` (``_lossc_s_pred`` for the spec's ``pred``,
+``_lossc_j`` for the generated ``_j``), so no spec name meets CuPy's own kernel variables
+(``i``, ``n``, ``_ind``…), the type placeholders or another parameter.
 """
 
 # Device code every generated module may use (guarded: several modules can share a source).
@@ -32,8 +32,8 @@ def precision(dtype):
 
 
 def kernel_name(name):
-    """The name a generated value has as a CuPy kernel parameter: _j → _lossc_j, _r0 → _lossc_r0."""
-    return f"_lossc{name}" if name.startswith("_") else name
+    """The name a value has as a CuPy kernel parameter: _j → _lossc_j, pred → _lossc_s_pred."""
+    return f"_lossc{name}" if name.startswith("_") else f"_lossc_s_{name}"
 
 
 class KernelCache:
@@ -56,11 +56,14 @@ class KernelCache:
 
         compute, ctype = precision(dtype)
         inputs = list(self.inputs) + (["grad_output"] if kind == "forward_backward" else [])
-        outputs = ["loss"] + ([f"d_{n}" for n in self.differentiable] if kind == "forward_backward" else [])
+        count = 1 + (len(self.differentiable) if kind == "forward_backward" else 0)
+        outputs = ["_lossc_loss"] + [f"_lossc_d{k}" for k in range(count - 1)]
+        inputs = [kernel_name(n) for n in inputs]
+        parameters = [kernel_name(p) for p in self.parameters]
         in_params = ", ".join([f"T {inputs[0]}"] + [f"U{i} {n}" for i, n in enumerate(inputs[1:])]
-                              + [f"float64 {p}" for p in self.parameters])
+                              + [f"float64 {p}" for p in parameters])
         out_params = ", ".join(f"T {n}" for n in outputs)
-        casts = [f"({ctype}){n}" for n in inputs + list(self.parameters)]
+        casts = [f"({ctype}){n}" for n in inputs + parameters]
         stores = [f"{n} = (T)_o{i};" for i, n in enumerate(outputs)]
         body = _call_and_store(self.functions[kind][compute], casts, ctype, stores)
         return cupy.ElementwiseKernel(in_params, out_params, body, f"lossc_{self.name}_{kind}_{dtype.name}",
@@ -144,7 +147,8 @@ class RowKernelCache:
 def _in_params(stage, parameters):
     """Typed CuPy parameters of a stage: arrays get their own type placeholder, scalars float64."""
     scalars = set(parameters) | {"classes"}
-    return [f"float64 {a}" if a in scalars else f"U{i} {kernel_name(a)}" for i, a in enumerate(stage["arguments"])]
+    return [f"float64 {kernel_name(a)}" if a in scalars else f"U{i} {kernel_name(a)}"
+            for i, a in enumerate(stage["arguments"])]
 
 
 def _casts(stage, ctype):

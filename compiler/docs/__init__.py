@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sympy
+from markupsafe import Markup
 
 from sympy.printing.latex import LatexPrinter
 
@@ -44,7 +45,8 @@ class Formula:
         """Render ``expr`` as LaTeX, presentation MathML and plain text."""
         names = {s: tex_name(s.name) for s in expr.free_symbols}
         names[CLASS_INDEX] = "j"
-        return cls(DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"}).doprint(expr), mathml(expr), str(expr))
+        return cls(DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"}).doprint(expr), Markup(mathml(expr)),
+                   str(expr))
 
 
 class DocLatexPrinter(LatexPrinter):

@@ -7,6 +7,8 @@ double ones. Conditions become ternaries, so an unused branch is never evaluated
 import numpy as np
 from sympy.printing.str import StrPrinter
 
+from . import code_name
+
 MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "Abs": "fabs", "sqrt": "sqrt", "pow": "pow",
         "loggamma": "lgamma", "floor": "floor"}
 
@@ -31,6 +33,9 @@ class CudaPrinter(StrPrinter):
             return (text if any(c in text for c in ".e") or "inf" in text else text + ".0") + "f"
         text = repr(float(value))
         return text if any(c in text for c in ".e") else text + ".0"
+
+    def _print_Symbol(self, expr):
+        return code_name(expr.name)
 
     def _print_Float(self, expr):
         return self.literal(float(expr))

@@ -10,12 +10,19 @@ fused element-wise launch for the loss and gradients.
 from dataclasses import dataclass
 
 from ..derive import GRAD_OUTPUT
-from . import python_signature, template, variant_text
+from . import module_docstring, python_signature, template
+from .numpy_emitter import ROWS_NOTE
 from .cuda_printer import CudaPrinter
 from .row_stages import stages
 
 PRECISIONS = ("float32", "float64")
 SHORT = {"float32": "f32", "float64": "f64"}
+ELEMENTWISE_NOTES = ("DEVICE_CODE holds plain CUDA C++ __device__ functions; the ElementwiseKernels below call them,",
+                     "one launch for the loss and all its gradients. float16 is computed in float32.")
+ROWS_NOTES = (ROWS_NOTE,
+              "DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each",
+              "kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused",
+              "ElementwiseKernel for the loss and all gradients. float16 is computed in float32.")
 
 
 @dataclass
@@ -33,14 +40,14 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     returned when ``returns_value``, else stored through out0, out1, … (every output after
     the first multiplied by grad_output when ``scale_gradients``)."""
     printer = CudaPrinter(precision)
-    statements = [f"const {printer.type} {s.name} = {printer.doprint(e)};" for s, e in assignments]
-    parameters = [f"{printer.type} {a.name}" for a in arguments]
+    statements = [f"const {printer.type} {printer.doprint(s)} = {printer.doprint(e)};" for s, e in assignments]
+    parameters = [f"{printer.type} {printer.doprint(a)}" for a in arguments]
     if returns_value:
         statements.append(f"return {printer.doprint(outputs[0])};")
         return DeviceFunction(printer.type, name, ", ".join(parameters), statements)
     codes = [printer.doprint(e) for e in outputs]
     if scale_gradients:
-        codes = codes[:1] + [f"grad_output * ({c})" for c in codes[1:]]
+        codes = codes[:1] + [f"{printer.doprint(GRAD_OUTPUT)} * ({c})" for c in codes[1:]]
     statements += [f"*out{i} = {c};" for i, c in enumerate(codes)]
     parameters += [f"{printer.type}* out{i}" for i in range(len(outputs))]
     return DeviceFunction("void", name, ", ".join(parameters), statements)
@@ -62,9 +69,8 @@ def emit_cupy(derived, spec_file):
     spec = ir.spec
     common = dict(
         name=spec.name,
-        summary=spec.summary,
-        spec_file=spec_file,
-        variant_text=variant_text(ir.variant),
+        module_doc=module_docstring(spec, ir.variant, spec_file, "CuPy",
+                                    ROWS_NOTES if ir.has_reductions else ELEMENTWISE_NOTES),
         inputs=[i.name for i in spec.inputs],
         differentiable=[i.name for i in spec.differentiable_inputs],
         params=[p.name for p in spec.runtime_params],

@@ -3,8 +3,11 @@ from dataclasses import dataclass
 
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASSES
-from . import python_signature, template, variant_text
+from . import code_name, module_docstring, python_signature, template
 from .numpy_ufuncs import POOLS, linearize
+
+
+ROWS_NOTE = "Inputs are laid out as (rows, classes) with the class axis last; row inputs are (rows,)."
 
 
 @dataclass
@@ -40,9 +43,7 @@ def emit_numpy(derived, spec_file):
         row_inputs=[i.name for i in spec.inputs if i.per == "row"],
         loss_level="row" if derived.loss_is_row_level else "element",
         name=spec.name,
-        summary=spec.summary,
-        spec_file=spec_file,
-        variant_text=variant_text(ir.variant),
+        module_doc=module_docstring(spec, ir.variant, spec_file, notes=[ROWS_NOTE] if rows else []),
         variant_repr=repr(ir.variant),
         inputs=inputs,
         differentiable=differentiable,
@@ -66,7 +67,7 @@ def _kernel(name, doc, kernel, ir, args, n_outputs, scale):
         for slot, (prefix, count) in enumerate(zip(POOLS.values(), program.counts))
         if count
     ]
-    return KernelCode(name, doc, ", ".join(args), ", ".join(targets) + ",", unpack, program.lines, program.counts)
+    return KernelCode(name, doc, ", ".join(code_name(a) for a in args), ", ".join(targets) + ",", unpack, program.lines, program.counts)
 
 
 def _element_loss(ir, kernel):

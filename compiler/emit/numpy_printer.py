@@ -7,11 +7,16 @@ float32 or float16 array to float64. Numbers print as plain Python literals.
 """
 from sympy.printing.str import StrPrinter
 
+from . import code_name
+
 
 class NumPyPrinter(StrPrinter):
     """Prints scalar (parameter-only) loss sub-expressions as Python code (``np`` is numpy)."""
 
     printmethod = "_lossc_numpy"
+
+    def _print_Symbol(self, expr):
+        return code_name(expr.name)
 
     def _print_Float(self, expr):
         return repr(float(expr))

@@ -13,6 +13,7 @@ import sympy
 
 from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step, unit_clip
 from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
+from . import code_name
 from .numpy_printer import NumPyPrinter
 
 UNARY = {
@@ -184,7 +185,7 @@ class _Linearizer:
         if isinstance(expr, grouped):  # its own buffer already keeps it apart from the sum around it
             return self.value(expr.args[0])
         if self.is_leaf(expr):
-            return self.scalar(expr) if not expr.is_Symbol or expr in self.scalars else expr.name
+            return self.scalar(expr) if not expr.is_Symbol or expr in self.scalars else code_name(expr.name)
         name = self.compute(expr)
         self.names[expr] = name
         return name
@@ -510,7 +511,7 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
     lin.count_uses([expr for _, expr in assignments] + outputs)
     for symbol, expr in assignments:
         if lin.is_scalar(expr):
-            lin.lines.append(f"{symbol.name} = {lin.scalar(expr)}")
+            lin.lines.append(f"{code_name(symbol.name)} = {lin.scalar(expr)}")
             lin.scalars.add(symbol)
         elif expr.is_Relational:
             lin.pending[symbol] = expr  # a comparison is computed where first needed (maybe never)
@@ -523,7 +524,7 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
         if fresh:
             lin.names[expr] = target
         if scaled:
-            lin.lines.append(f"np.multiply({code}, grad_output, out={target})")
+            lin.lines.append(f"np.multiply({code}, {code_name('grad_output')}, out={target})")
         elif code != target:
             lin.lines.append(f"np.copyto({target}, {code}, casting='unsafe')")
         lin.release(expr)

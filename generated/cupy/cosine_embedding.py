@@ -7,101 +7,101 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "cosine_embedding"
+NAME = 'cosine_embedding'
 INPUTS = ('input1', 'input2', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('input1', 'input2')
 PARAMETERS = ('margin',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "sum", "level": "element", "arguments": ('input1',), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fwd_r0_f32", "float64": "lossc_cosine_embedding_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('input2',), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fwd_r1_f32", "float64": "lossc_cosine_embedding_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('input1', 'input2'), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fwd_r2_f32", "float64": "lossc_cosine_embedding_fwd_r2_f64"}},
-        {"op": "final", "level": "row", "arguments": ('label', 'margin', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fwd_out_f32", "float64": "lossc_cosine_embedding_fwd_out_f64"}},
+    'forward': (
+        {"op": 'sum', "level": 'element', "arguments": ('input1',), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fwd_r0_f32', "float64": 'lossc_cosine_embedding_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('input2',), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fwd_r1_f32', "float64": 'lossc_cosine_embedding_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('input1', 'input2'), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fwd_r2_f32', "float64": 'lossc_cosine_embedding_fwd_r2_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'margin', '_r0', '_r1', '_r2'), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fwd_out_f32', "float64": 'lossc_cosine_embedding_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "sum", "level": "element", "arguments": ('input1', 'input2'), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fb_r0_f32", "float64": "lossc_cosine_embedding_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('input1',), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fb_r1_f32", "float64": "lossc_cosine_embedding_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('input2',), "outputs": 1,
-         "functions": {"float32": "lossc_cosine_embedding_fb_r2_f32", "float64": "lossc_cosine_embedding_fb_r2_f64"}},
-        {"op": "final", "level": "element", "arguments": ('input1', 'input2', 'label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "outputs": 3,
-         "functions": {"float32": "lossc_cosine_embedding_fb_out_f32", "float64": "lossc_cosine_embedding_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'sum', "level": 'element', "arguments": ('input1', 'input2'), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fb_r0_f32', "float64": 'lossc_cosine_embedding_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('input1',), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fb_r1_f32', "float64": 'lossc_cosine_embedding_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('input2',), "outputs": 1,
+         "functions": {"float32": 'lossc_cosine_embedding_fb_r2_f32', "float64": 'lossc_cosine_embedding_fb_r2_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('input1', 'input2', 'label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "outputs": 3,
+         "functions": {"float32": 'lossc_cosine_embedding_fb_out_f32', "float64": 'lossc_cosine_embedding_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_cosine_embedding_fwd_r0_f32(float input1)
+__device__ __forceinline__ float lossc_cosine_embedding_fwd_r0_f32(float s_input1)
 {
-    return (input1*input1);
+    return (s_input1*s_input1);
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fwd_r0_f64(double input1)
+__device__ __forceinline__ double lossc_cosine_embedding_fwd_r0_f64(double s_input1)
 {
-    return (input1*input1);
+    return (s_input1*s_input1);
 }
-__device__ __forceinline__ float lossc_cosine_embedding_fwd_r1_f32(float input2)
+__device__ __forceinline__ float lossc_cosine_embedding_fwd_r1_f32(float s_input2)
 {
-    return (input2*input2);
+    return (s_input2*s_input2);
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fwd_r1_f64(double input2)
+__device__ __forceinline__ double lossc_cosine_embedding_fwd_r1_f64(double s_input2)
 {
-    return (input2*input2);
+    return (s_input2*s_input2);
 }
-__device__ __forceinline__ float lossc_cosine_embedding_fwd_r2_f32(float input1, float input2)
+__device__ __forceinline__ float lossc_cosine_embedding_fwd_r2_f32(float s_input1, float s_input2)
 {
-    return input1*input2;
+    return s_input1*s_input2;
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fwd_r2_f64(double input1, double input2)
+__device__ __forceinline__ double lossc_cosine_embedding_fwd_r2_f64(double s_input1, double s_input2)
 {
-    return input1*input2;
+    return s_input1*s_input2;
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f32(float label, float margin, float _r0, float _r1, float _r2, float* out0)
+__device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f32(float s_label, float s_margin, float _r0, float _r1, float _r2, float* out0)
 {
     const float _t0 = powf(_r0, 0.5f);
     const float _t1 = powf(_r1, 0.5f);
     const float _t2 = _r2*((_t0*_t1 < 9.99999996e-13f) ? 9.99999996e+11f : 1.0f/(_t0*_t1));
-    *out0 = ((label == 1.0f) ? -_t2 + 1.0f : 0.0f) + ((label == -1.0f) ? ((_t2 - margin) < 0 ? 0.0f : (_t2 - margin)) : 0.0f);
+    *out0 = ((s_label == 1.0f) ? -_t2 + 1.0f : 0.0f) + ((s_label == -1.0f) ? ((_t2 - s_margin) < 0 ? 0.0f : (_t2 - s_margin)) : 0.0f);
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f64(double label, double margin, double _r0, double _r1, double _r2, double* out0)
+__device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f64(double s_label, double s_margin, double _r0, double _r1, double _r2, double* out0)
 {
     const double _t0 = pow(_r0, 0.5);
     const double _t1 = pow(_r1, 0.5);
     const double _t2 = _r2*((_t0*_t1 < 1e-12) ? 1000000000000.0 : 1.0/(_t0*_t1));
-    *out0 = ((label == 1.0) ? -_t2 + 1.0 : 0.0) + ((label == -1.0) ? ((_t2 - margin) < 0 ? 0.0 : (_t2 - margin)) : 0.0);
+    *out0 = ((s_label == 1.0) ? -_t2 + 1.0 : 0.0) + ((s_label == -1.0) ? ((_t2 - s_margin) < 0 ? 0.0 : (_t2 - s_margin)) : 0.0);
 }
-__device__ __forceinline__ float lossc_cosine_embedding_fb_r0_f32(float input1, float input2)
+__device__ __forceinline__ float lossc_cosine_embedding_fb_r0_f32(float s_input1, float s_input2)
 {
-    return input1*input2;
+    return s_input1*s_input2;
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fb_r0_f64(double input1, double input2)
+__device__ __forceinline__ double lossc_cosine_embedding_fb_r0_f64(double s_input1, double s_input2)
 {
-    return input1*input2;
+    return s_input1*s_input2;
 }
-__device__ __forceinline__ float lossc_cosine_embedding_fb_r1_f32(float input1)
+__device__ __forceinline__ float lossc_cosine_embedding_fb_r1_f32(float s_input1)
 {
-    return (input1*input1);
+    return (s_input1*s_input1);
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fb_r1_f64(double input1)
+__device__ __forceinline__ double lossc_cosine_embedding_fb_r1_f64(double s_input1)
 {
-    return (input1*input1);
+    return (s_input1*s_input1);
 }
-__device__ __forceinline__ float lossc_cosine_embedding_fb_r2_f32(float input2)
+__device__ __forceinline__ float lossc_cosine_embedding_fb_r2_f32(float s_input2)
 {
-    return (input2*input2);
+    return (s_input2*s_input2);
 }
-__device__ __forceinline__ double lossc_cosine_embedding_fb_r2_f64(double input2)
+__device__ __forceinline__ double lossc_cosine_embedding_fb_r2_f64(double s_input2)
 {
-    return (input2*input2);
+    return (s_input2*s_input2);
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_f32(float input1, float input2, float label, float grad_output, float margin, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_f32(float s_input1, float s_input2, float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2)
 {
     const float _t0 = _r0;
     const float _t1 = _r1;
@@ -113,18 +113,18 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f32(float input1, 
     const float _t7 = (1.0f/_t4);
     const float _t8 = (_t5 ? 9.99999996e+11f : _t6*_t7);
     const float _t9 = _t0*_t8;
-    const float _t10 = (label == 1.0f);
-    const float _t11 = _t9 - margin;
-    const float _t12 = (label == -1.0f);
+    const float _t10 = (s_label == 1.0f);
+    const float _t11 = _t9 - s_margin;
+    const float _t12 = (s_label == -1.0f);
     const float _t13 = ((_t11) > 0 ? 1.0f : 0.0f);
     const float _t14 = (_t10 ? -_t8 : 0.0f) + (_t12 ? _t13*_t8 : 0.0f);
     const float _t15 = _t0*(_t5 ? 0.0f : -_t7/(2.0f*powf(_t1, 1.5f)));
     const float _t16 = _t0*(_t5 ? 0.0f : -_t6/(2.0f*powf(_t3, 1.5f)));
     *out0 = (_t10 ? -_t9 + 1.0f : 0.0f) + (_t12 ? ((_t11) < 0 ? 0.0f : (_t11)) : 0.0f);
-    *out1 = grad_output*(_t14*input2 + 2.0f*input1*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f)));
-    *out2 = grad_output*(_t14*input1 + 2.0f*input2*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f)));
+    *out1 = s_grad_output*(_t14*s_input2 + 2.0f*s_input1*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f)));
+    *out2 = s_grad_output*(_t14*s_input1 + 2.0f*s_input2*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f)));
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double input1, double input2, double label, double grad_output, double margin, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double s_input1, double s_input2, double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2)
 {
     const double _t0 = _r0;
     const double _t1 = _r1;
@@ -136,28 +136,28 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double input1,
     const double _t7 = (1.0/_t4);
     const double _t8 = (_t5 ? 1000000000000.0 : _t6*_t7);
     const double _t9 = _t0*_t8;
-    const double _t10 = (label == 1.0);
-    const double _t11 = _t9 - margin;
-    const double _t12 = (label == -1.0);
+    const double _t10 = (s_label == 1.0);
+    const double _t11 = _t9 - s_margin;
+    const double _t12 = (s_label == -1.0);
     const double _t13 = ((_t11) > 0 ? 1.0 : 0.0);
     const double _t14 = (_t10 ? -_t8 : 0.0) + (_t12 ? _t13*_t8 : 0.0);
     const double _t15 = _t0*(_t5 ? 0.0 : -_t7/(2.0*pow(_t1, 1.5)));
     const double _t16 = _t0*(_t5 ? 0.0 : -_t6/(2.0*pow(_t3, 1.5)));
     *out0 = (_t10 ? -_t9 + 1.0 : 0.0) + (_t12 ? ((_t11) < 0 ? 0.0 : (_t11)) : 0.0);
-    *out1 = grad_output*(_t14*input2 + 2.0*input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
-    *out2 = grad_output*(_t14*input1 + 2.0*input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));
+    *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
+    *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(input1, input2, label, *, margin=0.0):
-    """cosine_embedding of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (input1, input2, label,), None, (margin,))[0]
 
 
 def forward_backward(input1, input2, label, *, margin=0.0, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d input1|input2, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (input1, input2, label,), grad_output, (margin,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (input1, input2, label,), grad_output, (margin,))
+    return _loss, (*_grads,)

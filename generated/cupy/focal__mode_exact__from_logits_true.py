@@ -7,77 +7,77 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "focal"
+NAME = 'focal'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 STAGES = {
-    "forward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', '_j', 'alpha', 'gamma'), "outputs": 1,
-         "functions": {"float32": "lossc_focal__mode_exact__from_logits_true_fwd_out_f32", "float64": "lossc_focal__mode_exact__from_logits_true_fwd_out_f64"}},
+    'forward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', '_j', 'alpha', 'gamma'), "outputs": 1,
+         "functions": {"float32": 'lossc_focal__mode_exact__from_logits_true_fwd_out_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma'), "outputs": 2,
-         "functions": {"float32": "lossc_focal__mode_exact__from_logits_true_fb_out_f32", "float64": "lossc_focal__mode_exact__from_logits_true_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma'), "outputs": 2,
+         "functions": {"float32": 'lossc_focal__mode_exact__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fwd_out_f32(float pred, float label, float _j, float alpha, float gamma, float* out0)
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fwd_out_f32(float s_pred, float s_label, float _j, float s_alpha, float s_gamma, float* out0)
 {
-    const float _t0 = ((_j == label) ? 1.0f : 0.0f);
-    *out0 = -_t0*alpha*powf((-pred + 1.0f), gamma)*logf(pred) - powf(pred, gamma)*(_t0 - 1.0f)*(alpha - 1.0f)*log1pf(-pred);
+    const float _t0 = ((_j == s_label) ? 1.0f : 0.0f);
+    *out0 = -_t0*s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(s_pred) - powf(s_pred, s_gamma)*(_t0 - 1.0f)*(s_alpha - 1.0f)*log1pf(-s_pred);
 }
-__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fwd_out_f64(double pred, double label, double _j, double alpha, double gamma, double* out0)
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double* out0)
 {
-    const double _t0 = ((_j == label) ? 1.0 : 0.0);
-    *out0 = -_t0*alpha*pow((-pred + 1.0), gamma)*log(pred) - pow(pred, gamma)*(_t0 - 1.0)*(alpha - 1.0)*log1p(-pred);
+    const double _t0 = ((_j == s_label) ? 1.0 : 0.0);
+    *out0 = -_t0*s_alpha*pow((-s_pred + 1.0), s_gamma)*log(s_pred) - pow(s_pred, s_gamma)*(_t0 - 1.0)*(s_alpha - 1.0)*log1p(-s_pred);
 }
-__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_f32(float pred, float label, float grad_output, float _j, float alpha, float gamma, float* out0, float* out1)
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float* out0, float* out1)
 {
-    const float _t0 = logf(pred);
-    const float _t1 = pred - 1.0f;
+    const float _t0 = logf(s_pred);
+    const float _t1 = s_pred - 1.0f;
     const float _t2 = -_t1;
-    const float _t3 = ((_j == label) ? 1.0f : 0.0f);
-    const float _t4 = powf(_t2, gamma)*_t3*alpha;
-    const float _t5 = log1pf(-pred);
-    const float _t6 = alpha - 1.0f;
+    const float _t3 = ((_j == s_label) ? 1.0f : 0.0f);
+    const float _t4 = powf(_t2, s_gamma)*_t3*s_alpha;
+    const float _t5 = log1pf(-s_pred);
+    const float _t6 = s_alpha - 1.0f;
     const float _t7 = _t3 - 1.0f;
-    const float _t8 = _t6*_t7*powf(pred, gamma);
-    const float _t9 = gamma - 1.0f;
+    const float _t8 = _t6*_t7*powf(s_pred, s_gamma);
+    const float _t9 = s_gamma - 1.0f;
     *out0 = -_t0*_t4 - _t5*_t8;
-    *out1 = -grad_output*(-_t0*powf(_t2, _t9)*_t3*alpha*gamma + _t4/pred + _t5*_t6*_t7*gamma*powf(pred, _t9) + _t8/_t1);
+    *out1 = -s_grad_output*(-_t0*powf(_t2, _t9)*_t3*s_alpha*s_gamma + _t4/s_pred + _t5*_t6*_t7*s_gamma*powf(s_pred, _t9) + _t8/_t1);
 }
-__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_f64(double pred, double label, double grad_output, double _j, double alpha, double gamma, double* out0, double* out1)
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double* out0, double* out1)
 {
-    const double _t0 = log(pred);
-    const double _t1 = pred - 1.0;
+    const double _t0 = log(s_pred);
+    const double _t1 = s_pred - 1.0;
     const double _t2 = -_t1;
-    const double _t3 = ((_j == label) ? 1.0 : 0.0);
-    const double _t4 = pow(_t2, gamma)*_t3*alpha;
-    const double _t5 = log1p(-pred);
-    const double _t6 = alpha - 1.0;
+    const double _t3 = ((_j == s_label) ? 1.0 : 0.0);
+    const double _t4 = pow(_t2, s_gamma)*_t3*s_alpha;
+    const double _t5 = log1p(-s_pred);
+    const double _t6 = s_alpha - 1.0;
     const double _t7 = _t3 - 1.0;
-    const double _t8 = _t6*_t7*pow(pred, gamma);
-    const double _t9 = gamma - 1.0;
+    const double _t8 = _t6*_t7*pow(s_pred, s_gamma);
+    const double _t9 = s_gamma - 1.0;
     *out0 = -_t0*_t4 - _t5*_t8;
-    *out1 = -grad_output*(-_t0*pow(_t2, _t9)*_t3*alpha*gamma + _t4/pred + _t5*_t6*_t7*gamma*pow(pred, _t9) + _t8/_t1);
+    *out1 = -s_grad_output*(-_t0*pow(_t2, _t9)*_t3*s_alpha*s_gamma + _t4/s_pred + _t5*_t6*_t7*s_gamma*pow(s_pred, _t9) + _t8/_t1);
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, (alpha, gamma, eps,))[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma, eps,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma, eps,))
+    return _loss, (*_grads,)

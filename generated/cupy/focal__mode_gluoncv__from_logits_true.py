@@ -7,89 +7,89 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "focal"
+NAME = 'focal'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 STAGES = {
-    "forward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', '_j', 'alpha', 'gamma', 'eps'), "outputs": 1,
-         "functions": {"float32": "lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32", "float64": "lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64"}},
+    'forward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', '_j', 'alpha', 'gamma', 'eps'), "outputs": 1,
+         "functions": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', 'eps'), "outputs": 2,
-         "functions": {"float32": "lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32", "float64": "lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', 'eps'), "outputs": 2,
+         "functions": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32(float pred, float label, float _j, float alpha, float gamma, float eps, float* out0)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32(float s_pred, float s_label, float _j, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    const float _t0 = ((_j == label) ? 1.0f : 0.0f);
-    const float _t1 = eps + pred;
-    const float _t2 = eps - pred;
-    *out0 = -_t0*alpha*powf((-pred + 1.0f), gamma)*logf(((_t1 > 1.0f) ? 1.0f : _t1)) - powf(pred, gamma)*(_t0 - 1.0f)*(alpha - 1.0f)*logf(((_t2 > 0.0f) ? 1.0f : _t2 + 1.0f));
+    const float _t0 = ((_j == s_label) ? 1.0f : 0.0f);
+    const float _t1 = s_eps + s_pred;
+    const float _t2 = s_eps - s_pred;
+    *out0 = -_t0*s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(((_t1 > 1.0f) ? 1.0f : _t1)) - powf(s_pred, s_gamma)*(_t0 - 1.0f)*(s_alpha - 1.0f)*logf(((_t2 > 0.0f) ? 1.0f : _t2 + 1.0f));
 }
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64(double pred, double label, double _j, double alpha, double gamma, double eps, double* out0)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    const double _t0 = ((_j == label) ? 1.0 : 0.0);
-    const double _t1 = eps + pred;
-    const double _t2 = eps - pred;
-    *out0 = -_t0*alpha*pow((-pred + 1.0), gamma)*log(((_t1 > 1.0) ? 1.0 : _t1)) - pow(pred, gamma)*(_t0 - 1.0)*(alpha - 1.0)*log(((_t2 > 0.0) ? 1.0 : _t2 + 1.0));
+    const double _t0 = ((_j == s_label) ? 1.0 : 0.0);
+    const double _t1 = s_eps + s_pred;
+    const double _t2 = s_eps - s_pred;
+    *out0 = -_t0*s_alpha*pow((-s_pred + 1.0), s_gamma)*log(((_t1 > 1.0) ? 1.0 : _t1)) - pow(s_pred, s_gamma)*(_t0 - 1.0)*(s_alpha - 1.0)*log(((_t2 > 0.0) ? 1.0 : _t2 + 1.0));
 }
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32(float pred, float label, float grad_output, float _j, float alpha, float gamma, float eps, float* out0, float* out1)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
-    const float _t0 = eps + pred;
+    const float _t0 = s_eps + s_pred;
     const float _t1 = (_t0 > 1.0f);
     const float _t2 = logf((_t1 ? 1.0f : _t0));
-    const float _t3 = -pred + 1.0f;
-    const float _t4 = ((_j == label) ? 1.0f : 0.0f);
-    const float _t5 = powf(_t3, gamma)*_t4*alpha;
-    const float _t6 = powf(pred, gamma);
-    const float _t7 = alpha - 1.0f;
+    const float _t3 = -s_pred + 1.0f;
+    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
+    const float _t5 = powf(_t3, s_gamma)*_t4*s_alpha;
+    const float _t6 = powf(s_pred, s_gamma);
+    const float _t7 = s_alpha - 1.0f;
     const float _t8 = _t4 - 1.0f;
-    const float _t9 = eps - pred;
+    const float _t9 = s_eps - s_pred;
     const float _t10 = (_t9 > 0.0f);
     const float _t11 = _t9 + 1.0f;
     const float _t12 = _t7*_t8*logf((_t10 ? 1.0f : _t11));
-    const float _t13 = gamma - 1.0f;
+    const float _t13 = s_gamma - 1.0f;
     *out0 = -_t12*_t6 - _t2*_t5;
-    *out1 = -grad_output*(_t12*gamma*powf(pred, _t13) - _t2*powf(_t3, _t13)*_t4*alpha*gamma + _t5*(_t1 ? 0.0f : 1.0f)*(_t1 ? 1.0f : (1.0f/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0f : -1.0f)*(_t10 ? 1.0f : (1.0f/_t11)));
+    *out1 = -s_grad_output*(_t12*s_gamma*powf(s_pred, _t13) - _t2*powf(_t3, _t13)*_t4*s_alpha*s_gamma + _t5*(_t1 ? 0.0f : 1.0f)*(_t1 ? 1.0f : (1.0f/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0f : -1.0f)*(_t10 ? 1.0f : (1.0f/_t11)));
 }
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64(double pred, double label, double grad_output, double _j, double alpha, double gamma, double eps, double* out0, double* out1)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
-    const double _t0 = eps + pred;
+    const double _t0 = s_eps + s_pred;
     const double _t1 = (_t0 > 1.0);
     const double _t2 = log((_t1 ? 1.0 : _t0));
-    const double _t3 = -pred + 1.0;
-    const double _t4 = ((_j == label) ? 1.0 : 0.0);
-    const double _t5 = pow(_t3, gamma)*_t4*alpha;
-    const double _t6 = pow(pred, gamma);
-    const double _t7 = alpha - 1.0;
+    const double _t3 = -s_pred + 1.0;
+    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
+    const double _t5 = pow(_t3, s_gamma)*_t4*s_alpha;
+    const double _t6 = pow(s_pred, s_gamma);
+    const double _t7 = s_alpha - 1.0;
     const double _t8 = _t4 - 1.0;
-    const double _t9 = eps - pred;
+    const double _t9 = s_eps - s_pred;
     const double _t10 = (_t9 > 0.0);
     const double _t11 = _t9 + 1.0;
     const double _t12 = _t7*_t8*log((_t10 ? 1.0 : _t11));
-    const double _t13 = gamma - 1.0;
+    const double _t13 = s_gamma - 1.0;
     *out0 = -_t12*_t6 - _t2*_t5;
-    *out1 = -grad_output*(_t12*gamma*pow(pred, _t13) - _t2*pow(_t3, _t13)*_t4*alpha*gamma + _t5*(_t1 ? 0.0 : 1.0)*(_t1 ? 1.0 : (1.0/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0 : -1.0)*(_t10 ? 1.0 : (1.0/_t11)));
+    *out1 = -s_grad_output*(_t12*s_gamma*pow(s_pred, _t13) - _t2*pow(_t3, _t13)*_t4*s_alpha*s_gamma + _t5*(_t1 ? 0.0 : 1.0)*(_t1 ? 1.0 : (1.0/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0 : -1.0)*(_t10 ? 1.0 : (1.0/_t11)));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, (alpha, gamma, eps,))[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma, eps,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma, eps,))
+    return _loss, (*_grads,)

@@ -7,161 +7,161 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "kl_div"
+NAME = 'kl_div'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ()
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 STAGES = {
-    "forward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r0_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r1_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_r2_f32", "float64": "lossc_kl_div__from_logits_false_fwd_r2_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fwd_out_f32", "float64": "lossc_kl_div__from_logits_false_fwd_out_f64"}},
+    'forward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_r0_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_r1_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_r2_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_r2_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', '_r0', '_r1', '_r2'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_out_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r0_f32", "float64": "lossc_kl_div__from_logits_false_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r1_f32", "float64": "lossc_kl_div__from_logits_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r2_f32", "float64": "lossc_kl_div__from_logits_false_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_r3_f32", "float64": "lossc_kl_div__from_logits_false_fb_r3_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
-         "functions": {"float32": "lossc_kl_div__from_logits_false_fb_out_f32", "float64": "lossc_kl_div__from_logits_false_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r0_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r1_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r2_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r3_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r3_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_out_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r0_f32(float pred)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r0_f64(double pred)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r1_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t2;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r1_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t2;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fwd_r2_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r2_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f32(float pred, float label, float _r0, float _r1, float _r2, float* out0)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f32(float s_pred, float s_label, float _r0, float _r1, float _r2, float* out0)
 {
     const float _t0 = _r0;
-    *out0 = ((label > 0.0f) ? label*(_t0 - pred + logf(label) + log1pf(_r2 + (_r1 - 1.0f))) : 0.0f);
+    *out0 = ((s_label > 0.0f) ? s_label*(_t0 - s_pred + logf(s_label) + log1pf(_r2 + (_r1 - 1.0f))) : 0.0f);
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(double pred, double label, double _r0, double _r1, double _r2, double* out0)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(double s_pred, double s_label, double _r0, double _r1, double _r2, double* out0)
 {
     const double _t0 = _r0;
-    *out0 = ((label > 0.0) ? label*(_t0 - pred + log(label) + log1p(_r2 + (_r1 - 1.0))) : 0.0);
+    *out0 = ((s_label > 0.0) ? s_label*(_t0 - s_pred + log(s_label) + log1p(_r2 + (_r1 - 1.0))) : 0.0);
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r0_f32(float pred)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r0_f64(double pred)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r1_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t2;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r1_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t2;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r2_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r2_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r3_f32(float label)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r3_f32(float s_label)
 {
-    const float _t4 = (label > 0.0f);
-    return (_t4 ? label : 0.0f);
+    const float _t4 = (s_label > 0.0f);
+    return (_t4 ? s_label : 0.0f);
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r3_f64(double label)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r3_f64(double s_label)
 {
-    const double _t4 = (label > 0.0);
-    return (_t4 ? label : 0.0);
+    const double _t4 = (s_label > 0.0);
+    return (_t4 ? s_label : 0.0);
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t3 = _r2 + (_r1 - 1.0f);
-    const float _t4 = (label > 0.0f);
-    *out0 = (_t4 ? label*(_t0 - pred + logf(label) + log1pf(_t3)) : 0.0f);
-    *out1 = grad_output*(_r3*_t1/(_t3 + 1.0f) + (_t4 ? -label : 0.0f));
+    const float _t4 = (s_label > 0.0f);
+    *out0 = (_t4 ? s_label*(_t0 - s_pred + logf(s_label) + log1pf(_t3)) : 0.0f);
+    *out1 = s_grad_output*(_r3*_t1/(_t3 + 1.0f) + (_t4 ? -s_label : 0.0f));
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t3 = _r2 + (_r1 - 1.0);
-    const double _t4 = (label > 0.0);
-    *out0 = (_t4 ? label*(_t0 - pred + log(label) + log1p(_t3)) : 0.0);
-    *out1 = grad_output*(_r3*_t1/(_t3 + 1.0) + (_t4 ? -label : 0.0));
+    const double _t4 = (s_label > 0.0);
+    *out0 = (_t4 ? s_label*(_t0 - s_pred + log(s_label) + log1p(_t3)) : 0.0);
+    *out1 = s_grad_output*(_r3*_t1/(_t3 + 1.0) + (_t4 ? -s_label : 0.0));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label):
-    """kl_div of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, ())[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, ())
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, ())
+    return _loss, (*_grads,)

@@ -7,57 +7,57 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "kl_div"
+NAME = 'kl_div'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ()
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 STAGES = {
-    "forward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
-         "functions": {"float32": "lossc_kl_div__from_logits_true_fwd_out_f32", "float64": "lossc_kl_div__from_logits_true_fwd_out_f64"}},
+    'forward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+         "functions": {"float32": 'lossc_kl_div__from_logits_true_fwd_out_f32', "float64": 'lossc_kl_div__from_logits_true_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output'), "outputs": 2,
-         "functions": {"float32": "lossc_kl_div__from_logits_true_fb_out_f32", "float64": "lossc_kl_div__from_logits_true_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output'), "outputs": 2,
+         "functions": {"float32": 'lossc_kl_div__from_logits_true_fb_out_f32', "float64": 'lossc_kl_div__from_logits_true_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f32(float pred, float label, float* out0)
+__device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f32(float s_pred, float s_label, float* out0)
 {
-    *out0 = ((label > 0.0f) ? -label*(pred - logf(label)) : 0.0f);
+    *out0 = ((s_label > 0.0f) ? -s_label*(s_pred - logf(s_label)) : 0.0f);
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f64(double pred, double label, double* out0)
+__device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f64(double s_pred, double s_label, double* out0)
 {
-    *out0 = ((label > 0.0) ? -label*(pred - log(label)) : 0.0);
+    *out0 = ((s_label > 0.0) ? -s_label*(s_pred - log(s_label)) : 0.0);
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f32(float pred, float label, float grad_output, float* out0, float* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float* out0, float* out1)
 {
-    const float _t0 = (label > 0.0f);
-    *out0 = (_t0 ? -label*(pred - logf(label)) : 0.0f);
-    *out1 = grad_output*(_t0 ? -label : 0.0f);
+    const float _t0 = (s_label > 0.0f);
+    *out0 = (_t0 ? -s_label*(s_pred - logf(s_label)) : 0.0f);
+    *out1 = s_grad_output*(_t0 ? -s_label : 0.0f);
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f64(double pred, double label, double grad_output, double* out0, double* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double* out0, double* out1)
 {
-    const double _t0 = (label > 0.0);
-    *out0 = (_t0 ? -label*(pred - log(label)) : 0.0);
-    *out1 = grad_output*(_t0 ? -label : 0.0);
+    const double _t0 = (s_label > 0.0);
+    *out0 = (_t0 ? -s_label*(s_pred - log(s_label)) : 0.0);
+    *out1 = s_grad_output*(_t0 ? -s_label : 0.0);
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label):
-    """kl_div of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, ())[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, ())
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, ())
+    return _loss, (*_grads,)

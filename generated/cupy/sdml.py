@@ -7,155 +7,155 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "sdml"
+NAME = 'sdml'
 INPUTS = ('distance', 'position')
 ROW_INPUTS = ('position',)
 DIFFERENTIABLE = ('distance',)
 PARAMETERS = ('smoothing_parameter',)
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 STAGES = {
-    "forward": (
-        {"op": "max", "level": "element", "arguments": ('distance',), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fwd_r0_f32", "float64": "lossc_sdml_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('distance', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fwd_r1_f32", "float64": "lossc_sdml_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('distance', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fwd_r2_f32", "float64": "lossc_sdml_fwd_r2_f64"}},
-        {"op": "final", "level": "element", "arguments": ('distance', 'position', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fwd_out_f32", "float64": "lossc_sdml_fwd_out_f64"}},
+    'forward': (
+        {"op": 'max', "level": 'element', "arguments": ('distance',), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fwd_r0_f32', "float64": 'lossc_sdml_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fwd_r1_f32', "float64": 'lossc_sdml_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fwd_r2_f32', "float64": 'lossc_sdml_fwd_r2_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('distance', 'position', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fwd_out_f32', "float64": 'lossc_sdml_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "max", "level": "element", "arguments": ('distance',), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fb_r0_f32", "float64": "lossc_sdml_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('distance', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fb_r1_f32", "float64": "lossc_sdml_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('distance', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_sdml_fb_r2_f32", "float64": "lossc_sdml_fb_r2_f64"}},
-        {"op": "final", "level": "element", "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 2,
-         "functions": {"float32": "lossc_sdml_fb_out_f32", "float64": "lossc_sdml_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'max', "level": 'element', "arguments": ('distance',), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fb_r0_f32', "float64": 'lossc_sdml_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fb_r1_f32', "float64": 'lossc_sdml_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fb_r2_f32', "float64": 'lossc_sdml_fb_r2_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 2,
+         "functions": {"float32": 'lossc_sdml_fb_out_f32', "float64": 'lossc_sdml_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_sdml_fwd_r0_f32(float distance)
+__device__ __forceinline__ float lossc_sdml_fwd_r0_f32(float s_distance)
 {
-    return -distance;
+    return -s_distance;
 }
-__device__ __forceinline__ double lossc_sdml_fwd_r0_f64(double distance)
+__device__ __forceinline__ double lossc_sdml_fwd_r0_f64(double s_distance)
 {
-    return -distance;
+    return -s_distance;
 }
-__device__ __forceinline__ float lossc_sdml_fwd_r1_f32(float distance, float _r0)
+__device__ __forceinline__ float lossc_sdml_fwd_r1_f32(float s_distance, float _r0)
 {
-    const float _t2 = _r0 + distance;
+    const float _t2 = _r0 + s_distance;
     const float _t3 = expf(-_t2);
     const float _t4 = floorf(_t3);
     return _t4;
 }
-__device__ __forceinline__ double lossc_sdml_fwd_r1_f64(double distance, double _r0)
+__device__ __forceinline__ double lossc_sdml_fwd_r1_f64(double s_distance, double _r0)
 {
-    const double _t2 = _r0 + distance;
+    const double _t2 = _r0 + s_distance;
     const double _t3 = exp(-_t2);
     const double _t4 = floor(_t3);
     return _t4;
 }
-__device__ __forceinline__ float lossc_sdml_fwd_r2_f32(float distance, float _r0)
+__device__ __forceinline__ float lossc_sdml_fwd_r2_f32(float s_distance, float _r0)
 {
-    const float _t2 = _r0 + distance;
+    const float _t2 = _r0 + s_distance;
     const float _t3 = expf(-_t2);
     const float _t4 = floorf(_t3);
     return _t3 - _t4;
 }
-__device__ __forceinline__ double lossc_sdml_fwd_r2_f64(double distance, double _r0)
+__device__ __forceinline__ double lossc_sdml_fwd_r2_f64(double s_distance, double _r0)
 {
-    const double _t2 = _r0 + distance;
+    const double _t2 = _r0 + s_distance;
     const double _t3 = exp(-_t2);
     const double _t4 = floor(_t3);
     return _t3 - _t4;
 }
-__device__ __forceinline__ void lossc_sdml_fwd_out_f32(float distance, float position, float _j, float classes, float smoothing_parameter, float _r0, float _r1, float _r2, float* out0)
+__device__ __forceinline__ void lossc_sdml_fwd_out_f32(float s_distance, float s_position, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float* out0)
 {
-    const float _t0 = ((_j == position) ? 1.0f : 0.0f);
-    const float _t1 = _t0*(smoothing_parameter - 1.0f) + smoothing_parameter*(_t0 - 1.0f)/(classes - 1.0f);
-    const float _t2 = _r0 + distance;
+    const float _t0 = ((_j == s_position) ? 1.0f : 0.0f);
+    const float _t1 = _t0*(s_smoothing_parameter - 1.0f) + s_smoothing_parameter*(_t0 - 1.0f)/(s_classes - 1.0f);
+    const float _t2 = _r0 + s_distance;
     *out0 = -_t1*(_t2 + logf(-_t1 + 9.99999996e-13f) + log1pf(_r2 + (_r1 - 1.0f)));
 }
-__device__ __forceinline__ void lossc_sdml_fwd_out_f64(double distance, double position, double _j, double classes, double smoothing_parameter, double _r0, double _r1, double _r2, double* out0)
+__device__ __forceinline__ void lossc_sdml_fwd_out_f64(double s_distance, double s_position, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double* out0)
 {
-    const double _t0 = ((_j == position) ? 1.0 : 0.0);
-    const double _t1 = _t0*(smoothing_parameter - 1.0) + smoothing_parameter*(_t0 - 1.0)/(classes - 1.0);
-    const double _t2 = _r0 + distance;
+    const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
+    const double _t1 = _t0*(s_smoothing_parameter - 1.0) + s_smoothing_parameter*(_t0 - 1.0)/(s_classes - 1.0);
+    const double _t2 = _r0 + s_distance;
     *out0 = -_t1*(_t2 + log(-_t1 + 1e-12) + log1p(_r2 + (_r1 - 1.0)));
 }
-__device__ __forceinline__ float lossc_sdml_fb_r0_f32(float distance)
+__device__ __forceinline__ float lossc_sdml_fb_r0_f32(float s_distance)
 {
-    return -distance;
+    return -s_distance;
 }
-__device__ __forceinline__ double lossc_sdml_fb_r0_f64(double distance)
+__device__ __forceinline__ double lossc_sdml_fb_r0_f64(double s_distance)
 {
-    return -distance;
+    return -s_distance;
 }
-__device__ __forceinline__ float lossc_sdml_fb_r1_f32(float distance, float _r0)
+__device__ __forceinline__ float lossc_sdml_fb_r1_f32(float s_distance, float _r0)
 {
-    const float _t3 = _r0 + distance;
+    const float _t3 = _r0 + s_distance;
     const float _t4 = expf(-_t3);
     const float _t5 = floorf(_t4);
     return _t5;
 }
-__device__ __forceinline__ double lossc_sdml_fb_r1_f64(double distance, double _r0)
+__device__ __forceinline__ double lossc_sdml_fb_r1_f64(double s_distance, double _r0)
 {
-    const double _t3 = _r0 + distance;
+    const double _t3 = _r0 + s_distance;
     const double _t4 = exp(-_t3);
     const double _t5 = floor(_t4);
     return _t5;
 }
-__device__ __forceinline__ float lossc_sdml_fb_r2_f32(float distance, float _r0)
+__device__ __forceinline__ float lossc_sdml_fb_r2_f32(float s_distance, float _r0)
 {
-    const float _t3 = _r0 + distance;
+    const float _t3 = _r0 + s_distance;
     const float _t4 = expf(-_t3);
     const float _t5 = floorf(_t4);
     return _t4 - _t5;
 }
-__device__ __forceinline__ double lossc_sdml_fb_r2_f64(double distance, double _r0)
+__device__ __forceinline__ double lossc_sdml_fb_r2_f64(double s_distance, double _r0)
 {
-    const double _t3 = _r0 + distance;
+    const double _t3 = _r0 + s_distance;
     const double _t4 = exp(-_t3);
     const double _t5 = floor(_t4);
     return _t4 - _t5;
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_f32(float distance, float position, float grad_output, float _j, float classes, float smoothing_parameter, float _r0, float _r1, float _r2, float* out0, float* out1)
+__device__ __forceinline__ void lossc_sdml_fb_out_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float* out0, float* out1)
 {
-    const float _t0 = ((_j == position) ? 1.0f : 0.0f);
-    const float _t1 = smoothing_parameter/(classes - 1.0f);
-    const float _t2 = _t0*(smoothing_parameter - 1.0f) + _t1*(_t0 - 1.0f);
-    const float _t3 = _r0 + distance;
+    const float _t0 = ((_j == s_position) ? 1.0f : 0.0f);
+    const float _t1 = s_smoothing_parameter/(s_classes - 1.0f);
+    const float _t2 = _t0*(s_smoothing_parameter - 1.0f) + _t1*(_t0 - 1.0f);
+    const float _t3 = _r0 + s_distance;
     const float _t6 = _r2 + (_r1 - 1.0f);
     *out0 = -_t2*(_t3 + logf(-_t2 + 9.99999996e-13f) + log1pf(_t6));
-    *out1 = -grad_output*(_t2 + (_t1*classes - _t1 - smoothing_parameter + 1.0f)*expf(-_t3)/(_t6 + 1.0f));
+    *out1 = -s_grad_output*(_t2 + (_t1*s_classes - _t1 - s_smoothing_parameter + 1.0f)*expf(-_t3)/(_t6 + 1.0f));
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_f64(double distance, double position, double grad_output, double _j, double classes, double smoothing_parameter, double _r0, double _r1, double _r2, double* out0, double* out1)
+__device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double* out0, double* out1)
 {
-    const double _t0 = ((_j == position) ? 1.0 : 0.0);
-    const double _t1 = smoothing_parameter/(classes - 1.0);
-    const double _t2 = _t0*(smoothing_parameter - 1.0) + _t1*(_t0 - 1.0);
-    const double _t3 = _r0 + distance;
+    const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
+    const double _t1 = s_smoothing_parameter/(s_classes - 1.0);
+    const double _t2 = _t0*(s_smoothing_parameter - 1.0) + _t1*(_t0 - 1.0);
+    const double _t3 = _r0 + s_distance;
     const double _t6 = _r2 + (_r1 - 1.0);
     *out0 = -_t2*(_t3 + log(-_t2 + 1e-12) + log1p(_t6));
-    *out1 = -grad_output*(_t2 + (_t1*classes - _t1 - smoothing_parameter + 1.0)*exp(-_t3)/(_t6 + 1.0));
+    *out1 = -s_grad_output*(_t2 + (_t1*s_classes - _t1 - s_smoothing_parameter + 1.0)*exp(-_t3)/(_t6 + 1.0));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(distance, position, *, smoothing_parameter=0.3):
-    """sdml of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (distance, position,), None, (smoothing_parameter,))[0]
 
 
 def forward_backward(distance, position, *, smoothing_parameter=0.3, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d distance, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (distance, position,), grad_output, (smoothing_parameter,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (distance, position,), grad_output, (smoothing_parameter,))
+    return _loss, (*_grads,)

@@ -7,231 +7,231 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64"}},
-        {"op": "final", "level": "row", "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64"}},
+    'forward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32", "float64": "lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = -_t0 + pred;
+    const float _t1 = -_t0 + s_pred;
     const float _t2 = expf(_t1);
     const float _t3 = floorf(_t2);
     return _t3;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = -_t0 + pred;
+    const double _t1 = -_t0 + s_pred;
     const double _t2 = exp(_t1);
     const double _t3 = floor(_t2);
     return _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = -_t0 + pred;
+    const float _t1 = -_t0 + s_pred;
     const float _t2 = expf(_t1);
     const float _t3 = floorf(_t2);
     return _t2 - _t3;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = -_t0 + pred;
+    const double _t1 = -_t0 + s_pred;
     const double _t2 = exp(_t1);
     const double _t3 = floor(_t2);
     return _t2 - _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float pred, float label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = -_t0 + pred;
-    return _t1*((_j == label) ? 1.0f : 0.0f);
+    const float _t1 = -_t0 + s_pred;
+    return _t1*((_j == s_label) ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double pred, double label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = -_t0 + pred;
-    return _t1*((_j == label) ? 1.0 : 0.0);
+    const double _t1 = -_t0 + s_pred;
+    return _t1*((_j == s_label) ? 1.0 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
 {
     const float _t0 = _r0;
     const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((ignore_index == label) ? 0.0f : -(-_r3 + _t4)*(label_smoothing - 1.0f) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : -(-_r3 + _t4)*(s_label_smoothing - 1.0f) + s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes);
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
 {
     const double _t0 = _r0;
     const double _t4 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((ignore_index == label) ? 0.0 : -(-_r3 + _t4)*(label_smoothing - 1.0) + label_smoothing*(-_r4 + classes*(_t0 + _t4))/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : -(-_r3 + _t4)*(s_label_smoothing - 1.0) + s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float s_pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = -_t2 + pred;
+    const float _t3 = -_t2 + s_pred;
     const float _t4 = expf(_t3);
     const float _t5 = floorf(_t4);
     return _t5;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = -_t2 + pred;
+    const double _t3 = -_t2 + s_pred;
     const double _t4 = exp(_t3);
     const double _t5 = floor(_t4);
     return _t5;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float s_pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = -_t2 + pred;
+    const float _t3 = -_t2 + s_pred;
     const float _t4 = expf(_t3);
     const float _t5 = floorf(_t4);
     return _t4 - _t5;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = -_t2 + pred;
+    const double _t3 = -_t2 + s_pred;
     const double _t4 = exp(_t3);
     const double _t5 = floor(_t4);
     return _t4 - _t5;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float pred, float label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = -_t2 + pred;
-    const float _t9 = (_j == label);
+    const float _t3 = -_t2 + s_pred;
+    const float _t9 = (_j == s_label);
     return _t3*(_t9 ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double pred, double label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = -_t2 + pred;
-    const double _t9 = (_j == label);
+    const double _t3 = -_t2 + s_pred;
+    const double _t9 = (_j == s_label);
     return _t3*(_t9 ? 1.0 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float pred, float label, float grad_output, float _j, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
-    const float _t0 = (ignore_index == label);
-    const float _t1 = (1.0f/classes);
+    const float _t0 = (s_ignore_index == s_label);
+    const float _t1 = (1.0f/s_classes);
     const float _t2 = _r0;
-    const float _t3 = -_t2 + pred;
+    const float _t3 = -_t2 + s_pred;
     const float _t4 = expf(_t3);
     const float _t6 = _r2 + (_r1 - 1.0f);
     const float _t7 = log1pf(_t6);
-    const float _t8 = label_smoothing - 1.0f;
-    const float _t9 = (_j == label);
+    const float _t8 = s_label_smoothing - 1.0f;
+    const float _t9 = (_j == s_label);
     const float _t10 = -_r3 + _t7;
-    const float _t11 = (_t0 ? 0.0f : -_t1*label_smoothing);
+    const float _t11 = (_t0 ? 0.0f : -_t1*s_label_smoothing);
     const float _t12 = -_t11;
     const float _t13 = (_t0 ? 0.0f : _t8);
     const float _t14 = -_t10;
-    const float _t15 = _t11*classes;
-    *out0 = (_t0 ? 0.0f : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1f(_t14) - _t15*expf(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0f)));
+    const float _t15 = _t11*s_classes;
+    *out0 = (_t0 ? 0.0f : _t1*s_label_smoothing*(-_r4 + s_classes*(_t2 + _t7)) - _t10*_t8);
+    *out1 = (_t9 ? s_grad_output*(-_t12 - _t13*expm1f(_t14) - _t15*expf(_t14)) : s_grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0f)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double pred, double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
-    const double _t0 = (ignore_index == label);
-    const double _t1 = (1.0/classes);
+    const double _t0 = (s_ignore_index == s_label);
+    const double _t1 = (1.0/s_classes);
     const double _t2 = _r0;
-    const double _t3 = -_t2 + pred;
+    const double _t3 = -_t2 + s_pred;
     const double _t4 = exp(_t3);
     const double _t6 = _r2 + (_r1 - 1.0);
     const double _t7 = log1p(_t6);
-    const double _t8 = label_smoothing - 1.0;
-    const double _t9 = (_j == label);
+    const double _t8 = s_label_smoothing - 1.0;
+    const double _t9 = (_j == s_label);
     const double _t10 = -_r3 + _t7;
-    const double _t11 = (_t0 ? 0.0 : -_t1*label_smoothing);
+    const double _t11 = (_t0 ? 0.0 : -_t1*s_label_smoothing);
     const double _t12 = -_t11;
     const double _t13 = (_t0 ? 0.0 : _t8);
     const double _t14 = -_t10;
-    const double _t15 = _t11*classes;
-    *out0 = (_t0 ? 0.0 : _t1*label_smoothing*(-_r4 + classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = (_t9 ? grad_output*(-_t12 - _t13*expm1(_t14) - _t15*exp(_t14)) : grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0)));
+    const double _t15 = _t11*s_classes;
+    *out0 = (_t0 ? 0.0 : _t1*s_label_smoothing*(-_r4 + s_classes*(_t2 + _t7)) - _t10*_t8);
+    *out1 = (_t9 ? s_grad_output*(-_t12 - _t13*expm1(_t14) - _t15*exp(_t14)) : s_grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0)));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label, class_weight,), None, (label_smoothing, ignore_index,))[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
+    return _loss, (*_grads,)

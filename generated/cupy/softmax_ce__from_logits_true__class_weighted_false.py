@@ -7,105 +7,105 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f64"}},
-        {"op": "final", "level": "row", "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f64"}},
+    'forward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f64"}},
-        {"op": "final", "level": "element", "arguments": ('label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 2,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f32(float pred, float label, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f32(float s_pred, float s_label, float _j)
 {
-    return pred*((_j == label) ? 1.0f : 0.0f);
+    return s_pred*((_j == s_label) ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f64(double pred, double label, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f64(double s_pred, double s_label, double _j)
 {
-    return pred*((_j == label) ? 1.0 : 0.0);
+    return s_pred*((_j == s_label) ? 1.0 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0)
 {
-    *out0 = ((ignore_index == label) ? 0.0f : _r0*(label_smoothing - 1.0f) - _r1*label_smoothing/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : _r0*(s_label_smoothing - 1.0f) - _r1*s_label_smoothing/s_classes);
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0)
 {
-    *out0 = ((ignore_index == label) ? 0.0 : _r0*(label_smoothing - 1.0) - _r1*label_smoothing/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : _r0*(s_label_smoothing - 1.0) - _r1*s_label_smoothing/s_classes);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32(float pred, float label, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32(float s_pred, float s_label, float _j)
 {
-    const float _t3 = ((_j == label) ? 1.0f : 0.0f);
-    return _t3*pred;
+    const float _t3 = ((_j == s_label) ? 1.0f : 0.0f);
+    return _t3*s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64(double pred, double label, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64(double s_pred, double s_label, double _j)
 {
-    const double _t3 = ((_j == label) ? 1.0 : 0.0);
-    return _t3*pred;
+    const double _t3 = ((_j == s_label) ? 1.0 : 0.0);
+    return _t3*s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f32(float label, float grad_output, float _j, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f32(float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0, float* out1)
 {
-    const float _t0 = (ignore_index == label);
-    const float _t1 = label_smoothing/classes;
-    const float _t2 = label_smoothing - 1.0f;
-    const float _t3 = ((_j == label) ? 1.0f : 0.0f);
+    const float _t0 = (s_ignore_index == s_label);
+    const float _t1 = s_label_smoothing/s_classes;
+    const float _t2 = s_label_smoothing - 1.0f;
+    const float _t3 = ((_j == s_label) ? 1.0f : 0.0f);
     *out0 = (_t0 ? 0.0f : _r0*_t2 - _r1*_t1);
-    *out1 = grad_output*(_t3*(_t0 ? 0.0f : _t2) + (_t0 ? 0.0f : -_t1));
+    *out1 = s_grad_output*(_t3*(_t0 ? 0.0f : _t2) + (_t0 ? 0.0f : -_t1));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64(double label, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64(double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1)
 {
-    const double _t0 = (ignore_index == label);
-    const double _t1 = label_smoothing/classes;
-    const double _t2 = label_smoothing - 1.0;
-    const double _t3 = ((_j == label) ? 1.0 : 0.0);
+    const double _t0 = (s_ignore_index == s_label);
+    const double _t1 = s_label_smoothing/s_classes;
+    const double _t2 = s_label_smoothing - 1.0;
+    const double _t3 = ((_j == s_label) ? 1.0 : 0.0);
     *out0 = (_t0 ? 0.0 : _r0*_t2 - _r1*_t1);
-    *out1 = grad_output*(_t3*(_t0 ? 0.0 : _t2) + (_t0 ? 0.0 : -_t1));
+    *out1 = s_grad_output*(_t3*(_t0 ? 0.0 : _t2) + (_t0 ? 0.0 : -_t1));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label, class_weight,), None, (label_smoothing, ignore_index,))[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
+    return _loss, (*_grads,)

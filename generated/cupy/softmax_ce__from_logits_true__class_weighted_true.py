@@ -7,113 +7,113 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', 'class_weight', '_j'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'class_weight'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f64"}},
-        {"op": "final", "level": "row", "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f64"}},
+    'forward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'class_weight', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', 'class_weight', '_j'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'class_weight'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f64"}},
-        {"op": "final", "level": "element", "arguments": ('label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 2,
-         "functions": {"float32": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32", "float64": "lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'class_weight', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f32(float pred, float label, float class_weight, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f32(float s_pred, float s_label, float s_class_weight, float _j)
 {
-    const float _t0 = class_weight*pred;
-    return _t0*((_j == label) ? 1.0f : 0.0f);
+    const float _t0 = s_class_weight*s_pred;
+    return _t0*((_j == s_label) ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f64(double pred, double label, double class_weight, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f64(double s_pred, double s_label, double s_class_weight, double _j)
 {
-    const double _t0 = class_weight*pred;
-    return _t0*((_j == label) ? 1.0 : 0.0);
+    const double _t0 = s_class_weight*s_pred;
+    return _t0*((_j == s_label) ? 1.0 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f32(float pred, float class_weight)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f32(float s_pred, float s_class_weight)
 {
-    const float _t0 = class_weight*pred;
+    const float _t0 = s_class_weight*s_pred;
     return _t0;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f64(double pred, double class_weight)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f64(double s_pred, double s_class_weight)
 {
-    const double _t0 = class_weight*pred;
+    const double _t0 = s_class_weight*s_pred;
     return _t0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f32(float label, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0)
 {
-    *out0 = ((ignore_index == label) ? 0.0f : _r0*(label_smoothing - 1.0f) - _r1*label_smoothing/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : _r0*(s_label_smoothing - 1.0f) - _r1*s_label_smoothing/s_classes);
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f64(double label, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0)
 {
-    *out0 = ((ignore_index == label) ? 0.0 : _r0*(label_smoothing - 1.0) - _r1*label_smoothing/classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : _r0*(s_label_smoothing - 1.0) - _r1*s_label_smoothing/s_classes);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f32(float pred, float label, float class_weight, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f32(float s_pred, float s_label, float s_class_weight, float _j)
 {
-    const float _t1 = class_weight*pred;
-    const float _t4 = ((_j == label) ? 1.0f : 0.0f);
+    const float _t1 = s_class_weight*s_pred;
+    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
     return _t1*_t4;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f64(double pred, double label, double class_weight, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f64(double s_pred, double s_label, double s_class_weight, double _j)
 {
-    const double _t1 = class_weight*pred;
-    const double _t4 = ((_j == label) ? 1.0 : 0.0);
+    const double _t1 = s_class_weight*s_pred;
+    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
     return _t1*_t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32(float pred, float class_weight)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32(float s_pred, float s_class_weight)
 {
-    const float _t1 = class_weight*pred;
+    const float _t1 = s_class_weight*s_pred;
     return _t1;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f64(double pred, double class_weight)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f64(double s_pred, double s_class_weight)
 {
-    const double _t1 = class_weight*pred;
+    const double _t1 = s_class_weight*s_pred;
     return _t1;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32(float label, float class_weight, float grad_output, float _j, float classes, float label_smoothing, float ignore_index, float _r0, float _r1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32(float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0, float* out1)
 {
-    const float _t0 = (ignore_index == label);
-    const float _t2 = label_smoothing/classes;
-    const float _t3 = label_smoothing - 1.0f;
-    const float _t4 = ((_j == label) ? 1.0f : 0.0f);
+    const float _t0 = (s_ignore_index == s_label);
+    const float _t2 = s_label_smoothing/s_classes;
+    const float _t3 = s_label_smoothing - 1.0f;
+    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
     *out0 = (_t0 ? 0.0f : _r0*_t3 - _r1*_t2);
-    *out1 = class_weight*grad_output*(_t4*(_t0 ? 0.0f : _t3) + (_t0 ? 0.0f : -_t2));
+    *out1 = s_class_weight*s_grad_output*(_t4*(_t0 ? 0.0f : _t3) + (_t0 ? 0.0f : -_t2));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64(double label, double class_weight, double grad_output, double _j, double classes, double label_smoothing, double ignore_index, double _r0, double _r1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64(double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1)
 {
-    const double _t0 = (ignore_index == label);
-    const double _t2 = label_smoothing/classes;
-    const double _t3 = label_smoothing - 1.0;
-    const double _t4 = ((_j == label) ? 1.0 : 0.0);
+    const double _t0 = (s_ignore_index == s_label);
+    const double _t2 = s_label_smoothing/s_classes;
+    const double _t3 = s_label_smoothing - 1.0;
+    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
     *out0 = (_t0 ? 0.0 : _r0*_t3 - _r1*_t2);
-    *out1 = class_weight*grad_output*(_t4*(_t0 ? 0.0 : _t3) + (_t0 ? 0.0 : -_t2));
+    *out1 = s_class_weight*s_grad_output*(_t4*(_t0 ? 0.0 : _t3) + (_t0 ? 0.0 : -_t2));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label, class_weight,), None, (label_smoothing, ignore_index,))[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label, class_weight,), grad_output, (label_smoothing, ignore_index,))
+    return _loss, (*_grads,)

@@ -7,221 +7,221 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "softmax_ce_dense"
+NAME = 'softmax_ce_dense'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r0_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64"}},
-        {"op": "final", "level": "row", "arguments": ('classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fwd_out_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fwd_out_f64"}},
+    'forward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r0_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r0_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r1_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r2_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('label',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r3_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r3_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r4_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r4_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_r5_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_r5_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 2,
-         "functions": {"float32": "lossc_softmax_ce_dense__from_logits_false_fb_out_f32", "float64": "lossc_softmax_ce_dense__from_logits_false_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r0_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r2_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r3_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r3_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r5_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r5_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t2;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t2;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float s_pred, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + pred);
+    const float _t1 = expf(-_t0 + s_pred);
     const float _t2 = floorf(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double s_pred, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + pred);
+    const double _t1 = exp(-_t0 + s_pred);
     const double _t2 = floor(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float pred, float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float s_pred, float s_label)
 {
-    return label*pred;
+    return s_label*s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double pred, double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double s_pred, double s_label)
 {
-    return label*pred;
+    return s_label*s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32(float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32(float s_label)
 {
-    return label;
+    return s_label;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64(double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64(double s_label)
 {
-    return label;
+    return s_label;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
 {
     const float _t0 = _r0;
     const float _t3 = _t0 + log1pf(_r2 + (_r1 - 1.0f));
-    const float _t4 = _t3*label_smoothing;
-    *out0 = _r3*(label_smoothing - 1.0f) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
+    const float _t4 = _t3*s_label_smoothing;
+    *out0 = _r3*(s_label_smoothing - 1.0f) + _r4*(_t3 - _t4) - _r5*s_label_smoothing/s_classes + _t4;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
 {
     const double _t0 = _r0;
     const double _t3 = _t0 + log1p(_r2 + (_r1 - 1.0));
-    const double _t4 = _t3*label_smoothing;
-    *out0 = _r3*(label_smoothing - 1.0) + _r4*(_t3 - _t4) - _r5*label_smoothing/classes + _t4;
+    const double _t4 = _t3*s_label_smoothing;
+    *out0 = _r3*(s_label_smoothing - 1.0) + _r4*(_t3 - _t4) - _r5*s_label_smoothing/s_classes + _t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1_f32(float s_pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + pred);
+    const float _t3 = expf(-_t2 + s_pred);
     const float _t4 = floorf(_t3);
     return _t4;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + pred);
+    const double _t3 = exp(-_t2 + s_pred);
     const double _t4 = floor(_t3);
     return _t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float s_pred, float _r0)
 {
     const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + pred);
+    const float _t3 = expf(-_t2 + s_pred);
     const float _t4 = floorf(_t3);
     return _t3 - _t4;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + pred);
+    const double _t3 = exp(-_t2 + s_pred);
     const double _t4 = floor(_t3);
     return _t3 - _t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float s_label)
 {
-    return label;
+    return s_label;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double s_label)
 {
-    return label;
+    return s_label;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float pred, float label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float s_pred, float s_label)
 {
-    return label*pred;
+    return s_label*s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double pred, double label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double s_pred, double s_label)
 {
-    return label*pred;
+    return s_label*s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r5_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r5_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r5_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r5_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float pred, float label, float grad_output, float classes, float label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1)
 {
-    const float _t0 = label_smoothing - 1.0f;
-    const float _t1 = label_smoothing/classes;
+    const float _t0 = s_label_smoothing - 1.0f;
+    const float _t1 = s_label_smoothing/s_classes;
     const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + pred);
+    const float _t3 = expf(-_t2 + s_pred);
     const float _t5 = _r2 + (_r1 - 1.0f);
     const float _t6 = _t2 + log1pf(_t5);
-    const float _t7 = _t6*label_smoothing;
+    const float _t7 = _t6*s_label_smoothing;
     const float _t8 = _r3;
     *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0f));
+    *out1 = s_grad_output*(_t0*s_label - _t1 + _t3*(-_t0*_t8 + s_label_smoothing)/(_t5 + 1.0f));
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double pred, double label, double grad_output, double classes, double label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
 {
-    const double _t0 = label_smoothing - 1.0;
-    const double _t1 = label_smoothing/classes;
+    const double _t0 = s_label_smoothing - 1.0;
+    const double _t1 = s_label_smoothing/s_classes;
     const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + pred);
+    const double _t3 = exp(-_t2 + s_pred);
     const double _t5 = _r2 + (_r1 - 1.0);
     const double _t6 = _t2 + log1p(_t5);
-    const double _t7 = _t6*label_smoothing;
+    const double _t7 = _t6*s_label_smoothing;
     const double _t8 = _r3;
     *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = grad_output*(_t0*label - _t1 + _t3*(-_t0*_t8 + label_smoothing)/(_t5 + 1.0));
+    *out1 = s_grad_output*(_t0*s_label - _t1 + _t3*(-_t0*_t8 + s_label_smoothing)/(_t5 + 1.0));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
-    """softmax_ce_dense of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, (label_smoothing,))[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, (label_smoothing,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, (label_smoothing,))
+    return _loss, (*_grads,)

@@ -7,185 +7,185 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "softmax_focal"
+NAME = 'softmax_focal'
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fwd_r0_f32", "float64": "lossc_softmax_focal_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fwd_r1_f32", "float64": "lossc_softmax_focal_fwd_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fwd_r2_f32", "float64": "lossc_softmax_focal_fwd_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fwd_r3_f32", "float64": "lossc_softmax_focal_fwd_r3_f64"}},
-        {"op": "final", "level": "row", "arguments": ('alpha', 'gamma', '_r1', '_r2', '_r3'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fwd_out_f32", "float64": "lossc_softmax_focal_fwd_out_f64"}},
+    'forward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fwd_r0_f32', "float64": 'lossc_softmax_focal_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fwd_r1_f32', "float64": 'lossc_softmax_focal_fwd_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fwd_r2_f32', "float64": 'lossc_softmax_focal_fwd_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fwd_r3_f32', "float64": 'lossc_softmax_focal_fwd_r3_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('alpha', 'gamma', '_r1', '_r2', '_r3'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fwd_out_f32', "float64": 'lossc_softmax_focal_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "max", "level": "element", "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fb_r0_f32", "float64": "lossc_softmax_focal_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fb_r1_f32", "float64": "lossc_softmax_focal_fb_r1_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fb_r2_f32", "float64": "lossc_softmax_focal_fb_r2_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": "lossc_softmax_focal_fb_r3_f32", "float64": "lossc_softmax_focal_fb_r3_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
-         "functions": {"float32": "lossc_softmax_focal_fb_out_f32", "float64": "lossc_softmax_focal_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fb_r0_f32', "float64": 'lossc_softmax_focal_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fb_r1_f32', "float64": 'lossc_softmax_focal_fb_r1_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fb_r2_f32', "float64": 'lossc_softmax_focal_fb_r2_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_focal_fb_r3_f32', "float64": 'lossc_softmax_focal_fb_r3_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_focal_fb_out_f32', "float64": 'lossc_softmax_focal_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r1_f32(float pred, float label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r1_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t0 = -_r0 + pred;
-    return _t0*((_j == label) ? 1.0f : 0.0f);
+    const float _t0 = -_r0 + s_pred;
+    return _t0*((_j == s_label) ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r1_f64(double pred, double label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r1_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t0 = -_r0 + pred;
-    return _t0*((_j == label) ? 1.0 : 0.0);
+    const double _t0 = -_r0 + s_pred;
+    return _t0*((_j == s_label) ? 1.0 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r2_f32(float s_pred, float _r0)
 {
-    const float _t0 = -_r0 + pred;
+    const float _t0 = -_r0 + s_pred;
     const float _t1 = expf(_t0);
     const float _t2 = floorf(_t1);
     return _t2;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r2_f64(double s_pred, double _r0)
 {
-    const double _t0 = -_r0 + pred;
+    const double _t0 = -_r0 + s_pred;
     const double _t1 = exp(_t0);
     const double _t2 = floor(_t1);
     return _t2;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r3_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r3_f32(float s_pred, float _r0)
 {
-    const float _t0 = -_r0 + pred;
+    const float _t0 = -_r0 + s_pred;
     const float _t1 = expf(_t0);
     const float _t2 = floorf(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r3_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r3_f64(double s_pred, double _r0)
 {
-    const double _t0 = -_r0 + pred;
+    const double _t0 = -_r0 + s_pred;
     const double _t1 = exp(_t0);
     const double _t2 = floor(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f32(float alpha, float gamma, float _r1, float _r2, float _r3, float* out0)
+__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f32(float s_alpha, float s_gamma, float _r1, float _r2, float _r3, float* out0)
 {
     const float _t3 = -_r1 + log1pf(_r3 + (_r2 - 1.0f));
-    *out0 = _t3*alpha*powf((-expm1f(-_t3)), gamma);
+    *out0 = _t3*s_alpha*powf((-expm1f(-_t3)), s_gamma);
 }
-__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f64(double alpha, double gamma, double _r1, double _r2, double _r3, double* out0)
+__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f64(double s_alpha, double s_gamma, double _r1, double _r2, double _r3, double* out0)
 {
     const double _t3 = -_r1 + log1p(_r3 + (_r2 - 1.0));
-    *out0 = _t3*alpha*pow((-expm1(-_t3)), gamma);
+    *out0 = _t3*s_alpha*pow((-expm1(-_t3)), s_gamma);
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r0_f32(float pred)
+__device__ __forceinline__ float lossc_softmax_focal_fb_r0_f32(float s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r0_f64(double pred)
+__device__ __forceinline__ double lossc_softmax_focal_fb_r0_f64(double s_pred)
 {
-    return pred;
+    return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r1_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fb_r1_f32(float s_pred, float _r0)
 {
-    const float _t0 = -_r0 + pred;
+    const float _t0 = -_r0 + s_pred;
     const float _t2 = expf(_t0);
     const float _t3 = floorf(_t2);
     return _t3;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r1_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fb_r1_f64(double s_pred, double _r0)
 {
-    const double _t0 = -_r0 + pred;
+    const double _t0 = -_r0 + s_pred;
     const double _t2 = exp(_t0);
     const double _t3 = floor(_t2);
     return _t3;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r2_f32(float pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fb_r2_f32(float s_pred, float _r0)
 {
-    const float _t0 = -_r0 + pred;
+    const float _t0 = -_r0 + s_pred;
     const float _t2 = expf(_t0);
     const float _t3 = floorf(_t2);
     return _t2 - _t3;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r2_f64(double pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fb_r2_f64(double s_pred, double _r0)
 {
-    const double _t0 = -_r0 + pred;
+    const double _t0 = -_r0 + s_pred;
     const double _t2 = exp(_t0);
     const double _t3 = floor(_t2);
     return _t2 - _t3;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r3_f32(float pred, float label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t0 = -_r0 + pred;
-    const float _t1 = (_j == label);
+    const float _t0 = -_r0 + s_pred;
+    const float _t1 = (_j == s_label);
     return _t0*(_t1 ? 1.0f : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r3_f64(double pred, double label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t0 = -_r0 + pred;
-    const double _t1 = (_j == label);
+    const double _t0 = -_r0 + s_pred;
+    const double _t1 = (_j == s_label);
     return _t0*(_t1 ? 1.0 : 0.0);
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_f32(float pred, float label, float grad_output, float _j, float alpha, float gamma, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
 {
-    const float _t0 = -_r0 + pred;
-    const float _t1 = (_j == label);
+    const float _t0 = -_r0 + s_pred;
+    const float _t1 = (_j == s_label);
     const float _t2 = expf(_t0);
     const float _t4 = _r2 + (_r1 - 1.0f);
     const float _t5 = -_r3 + log1pf(_t4);
     const float _t6 = -_t5;
     const float _t7 = expm1f(_t6);
     const float _t8 = -_t7;
-    const float _t9 = powf(_t8, gamma);
-    *out0 = _t5*_t9*alpha;
-    *out1 = alpha*grad_output*(_t5*powf(_t8, gamma - 1.0f)*gamma*expf(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0f));
+    const float _t9 = powf(_t8, s_gamma);
+    *out0 = _t5*_t9*s_alpha;
+    *out1 = s_alpha*s_grad_output*(_t5*powf(_t8, s_gamma - 1.0f)*s_gamma*expf(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0f));
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_f64(double pred, double label, double grad_output, double _j, double alpha, double gamma, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
 {
-    const double _t0 = -_r0 + pred;
-    const double _t1 = (_j == label);
+    const double _t0 = -_r0 + s_pred;
+    const double _t1 = (_j == s_label);
     const double _t2 = exp(_t0);
     const double _t4 = _r2 + (_r1 - 1.0);
     const double _t5 = -_r3 + log1p(_t4);
     const double _t6 = -_t5;
     const double _t7 = expm1(_t6);
     const double _t8 = -_t7;
-    const double _t9 = pow(_t8, gamma);
-    *out0 = _t5*_t9*alpha;
-    *out1 = alpha*grad_output*(_t5*pow(_t8, gamma - 1.0)*gamma*exp(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0));
+    const double _t9 = pow(_t8, s_gamma);
+    *out0 = _t5*_t9*s_alpha;
+    *out1 = s_alpha*s_grad_output*(_t5*pow(_t8, s_gamma - 1.0)*s_gamma*exp(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0));
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):
-    """softmax_focal of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, label,), None, (alpha, gamma,))[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, label,), grad_output, (alpha, gamma,))
+    return _loss, (*_grads,)

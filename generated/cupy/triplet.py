@@ -7,121 +7,121 @@ DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
 """
-from lossc.cupy_kernels import RowKernelCache
+from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
-NAME = "triplet"
+NAME = 'triplet'
 INPUTS = ('pred', 'positive', 'negative')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred', 'positive', 'negative')
 PARAMETERS = ('margin',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 STAGES = {
-    "forward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'negative'), "outputs": 1,
-         "functions": {"float32": "lossc_triplet_fwd_r0_f32", "float64": "lossc_triplet_fwd_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'positive'), "outputs": 1,
-         "functions": {"float32": "lossc_triplet_fwd_r1_f32", "float64": "lossc_triplet_fwd_r1_f64"}},
-        {"op": "final", "level": "row", "arguments": ('margin', '_r0', '_r1'), "outputs": 1,
-         "functions": {"float32": "lossc_triplet_fwd_out_f32", "float64": "lossc_triplet_fwd_out_f64"}},
+    'forward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'negative'), "outputs": 1,
+         "functions": {"float32": 'lossc_triplet_fwd_r0_f32', "float64": 'lossc_triplet_fwd_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'positive'), "outputs": 1,
+         "functions": {"float32": 'lossc_triplet_fwd_r1_f32', "float64": 'lossc_triplet_fwd_r1_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('margin', '_r0', '_r1'), "outputs": 1,
+         "functions": {"float32": 'lossc_triplet_fwd_out_f32', "float64": 'lossc_triplet_fwd_out_f64'}},
     ),
-    "forward_backward": (
-        {"op": "sum", "level": "element", "arguments": ('pred', 'negative'), "outputs": 1,
-         "functions": {"float32": "lossc_triplet_fb_r0_f32", "float64": "lossc_triplet_fb_r0_f64"}},
-        {"op": "sum", "level": "element", "arguments": ('pred', 'positive'), "outputs": 1,
-         "functions": {"float32": "lossc_triplet_fb_r1_f32", "float64": "lossc_triplet_fb_r1_f64"}},
-        {"op": "final", "level": "element", "arguments": ('pred', 'positive', 'negative', 'grad_output', 'margin', '_r0', '_r1'), "outputs": 4,
-         "functions": {"float32": "lossc_triplet_fb_out_f32", "float64": "lossc_triplet_fb_out_f64"}},
+    'forward_backward': (
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'negative'), "outputs": 1,
+         "functions": {"float32": 'lossc_triplet_fb_r0_f32', "float64": 'lossc_triplet_fb_r0_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'positive'), "outputs": 1,
+         "functions": {"float32": 'lossc_triplet_fb_r1_f32', "float64": 'lossc_triplet_fb_r1_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'positive', 'negative', 'grad_output', 'margin', '_r0', '_r1'), "outputs": 4,
+         "functions": {"float32": 'lossc_triplet_fb_out_f32', "float64": 'lossc_triplet_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_triplet_fwd_r0_f32(float pred, float negative)
+__device__ __forceinline__ float lossc_triplet_fwd_r0_f32(float s_pred, float s_negative)
 {
-    const float _t0 = -pred;
-    return ((_t0 + negative)*(_t0 + negative));
+    const float _t0 = -s_pred;
+    return ((_t0 + s_negative)*(_t0 + s_negative));
 }
-__device__ __forceinline__ double lossc_triplet_fwd_r0_f64(double pred, double negative)
+__device__ __forceinline__ double lossc_triplet_fwd_r0_f64(double s_pred, double s_negative)
 {
-    const double _t0 = -pred;
-    return ((_t0 + negative)*(_t0 + negative));
+    const double _t0 = -s_pred;
+    return ((_t0 + s_negative)*(_t0 + s_negative));
 }
-__device__ __forceinline__ float lossc_triplet_fwd_r1_f32(float pred, float positive)
+__device__ __forceinline__ float lossc_triplet_fwd_r1_f32(float s_pred, float s_positive)
 {
-    const float _t0 = -pred;
-    return ((_t0 + positive)*(_t0 + positive));
+    const float _t0 = -s_pred;
+    return ((_t0 + s_positive)*(_t0 + s_positive));
 }
-__device__ __forceinline__ double lossc_triplet_fwd_r1_f64(double pred, double positive)
+__device__ __forceinline__ double lossc_triplet_fwd_r1_f64(double s_pred, double s_positive)
 {
-    const double _t0 = -pred;
-    return ((_t0 + positive)*(_t0 + positive));
+    const double _t0 = -s_pred;
+    return ((_t0 + s_positive)*(_t0 + s_positive));
 }
-__device__ __forceinline__ void lossc_triplet_fwd_out_f32(float margin, float _r0, float _r1, float* out0)
+__device__ __forceinline__ void lossc_triplet_fwd_out_f32(float s_margin, float _r0, float _r1, float* out0)
 {
-    *out0 = ((-_r0 + _r1 + margin) < 0 ? 0.0f : (-_r0 + _r1 + margin));
+    *out0 = ((-_r0 + _r1 + s_margin) < 0 ? 0.0f : (-_r0 + _r1 + s_margin));
 }
-__device__ __forceinline__ void lossc_triplet_fwd_out_f64(double margin, double _r0, double _r1, double* out0)
+__device__ __forceinline__ void lossc_triplet_fwd_out_f64(double s_margin, double _r0, double _r1, double* out0)
 {
-    *out0 = ((-_r0 + _r1 + margin) < 0 ? 0.0 : (-_r0 + _r1 + margin));
+    *out0 = ((-_r0 + _r1 + s_margin) < 0 ? 0.0 : (-_r0 + _r1 + s_margin));
 }
-__device__ __forceinline__ float lossc_triplet_fb_r0_f32(float pred, float negative)
+__device__ __forceinline__ float lossc_triplet_fb_r0_f32(float s_pred, float s_negative)
 {
-    const float _t0 = -pred;
-    const float _t2 = _t0 + negative;
+    const float _t0 = -s_pred;
+    const float _t2 = _t0 + s_negative;
     return (_t2*_t2);
 }
-__device__ __forceinline__ double lossc_triplet_fb_r0_f64(double pred, double negative)
+__device__ __forceinline__ double lossc_triplet_fb_r0_f64(double s_pred, double s_negative)
 {
-    const double _t0 = -pred;
-    const double _t2 = _t0 + negative;
+    const double _t0 = -s_pred;
+    const double _t2 = _t0 + s_negative;
     return (_t2*_t2);
 }
-__device__ __forceinline__ float lossc_triplet_fb_r1_f32(float pred, float positive)
+__device__ __forceinline__ float lossc_triplet_fb_r1_f32(float s_pred, float s_positive)
 {
-    const float _t0 = -pred;
-    const float _t1 = _t0 + positive;
+    const float _t0 = -s_pred;
+    const float _t1 = _t0 + s_positive;
     return (_t1*_t1);
 }
-__device__ __forceinline__ double lossc_triplet_fb_r1_f64(double pred, double positive)
+__device__ __forceinline__ double lossc_triplet_fb_r1_f64(double s_pred, double s_positive)
 {
-    const double _t0 = -pred;
-    const double _t1 = _t0 + positive;
+    const double _t0 = -s_pred;
+    const double _t1 = _t0 + s_positive;
     return (_t1*_t1);
 }
-__device__ __forceinline__ void lossc_triplet_fb_out_f32(float pred, float positive, float negative, float grad_output, float margin, float _r0, float _r1, float* out0, float* out1, float* out2, float* out3)
+__device__ __forceinline__ void lossc_triplet_fb_out_f32(float s_pred, float s_positive, float s_negative, float s_grad_output, float s_margin, float _r0, float _r1, float* out0, float* out1, float* out2, float* out3)
 {
-    const float _t0 = -pred;
-    const float _t1 = _t0 + positive;
-    const float _t2 = _t0 + negative;
-    const float _t3 = -_r0 + _r1 + margin;
-    const float _t4 = 2.0f*grad_output*((_t3) > 0 ? 1.0f : 0.0f);
+    const float _t0 = -s_pred;
+    const float _t1 = _t0 + s_positive;
+    const float _t2 = _t0 + s_negative;
+    const float _t3 = -_r0 + _r1 + s_margin;
+    const float _t4 = 2.0f*s_grad_output*((_t3) > 0 ? 1.0f : 0.0f);
     *out0 = ((_t3) < 0 ? 0.0f : (_t3));
-    *out1 = _t4*(negative - positive);
+    *out1 = _t4*(s_negative - s_positive);
     *out2 = _t1*_t4;
     *out3 = -_t2*_t4;
 }
-__device__ __forceinline__ void lossc_triplet_fb_out_f64(double pred, double positive, double negative, double grad_output, double margin, double _r0, double _r1, double* out0, double* out1, double* out2, double* out3)
+__device__ __forceinline__ void lossc_triplet_fb_out_f64(double s_pred, double s_positive, double s_negative, double s_grad_output, double s_margin, double _r0, double _r1, double* out0, double* out1, double* out2, double* out3)
 {
-    const double _t0 = -pred;
-    const double _t1 = _t0 + positive;
-    const double _t2 = _t0 + negative;
-    const double _t3 = -_r0 + _r1 + margin;
-    const double _t4 = 2.0*grad_output*((_t3) > 0 ? 1.0 : 0.0);
+    const double _t0 = -s_pred;
+    const double _t1 = _t0 + s_positive;
+    const double _t2 = _t0 + s_negative;
+    const double _t3 = -_r0 + _r1 + s_margin;
+    const double _t4 = 2.0*s_grad_output*((_t3) > 0 ? 1.0 : 0.0);
     *out0 = ((_t3) < 0 ? 0.0 : (_t3));
-    *out1 = _t4*(negative - positive);
+    *out1 = _t4*(s_negative - s_positive);
     *out2 = _t1*_t4;
     *out3 = -_t2*_t4;
 }
 """
 
-_kernels = RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
+_kernels = _RowKernelCache(NAME, INPUTS, ROW_INPUTS, PARAMETERS, LOSS_LEVEL, STAGES, DEVICE_CODE)
 
 
 def forward(pred, positive, negative, *, margin=1.0):
-    """triplet of (rows, classes) CuPy arrays, in pred's dtype: (rows,) per row or (rows, classes) per element."""
+    """The loss of (rows, classes) CuPy arrays, in the prediction's dtype: (rows,) per row or (rows, classes) per element."""
     return _kernels.run("forward", (pred, positive, negative,), None, (margin,))[0]
 
 
 def forward_backward(pred, positive, negative, *, margin=1.0, grad_output=1.0):
-    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d pred|positive|negative, one launch per row statistic, then one."""
-    loss, *grads = _kernels.run("forward_backward", (pred, positive, negative,), grad_output, (margin,))
-    return loss, tuple(grads)
+    """(loss, grads) on CuPy arrays: d Σ(grad_output·loss)/d (differentiable input i), one launch per row statistic, then one."""
+    _loss, *_grads = _kernels.run("forward_backward", (pred, positive, negative,), grad_output, (margin,))
+    return _loss, (*_grads,)

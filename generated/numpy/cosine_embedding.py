@@ -6,30 +6,31 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "cosine_embedding"
+NAME = 'cosine_embedding'
 VARIANT = {}
 INPUTS = ('input1', 'input2', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('input1', 'input2')
 PARAMETERS = ('margin',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, input1, input2, label, _j, classes, margin):
+def _forward(_s, _out, s_input1, s_input2, s_label, _j, s_classes, s_margin):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
     _ri0, _ri1, = _s[5]
-    np.square(input1, out=_f0)
+    np.square(s_input1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.sqrt(_rf0, out=_rf1)
-    np.square(input2, out=_f0)
+    np.square(s_input2, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.sqrt(_rf0, out=_rf2)
-    np.multiply(input1, input2, out=_f0)
+    np.multiply(s_input1, s_input2, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf1, _rf2, out=_rf3)
     np.less(_rf3, 1e-12, out=_ri0)
@@ -39,31 +40,31 @@ def _forward(_s, _out, input1, input2, label, _j, classes, margin):
     np.multiply(_rf3, _rf4, out=_rf5)
     blend_into(_rf3, _ri0, 1000000000000.0, _rf5, _ri1)
     np.multiply(_rf0, _rf3, out=_rf4)
-    np.equal(label, 1, out=_ri0)
+    np.equal(s_label, 1, out=_ri0)
     np.negative(_ri0, out=_ri0)
     np.subtract(1, _rf4, out=_rf0)
     blend_into(_rf3, _ri0, _rf0, 0, _ri1)
-    np.equal(label, -1, out=_ri0)
+    np.equal(s_label, -1, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    np.add(_rf4, float(-margin), out=_rf0)
+    np.add(_rf4, float(-s_margin), out=_rf0)
     np.maximum(_rf0, 0, out=_rf5)
     blend_into(_rf0, _ri0, _rf5, 0, _ri1)
     np.add(_rf3, _rf0, out=_out0)
 
 
-def _forward_backward(_s, _out, input1, input2, label, grad_output, _j, classes, margin):
+def _forward_backward(_s, _out, s_input1, s_input2, s_label, s_grad_output, _j, s_classes, s_margin):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, _out2, = _out
     _f0, _f1, _f2, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, _rf14, _rf15, = _s[3]
     _rb0, _rb1, _rb2, _rb3, = _s[4]
     _ri0, _ri1, _ri2, _ri3, = _s[5]
-    np.multiply(input1, input2, out=_f0)
+    np.multiply(s_input1, s_input2, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.square(input1, out=_f0)
+    np.square(s_input1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
     np.sqrt(_rf1, out=_rf2)
-    np.square(input2, out=_f0)
+    np.square(s_input2, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf3)
     np.sqrt(_rf3, out=_rf4)
     np.divide(1, _rf2, out=_rf5)
@@ -74,13 +75,13 @@ def _forward_backward(_s, _out, input1, input2, label, grad_output, _j, classes,
     np.multiply(_rf5, _rf6, out=_rf7)
     blend_into(_rf8, _ri0, 1000000000000.0, _rf7, _ri1)
     np.multiply(_rf0, _rf8, out=_rf7)
-    np.add(_rf7, float(-margin), out=_rf9)
+    np.add(_rf7, float(-s_margin), out=_rf9)
     np.greater(_rf9, 0, out=_rb1)
-    np.equal(label, 1, out=_rb2)
+    np.equal(s_label, 1, out=_rb2)
     mask_into(_ri1, _rb2)
     np.negative(_rf8, out=_rf10)
     blend_into(_rf11, _ri1, _rf10, 0, _ri2)
-    np.equal(label, -1, out=_rb3)
+    np.equal(s_label, -1, out=_rb3)
     mask_into(_ri2, _rb3)
     np.multiply(_rb1, _rf8, out=_rf10)
     blend_into(_rf12, _ri2, _rf10, 0, _ri3)
@@ -100,37 +101,37 @@ def _forward_backward(_s, _out, input1, input2, label, grad_output, _j, classes,
     np.maximum(_rf9, 0, out=_rf11)
     blend_into(_rf15, _ri2, _rf11, 0, _ri0)
     np.add(_rf14, _rf15, out=_out0)
-    np.multiply(_rf10, input2, out=_f0)
+    np.multiply(_rf10, s_input2, out=_f0)
     np.negative(_rf12, out=_rf11)
     blend_into(_rf14, _ri1, _rf11, 0, _ri0)
     np.multiply(_rb1, _rf12, out=_rf11)
     blend_into(_rf15, _ri2, _rf11, 0, _ri0)
     np.add(_rf14, _rf15, out=_rf11)
     np.multiply(_rf11, 2, out=_rf14)
-    np.multiply(input1, _rf14, out=_f1)
+    np.multiply(s_input1, _rf14, out=_f1)
     np.add(_f0, _f1, out=_f2)
-    np.multiply(grad_output, _f2, out=_out1)
-    np.multiply(_rf10, input1, out=_f0)
+    np.multiply(s_grad_output, _f2, out=_out1)
+    np.multiply(_rf10, s_input1, out=_f0)
     np.negative(_rf13, out=_rf11)
     blend_into(_rf14, _ri1, _rf11, 0, _ri0)
     np.multiply(_rb1, _rf13, out=_rf11)
     blend_into(_rf15, _ri2, _rf11, 0, _ri0)
     np.add(_rf14, _rf15, out=_rf11)
     np.multiply(_rf11, 2, out=_rf14)
-    np.multiply(input2, _rf14, out=_f1)
+    np.multiply(s_input2, _rf14, out=_f1)
     np.add(_f0, _f1, out=_f2)
-    np.multiply(grad_output, _f2, out=_out2)
+    np.multiply(s_grad_output, _f2, out=_out2)
 
 
 def forward(input1, input2, label, *, margin=0.0):
-    """cosine_embedding of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (1, 0, 0, 6, 0, 2), (input1, input2, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (margin,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (1, 0, 0, 6, 0, 2), (input1, input2, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (margin,), 1)[0]
 
 
 def forward_backward(input1, input2, label, *, margin=0.0, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d input1|input2, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (3, 0, 0, 16, 4, 4), (input1, input2, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (margin,), 3
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,74 +6,75 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "focal"
+NAME = 'focal'
 VARIANT = {'mode': 'exact', 'from_logits': False}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
-    np.equal(_j, label, out=_f0)
-    np.absolute(pred, out=_f1)
+    np.equal(_j, s_label, out=_f0)
+    np.absolute(s_pred, out=_f1)
     np.negative(_f1, out=_f2)
     np.exp(_f2, out=_f1)
     np.log1p(_f1, out=_f2)
-    np.negative(pred, out=_f1)
+    np.negative(s_pred, out=_f1)
     np.maximum(_f1, 0, out=_f3)
     np.add(_f2, _f3, out=_f1)
-    np.maximum(pred, 0, out=_f3)
+    np.maximum(s_pred, 0, out=_f3)
     np.add(_f2, _f3, out=_f4)
-    np.multiply(_f4, float(-gamma), out=_f3)
+    np.multiply(_f4, float(-s_gamma), out=_f3)
     np.exp(_f3, out=_f5)
     np.multiply(_f0, _f1, out=_f3)
     np.multiply(_f3, _f5, out=_f3)
-    np.multiply(_f3, alpha, out=_f3)
+    np.multiply(_f3, s_alpha, out=_f3)
     np.add(_f0, -1, out=_f5)
-    np.multiply(_f1, float(-gamma), out=_f6)
+    np.multiply(_f1, float(-s_gamma), out=_f6)
     np.exp(_f6, out=_f7)
     np.multiply(_f4, _f5, out=_f6)
     np.multiply(_f6, _f7, out=_f6)
-    np.multiply(_f6, float(alpha - 1), out=_f6)
+    np.multiply(_f6, float(s_alpha - 1), out=_f6)
     np.add(_f3, _f6, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma, eps):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, _f15, _f16, _f17, = _s[0]
     _b0, = _s[1]
-    np.negative(pred, out=_f0)
-    np.absolute(pred, out=_f1)
+    np.negative(s_pred, out=_f0)
+    np.absolute(s_pred, out=_f1)
     np.negative(_f1, out=_f2)
     np.exp(_f2, out=_f1)
     np.log1p(_f1, out=_f2)
     np.maximum(_f0, 0, out=_f3)
     np.add(_f2, _f3, out=_f4)
-    np.equal(_j, label, out=_f3)
-    np.maximum(pred, 0, out=_f5)
+    np.equal(_j, s_label, out=_f3)
+    np.maximum(s_pred, 0, out=_f5)
     np.add(_f2, _f5, out=_f6)
-    np.multiply(_f6, gamma, out=_f5)
+    np.multiply(_f6, s_gamma, out=_f5)
     np.negative(_f5, out=_f7)
     np.exp(_f7, out=_f8)
     np.multiply(_f3, _f8, out=_f7)
-    np.multiply(_f7, alpha, out=_f7)
-    np.multiply(_f4, gamma, out=_f8)
+    np.multiply(_f7, s_alpha, out=_f7)
+    np.multiply(_f4, s_gamma, out=_f8)
     np.add(_f3, -1, out=_f9)
     np.negative(_f8, out=_f10)
     np.exp(_f10, out=_f11)
     np.multiply(_f9, _f11, out=_f10)
-    np.multiply(_f10, float(alpha - 1), out=_f10)
+    np.multiply(_f10, float(s_alpha - 1), out=_f10)
     np.greater_equal(_f0, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f9)
-    np.greater_equal(pred, 0, out=_b0)
+    np.greater_equal(s_pred, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f11)
     np.multiply(_f4, _f7, out=_f12)
     np.multiply(_f6, _f10, out=_f13)
@@ -91,20 +92,20 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.add(_f12, _f14, out=_f17)
     np.add(_f17, _f15, out=_f17)
     np.add(_f17, _f16, out=_f17)
-    np.multiply(grad_output, _f13, out=_f12)
+    np.multiply(s_grad_output, _f13, out=_f12)
     np.multiply(_f12, _f17, out=_f12)
     np.negative(_f12, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (8, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (8, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (18, 1, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

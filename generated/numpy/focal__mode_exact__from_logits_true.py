@@ -6,90 +6,91 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "focal"
+NAME = 'focal'
 VARIANT = {'mode': 'exact', 'from_logits': True}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
-    np.equal(_j, label, out=_f0)
-    np.subtract(1, pred, out=_f1)
-    np.power(_f1, gamma, out=_f2)
-    np.log(pred, out=_f1)
+    np.equal(_j, s_label, out=_f0)
+    np.subtract(1, s_pred, out=_f1)
+    np.power(_f1, s_gamma, out=_f2)
+    np.log(s_pred, out=_f1)
     np.multiply(_f0, _f2, out=_f3)
     np.multiply(_f3, _f1, out=_f3)
-    np.multiply(_f3, float(-alpha), out=_f3)
-    np.power(pred, gamma, out=_f1)
+    np.multiply(_f3, float(-s_alpha), out=_f3)
+    np.power(s_pred, s_gamma, out=_f1)
     np.add(_f0, -1, out=_f2)
-    np.negative(pred, out=_f4)
+    np.negative(s_pred, out=_f4)
     np.log1p(_f4, out=_f5)
     np.multiply(_f1, _f2, out=_f4)
     np.multiply(_f4, _f5, out=_f4)
-    np.multiply(_f4, float(-alpha + 1), out=_f4)
+    np.multiply(_f4, float(-s_alpha + 1), out=_f4)
     np.add(_f3, _f4, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma, eps):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, = _s[0]
-    np.log(pred, out=_f0)
-    np.add(pred, -1, out=_f1)
+    np.log(s_pred, out=_f0)
+    np.add(s_pred, -1, out=_f1)
     np.negative(_f1, out=_f2)
-    np.equal(_j, label, out=_f3)
-    np.power(_f2, gamma, out=_f4)
+    np.equal(_j, s_label, out=_f3)
+    np.power(_f2, s_gamma, out=_f4)
     np.multiply(_f3, _f4, out=_f5)
-    np.multiply(_f5, alpha, out=_f5)
-    np.negative(pred, out=_f4)
+    np.multiply(_f5, s_alpha, out=_f5)
+    np.negative(s_pred, out=_f4)
     np.log1p(_f4, out=_f6)
-    _t6 = float(alpha - 1)
+    _t6 = float(s_alpha - 1)
     np.add(_f3, -1, out=_f4)
-    np.power(pred, gamma, out=_f7)
+    np.power(s_pred, s_gamma, out=_f7)
     np.multiply(_f4, _f7, out=_f8)
     np.multiply(_f8, _t6, out=_f8)
-    _t9 = float(gamma - 1)
+    _t9 = float(s_gamma - 1)
     np.multiply(_f0, _f5, out=_f7)
     np.negative(_f7, out=_f7)
     np.multiply(_f6, _f8, out=_f9)
     np.negative(_f9, out=_f9)
     np.add(_f7, _f9, out=_out0)
-    np.divide(1, pred, out=_f7)
+    np.divide(1, s_pred, out=_f7)
     np.multiply(_f5, _f7, out=_f9)
     np.divide(1, _f1, out=_f7)
     np.multiply(_f8, _f7, out=_f10)
-    np.power(pred, _t9, out=_f7)
+    np.power(s_pred, _t9, out=_f7)
     np.multiply(_f6, _f4, out=_f11)
     np.multiply(_f11, _f7, out=_f11)
-    np.multiply(_f11, float(_t6*gamma), out=_f11)
+    np.multiply(_f11, float(_t6*s_gamma), out=_f11)
     np.power(_f2, _t9, out=_f7)
     np.multiply(_f0, _f3, out=_f12)
     np.multiply(_f12, _f7, out=_f12)
-    np.multiply(_f12, float(-alpha*gamma), out=_f12)
+    np.multiply(_f12, float(-s_alpha*s_gamma), out=_f12)
     np.add(_f9, _f10, out=_f7)
     np.add(_f7, _f11, out=_f7)
     np.add(_f7, _f12, out=_f7)
-    np.multiply(grad_output, _f7, out=_f9)
+    np.multiply(s_grad_output, _f7, out=_f9)
     np.negative(_f9, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (6, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (6, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (13, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,38 +6,39 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "focal"
+NAME = 'focal'
 VARIANT = {'mode': 'gluoncv', 'from_logits': False}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
-    np.equal(_j, label, out=_f0)
-    np.absolute(pred, out=_f1)
+    np.equal(_j, s_label, out=_f0)
+    np.absolute(s_pred, out=_f1)
     np.negative(_f1, out=_f2)
     np.exp(_f2, out=_f1)
     np.log1p(_f1, out=_f2)
     np.add(_f1, 1, out=_f3)
     np.divide(1, _f3, out=_f4)
-    np.greater_equal(pred, 0, out=_b0)
+    np.greater_equal(s_pred, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f3)
     np.multiply(_f4, _f3, out=_f5)
-    np.add(_f5, eps, out=_f3)
-    np.negative(pred, out=_f6)
-    np.maximum(pred, 0, out=_f7)
+    np.add(_f5, s_eps, out=_f3)
+    np.negative(s_pred, out=_f6)
+    np.maximum(s_pred, 0, out=_f7)
     np.add(_f2, _f7, out=_f8)
-    np.multiply(_f8, float(-gamma), out=_f7)
+    np.multiply(_f8, float(-s_gamma), out=_f7)
     np.exp(_f7, out=_f8)
     np.greater(_f3, 1, out=_i0)
     np.negative(_i0, out=_i0)
@@ -45,68 +46,68 @@ def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
     np.log(_f7, out=_f9)
     np.multiply(_f0, _f8, out=_f7)
     np.multiply(_f7, _f9, out=_f7)
-    np.multiply(_f7, float(-alpha), out=_f7)
+    np.multiply(_f7, float(-s_alpha), out=_f7)
     np.add(_f0, -1, out=_f8)
     np.maximum(_f6, 0, out=_f9)
     np.add(_f2, _f9, out=_f10)
-    np.multiply(_f10, float(-gamma), out=_f9)
+    np.multiply(_f10, float(-s_gamma), out=_f9)
     np.exp(_f9, out=_f10)
-    np.add(_f5, float(-eps), out=_f9)
+    np.add(_f5, float(-s_eps), out=_f9)
     np.less(_f9, 0, out=_i0)
     np.negative(_i0, out=_i0)
     np.greater_equal(_f6, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f9)
     np.multiply(_f4, _f9, out=_f11)
-    np.add(_f11, eps, out=_f9)
+    np.add(_f11, s_eps, out=_f9)
     blend_into(_f11, _i0, 1, _f9, _i1)
     np.log(_f11, out=_f9)
     np.multiply(_f8, _f10, out=_f11)
     np.multiply(_f11, _f9, out=_f11)
-    np.multiply(_f11, float(-alpha + 1), out=_f11)
+    np.multiply(_f11, float(-s_alpha + 1), out=_f11)
     np.add(_f7, _f11, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma, eps):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, _f15, _f16, _f17, _f18, _f19, _f20, _f21, = _s[0]
     _b0, _b1, = _s[1]
     _i0, _i1, _i2, = _s[2]
-    np.absolute(pred, out=_f0)
+    np.absolute(s_pred, out=_f0)
     np.negative(_f0, out=_f1)
     np.exp(_f1, out=_f0)
-    np.greater_equal(pred, 0, out=_b0)
+    np.greater_equal(s_pred, 0, out=_b0)
     np.maximum(_f0, _b0, out=_f1)
     np.add(_f0, 1, out=_f2)
     np.divide(1, _f2, out=_f3)
     np.multiply(_f1, _f3, out=_f4)
-    np.add(_f4, eps, out=_f5)
-    np.equal(_j, label, out=_f6)
+    np.add(_f4, s_eps, out=_f5)
+    np.equal(_j, s_label, out=_f6)
     np.log1p(_f0, out=_f7)
-    np.maximum(pred, 0, out=_f8)
+    np.maximum(s_pred, 0, out=_f8)
     np.add(_f7, _f8, out=_f9)
-    np.multiply(_f9, float(-gamma), out=_f8)
+    np.multiply(_f9, float(-s_gamma), out=_f8)
     np.exp(_f8, out=_f9)
     np.multiply(_f6, _f9, out=_f8)
-    np.multiply(_f8, alpha, out=_f8)
+    np.multiply(_f8, s_alpha, out=_f8)
     np.greater(_f5, 1, out=_b0)
     mask_into(_i0, _b0)
     blend_into(_f9, _i0, 1, _f5, _i1)
     np.log(_f9, out=_f10)
     np.multiply(_f8, _f10, out=_f9)
-    np.negative(pred, out=_f10)
+    np.negative(s_pred, out=_f10)
     np.greater_equal(_f10, 0, out=_b1)
     np.maximum(_f0, _b1, out=_f11)
     np.multiply(_f11, _f3, out=_f12)
-    np.add(_f12, eps, out=_f13)
+    np.add(_f12, s_eps, out=_f13)
     np.add(_f6, -1, out=_f14)
     np.maximum(_f10, 0, out=_f15)
     np.add(_f7, _f15, out=_f16)
-    np.multiply(_f16, float(-gamma), out=_f15)
+    np.multiply(_f16, float(-s_gamma), out=_f15)
     np.exp(_f15, out=_f16)
     np.multiply(_f14, _f16, out=_f15)
-    np.multiply(_f15, float(alpha - 1), out=_f15)
-    np.subtract(eps, _f4, out=_f14)
+    np.multiply(_f15, float(s_alpha - 1), out=_f15)
+    np.subtract(s_eps, _f4, out=_f14)
     np.greater(_f14, 0, out=_b1)
     mask_into(_i1, _b1)
     blend_into(_f14, _i1, 1, _f13, _i2)
@@ -118,7 +119,7 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.negative(_f9, out=_f16)
     np.subtract(_f16, _f14, out=_out0)
     np.multiply(_f12, _f14, out=_f16)
-    np.multiply(_f16, gamma, out=_f16)
+    np.multiply(_f16, s_gamma, out=_f16)
     np.negative(_f17, out=_f18)
     blend_into(_f19, _i1, 0, _f18, _i2)
     np.divide(1, _f13, out=_f18)
@@ -131,23 +132,23 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.multiply(_f8, _f19, out=_f20)
     np.multiply(_f20, _f21, out=_f20)
     np.multiply(_f9, _f4, out=_f19)
-    np.multiply(_f19, float(-gamma), out=_f19)
+    np.multiply(_f19, float(-s_gamma), out=_f19)
     np.add(_f16, _f18, out=_f21)
     np.add(_f21, _f20, out=_f21)
     np.add(_f21, _f19, out=_f21)
-    np.multiply(grad_output, _f21, out=_f16)
+    np.multiply(s_grad_output, _f21, out=_f16)
     np.negative(_f16, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (12, 1, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (12, 1, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (22, 2, 3, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

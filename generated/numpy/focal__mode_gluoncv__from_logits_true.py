@@ -6,35 +6,36 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "focal"
+NAME = 'focal'
 VARIANT = {'mode': 'gluoncv', 'from_logits': True}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('alpha', 'gamma', 'eps')
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
     _i0, _i1, = _s[2]
-    np.equal(_j, label, out=_f0)
-    np.add(pred, eps, out=_f1)
-    np.subtract(eps, pred, out=_f2)
-    np.subtract(1, pred, out=_f3)
-    np.power(_f3, gamma, out=_f4)
+    np.equal(_j, s_label, out=_f0)
+    np.add(s_pred, s_eps, out=_f1)
+    np.subtract(s_eps, s_pred, out=_f2)
+    np.subtract(1, s_pred, out=_f3)
+    np.power(_f3, s_gamma, out=_f4)
     np.greater(_f1, 1, out=_i0)
     np.negative(_i0, out=_i0)
     blend_into(_f3, _i0, 1, _f1, _i1)
     np.log(_f3, out=_f5)
     np.multiply(_f0, _f4, out=_f3)
     np.multiply(_f3, _f5, out=_f3)
-    np.multiply(_f3, float(-alpha), out=_f3)
-    np.power(pred, gamma, out=_f4)
+    np.multiply(_f3, float(-s_alpha), out=_f3)
+    np.power(s_pred, s_gamma, out=_f4)
     np.add(_f0, -1, out=_f5)
     np.greater(_f2, 0, out=_i0)
     np.negative(_i0, out=_i0)
@@ -43,30 +44,30 @@ def _forward(_s, _out, pred, label, _j, classes, alpha, gamma, eps):
     np.log(_f7, out=_f6)
     np.multiply(_f4, _f5, out=_f7)
     np.multiply(_f7, _f6, out=_f7)
-    np.multiply(_f7, float(-alpha + 1), out=_f7)
+    np.multiply(_f7, float(-s_alpha + 1), out=_f7)
     np.add(_f3, _f7, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, gamma, eps):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, = _s[0]
     _b0, _b1, = _s[1]
     _i0, _i1, _i2, = _s[2]
-    np.add(pred, eps, out=_f0)
+    np.add(s_pred, s_eps, out=_f0)
     np.greater(_f0, 1, out=_b0)
     mask_into(_i0, _b0)
     blend_into(_f1, _i0, 1, _f0, _i1)
     np.log(_f1, out=_f2)
-    np.subtract(1, pred, out=_f1)
-    np.equal(_j, label, out=_f3)
-    np.power(_f1, gamma, out=_f4)
+    np.subtract(1, s_pred, out=_f1)
+    np.equal(_j, s_label, out=_f3)
+    np.power(_f1, s_gamma, out=_f4)
     np.multiply(_f3, _f4, out=_f5)
-    np.multiply(_f5, alpha, out=_f5)
-    np.power(pred, gamma, out=_f4)
-    _t7 = float(alpha - 1)
+    np.multiply(_f5, s_alpha, out=_f5)
+    np.power(s_pred, s_gamma, out=_f4)
+    _t7 = float(s_alpha - 1)
     np.add(_f3, -1, out=_f6)
-    np.subtract(eps, pred, out=_f7)
+    np.subtract(s_eps, s_pred, out=_f7)
     np.add(_f7, 1, out=_f8)
     np.greater(_f7, 0, out=_b1)
     mask_into(_i1, _b1)
@@ -74,15 +75,15 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.log(_f9, out=_f10)
     np.multiply(_f6, _f10, out=_f9)
     np.multiply(_f9, _t7, out=_f9)
-    _t13 = float(gamma - 1)
+    _t13 = float(s_gamma - 1)
     np.multiply(_f9, _f4, out=_f10)
     np.negative(_f10, out=_f10)
     np.multiply(_f2, _f5, out=_f11)
     np.negative(_f11, out=_f11)
     np.add(_f10, _f11, out=_out0)
-    np.power(pred, _t13, out=_f10)
+    np.power(s_pred, _t13, out=_f10)
     np.multiply(_f9, _f10, out=_f11)
-    np.multiply(_f11, gamma, out=_f11)
+    np.multiply(_f11, s_gamma, out=_f11)
     blend_into(_f10, _i0, 0, 1, _i2)
     np.divide(1, _f0, out=_f12)
     blend_into(_f13, _i0, 1, _f12, _i2)
@@ -98,23 +99,23 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, alpha, ga
     np.power(_f1, _t13, out=_f10)
     np.multiply(_f2, _f3, out=_f14)
     np.multiply(_f14, _f10, out=_f14)
-    np.multiply(_f14, float(-alpha*gamma), out=_f14)
+    np.multiply(_f14, float(-s_alpha*s_gamma), out=_f14)
     np.add(_f11, _f12, out=_f10)
     np.add(_f10, _f13, out=_f10)
     np.add(_f10, _f14, out=_f10)
-    np.multiply(grad_output, _f10, out=_f11)
+    np.multiply(s_grad_output, _f10, out=_f11)
     np.negative(_f11, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """focal of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (8, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (8, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (15, 2, 3, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,58 +6,59 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "kl_div"
+NAME = 'kl_div'
 VARIANT = {'from_logits': True}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ()
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, pred, label, _j, classes):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, = _s[0]
     _i0, _i1, = _s[2]
-    np.greater(label, 0, out=_i0)
+    np.greater(s_label, 0, out=_i0)
     np.negative(_i0, out=_i0)
-    np.log(label, out=_f0)
-    np.subtract(pred, _f0, out=_f1)
-    np.multiply(label, _f1, out=_f0)
+    np.log(s_label, out=_f0)
+    np.subtract(s_pred, _f0, out=_f1)
+    np.multiply(s_label, _f1, out=_f0)
     np.negative(_f0, out=_f0)
     blend_into(_out0, _i0, _f0, 0, _i1)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
-    np.greater(label, 0, out=_b0)
+    np.greater(s_label, 0, out=_b0)
     mask_into(_i0, _b0)
-    np.log(label, out=_f0)
-    np.subtract(pred, _f0, out=_f1)
-    np.multiply(label, _f1, out=_f0)
+    np.log(s_label, out=_f0)
+    np.subtract(s_pred, _f0, out=_f1)
+    np.multiply(s_label, _f1, out=_f0)
     np.negative(_f0, out=_f0)
     blend_into(_out0, _i0, _f0, 0, _i1)
-    np.negative(label, out=_f0)
+    np.negative(s_label, out=_f0)
     blend_into(_f1, _i0, _f0, 0, _i1)
-    np.multiply(grad_output, _f1, out=_out1)
+    np.multiply(s_grad_output, _f1, out=_out1)
 
 
 def forward(pred, label):
-    """kl_div of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (2, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (2, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (), 1)[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (2, 1, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

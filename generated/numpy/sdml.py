@@ -6,30 +6,31 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "sdml"
+NAME = 'sdml'
 VARIANT = {}
 INPUTS = ('distance', 'position')
 ROW_INPUTS = ('position',)
 DIFFERENTIABLE = ('distance',)
 PARAMETERS = ('smoothing_parameter',)
-LOSS_LEVEL = "element"
+LOSS_LEVEL = 'element'
 
 
-def _forward(_s, _out, distance, position, _j, classes, smoothing_parameter):
+def _forward(_s, _out, s_distance, s_position, _j, s_classes, s_smoothing_parameter):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
-    np.equal(_j, position, out=_f0)
+    np.equal(_j, s_position, out=_f0)
     np.add(_f0, -1, out=_f1)
-    np.multiply(_f1, float(smoothing_parameter/(classes - 1)), out=_f2)
+    np.multiply(_f1, float(s_smoothing_parameter/(s_classes - 1)), out=_f2)
     np.add(_f2, 0, out=_f1)
-    scatter_add_into(_f1, position, float(smoothing_parameter - 1))
-    np.negative(distance, out=_f2)
+    scatter_add_into(_f1, s_position, float(s_smoothing_parameter - 1))
+    np.negative(s_distance, out=_f2)
     np.max(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(distance, _rf0, out=_f2)
+    np.add(s_distance, _rf0, out=_f2)
     np.negative(_f2, out=_f3)
     np.exp(_f3, out=_f4)
     np.floor(_f4, out=_f3)
@@ -47,20 +48,20 @@ def _forward(_s, _out, distance, position, _j, classes, smoothing_parameter):
     np.negative(_f6, out=_out0)
 
 
-def _forward_backward(_s, _out, distance, position, grad_output, _j, classes, smoothing_parameter):
+def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_classes, s_smoothing_parameter):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
     _rf0, _rf1, _rf2, _rf3, = _s[3]
-    np.equal(_j, position, out=_f0)
-    _t1 = float(smoothing_parameter/(classes - 1))
+    np.equal(_j, s_position, out=_f0)
+    _t1 = float(s_smoothing_parameter/(s_classes - 1))
     np.add(_f0, -1, out=_f1)
     np.multiply(_f1, _t1, out=_f2)
     np.add(_f2, 0, out=_f1)
-    scatter_add_into(_f1, position, float(smoothing_parameter - 1))
-    np.negative(distance, out=_f2)
+    scatter_add_into(_f1, s_position, float(s_smoothing_parameter - 1))
+    np.negative(s_distance, out=_f2)
     np.max(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(distance, _rf0, out=_f2)
+    np.add(s_distance, _rf0, out=_f2)
     np.negative(_f2, out=_f3)
     np.exp(_f3, out=_f4)
     np.floor(_f4, out=_f3)
@@ -78,22 +79,22 @@ def _forward_backward(_s, _out, distance, position, grad_output, _j, classes, sm
     np.negative(_f6, out=_out0)
     np.add(_rf2, 1, out=_rf0)
     np.divide(1, _rf0, out=_rf3)
-    np.multiply(_rf3, float(_t1*classes - _t1 - smoothing_parameter + 1), out=_rf0)
+    np.multiply(_rf3, float(_t1*s_classes - _t1 - s_smoothing_parameter + 1), out=_rf0)
     np.multiply(_f4, _rf0, out=_f5)
     np.add(_f1, _f5, out=_f6)
-    np.multiply(grad_output, _f6, out=_f5)
+    np.multiply(s_grad_output, _f6, out=_f5)
     np.negative(_f5, out=_out1)
 
 
 def forward(distance, position, *, smoothing_parameter=0.3):
-    """sdml of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (7, 0, 0, 3, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (smoothing_parameter,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (7, 0, 0, 3, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (smoothing_parameter,), 1)[0]
 
 
 def forward_backward(distance, position, *, smoothing_parameter=0.3, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d distance, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (7, 0, 0, 4, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (smoothing_parameter,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

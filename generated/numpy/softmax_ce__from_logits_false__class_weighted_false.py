@@ -6,25 +6,26 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 VARIANT = {'from_logits': False, 'class_weighted': False}
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
+def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
     _ri0, _ri1, = _s[5]
-    np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(pred, _rf0, out=_f0)
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
@@ -33,30 +34,30 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
-    np.equal(ignore_index, label, out=_ri0)
+    np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    pick_into(_rf3, _f0, label)
+    pick_into(_rf3, _f0, s_label)
     np.subtract(_rf1, _rf3, out=_rf4)
-    np.multiply(_rf4, float(-label_smoothing + 1), out=_rf3)
+    np.multiply(_rf4, float(-s_label_smoothing + 1), out=_rf3)
     np.add(_rf0, _rf1, out=_rf4)
-    np.multiply(_rf4, classes, out=_rf5)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf4)
+    np.multiply(_rf4, s_classes, out=_rf5)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf4)
     np.subtract(_rf5, _rf4, out=_rf6)
-    np.multiply(_rf6, float(label_smoothing/classes), out=_rf4)
+    np.multiply(_rf6, float(s_label_smoothing/s_classes), out=_rf4)
     np.add(_rf3, _rf4, out=_rf5)
     blend_into(_out0, _ri0, 0, _rf5, _ri1)
 
 
-def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
+def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    _t1 = float((1/(classes)))
-    np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(pred, _rf0, out=_f0)
+    _t1 = float((1/(s_classes)))
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
@@ -65,30 +66,30 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
-    _t8 = float(label_smoothing - 1)
-    pick_into(_rf4, _f0, label)
+    _t8 = float(s_label_smoothing - 1)
+    pick_into(_rf4, _f0, s_label)
     np.subtract(_rf1, _rf4, out=_rf5)
-    np.equal(ignore_index, label, out=_rb0)
+    np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    blend_into(_rf4, _ri0, 0, float(-_t1*label_smoothing), _ri1)
+    blend_into(_rf4, _ri0, 0, float(-_t1*s_label_smoothing), _ri1)
     np.negative(_rf4, out=_rf6)
     blend_into(_rf7, _ri0, 0, _t8, _ri1)
     np.negative(_rf5, out=_rf8)
-    np.multiply(_rf4, classes, out=_rf9)
+    np.multiply(_rf4, s_classes, out=_rf9)
     np.multiply(_rf5, float(-_t8), out=_rf10)
     np.add(_rf0, _rf1, out=_rf11)
-    np.multiply(_rf11, classes, out=_rf12)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf11)
+    np.multiply(_rf11, s_classes, out=_rf12)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf11)
     np.subtract(_rf12, _rf11, out=_rf13)
-    np.multiply(_rf13, float(_t1*label_smoothing), out=_rf11)
+    np.multiply(_rf13, float(_t1*s_label_smoothing), out=_rf11)
     np.add(_rf10, _rf11, out=_rf12)
     blend_into(_out0, _ri0, 0, _rf12, _ri1)
-    np.multiply(_rf6, grad_output, out=_rf10)
+    np.multiply(_rf6, s_grad_output, out=_rf10)
     np.negative(_rf10, out=_rf10)
     np.add(_rf3, 1, out=_rf11)
     np.divide(1, _rf11, out=_rf12)
     np.add(_rf7, _rf9, out=_rf11)
-    np.multiply(grad_output, _rf12, out=_rf13)
+    np.multiply(s_grad_output, _rf12, out=_rf13)
     np.multiply(_rf13, _rf11, out=_rf13)
     np.negative(_rf13, out=_rf13)
     np.multiply(_f1, _rf13, out=_f3)
@@ -101,19 +102,19 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.negative(_rf12, out=_rf12)
     np.add(_rf11, _rf12, out=_rf10)
     np.subtract(_rf10, _rf6, out=_rf10)
-    np.multiply(grad_output, _rf10, out=_rf11)
-    set_at_into(_out1, label, _rf11)
+    np.multiply(s_grad_output, _rf10, out=_rf11)
+    set_at_into(_out1, s_label, _rf11)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (4, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (4, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (4, 0, 0, 14, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,25 +6,26 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 VARIANT = {'from_logits': False, 'class_weighted': True}
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
+def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
     _ri0, _ri1, = _s[5]
-    np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(pred, _rf0, out=_f0)
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
@@ -33,26 +34,26 @@ def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, 
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
-    np.equal(_j, label, out=_f3)
-    np.equal(ignore_index, label, out=_ri0)
+    np.equal(_j, s_label, out=_f3)
+    np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
     np.add(_rf0, _rf1, out=_rf3)
-    np.sum(class_weight, axis=-1, keepdims=True, out=_rf4)
+    np.sum(s_class_weight, axis=-1, keepdims=True, out=_rf4)
     np.multiply(_rf3, _rf4, out=_rf5)
-    np.multiply(class_weight, pred, out=_f4)
+    np.multiply(s_class_weight, s_pred, out=_f4)
     np.sum(_f4, axis=-1, keepdims=True, out=_rf3)
     np.subtract(_rf5, _rf3, out=_rf4)
-    np.multiply(_rf4, float(label_smoothing/classes), out=_rf3)
-    pick_into(_rf4, _f0, label)
+    np.multiply(_rf4, float(s_label_smoothing/s_classes), out=_rf3)
+    pick_into(_rf4, _f0, s_label)
     np.subtract(_rf1, _rf4, out=_rf5)
-    pick_into(_rf4, class_weight, label)
+    pick_into(_rf4, s_class_weight, s_label)
     np.multiply(_rf5, _rf4, out=_rf6)
-    np.multiply(_rf6, float(-label_smoothing + 1), out=_rf6)
+    np.multiply(_rf6, float(-s_label_smoothing + 1), out=_rf6)
     np.add(_rf3, _rf6, out=_rf4)
     blend_into(_out0, _ri0, 0, _rf4, _ri1)
 
 
-def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
+def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
@@ -61,10 +62,10 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, _rf14, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    _t1 = float((1/(classes)))
-    np.sum(class_weight, axis=-1, keepdims=True, out=_rf0)
-    np.max(pred, axis=-1, keepdims=True, out=_rf1)
-    np.subtract(pred, _rf1, out=_f0)
+    _t1 = float((1/(s_classes)))
+    np.sum(s_class_weight, axis=-1, keepdims=True, out=_rf0)
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf1)
+    np.subtract(s_pred, _rf1, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf2)
@@ -74,14 +75,14 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.add(_rf3, _rf2, out=_rf4)
     np.log1p(_rf4, out=_rf2)
     np.copyto(_f3, 0)
-    set_at_into(_f3, label, 1)
-    pick_into(_rf5, _f0, label)
+    set_at_into(_f3, s_label, 1)
+    pick_into(_rf5, _f0, s_label)
     np.subtract(_rf2, _rf5, out=_rf6)
-    pick_into(_rf5, class_weight, label)
-    np.multiply(_rf5, float(label_smoothing - 1), out=_rf7)
-    np.equal(ignore_index, label, out=_rb0)
+    pick_into(_rf5, s_class_weight, s_label)
+    np.multiply(_rf5, float(s_label_smoothing - 1), out=_rf7)
+    np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    blend_into(_rf5, _ri0, 0, float(-_t1*label_smoothing), _ri1)
+    blend_into(_rf5, _ri0, 0, float(-_t1*s_label_smoothing), _ri1)
     np.negative(_rf6, out=_rf8)
     np.multiply(_rf5, _rf0, out=_rf9)
     blend_into(_rf10, _ri0, 0, _rf7, _ri1)
@@ -89,27 +90,27 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.negative(_rf11, out=_rf11)
     np.add(_rf1, _rf2, out=_rf12)
     np.multiply(_rf0, _rf12, out=_rf13)
-    np.multiply(class_weight, pred, out=_f4)
+    np.multiply(s_class_weight, s_pred, out=_f4)
     np.sum(_f4, axis=-1, keepdims=True, out=_rf12)
     np.subtract(_rf13, _rf12, out=_rf14)
-    np.multiply(_rf14, float(_t1*label_smoothing), out=_rf12)
+    np.multiply(_rf14, float(_t1*s_label_smoothing), out=_rf12)
     np.add(_rf11, _rf12, out=_rf13)
     blend_into(_out0, _ri0, 0, _rf13, _ri1)
-    np.equal(_j, label, out=_b0)
+    np.equal(_j, s_label, out=_b0)
     mask_into(_i0, _b0)
     np.exp(_rf8, out=_rf11)
-    np.multiply(_rf9, grad_output, out=_rf12)
+    np.multiply(_rf9, s_grad_output, out=_rf12)
     np.multiply(_rf12, _rf11, out=_rf12)
     np.negative(_rf12, out=_rf12)
     np.expm1(_rf8, out=_rf11)
-    np.multiply(_rf10, grad_output, out=_rf13)
+    np.multiply(_rf10, s_grad_output, out=_rf13)
     np.multiply(_rf13, _rf11, out=_rf13)
     np.negative(_rf13, out=_rf13)
     np.add(_rf12, _rf13, out=_rf11)
-    np.multiply(_rf5, grad_output, out=_rf12)
-    np.multiply(class_weight, _rf12, out=_f4)
+    np.multiply(_rf5, s_grad_output, out=_rf12)
+    np.multiply(s_class_weight, _rf12, out=_f4)
     np.add(_f4, _rf11, out=_f5)
-    np.multiply(_rf5, class_weight, out=_f4)
+    np.multiply(_rf5, s_class_weight, out=_f4)
     np.add(_rf4, 1, out=_rf11)
     np.divide(1, _rf11, out=_rf12)
     np.add(_rf9, _rf10, out=_rf11)
@@ -117,19 +118,19 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     np.negative(_rf13, out=_rf13)
     np.multiply(_f1, _rf13, out=_f6)
     np.add(_f4, _f6, out=_f7)
-    np.multiply(grad_output, _f7, out=_f4)
+    np.multiply(s_grad_output, _f7, out=_f4)
     blend_into(_out1, _i0, _f5, _f4, _i1)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (5, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (5, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (8, 1, 2, 15, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

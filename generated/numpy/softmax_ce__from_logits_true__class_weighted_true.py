@@ -6,48 +6,49 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "softmax_ce"
+NAME = 'softmax_ce'
 VARIANT = {'from_logits': True, 'class_weighted': True}
 INPUTS = ('pred', 'label', 'class_weight')
 ROW_INPUTS = ('label',)
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing', 'ignore_index')
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, label, class_weight, _j, classes, label_smoothing, ignore_index):
+def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _ri0, _ri1, = _s[5]
-    np.multiply(class_weight, pred, out=_f0)
-    np.equal(ignore_index, label, out=_ri0)
+    np.multiply(s_class_weight, s_pred, out=_f0)
+    np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
-    pick_into(_rf0, _f0, label)
-    np.multiply(_rf0, float(label_smoothing - 1), out=_rf1)
+    pick_into(_rf0, _f0, s_label)
+    np.multiply(_rf0, float(s_label_smoothing - 1), out=_rf1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-label_smoothing/classes), out=_rf2)
+    np.multiply(_rf0, float(-s_label_smoothing/s_classes), out=_rf2)
     np.add(_rf1, _rf2, out=_rf0)
     blend_into(_out0, _ri0, 0, _rf0, _ri1)
 
 
-def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, classes, label_smoothing, ignore_index):
+def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
     _ri0, _ri1, = _s[5]
-    np.multiply(class_weight, pred, out=_f0)
-    _t2 = float(label_smoothing/classes)
-    _t3 = float(label_smoothing - 1)
-    np.equal(_j, label, out=_f1)
-    np.equal(ignore_index, label, out=_rb0)
+    np.multiply(s_class_weight, s_pred, out=_f0)
+    _t2 = float(s_label_smoothing/s_classes)
+    _t3 = float(s_label_smoothing - 1)
+    np.equal(_j, s_label, out=_f1)
+    np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    pick_into(_rf0, _f0, label)
+    pick_into(_rf0, _f0, s_label)
     np.multiply(_rf0, _t3, out=_rf1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-_t2), out=_rf2)
@@ -56,20 +57,20 @@ def _forward_backward(_s, _out, pred, label, class_weight, grad_output, _j, clas
     blend_into(_rf0, _ri0, 0, float(-_t2), _ri1)
     np.add(_rf0, 0, out=_f2)
     blend_into(_rf1, _ri0, 0, _t3, _ri1)
-    scatter_add_into(_f2, label, _rf1)
-    np.multiply(class_weight, grad_output, out=_f3)
+    scatter_add_into(_f2, s_label, _rf1)
+    np.multiply(s_class_weight, s_grad_output, out=_f3)
     np.multiply(_f3, _f2, out=_out1)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """softmax_ce of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (1, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (1, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (4, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,24 +6,25 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "softmax_ce_dense"
+NAME = 'softmax_ce_dense'
 VARIANT = {'from_logits': False}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_label_smoothing):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, = _s[3]
-    np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(pred, _rf0, out=_f0)
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
@@ -33,29 +34,29 @@ def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf3)
-    np.multiply(_rf3, label_smoothing, out=_rf1)
-    np.multiply(label, pred, out=_f2)
+    np.multiply(_rf3, s_label_smoothing, out=_rf1)
+    np.multiply(s_label, s_pred, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf4)
-    np.multiply(_rf4, float(label_smoothing - 1), out=_rf5)
+    np.multiply(_rf4, float(s_label_smoothing - 1), out=_rf5)
     np.subtract(_rf3, _rf1, out=_rf4)
-    np.sum(label, axis=-1, keepdims=True, out=_rf6)
+    np.sum(s_label, axis=-1, keepdims=True, out=_rf6)
     np.multiply(_rf4, _rf6, out=_rf7)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf4)
-    np.multiply(_rf4, float(-label_smoothing/classes), out=_rf6)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf4)
+    np.multiply(_rf4, float(-s_label_smoothing/s_classes), out=_rf6)
     np.add(_rf1, _rf5, out=_rf4)
     np.add(_rf4, _rf7, out=_rf4)
     np.add(_rf4, _rf6, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smoothing):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, = _s[3]
-    _t0 = float(label_smoothing - 1)
-    _t1 = float(label_smoothing/classes)
-    np.max(pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(pred, _rf0, out=_f0)
+    _t0 = float(s_label_smoothing - 1)
+    _t1 = float(s_label_smoothing/s_classes)
+    np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
     np.floor(_f1, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
@@ -65,39 +66,39 @@ def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smo
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
     np.add(_rf0, _rf1, out=_rf4)
-    np.multiply(_rf4, label_smoothing, out=_rf1)
-    np.sum(label, axis=-1, keepdims=True, out=_rf5)
-    np.multiply(label, pred, out=_f2)
+    np.multiply(_rf4, s_label_smoothing, out=_rf1)
+    np.sum(s_label, axis=-1, keepdims=True, out=_rf5)
+    np.multiply(s_label, s_pred, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf6)
     np.multiply(_rf6, _t0, out=_rf7)
     np.subtract(_rf4, _rf1, out=_rf6)
     np.multiply(_rf5, _rf6, out=_rf8)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf6)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf6)
     np.multiply(_rf6, float(-_t1), out=_rf9)
     np.add(_rf1, _rf7, out=_rf6)
     np.add(_rf6, _rf8, out=_rf6)
     np.add(_rf6, _rf9, out=_out0)
-    np.multiply(label, _t0, out=_f2)
+    np.multiply(s_label, _t0, out=_f2)
     np.add(_rf3, 1, out=_rf6)
     np.divide(1, _rf6, out=_rf7)
     np.multiply(_rf5, float(-_t0), out=_rf6)
-    np.add(_rf6, label_smoothing, out=_rf8)
+    np.add(_rf6, s_label_smoothing, out=_rf8)
     np.multiply(_rf7, _rf8, out=_rf6)
     np.multiply(_f1, _rf6, out=_f3)
     np.add(_f2, _f3, out=_f4)
     np.add(_f4, float(-_t1), out=_f4)
-    np.multiply(grad_output, _f4, out=_out1)
+    np.multiply(s_grad_output, _f4, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
-    """softmax_ce_dense of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (3, 0, 0, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (3, 0, 0, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (5, 0, 0, 10, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

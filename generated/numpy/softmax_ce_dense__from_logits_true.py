@@ -6,58 +6,59 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "softmax_ce_dense"
+NAME = 'softmax_ce_dense'
 VARIANT = {'from_logits': True}
 INPUTS = ('pred', 'label')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred',)
 PARAMETERS = ('label_smoothing',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, label, _j, classes, label_smoothing):
+def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_label_smoothing):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
-    np.multiply(label, pred, out=_f0)
+    np.multiply(s_label, s_pred, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(label_smoothing - 1), out=_rf1)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-label_smoothing/classes), out=_rf2)
+    np.multiply(_rf0, float(s_label_smoothing - 1), out=_rf1)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf0, float(-s_label_smoothing/s_classes), out=_rf2)
     np.add(_rf1, _rf2, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, label, grad_output, _j, classes, label_smoothing):
+def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
-    _t0 = float(label_smoothing - 1)
-    _t1 = float(label_smoothing/classes)
-    np.multiply(label, pred, out=_f0)
+    _t0 = float(s_label_smoothing - 1)
+    _t1 = float(s_label_smoothing/s_classes)
+    np.multiply(s_label, s_pred, out=_f0)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, _t0, out=_rf1)
-    np.sum(pred, axis=-1, keepdims=True, out=_rf0)
+    np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-_t1), out=_rf2)
     np.add(_rf1, _rf2, out=_out0)
-    np.multiply(grad_output, float(-_t1), out=_rf0)
-    np.multiply(grad_output, _t0, out=_rf1)
-    np.multiply(label, _rf1, out=_f0)
+    np.multiply(s_grad_output, float(-_t1), out=_rf0)
+    np.multiply(s_grad_output, _t0, out=_rf1)
+    np.multiply(s_label, _rf1, out=_f0)
     np.add(_rf0, _f0, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
-    """softmax_ce_dense of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)

@@ -6,54 +6,55 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, run_rows, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.elementwise import run_rows as _run_rows
 
-NAME = "triplet"
+NAME = 'triplet'
 VARIANT = {}
 INPUTS = ('pred', 'positive', 'negative')
 ROW_INPUTS = ()
 DIFFERENTIABLE = ('pred', 'positive', 'negative')
 PARAMETERS = ('margin',)
-LOSS_LEVEL = "row"
+LOSS_LEVEL = 'row'
 
 
-def _forward(_s, _out, pred, positive, negative, _j, classes, margin):
+def _forward(_s, _out, s_pred, s_positive, s_negative, _j, s_classes, s_margin):
     """Loss of one chunk, into _out."""
     _out0, = _out
     _f0, _f1, _f2, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
-    np.negative(pred, out=_f0)
-    np.add(_f0, positive, out=_f1)
+    np.negative(s_pred, out=_f0)
+    np.add(_f0, s_positive, out=_f1)
     np.square(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(_f0, negative, out=_f1)
+    np.add(_f0, s_negative, out=_f1)
     np.square(_f1, out=_f2)
     np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
     np.subtract(_rf0, _rf1, out=_rf2)
-    np.add(_rf2, margin, out=_rf2)
+    np.add(_rf2, s_margin, out=_rf2)
     np.maximum(_rf2, 0, out=_out0)
 
 
-def _forward_backward(_s, _out, pred, positive, negative, grad_output, _j, classes, margin):
+def _forward_backward(_s, _out, s_pred, s_positive, s_negative, s_grad_output, _j, s_classes, s_margin):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, _out2, _out3, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
-    np.negative(pred, out=_f0)
-    np.add(_f0, positive, out=_f1)
-    np.add(_f0, negative, out=_f2)
+    np.negative(s_pred, out=_f0)
+    np.add(_f0, s_positive, out=_f1)
+    np.add(_f0, s_negative, out=_f2)
     np.square(_f1, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
     np.square(_f2, out=_f3)
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.subtract(_rf0, _rf1, out=_rf2)
-    np.add(_rf2, margin, out=_rf2)
+    np.add(_rf2, s_margin, out=_rf2)
     np.greater(_rf2, 0, out=_rb0)
-    np.multiply(grad_output, _rb0, out=_rf0)
+    np.multiply(s_grad_output, _rb0, out=_rf0)
     np.multiply(_rf0, 2, out=_rf0)
     np.maximum(_rf2, 0, out=_out0)
-    np.subtract(negative, positive, out=_f3)
+    np.subtract(s_negative, s_positive, out=_f3)
     np.multiply(_rf0, _f3, out=_out1)
     np.multiply(_f1, _rf0, out=_out2)
     np.negative(_rf0, out=_rf1)
@@ -61,14 +62,14 @@ def _forward_backward(_s, _out, pred, positive, negative, grad_output, _j, class
 
 
 def forward(pred, positive, negative, *, margin=1.0):
-    """triplet of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return run_rows(_forward, (3, 0, 0, 3, 0, 0), (pred, positive, negative,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (margin,), 1)[0]
+    """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
+    return _run_rows(_forward, (3, 0, 0, 3, 0, 0), (pred, positive, negative,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (margin,), 1)[0]
 
 
 def forward_backward(pred, positive, negative, *, margin=1.0, grad_output=1.0):
-    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d pred|positive|negative, fused in one pass."""
-    loss, *grads = run_rows(
+    """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
+    _loss, *_grads = _run_rows(
         _forward_backward, (4, 0, 0, 3, 1, 0), (pred, positive, negative,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (margin,), 4
     )
-    return loss, tuple(grads)
+    return _loss, (*_grads,)
