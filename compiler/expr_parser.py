@@ -220,6 +220,8 @@ class _Builder:
         build = _BINARY.get(type(node.op))
         if build is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (use + - * / **)")
+        if isinstance(node.op, ast.Div) and right.is_Number and right.is_zero:
+            raise ExprError("division by zero")
         return build(left, right)
 
     def call(self, node):
@@ -291,11 +293,39 @@ class _Builder:
 
 def _power(base, exponent):
     if exponent.is_Number:
-        if abs(float(exponent)) > MAX_NUMERIC_EXPONENT:
+        if abs(exponent) > MAX_NUMERIC_EXPONENT:
             raise ExprError(f"numeric exponent {exponent} is larger than {MAX_NUMERIC_EXPONENT} in magnitude")
-        if base.is_Number and abs(float(base)) > MAX_LITERAL:
-            raise ExprError(f"constant {base} is too large to raise to a power")
+        if base.is_Number and abs(base) > MAX_LITERAL:
+            raise ExprError(f"constant {_short(base)} is too large to raise to a power")
+        if base.is_Number and base.is_zero and exponent.is_negative:
+            raise ExprError("division by zero (0 raised to a negative power)")
+        if base.is_Number and abs(base) > 1 and abs(exponent) * math.log10(abs(float(base))) > MAX_CONSTANT_DIGITS:
+            raise ExprError(f"{_short(base)}**{exponent} is not finite in float64")
     return base**exponent
+
+
+MAX_CONSTANT_DIGITS = 300  # |constant| < 1e300: every constant is a finite float64
+
+
+def check_constants(expr):
+    """Raise ExprError when ``expr`` holds a constant that is not a finite real float64:
+    division by zero (zoo), nan, infinity, a complex value (I) or a number past 1e300."""
+    for atom in expr.atoms(sympy.Number, sympy.NumberSymbol, type(sympy.I), type(sympy.zoo)):
+        if atom is sympy.zoo:
+            raise ExprError("a constant is infinite (division by zero, log(0), …)")
+        if atom is sympy.nan:
+            raise ExprError("a constant is not a number (nan)")
+        if atom in (sympy.oo, -sympy.oo):
+            raise ExprError("a constant is not finite")
+        if atom is sympy.I:
+            raise ExprError("complex value: a constant has no real value (e.g. sqrt(-1), log(-1))")
+        if atom.is_Number and abs(atom) > sympy.Float(10) ** MAX_CONSTANT_DIGITS:
+            raise ExprError(f"constant {_short(atom)} is not finite in float64")
+
+
+def _short(number):
+    """A number as text short enough for a message (never Python's 4300-digit conversion)."""
+    return sympy.Float(number, 6).__str__() if number.is_Number else str(number)
 
 
 def _describe(node):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .expr_parser import ExprError, Scope, parse_expression, referenced_names
+from .expr_parser import ExprError, Scope, check_constants, parse_expression, referenced_names
 from .reductions import CLASS_INDEX, CLASSES, element_level, reductions_in
 
 
@@ -107,7 +107,7 @@ def build_ir(spec, variant):
 
 
 NODE_SIZE = 120
-NODE_DEPTH = 20
+NODE_DEPTH = 12
 MAX_INLINED_SIZE = 20_000
 
 
@@ -165,6 +165,7 @@ def _check_reductions(ir):
 def _parse(spec, text, scope, at):
     try:
         expr = parse_expression(text, scope)
+        check_constants(expr)
     except ExprError as err:
         raise spec.error(at, str(err)) from None
     if not isinstance(expr, sympy.Expr):

@@ -14,6 +14,8 @@ it between a loss and its gradients:
     softplus(u) = max(u, 0) + log1p(e)
     sigmoid(u)  = (1 if u ≥ 0 else e) / (1 + e)
 """
+import functools
+
 import sympy
 
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus, unit_clip
@@ -134,12 +136,39 @@ def clip_of_where(node):
     return unit_clip(-u / r) if k == -1 else k * unit_clip(u / r)  # clip is odd: fold a −1 into its argument
 
 
+@functools.lru_cache(maxsize=4096)
 def lower(expr):
-    """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form."""
-    expr = expr.replace(lambda n: clip_of_where(n) is not None, clip_of_where)
-    expr = expr.replace(lambda n: lower_label_gradient(n) is not None, lower_label_gradient)
-    expr = expr.replace(onehot_minus_softmax, lower_onehot_minus_softmax)
-    expr = expr.replace(rlog_softmax_at, lower_log_softmax_at)
-    expr = expr.replace(lambda n: lower_softmax(n) is not None, lower_softmax)
-    expr = expr.replace(rlogsumexp, lower_logsumexp)
-    return expr.replace(sigmoid, lower_sigmoid).replace(softplus, lower_softplus)
+    """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form
+    (a pure function of ``expr``, cached: a graph's nodes are lowered once for both kernels)."""
+    expr = replace_shared(expr, clip_of_where)
+    expr = replace_shared(expr, lower_label_gradient)
+    expr = replace_shared(expr, _of(onehot_minus_softmax, lower_onehot_minus_softmax))
+    expr = replace_shared(expr, _of(rlog_softmax_at, lower_log_softmax_at))
+    expr = replace_shared(expr, lower_softmax)
+    expr = replace_shared(expr, _of(rlogsumexp, lower_logsumexp))
+    return replace_shared(replace_shared(expr, _of(sigmoid, lower_sigmoid)), _of(softplus, lower_softplus))
+
+
+def _of(kind, rule):
+    """``rule(*node.args)`` for nodes of class ``kind``, None for the others."""
+    return lambda node: rule(*node.args) if isinstance(node, kind) else None
+
+
+def replace_shared(expr, rule):
+    """``expr`` rebuilt bottom-up with every node for which ``rule(node)`` is not None replaced
+    by that value (as SymPy's ``replace``), visiting each distinct subexpression once: a
+    subexpression shared n times (definitions, lowered softplus) costs once, not 2^n."""
+    done, stack = {}, [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in done:
+            continue
+        if not ready and node.args:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = tuple(done[a] for a in node.args)
+        rebuilt = node.func(*args) if args != node.args else node
+        replaced = rule(rebuilt) if isinstance(rebuilt, sympy.Basic) else None
+        done[node] = rebuilt if replaced is None else replaced
+    return done[expr]

@@ -8,6 +8,7 @@ names they mention here; :mod:`ir` parses them.
 import keyword
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,12 @@ import yaml
 from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
 
 MAX_SPEC_BYTES = 256 * 1024
+MAX_VARIANTS = 64
+MAX_MAGNITUDE = 1e300  # parameter defaults, ranges and input defaults
+MAX_DEFINITIONS = 256
+MAX_ITEMS = 64  # inputs, parameters, pair inputs, references, choices
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
+SPEC_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.ya?ml\Z")
 CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 CPP_KEYWORDS = frozenset(
     """alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t
@@ -147,8 +153,12 @@ class Spec:
 
 
 def load_spec(path):
-    """Read and validate the spec file at ``path``."""
+    """Read and validate the spec file at ``path``; its file name must be plain
+    (letters, digits, '_', '.', '-', ending .yaml or .yml): it is recorded in generated files."""
     path = Path(path)
+    if not SPEC_FILE_NAME.match(path.name):
+        raise SpecError(path, 0, "file", f"file name {path.name!r} is not a plain spec file name: expected letters, "
+                                         "digits, '_', '.' and '-' ending in .yaml or .yml")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -218,9 +228,18 @@ class _NodeReader:
         if not isinstance(node, yaml.ScalarNode) or node.tag not in ALLOWED_TAGS:
             raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), f"unsupported YAML tag {node.tag}")
         try:
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as err:
             raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), str(err.problem)) from None
+        except ValueError as err:  # e.g. an integer of more digits than Python converts
+            raise SpecError(self.path, node.start_mark.line + 1, _field_text(at), f"not a usable value: {err}") from None
+        if isinstance(value, str):
+            bad = next((c for c in value if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")),
+                       None)
+            if bad is not None:
+                raise SpecError(self.path, node.start_mark.line + 1, _field_text(at),
+                                f"control or invisible character U+{ord(bad):04X} is not allowed in spec text")
+        return value
 
 
 def _field_text(at):
@@ -254,6 +273,9 @@ class _Validator:
         value = obj[key]
         if not _is_kind(value, kind):
             self.fail(at + (key,), f"expected {_KIND_WORDS[kind]}, got {_show(value)}")
+        limit = MAX_DEFINITIONS if key == "definitions" else MAX_ITEMS
+        if kind == "list" and len(value) > limit:
+            self.fail(at + (key,), f"{len(value)} entries; at most {limit} are accepted")
         return value
 
     def spec(self, data):
@@ -282,6 +304,7 @@ class _Validator:
             pair_inputs=self.pair_inputs(data),
         )
         self.unique_names(spec)
+        self.check_variant_count(spec)
         self.check_references(spec)
         self.check_levels(spec)
         self.check_pairs(spec)
@@ -324,6 +347,13 @@ class _Validator:
             if inp.per == "element" and inp.from_pairs.strip() == ROW_INDEX:
                 self.fail(at + ("from_pairs",), f"'{ROW_INDEX}' builds a row input: set per: row")
 
+    def check_variant_count(self, spec):
+        """Every combination of bool/choice values is compiled: at most MAX_VARIANTS of them."""
+        count = math.prod(len(p.values) for p in spec.variant_params)
+        if count > MAX_VARIANTS:
+            self.fail(("parameters",), f"the bool and choice parameters make {count} build-time variants; at most "
+                                       f"{MAX_VARIANTS} are compiled (make some of them float or int parameters)")
+
     def check_levels(self, spec):
         for i, inp in enumerate(spec.inputs):
             if inp.per == "row" and spec.class_axis is None:
@@ -340,6 +370,8 @@ class _Validator:
             self.fail(at, f"'{name}' is longer than 64 characters")
         if name.startswith("_"):
             self.fail(at, f"'{name}': names starting with '_' are reserved for generated code")
+        if "__" in name:
+            self.fail(at, f"'{name}': '__' is reserved (it separates a loss from its variant in module names)")
         if keyword.iskeyword(name) or keyword.issoftkeyword(name):
             self.fail(at, f"'{name}' is a Python keyword")
         if name in CPP_KEYWORDS:
@@ -384,6 +416,8 @@ class _Validator:
         if role not in ROLES:
             self.fail(at + ("role",), f"expected one of {', '.join(ROLES)}, got '{role}'")
         default = self.get(item, "default", "number", at, required=False)
+        if default is not None and not _is_magnitude(default):
+            self.fail(at + ("default",), f"expected a finite number, got {_show(default)}")
         if default is not None and role != "extra":
             self.fail(at + ("default",), "only inputs with role 'extra' may have a default")
         grid = self.get(item, "accuracy_grid", "list", at, required=False, default=_DEFAULT_GRID[role])
@@ -435,8 +469,11 @@ class _Validator:
         if len(bounds) != 2:
             self.fail(at + ("range",), "expected [low, high] (null for unbounded)")
         for i, bound in enumerate(bounds):
-            if bound is not None and not _is_kind(bound, ptype if ptype == "int" else "number"):
-                self.fail(at + ("range", i), f"expected {_KIND_WORDS[ptype]} or null, got {_show(bound)}")
+            if bound is not None and (not _is_kind(bound, ptype if ptype == "int" else "number")
+                                      or not _is_magnitude(bound)):
+                self.fail(at + ("range", i), f"expected a finite {'integer' if ptype == 'int' else 'number'} "
+                                             f"of magnitude at most {MAX_MAGNITUDE:g}, or null (no limit), got "
+                                             f"{_show(bound)}")
         low, high = bounds
         if low is not None and high is not None and low > high:
             self.fail(at + ("range",), f"low {low} is above high {high}")
@@ -447,8 +484,9 @@ class _Validator:
         if len(choices) < 2:
             self.fail(at + ("choices",), "expected at least two choices")
         for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not IDENTIFIER.match(choice):
-                self.fail(at + ("choices", i), f"expected an identifier string, got {_show(choice)}")
+            if not isinstance(choice, str) or not IDENTIFIER.match(choice) or "__" in choice or len(choice) > 64:
+                self.fail(at + ("choices", i), f"expected an identifier string (at most 64 characters, no '__'), "
+                                               f"got {_show(choice)}")
         if len(set(choices)) != len(choices):
             self.fail(at + ("choices",), "duplicate choice")
         return tuple(choices)
@@ -456,7 +494,7 @@ class _Validator:
     def check_default(self, param, at):
         value, ptype = param.default, param.type
         kind = {"float": "number", "int": "int", "bool": "bool", "choice": "str"}[ptype]
-        if not _is_kind(value, kind) or (ptype == "float" and not math.isfinite(value)):
+        if not _is_kind(value, kind) or (ptype in ("float", "int") and not _is_magnitude(value)):
             self.fail(at, f"expected {_KIND_WORDS[kind]} for a {ptype} parameter, got {_show(value)}")
         if ptype == "choice" and value not in param.choices:
             self.fail(at, f"'{value}' is not one of the choices {', '.join(param.choices)}")
@@ -525,27 +563,25 @@ class _Validator:
 
 
 def _find_cycle(graph):
+    """A cycle of ``graph`` (name → names it uses) as a path [a, b, …, a], or None; iterative
+    depth-first search, so no spec reaches a recursion limit."""
     state = {}
-
-    def visit(node, trail):
-        state[node] = "open"
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == "open":
-                return trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
-            if nxt not in state:
-                found = visit(nxt, trail + [nxt])
-                if found:
-                    return found
-        state[node] = "done"
-        return None
-
     for start in graph:
-        if start not in state:
-            found = visit(start, [start])
-            if found:
-                return found
+        if start in state:
+            continue
+        state[start], trail, stack = "open", [start], [iter(graph.get(start, ()))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[trail.pop()] = "done"
+                stack.pop()
+            elif state.get(nxt) == "open":
+                return trail[trail.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = "open"
+                trail.append(nxt)
+                stack.append(iter(graph.get(nxt, ())))
     return None
-
 
 
 _DEFAULT_GRID = {
@@ -562,6 +598,12 @@ _KIND_WORDS = {
     "list": "a list",
     "dict": "a mapping",
 }
+
+
+def _is_magnitude(value):
+    """A finite number no larger than MAX_MAGNITUDE in magnitude (int parameters reach the
+    kernels as floats)."""
+    return (isinstance(value, int) or math.isfinite(value)) and abs(value) <= MAX_MAGNITUDE
 
 
 def _is_kind(value, kind):
