@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from .elementwise import WORKERS, is_flat
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _C_TYPES = {"float32": "float", "float64": "double"}
 _DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
-BLOCK = 1024  # elements per inner SIMD loop; a scalar input is expanded once into a block of this size
+GROUP = 64  # elements per inner SIMD loop (a constant trip count: no scalar remainder, see _wrapper)
 MIN_CHUNK = 1 << 16  # elements per thread at least: handing fewer over costs about what running them does
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
@@ -153,6 +154,28 @@ void lossc_parallel(lossc_job job, const void* context, long n, int parts)
 _lock = threading.Lock()
 _libraries = {}  # source digest -> ctypes library, or None when building failed
 _failures = []  # why a build failed, newest last
+VERSION_TIMEOUT = 30  # seconds for `$CXX --version`
+BUILD_PREFIX = "build-"  # the cache's temporary build folders
+STALE_BUILD_SECONDS = 3600  # a build folder this old belongs to a build that died
+
+
+def _after_fork_in_child():
+    """A child forked while another thread held the build lock (compiling) would wait on it
+    forever: the child gets a fresh lock (the library's thread pool renews itself likewise)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def compile_timeout():
+    """Seconds a compile may take before native kernels give up on it (``$LOSSC_COMPILE_TIMEOUT``, default 300)."""
+    try:
+        return max(1.0, float(os.environ.get("LOSSC_COMPILE_TIMEOUT", "300")))
+    except ValueError:
+        return 300.0
 
 
 def enabled():
@@ -179,7 +202,8 @@ def status():
 
 
 def _compiler():
-    return shutil.which(os.environ.get("CXX", "g++"))
+    """The C++ compiler: ``$CXX`` when set and not empty, else g++ (None if not found)."""
+    return shutil.which(os.environ.get("CXX") or "g++")
 
 
 def _vector_math():
@@ -203,7 +227,13 @@ def _vector_declarations():
 def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
     """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …, threads): the device function
     over n elements on up to ``threads`` threads, input k read from a_k (s_k = 1) or broadcast
-    from a_k[0] (s_k = 0)."""
+    from a_k[0] (s_k = 0).
+
+    Every element goes through the same vector code: the inner loop always runs GROUP
+    iterations (so the compiler emits no scalar remainder, whose libm exp/log round
+    differently from libmvec's), and a last partial group is copied into padded local
+    buffers first. An element's bits therefore depend only on its inputs, never on its
+    position, the array's size or the number of threads."""
     arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
                  + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(n_outputs)])
     fields = [f"{a.replace(', ', '; ')};" for a in arguments]
@@ -214,14 +244,22 @@ def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
              f"static void lossc_part_{function}(const void* context, long begin, long end)", "{",
              f"    const lossc_context_{function}& c = *static_cast<const lossc_context_{function}*>(context);"]
     lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
+    padded = ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
+                       + [f"&u{k}[j]" for k in range(n_outputs)])
     for k in range(n_inputs):
-        lines.append(f"    {ctype} c{k}[{BLOCK}];")
-        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {BLOCK}; ++j) c{k}[j] = c.a{k}[0];")
-    lines.append(f"    for (long b = begin; b < end; b += {BLOCK}) {{")
-    lines.append(f"        const long m = end - b < {BLOCK} ? end - b : {BLOCK};")
+        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
+        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
+    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
+    lines.append(f"    for (long b = begin; b < end; b += {GROUP}) {{")
+    lines.append(f"        const long m = end - b < {GROUP} ? end - b : {GROUP};")
     lines += [f"        const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
     lines += [f"        {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(n_outputs)]
-    lines += ["#pragma omp simd", f"        for (long j = 0; j < m; ++j) {function}({call});", "    }", "}",
+    lines += [f"        if (m == {GROUP}) {{", "#pragma omp simd",
+              f"            for (long j = 0; j < {GROUP}; ++j) {function}({call});", "            continue;", "        }"]
+    lines += [f"        for (long j = 0; j < {GROUP}; ++j) t{k}[j] = q{k}[j < m ? j : m - 1];" for k in range(n_inputs)]
+    lines += ["#pragma omp simd", f"        for (long j = 0; j < {GROUP}; ++j) {function}({padded});"]
+    lines += [f"        for (long j = 0; j < m; ++j) r{k}[j] = u{k}[j];" for k in range(n_outputs)]
+    lines += ["    }", "}",
               f'extern "C" void lossc_run_{function}(long n, {", ".join(arguments)}, int threads)', "{",
               f"    const lossc_context_{function} c{{{', '.join(values)}}};",
               f"    const long parts = n / {MIN_CHUNK} < threads ? n / {MIN_CHUNK} : threads;",
@@ -256,7 +294,12 @@ def library(device_module):
         return None
     code = source(device_module)
     flags = _CXX_FLAGS + (_X86_FLAGS if platform.machine() == "x86_64" else [])
-    key = "\0".join([code, compiler, *flags, *_link_libraries(), _machine(compiler)])
+    try:
+        machine = _machine(compiler)
+    except (OSError, subprocess.SubprocessError) as error:
+        _failures.append(f"{device_module.__name__}: {compiler} --version failed: {error}")
+        return None
+    key = "\0".join([code, compiler, *flags, *_link_libraries(), machine])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     with _lock:
         if digest not in _libraries:
@@ -271,8 +314,11 @@ def _machine(compiler):
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return f"{platform.machine()} {version} {flags}"
+    run = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                         stdin=subprocess.DEVNULL)
+    if run.returncode != 0:
+        raise subprocess.SubprocessError(f"exit status {run.returncode}")
+    return f"{platform.machine()} {run.stdout.splitlines()[0] if run.stdout else ''} {flags}"
 
 
 def _cache_dir():
@@ -291,25 +337,63 @@ def _cache_dir():
 
 
 def _load_or_build(compiler, flags, code, digest, module_name):
-    """Load the cached library ``digest``, compiling it first if absent; None (and the reason
-    in ``_failures``) when compiling or loading fails."""
+    """Load the cached library ``digest``, compiling it first if absent or damaged; None (and
+    the reason in ``_failures``) when compiling or loading fails.
+
+    A cached library is named ``<digest>-<sha256 of its bytes>.so`` and only loaded after its
+    bytes are checked against that name: a truncated or overwritten file (which ``dlopen``
+    could crash on, SIGBUS) is removed and rebuilt instead."""
     try:
-        path = _cache_dir() / f"{digest}.so"
-        if not path.exists():
-            with tempfile.TemporaryDirectory(dir=path.parent) as work:
-                cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
-                cpp.write_text(code)
-                result = subprocess.run([compiler, *flags, str(cpp), "-o", str(built), *_link_libraries()],
-                                        capture_output=True, text=True, timeout=600)
-                if result.returncode != 0:
-                    last = result.stderr.strip().splitlines()[-1:] or ["the compiler failed"]
-                    _failures.append(f"{module_name}: {last[0]}")
-                    return None
-                os.replace(built, path)  # atomic: concurrent builders of the same digest agree
-        return ctypes.CDLL(str(path))
+        folder = _cache_dir()
+        _remove_stale_builds(folder)
+        path = _verified_library(folder, digest)
+        if path is None:
+            path = _build(compiler, flags, code, folder, digest, module_name)
+        return None if path is None else ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
         _failures.append(f"{module_name}: {error}")
         return None
+
+
+def _content_hash(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+
+
+def _verified_library(folder, digest):
+    """The cached library for ``digest`` whose bytes match the hash in its name; damaged
+    candidates are removed. None when there is none."""
+    for candidate in sorted(folder.glob(f"{digest}-*.so")):
+        if candidate.stem.split("-", 1)[1] == _content_hash(candidate):
+            return candidate
+        candidate.unlink(missing_ok=True)
+    return None
+
+
+def _build(compiler, flags, code, folder, digest, module_name):
+    """Compile ``code`` into ``folder`` as ``<digest>-<content hash>.so``; its path, or None."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=BUILD_PREFIX) as work:
+        cpp, built = Path(work, "kernels.cpp"), Path(work, "kernels.so")
+        cpp.write_text(code)
+        result = subprocess.run([compiler, *flags, str(cpp), "-o", str(built), *_link_libraries()],
+                                capture_output=True, text=True, timeout=compile_timeout(), stdin=subprocess.DEVNULL)
+        if result.returncode != 0 or not built.is_file():
+            last = result.stderr.strip().splitlines()[-1:] or ["the compiler failed"]
+            _failures.append(f"{module_name}: {last[0]}")
+            return None
+        path = folder / f"{digest}-{_content_hash(built)}.so"
+        os.replace(built, path)  # atomic: a library is complete under its final name
+        return path
+
+
+def _remove_stale_builds(folder):
+    """Remove build folders left by a build that was killed (older than STALE_BUILD_SECONDS)."""
+    now = time.time()
+    for work in folder.glob(f"{BUILD_PREFIX}*"):
+        try:
+            if work.is_dir() and now - work.stat().st_mtime > STALE_BUILD_SECONDS:
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            continue
 
 
 class NativeModule:

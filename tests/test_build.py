@@ -1,4 +1,5 @@
 """`lossc build`: byte-identical rebuilds, --check, stale files, user specs via --out."""
+import json
 import os
 import shutil
 import subprocess
@@ -45,14 +46,20 @@ def test_check_lists_changed_missing_and_stale_files(tmp_path):
     shutil.copytree(GENERATED, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "numpy" / "l1.py").write_text("tampered\n")
     (copy / "losses" / "huber.json").unlink()
-    (copy / "numpy" / "old_loss.py").write_text("# left over\n")
+    (copy / "numpy" / "old_loss.py").write_text("# left over\n")  # written by an earlier build: listed as owned
+    owned = copy / "lossc-files.json"
+    owned.write_text(json.dumps(json.loads(owned.read_text()) + ["numpy/old_loss.py"]))
+    (copy / "numpy" / "mine.py").write_text("# the user's own\n")
     result = run_cli("build", "--check", "--out", str(copy))
     assert result.returncode == 1
-    for line in ("differs: numpy/l1.py", "missing: losses/huber.json", "stale (no spec produces it): numpy/old_loss.py"):
+    for line in ("differs: numpy/l1.py", "missing: losses/huber.json", "stale (no spec produces it): numpy/old_loss.py",
+                 "differs: lossc-files.json"):
         assert line in result.stderr
+    assert "left alone (not written by lossc): numpy/mine.py" in result.stdout
     assert run_cli("build", "--out", str(copy)).returncode == 0
     assert run_cli("build", "--check", "--out", str(copy)).returncode == 0
     assert not (copy / "numpy" / "old_loss.py").exists()
+    assert (copy / "numpy" / "mine.py").read_text() == "# the user's own\n"
 
 
 USER_SPEC = """\

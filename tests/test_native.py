@@ -103,7 +103,7 @@ def test_native_matches_numpy_kernels(name, dtype):
     the loss's own conditioning), the native result is as close to mpmath as NumPy's."""
     numpy_module, fast = numpy_and_native(name)
     rng = np.random.default_rng(7)
-    size = 2 * native.MIN_CHUNK + 3 * native.BLOCK + 5  # several threads, a ragged last block
+    size = 2 * native.MIN_CHUNK + 3 * native.GROUP + 5  # several threads, a ragged last block
     arrays = sample_inputs(numpy_module, rng, size, dtype)
     with np.errstate(all="ignore"):
         want_loss, want_grads = numpy_module.forward_backward(*arrays)
@@ -125,7 +125,7 @@ def test_native_matches_numpy_kernels(name, dtype):
 
 
 @needs_native
-@pytest.mark.parametrize("size", [1, native.BLOCK - 1, native.BLOCK + 1, native.MIN_CHUNK + 1, 4 * native.MIN_CHUNK])
+@pytest.mark.parametrize("size", [1, native.GROUP - 1, native.GROUP + 1, native.MIN_CHUNK + 1, 4 * native.MIN_CHUNK])
 def test_scalar_inputs_and_sizes(size):
     """Scalar inputs (read from one value, expanded per block) and every size give the
     NumPy kernels' results: exactly, for Huber (no transcendental functions)."""

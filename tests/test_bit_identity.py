@@ -1,0 +1,64 @@
+"""Every element's result is a pure function of its own inputs: the same bits whatever its
+position, the array's size, the number of threads or a concurrent caller, for the native
+kernels and the NumPy kernels of every element-wise loss."""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from lossc import elementwise, native
+from test_native import module_names, numpy_and_native, sample_inputs
+
+SIZES = [1, 2, 3, 63, 64, 65, 127, 1000, 4097, 65537, 70000]
+THREADED_SIZE = 6 * native.MIN_CHUNK + 12345  # enough for 5 threads, ragged parts
+
+
+def bits(arrays):
+    """The raw bits of every output, so NaNs and signed zeros compare exactly too."""
+    return [a.view(np.uint32 if a.dtype == np.float32 else np.uint64).copy() for a in arrays]
+
+
+def outputs(module, arrays):
+    with np.errstate(all="ignore"):
+        loss, grads = module.forward_backward(*arrays)
+        return bits([loss, *grads, module.forward(*arrays)])
+
+
+def kernels(name):
+    numpy_module, fast = numpy_and_native(name)
+    return {"numpy": numpy_module, **({"native": fast} if native.available() else {})}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", module_names())
+def test_position_and_size_never_change_an_elements_bits(name, dtype):
+    rng = np.random.default_rng(11)
+    for kind, module in kernels(name).items():
+        arrays = sample_inputs(module if kind == "numpy" else module.numpy_module, rng, max(SIZES) + 7, dtype)
+        full = outputs(module, arrays)
+        for size in SIZES:
+            for start in (0, 7):  # an offset slice: other alignment, other chunk boundaries
+                part = outputs(module, [a[start:start + size] for a in arrays])
+                for got, want in zip(part, full):
+                    assert np.array_equal(got, want[start:start + size]), (kind, size, start)
+        for i in rng.choice(max(SIZES), 40, replace=False):
+            single = outputs(module, [a[i:i + 1] for a in arrays])
+            assert all(np.array_equal(got, want[i:i + 1]) for got, want in zip(single, full)), (kind, i)
+
+
+@pytest.mark.parametrize("name", ["poisson_nll__from_logits_true__compute_full_true", "sigmoid_focal",
+                                  "sigmoid_bce__from_sigmoid_false", "huber", "logistic__label_format_binary"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_count_and_concurrent_callers_never_change_bits(name, dtype, monkeypatch):
+    rng = np.random.default_rng(5)
+    for kind, module in kernels(name).items():
+        arrays = sample_inputs(module if kind == "numpy" else module.numpy_module, rng, THREADED_SIZE, dtype)
+        runs = {}
+        for threads in (1, 2, 3, 5):
+            monkeypatch.setattr(native, "WORKERS", threads)
+            monkeypatch.setattr(elementwise, "WORKERS", threads)
+            runs[threads] = outputs(module, arrays)
+        with ThreadPoolExecutor(3) as pool:  # callers competing for the library's one pool
+            runs["concurrent"] = list(pool.map(lambda _: outputs(module, arrays), range(3)))[-1]
+        for key, got in runs.items():
+            assert all(np.array_equal(g, w) for g, w in zip(got, runs[1])), (kind, key)
