@@ -143,10 +143,12 @@ def tree_size(expr):
 
 
 def _param_symbol(param):
-    """A runtime parameter's symbol: real, and positive when its range's low end is above 0
-    (so rules that need a positive parameter, like lowering.clip_of_where, can apply)."""
+    """A runtime parameter's symbol: real, positive when its range's low end is above 0 and
+    nonnegative when it is 0 (so rules that need the sign, like lowering.clip_of_where and
+    rewrites.log_one_minus_plus_eps, can apply)."""
     low = param.range[0]
-    return sympy.Symbol(param.name, real=True, positive=True if low is not None and low > 0 else None)
+    return sympy.Symbol(param.name, real=True, positive=True if low is not None and low > 0 else None,
+                        nonnegative=True if low is not None and low >= 0 else None)
 
 
 def _check_reductions(ir):

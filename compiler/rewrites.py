@@ -7,7 +7,7 @@ such as ``log(1 - sigmoid(x))`` or ``exp(x) - 1``.
 """
 import sympy
 
-from .functions import expm1, log1p, sigmoid, softplus
+from .functions import expm1, grouped, log1p, sigmoid, softplus
 from .reductions import log_softmax_argument, one_hot_label, rlog_softmax_at, rsum
 
 ONE = sympy.S.One
@@ -35,6 +35,42 @@ def power_of_sigmoid(node):
     if node.is_Pow and isinstance(node.base, sigmoid) and node.exp != ONE:
         return sympy.exp(-node.exp * softplus(-node.base.args[0]))
     return None
+
+
+def one_minus_plus_eps(node):
+    """1 − x + e, e ≥ 0 a parameter (an ε added to a complement) → (1 − x) + e, summed in that
+    order, as MXNet and GluonCV write it: 1 − x is exact for x in [½, 2], so at x = 1 the
+    sum is e however small (float32 would round e − 1 to −1 and 1 + (e − 1) to 0)."""
+    found = _complement_plus_eps(node)
+    return None if found is None else grouped(1 - found[0]) + found[1]
+
+
+def log_complement_plus_eps(node):
+    """log((1 − x) + e) → log((1 − x) + e) where x > ½, log1p(e − x) elsewhere (where 1 − x
+    would round away a small x's digits)."""
+    if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
+        return None
+    grouped_terms = [t for t in node.args[0].args if isinstance(t, grouped)]
+    eps = [t for t in node.args[0].args if t.is_Symbol and t.is_nonnegative]
+    if len(grouped_terms) != 1 or len(eps) != 1:
+        return None
+    found = _complement_plus_eps(grouped_terms[0].args[0] + eps[0])
+    if found is None:
+        return None
+    x, e = found
+    exact = sympy.log(grouped(node.args[0]))  # grouped: this rule does not match its own result
+    return sympy.Piecewise((exact, sympy.StrictGreaterThan(x, sympy.Rational(1, 2))), (log1p(e - x), True))
+
+
+def _complement_plus_eps(node):
+    """(x, e) when ``node`` is 1 − x + e with e a nonnegative parameter symbol, else None."""
+    if not (node.is_Add and len(node.args) == 3 and ONE in node.args):
+        return None
+    eps = [t for t in node.args if t.is_Symbol and t.is_nonnegative]
+    rest = [t for t in node.args if t is not ONE and t not in eps]
+    if len(eps) != 1 or len(rest) != 1 or not rest[0].could_extract_minus_sign():
+        return None
+    return -rest[0], eps[0]
 
 
 def log_one_plus(node):
@@ -115,6 +151,8 @@ RULES = (
     one_minus_sigmoid,
     log_of_sigmoid,
     power_of_sigmoid,
+    one_minus_plus_eps,
+    log_complement_plus_eps,
     log_one_plus,
     exp_minus_one,
     one_minus_exp,

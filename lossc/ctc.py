@@ -8,6 +8,8 @@ softmax − occupancy, with the occupancy from the α·β posteriors. An impossi
 (too few time steps) gives loss +inf and gradient 0, or with ``zero_infinity`` loss 0 (as
 PyTorch). Results go through the shared pipeline (weight, reduction, avg_factor, loss_weight).
 """
+import numbers
+
 import numpy as np
 
 from .backend import array_module
@@ -123,7 +125,12 @@ def _validate(xp, pred, label, pred_lengths, label_lengths, blank, layout, label
     if layout == "NTC":
         scores = scores.transpose(1, 0, 2)
     steps, batch, alphabet = scores.shape
-    blank = alphabet - 1 if blank == "last" else int(blank)
+    if steps == 0:
+        raise ValueError(f"pred has no time steps (shape {pred.shape}): CTC needs at least one")
+    if not (isinstance(blank, str) and blank == "last") and (
+            isinstance(blank, (bool, np.bool_)) or not isinstance(blank, (numbers.Integral, np.integer))):
+        raise TypeError(f"blank must be an integer class index or 'last', got {blank!r}")
+    blank = alphabet - 1 if isinstance(blank, str) else int(blank)
     if not 0 <= blank < alphabet:
         raise ValueError(f"blank must be an index in [0, {alphabet}), got {blank}")
     labels = _host(label)

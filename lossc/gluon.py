@@ -54,7 +54,8 @@ class _GluonLoss:
         label = _reshape_like(xp.asarray(label), pred)
         call = loss.bind((pred, label), {**self._params, **{k: v for k, v in inputs.items() if v is not None}})
         ndim = pred.ndim
-        axes = None if self._whole_batch_mean else tuple(a for a in range(ndim) if a != self._batch_axis % max(ndim, 1))
+        batch = _batch_axis_of(self._batch_axis, ndim)
+        axes = None if self._whole_batch_mean else tuple(a for a in range(ndim) if a != batch)
         pipeline = Pipeline(sample_weight, "mean", None, 1.0 if self._weight is None else self._weight, axes)
         result = loss.evaluate(call, pipeline, with_grad)
         if not self._whole_batch_mean:
@@ -62,6 +63,15 @@ class _GluonLoss:
         if with_grad:
             return result[0].reshape(1), result[1]
         return result.reshape(1)
+
+
+def _batch_axis_of(batch_axis, ndim):
+    """``batch_axis`` as an index into ``ndim`` axes; out of range is an error (not a wrap-around)."""
+    if isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer)):
+        raise TypeError(f"batch_axis must be an integer, got {batch_axis!r}")
+    if not -max(ndim, 1) <= batch_axis < max(ndim, 1):
+        raise ValueError(f"batch_axis {batch_axis} is out of range for an input with {ndim} dimension(s)")
+    return batch_axis % max(ndim, 1)
 
 
 def _reshape_like(label, pred):
@@ -181,7 +191,7 @@ class _GluonAxisLoss(_GluonLoss):
         layout = call.layout
         row_level = call.module.LOSS_LEVEL == "row"
         out_shape = layout.row_shape if row_level else layout.pred_shape
-        batch = self._batch_axis % pred.ndim
+        batch = _batch_axis_of(self._batch_axis, pred.ndim)
         if row_level and layout.axis is not None and layout.axis < batch:
             batch -= 1
         if sample_weight is not None and row_level and np.ndim(sample_weight) == pred.ndim and layout.axis is not None:
@@ -220,7 +230,11 @@ SoftmaxCELoss = SoftmaxCrossEntropyLoss
 
 
 class KLDivLoss(_GluonAxisLoss):
-    """label·(log label − log p), averaged over the non-batch axes as MXNet 1.9's code does."""
+    """label·(log label − log p), **summed** over the non-batch axes as released MXNet 1.9.1
+    does (``F.sum(loss, axis=batch_axis, exclude=True)``); MXNet 2.0's unreleased master
+    averages instead (``_batch_mean``)."""
+
+    _batch_reduce = "sum"
 
     def __init__(self, from_logits=True, axis=-1, weight=None, batch_axis=0):
         super().__init__(weight, batch_axis)
@@ -259,7 +273,8 @@ class TripletLoss(_GluonAxisLoss):
     def _run_triplet(self, pred, positive, negative, sample_weight, with_grad):
         pred, positive, negative = as_arrays(pred, positive, negative)
         positive, negative = _reshape_like(positive, pred), _reshape_like(negative, pred)
-        pred, positive, negative = (a.swapaxes(self._batch_axis, 0) if a.ndim else a for a in (pred, positive, negative))
+        axis = _batch_axis_of(self._batch_axis, pred.ndim)
+        pred, positive, negative = (a.swapaxes(axis, 0) if a.ndim else a for a in (pred, positive, negative))
         batch_axis, self._batch_axis = self._batch_axis, 0
         try:
             result = self._axis_run("triplet", (pred, positive, negative), {"margin": self._margin}, sample_weight, with_grad)
@@ -322,7 +337,7 @@ class FocalLoss(_GluonAxisLoss):
         pred, label = as_arrays(pred, label)
         if not self._sparse_label:  # dense labels: positive where label > 0, an element-wise spec
             label = _reshape_like(label, pred)
-            axes = tuple(a for a in range(pred.ndim) if a != self._batch_axis % pred.ndim)
+            axes = tuple(a for a in range(pred.ndim) if a != _batch_axis_of(self._batch_axis, pred.ndim))
             loss = get("focal_dense")
             pipeline = Pipeline(sample_weight, self._batch_reduce, None, 1.0 if self._weight is None else self._weight, axes)
             return loss.evaluate(loss.bind((pred, label), dict(self._focal)), pipeline, with_grad)
@@ -334,9 +349,9 @@ class FocalLoss(_GluonAxisLoss):
 class SDMLLoss(_GluonLoss):
     """Smoothed deep metric learning over a batch of pairs, output shape (batch,).
 
-    As MXNet 1.9's code: KLDivLoss(from_logits=True) of log_softmax(−distances) against the
-    smoothed identity, averaged over the row (its ``_batch_mean``); like MXNet's, this
-    layer does not apply ``weight`` (SDMLLoss never passes it on).
+    As released MXNet 1.9.1: KLDivLoss(from_logits=True) of log_softmax(−distances) against
+    the smoothed identity, which 1.9.1's KLDivLoss **sums** over the row (2.0's master would
+    average); like MXNet's, this layer does not apply ``weight`` (SDMLLoss never passes it on).
     """
 
     def __init__(self, smoothing_parameter=0.3, weight=1.0, batch_axis=0):
@@ -356,7 +371,7 @@ class SDMLLoss(_GluonLoss):
             raise ValueError(f"x1 and x2 must be (batch, features) of one shape, got {x1.shape} and {x2.shape}")
         loss = get("sdml")  # its spec builds the distance matrix from the pairs of x1 and x2
         call = loss.bind((x1, x2), {"smoothing_parameter": self._smoothing})
-        return loss.evaluate(call, Pipeline(None, "mean", None, 1.0, (1,)), with_grad)
+        return loss.evaluate(call, Pipeline(None, "sum", None, 1.0, (1,)), with_grad)
 
 
 class CTCLoss(_GluonLoss):

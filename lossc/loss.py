@@ -230,6 +230,8 @@ class Loss:
     def _checked(self, xp, spec, value):
         """The input as an array of xp: floating point for the prediction, real numbers otherwise."""
         array = xp.asarray(value)
+        if array.dtype.byteorder not in "=|":  # e.g. big-endian '>f8' read from a file: NumPy's ufunc loops need native
+            array = array.astype(array.dtype.newbyteorder("="))
         if spec["role"] == "prediction" and array.dtype.kind != "f":
             raise TypeError(f"{self.name}: input '{spec['name']}' must be a floating-point array, got dtype {array.dtype}")
         if array.dtype.kind not in "biuf":

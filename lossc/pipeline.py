@@ -45,6 +45,9 @@ class Pipeline:
                 raise ValueError(f"avg_factor must be positive, got {value}")
         _scalar(self.loss_weight, "loss_weight")
         if self.weight is not None:
+            dtype = self.weight.dtype if hasattr(self.weight, "dtype") else np.asarray(self.weight).dtype
+            if dtype.kind not in "biuf":
+                raise TypeError(f"weight must be real numbers (an array or a number), got dtype {dtype}")
             shape = np.shape(self.weight)
             if not broadcasts_to(shape, elem_shape):
                 raise ValueError(f"weight of shape {shape} does not broadcast to the element loss shape {tuple(elem_shape)}")

@@ -232,15 +232,19 @@ def test_gluon_softmax_ce_sparse_and_dense(rng, axis):
     assert grad[1, 2, 0] == pytest.approx(numeric, rel=1e-6)
 
 
-def test_gluon_kl_div_averages_like_mxnet_code(rng):
-    pred = rng.normal(0, 2, (3, 4))
-    label = rng.dirichlet(np.ones(4), 3)
-    label[0, 0] = 0.0
+def test_gluon_kl_div_sums_like_released_mxnet_1_9_1(rng):
+    pred = rng.normal(0, 2, (3, 4, 2))
+    label = rng.dirichlet(np.ones(4), (3, 2)).transpose(0, 2, 1)
+    label[0, 0, 0] = 0.0
     for from_logits in (True, False):
         logp = pred if from_logits else log_softmax(pred, -1)
-        elem = np.where(label > 0, label * (np.log(np.where(label > 0, label, 1)) - logp), 0.0)
+        # MXNet 1.9.1, gluon/loss.py: loss = label * (F.log(label + 1e-12) - pred);
+        # return F.sum(loss, axis=self._batch_axis, exclude=True)
+        elem = label * (np.log(label + 1e-12) - logp)
         got = gluon.KLDivLoss(from_logits=from_logits)(pred, label)
-        np.testing.assert_allclose(got, elem.mean(axis=1), rtol=1e-12)  # MXNet 1.9: _batch_mean
+        np.testing.assert_allclose(got, elem.sum(axis=(1, 2)), rtol=1e-10)
+        weighted = gluon.KLDivLoss(from_logits=from_logits, weight=0.5, batch_axis=1)(pred, label)
+        np.testing.assert_allclose(weighted, 0.5 * elem.sum(axis=(0, 2)), rtol=1e-10)
 
 
 def test_gluon_triplet_cosine_focal(rng):
@@ -286,7 +290,7 @@ def test_gluon_sdml_matches_mxnet_formula_and_finite_differences(rng):
     distances = ((x1[:, None, :] - x2[None, :, :]) ** 2).sum(-1)
     labels = np.eye(5) * (1 - s) + (1 - np.eye(5)) * s / 4
     logp = log_softmax(-distances, 1)
-    want = (labels * (np.log(labels + 1e-12) - logp)).mean(axis=1)  # MXNet 1.9: KLDivLoss → _batch_mean
+    want = (labels * (np.log(labels + 1e-12) - logp)).sum(axis=1)  # MXNet 1.9.1: KLDivLoss sums the row
     loss = gluon.SDMLLoss(smoothing_parameter=s)
     np.testing.assert_allclose(loss(x1, x2), want, rtol=1e-12)
     value, (g1, g2) = loss.value_and_grad(x1, x2)

@@ -103,7 +103,7 @@ def test_native_matches_numpy_kernels(name, dtype):
     the loss's own conditioning), the native result is as close to mpmath as NumPy's."""
     numpy_module, fast = numpy_and_native(name)
     rng = np.random.default_rng(7)
-    size = 2 * native.MIN_CHUNK + 3 * native.GROUP + 5  # several threads, a ragged last block
+    size = 2 * native.MIN_CHUNK + 3 * 1024 + 5  # several threads, a ragged last group
     arrays = sample_inputs(numpy_module, rng, size, dtype)
     with np.errstate(all="ignore"):
         want_loss, want_grads = numpy_module.forward_backward(*arrays)

@@ -29,19 +29,17 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fwd_out_f32(float s_pred, float s_label, float _j, float s_alpha, float s_gamma, float* out0)
 {
-    const float _t0 = ((_j == s_label) ? 1.0f : 0.0f);
-    const float _t1 = log1pf(expf(-fabsf(s_pred)));
-    const float _t2 = _t1 + ((-s_pred) < 0 ? 0.0f : (-s_pred));
-    const float _t3 = _t1 + ((s_pred) < 0 ? 0.0f : (s_pred));
-    *out0 = _t0*_t2*s_alpha*expf(-_t3*s_gamma) + _t3*(_t0 - 1.0f)*(s_alpha - 1.0f)*expf(-_t2*s_gamma);
+    const float _t0 = log1pf(expf(-fabsf(s_pred)));
+    const float _t1 = _t0 + ((-s_pred) < 0 ? 0.0f : (-s_pred));
+    const float _t2 = _t0 + ((s_pred) < 0 ? 0.0f : (s_pred));
+    *out0 = ((_j == s_label) ? _t1*s_alpha*expf(-_t2*s_gamma) : -_t2*(s_alpha - 1.0f)*expf(-_t1*s_gamma));
 }
 __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double* out0)
 {
-    const double _t0 = ((_j == s_label) ? 1.0 : 0.0);
-    const double _t1 = log1p(exp(-fabs(s_pred)));
-    const double _t2 = _t1 + ((-s_pred) < 0 ? 0.0 : (-s_pred));
-    const double _t3 = _t1 + ((s_pred) < 0 ? 0.0 : (s_pred));
-    *out0 = _t0*_t2*s_alpha*exp(-_t3*s_gamma) + _t3*(_t0 - 1.0)*(s_alpha - 1.0)*exp(-_t2*s_gamma);
+    const double _t0 = log1p(exp(-fabs(s_pred)));
+    const double _t1 = _t0 + ((-s_pred) < 0 ? 0.0 : (-s_pred));
+    const double _t2 = _t0 + ((s_pred) < 0 ? 0.0 : (s_pred));
+    *out0 = ((_j == s_label) ? _t1*s_alpha*exp(-_t2*s_gamma) : -_t2*(s_alpha - 1.0)*exp(-_t1*s_gamma));
 }
 __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float* out0, float* out1)
 {
@@ -49,16 +47,17 @@ __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fb_ou
     const float _t1 = expf(-fabsf(s_pred));
     const float _t2 = log1pf(_t1);
     const float _t3 = _t2 + ((_t0) < 0 ? 0.0f : (_t0));
-    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
-    const float _t5 = _t2 + ((s_pred) < 0 ? 0.0f : (s_pred));
-    const float _t6 = _t5*s_gamma;
-    const float _t7 = _t4*s_alpha*expf(-_t6);
+    const float _t4 = _t2 + ((s_pred) < 0 ? 0.0f : (s_pred));
+    const float _t5 = _t4*s_gamma;
+    const float _t6 = s_alpha*expf(-_t5);
+    const float _t7 = (_j == s_label);
     const float _t8 = _t3*s_gamma;
-    const float _t9 = (_t4 - 1.0f)*(s_alpha - 1.0f)*expf(-_t8);
-    const float _t10 = ((_t0) >= 0 ? 1.0f : (_t1));
-    const float _t11 = ((s_pred) >= 0 ? 1.0f : (_t1));
-    *out0 = _t3*_t7 + _t5*_t9;
-    *out1 = -s_grad_output*(-_t10*_t6*_t9 + _t10*_t7 + _t11*_t7*_t8 - _t11*_t9)/(_t1 + 1.0f);
+    const float _t9 = (s_alpha - 1.0f)*expf(-_t8);
+    const float _t10 = (1.0f/(_t1 + 1.0f));
+    const float _t11 = ((_t0) >= 0 ? 1.0f : (_t1));
+    const float _t12 = ((s_pred) >= 0 ? 1.0f : (_t1));
+    *out0 = (_t7 ? _t3*_t6 : -_t4*_t9);
+    *out1 = s_grad_output*(_t7 ? -_t10*_t6*(_t11 + _t12*_t8) : -_t10*_t9*(_t11*_t5 + _t12));
 }
 __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double* out0, double* out1)
 {
@@ -66,16 +65,17 @@ __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_false_fb_ou
     const double _t1 = exp(-fabs(s_pred));
     const double _t2 = log1p(_t1);
     const double _t3 = _t2 + ((_t0) < 0 ? 0.0 : (_t0));
-    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
-    const double _t5 = _t2 + ((s_pred) < 0 ? 0.0 : (s_pred));
-    const double _t6 = _t5*s_gamma;
-    const double _t7 = _t4*s_alpha*exp(-_t6);
+    const double _t4 = _t2 + ((s_pred) < 0 ? 0.0 : (s_pred));
+    const double _t5 = _t4*s_gamma;
+    const double _t6 = s_alpha*exp(-_t5);
+    const double _t7 = (_j == s_label);
     const double _t8 = _t3*s_gamma;
-    const double _t9 = (_t4 - 1.0)*(s_alpha - 1.0)*exp(-_t8);
-    const double _t10 = ((_t0) >= 0 ? 1.0 : (_t1));
-    const double _t11 = ((s_pred) >= 0 ? 1.0 : (_t1));
-    *out0 = _t3*_t7 + _t5*_t9;
-    *out1 = -s_grad_output*(-_t10*_t6*_t9 + _t10*_t7 + _t11*_t7*_t8 - _t11*_t9)/(_t1 + 1.0);
+    const double _t9 = (s_alpha - 1.0)*exp(-_t8);
+    const double _t10 = (1.0/(_t1 + 1.0));
+    const double _t11 = ((_t0) >= 0 ? 1.0 : (_t1));
+    const double _t12 = ((s_pred) >= 0 ? 1.0 : (_t1));
+    *out0 = (_t7 ? _t3*_t6 : -_t4*_t9);
+    *out1 = s_grad_output*(_t7 ? -_t10*_t6*(_t11 + _t12*_t8) : -_t10*_t9*(_t11*_t5 + _t12));
 }
 """
 

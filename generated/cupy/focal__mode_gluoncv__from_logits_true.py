@@ -29,55 +29,49 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32(float s_pred, float s_label, float _j, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    const float _t0 = ((_j == s_label) ? 1.0f : 0.0f);
+    const float _t0 = -s_pred + 1.0f;
     const float _t1 = s_eps + s_pred;
-    const float _t2 = s_eps - s_pred;
-    *out0 = -_t0*s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(((_t1 > 1.0f) ? 1.0f : _t1)) - powf(s_pred, s_gamma)*(_t0 - 1.0f)*(s_alpha - 1.0f)*logf(((_t2 > 0.0f) ? 1.0f : _t2 + 1.0f));
+    *out0 = ((_j == s_label) ? -powf(_t0, s_gamma)*s_alpha*logf(((_t1 > 1.0f) ? 1.0f : _t1)) : powf(s_pred, s_gamma)*(s_alpha - 1.0f)*logf(((s_eps - s_pred > 0.0f) ? 1.0f : s_eps + (_t0))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    const double _t0 = ((_j == s_label) ? 1.0 : 0.0);
+    const double _t0 = -s_pred + 1.0;
     const double _t1 = s_eps + s_pred;
-    const double _t2 = s_eps - s_pred;
-    *out0 = -_t0*s_alpha*pow((-s_pred + 1.0), s_gamma)*log(((_t1 > 1.0) ? 1.0 : _t1)) - pow(s_pred, s_gamma)*(_t0 - 1.0)*(s_alpha - 1.0)*log(((_t2 > 0.0) ? 1.0 : _t2 + 1.0));
+    *out0 = ((_j == s_label) ? -pow(_t0, s_gamma)*s_alpha*log(((_t1 > 1.0) ? 1.0 : _t1)) : pow(s_pred, s_gamma)*(s_alpha - 1.0)*log(((s_eps - s_pred > 0.0) ? 1.0 : s_eps + (_t0))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
-    const float _t0 = s_eps + s_pred;
-    const float _t1 = (_t0 > 1.0f);
-    const float _t2 = logf((_t1 ? 1.0f : _t0));
-    const float _t3 = -s_pred + 1.0f;
-    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
-    const float _t5 = powf(_t3, s_gamma)*_t4*s_alpha;
+    const float _t0 = -s_pred + 1.0f;
+    const float _t1 = powf(_t0, s_gamma);
+    const float _t2 = s_eps + s_pred;
+    const float _t3 = (_t2 > 1.0f);
+    const float _t4 = logf((_t3 ? 1.0f : _t2));
+    const float _t5 = (_j == s_label);
     const float _t6 = powf(s_pred, s_gamma);
     const float _t7 = s_alpha - 1.0f;
-    const float _t8 = _t4 - 1.0f;
-    const float _t9 = s_eps - s_pred;
-    const float _t10 = (_t9 > 0.0f);
-    const float _t11 = _t9 + 1.0f;
-    const float _t12 = _t7*_t8*logf((_t10 ? 1.0f : _t11));
-    const float _t13 = s_gamma - 1.0f;
-    *out0 = -_t12*_t6 - _t2*_t5;
-    *out1 = -s_grad_output*(_t12*s_gamma*powf(s_pred, _t13) - _t2*powf(_t3, _t13)*_t4*s_alpha*s_gamma + _t5*(_t1 ? 0.0f : 1.0f)*(_t1 ? 1.0f : (1.0f/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0f : -1.0f)*(_t10 ? 1.0f : (1.0f/_t11)));
+    const float _t8 = (s_eps - s_pred > 0.0f);
+    const float _t9 = s_eps + (_t0);
+    const float _t10 = logf((_t8 ? 1.0f : _t9));
+    const float _t11 = s_gamma - 1.0f;
+    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
+    *out1 = s_grad_output*(_t5 ? s_alpha*(powf(_t0, _t11)*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_t10*s_gamma*powf(s_pred, _t11) + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
-    const double _t0 = s_eps + s_pred;
-    const double _t1 = (_t0 > 1.0);
-    const double _t2 = log((_t1 ? 1.0 : _t0));
-    const double _t3 = -s_pred + 1.0;
-    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
-    const double _t5 = pow(_t3, s_gamma)*_t4*s_alpha;
+    const double _t0 = -s_pred + 1.0;
+    const double _t1 = pow(_t0, s_gamma);
+    const double _t2 = s_eps + s_pred;
+    const double _t3 = (_t2 > 1.0);
+    const double _t4 = log((_t3 ? 1.0 : _t2));
+    const double _t5 = (_j == s_label);
     const double _t6 = pow(s_pred, s_gamma);
     const double _t7 = s_alpha - 1.0;
-    const double _t8 = _t4 - 1.0;
-    const double _t9 = s_eps - s_pred;
-    const double _t10 = (_t9 > 0.0);
-    const double _t11 = _t9 + 1.0;
-    const double _t12 = _t7*_t8*log((_t10 ? 1.0 : _t11));
-    const double _t13 = s_gamma - 1.0;
-    *out0 = -_t12*_t6 - _t2*_t5;
-    *out1 = -s_grad_output*(_t12*s_gamma*pow(s_pred, _t13) - _t2*pow(_t3, _t13)*_t4*s_alpha*s_gamma + _t5*(_t1 ? 0.0 : 1.0)*(_t1 ? 1.0 : (1.0/_t0)) + _t6*_t7*_t8*(_t10 ? 0.0 : -1.0)*(_t10 ? 1.0 : (1.0/_t11)));
+    const double _t8 = (s_eps - s_pred > 0.0);
+    const double _t9 = s_eps + (_t0);
+    const double _t10 = log((_t8 ? 1.0 : _t9));
+    const double _t11 = s_gamma - 1.0;
+    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
+    *out1 = s_grad_output*(_t5 ? s_alpha*(pow(_t0, _t11)*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_t10*s_gamma*pow(s_pred, _t11) + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
 }
 """
 

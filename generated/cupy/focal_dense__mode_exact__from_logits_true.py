@@ -19,43 +19,39 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fwd_f32(float s_pred, float s_label, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    const float _t0 = ((s_label > 0.0f) ? 1.0f : 0.0f);
-    *out0 = -_t0*s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(s_pred) - powf(s_pred, s_gamma)*(_t0 - 1.0f)*(s_alpha - 1.0f)*log1pf(-s_pred);
+    *out0 = ((s_label > 0.0f) ? -s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(s_pred) : powf(s_pred, s_gamma)*(s_alpha - 1.0f)*log1pf(-s_pred));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fwd_f64(double s_pred, double s_label, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    const double _t0 = ((s_label > 0.0) ? 1.0 : 0.0);
-    *out0 = -_t0*s_alpha*pow((-s_pred + 1.0), s_gamma)*log(s_pred) - pow(s_pred, s_gamma)*(_t0 - 1.0)*(s_alpha - 1.0)*log1p(-s_pred);
+    *out0 = ((s_label > 0.0) ? -s_alpha*pow((-s_pred + 1.0), s_gamma)*log(s_pred) : pow(s_pred, s_gamma)*(s_alpha - 1.0)*log1p(-s_pred));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fb_f32(float s_pred, float s_label, float s_grad_output, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
     const float _t0 = logf(s_pred);
     const float _t1 = s_pred - 1.0f;
     const float _t2 = -_t1;
-    const float _t3 = ((s_label > 0.0f) ? 1.0f : 0.0f);
-    const float _t4 = powf(_t2, s_gamma)*_t3*s_alpha;
-    const float _t5 = log1pf(-s_pred);
+    const float _t3 = powf(_t2, s_gamma);
+    const float _t4 = (s_label > 0.0f);
+    const float _t5 = powf(s_pred, s_gamma);
     const float _t6 = s_alpha - 1.0f;
-    const float _t7 = _t3 - 1.0f;
-    const float _t8 = _t6*_t7*powf(s_pred, s_gamma);
-    const float _t9 = s_gamma - 1.0f;
-    *out0 = -_t0*_t4 - _t5*_t8;
-    *out1 = s_grad_output * (_t0*powf(_t2, _t9)*_t3*s_alpha*s_gamma - _t4/s_pred - _t5*_t6*_t7*s_gamma*powf(s_pred, _t9) - _t8/_t1);
+    const float _t7 = log1pf(-s_pred);
+    const float _t8 = s_gamma - 1.0f;
+    *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
+    *out1 = s_grad_output * ((_t4 ? s_alpha*(_t0*powf(_t2, _t8)*s_gamma - _t3/s_pred) : _t6*(_t7*s_gamma*powf(s_pred, _t8) + _t5/_t1)));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fb_f64(double s_pred, double s_label, double s_grad_output, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
     const double _t0 = log(s_pred);
     const double _t1 = s_pred - 1.0;
     const double _t2 = -_t1;
-    const double _t3 = ((s_label > 0.0) ? 1.0 : 0.0);
-    const double _t4 = pow(_t2, s_gamma)*_t3*s_alpha;
-    const double _t5 = log1p(-s_pred);
+    const double _t3 = pow(_t2, s_gamma);
+    const double _t4 = (s_label > 0.0);
+    const double _t5 = pow(s_pred, s_gamma);
     const double _t6 = s_alpha - 1.0;
-    const double _t7 = _t3 - 1.0;
-    const double _t8 = _t6*_t7*pow(s_pred, s_gamma);
-    const double _t9 = s_gamma - 1.0;
-    *out0 = -_t0*_t4 - _t5*_t8;
-    *out1 = s_grad_output * (_t0*pow(_t2, _t9)*_t3*s_alpha*s_gamma - _t4/s_pred - _t5*_t6*_t7*s_gamma*pow(s_pred, _t9) - _t8/_t1);
+    const double _t7 = log1p(-s_pred);
+    const double _t8 = s_gamma - 1.0;
+    *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
+    *out1 = s_grad_output * ((_t4 ? s_alpha*(_t0*pow(_t2, _t8)*s_gamma - _t3/s_pred) : _t6*(_t7*s_gamma*pow(s_pred, _t8) + _t5/_t1)));
 }
 """
 

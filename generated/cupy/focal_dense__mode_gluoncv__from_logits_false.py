@@ -19,25 +19,23 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_false_fwd_f32(float s_pred, float s_label, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    const float _t0 = ((s_label > 0.0f) ? 1.0f : 0.0f);
-    const float _t1 = expf(-fabsf(s_pred));
-    const float _t2 = log1pf(_t1);
-    const float _t3 = (1.0f/(_t1 + 1.0f));
-    const float _t4 = _t3*((s_pred) >= 0 ? 1.0f : (_t1));
-    const float _t5 = _t4 + s_eps;
-    const float _t6 = -s_pred;
-    *out0 = -_t0*s_alpha*expf(-s_gamma*(_t2 + ((s_pred) < 0 ? 0.0f : (s_pred))))*logf(((_t5 > 1.0f) ? 1.0f : _t5)) - (_t0 - 1.0f)*(s_alpha - 1.0f)*expf(-s_gamma*(_t2 + ((_t6) < 0 ? 0.0f : (_t6))))*logf(((_t4 - s_eps < 0.0f) ? 1.0f : _t3*((_t6) >= 0 ? 1.0f : (_t1)) + s_eps));
+    const float _t0 = expf(-fabsf(s_pred));
+    const float _t1 = log1pf(_t0);
+    const float _t2 = (1.0f/(_t0 + 1.0f));
+    const float _t3 = _t2*((s_pred) >= 0 ? 1.0f : (_t0));
+    const float _t4 = _t3 + s_eps;
+    const float _t5 = -s_pred;
+    *out0 = ((s_label > 0.0f) ? -s_alpha*expf(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0f : (s_pred))))*logf(((_t4 > 1.0f) ? 1.0f : _t4)) : (s_alpha - 1.0f)*expf(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0f : (_t5))))*logf(((_t3 - s_eps < 0.0f) ? 1.0f : _t2*((_t5) >= 0 ? 1.0f : (_t0)) + s_eps)));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_false_fwd_f64(double s_pred, double s_label, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    const double _t0 = ((s_label > 0.0) ? 1.0 : 0.0);
-    const double _t1 = exp(-fabs(s_pred));
-    const double _t2 = log1p(_t1);
-    const double _t3 = (1.0/(_t1 + 1.0));
-    const double _t4 = _t3*((s_pred) >= 0 ? 1.0 : (_t1));
-    const double _t5 = _t4 + s_eps;
-    const double _t6 = -s_pred;
-    *out0 = -_t0*s_alpha*exp(-s_gamma*(_t2 + ((s_pred) < 0 ? 0.0 : (s_pred))))*log(((_t5 > 1.0) ? 1.0 : _t5)) - (_t0 - 1.0)*(s_alpha - 1.0)*exp(-s_gamma*(_t2 + ((_t6) < 0 ? 0.0 : (_t6))))*log(((_t4 - s_eps < 0.0) ? 1.0 : _t3*((_t6) >= 0 ? 1.0 : (_t1)) + s_eps));
+    const double _t0 = exp(-fabs(s_pred));
+    const double _t1 = log1p(_t0);
+    const double _t2 = (1.0/(_t0 + 1.0));
+    const double _t3 = _t2*((s_pred) >= 0 ? 1.0 : (_t0));
+    const double _t4 = _t3 + s_eps;
+    const double _t5 = -s_pred;
+    *out0 = ((s_label > 0.0) ? -s_alpha*exp(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0 : (s_pred))))*log(((_t4 > 1.0) ? 1.0 : _t4)) : (s_alpha - 1.0)*exp(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0 : (_t5))))*log(((_t3 - s_eps < 0.0) ? 1.0 : _t2*((_t5) >= 0 ? 1.0 : (_t0)) + s_eps)));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_false_fb_f32(float s_pred, float s_label, float s_grad_output, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
@@ -49,20 +47,19 @@ __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_fal
     const float _t5 = _t4 + s_eps;
     const float _t6 = (_t5 > 1.0f);
     const float _t7 = logf((_t6 ? 1.0f : _t5));
-    const float _t8 = ((s_label > 0.0f) ? 1.0f : 0.0f);
-    const float _t9 = log1pf(_t0);
-    const float _t10 = expf(-s_gamma*(_t9 + ((s_pred) < 0 ? 0.0f : (s_pred))));
-    const float _t11 = _t10*_t8*s_alpha;
-    const float _t12 = (-_t4 + s_eps > 0.0f);
-    const float _t13 = -s_pred;
-    const float _t14 = ((_t13) >= 0 ? 1.0f : (_t0));
-    const float _t15 = _t14*_t3;
-    const float _t16 = _t15 + s_eps;
-    const float _t17 = (_t8 - 1.0f)*(s_alpha - 1.0f)*expf(-s_gamma*(_t9 + ((_t13) < 0 ? 0.0f : (_t13))));
-    const float _t18 = _t17*logf((_t12 ? 1.0f : _t16));
-    const float _t19 = _t1*_t14/(_t2*_t2);
-    *out0 = -_t11*_t7 - _t18;
-    *out1 = s_grad_output * (_t1*_t10*_t3*_t7*_t8*s_alpha*s_gamma - _t11*(_t6 ? 0.0f : _t19)*(_t6 ? 1.0f : (1.0f/_t5)) - _t15*_t18*s_gamma - _t17*(_t12 ? 0.0f : -_t19)*(_t12 ? 1.0f : (1.0f/_t16)));
+    const float _t8 = log1pf(_t0);
+    const float _t9 = s_alpha*expf(-s_gamma*(_t8 + ((s_pred) < 0 ? 0.0f : (s_pred))));
+    const float _t10 = (s_label > 0.0f);
+    const float _t11 = (-_t4 + s_eps > 0.0f);
+    const float _t12 = -s_pred;
+    const float _t13 = ((_t12) >= 0 ? 1.0f : (_t0));
+    const float _t14 = _t13*_t3;
+    const float _t15 = _t14 + s_eps;
+    const float _t16 = logf((_t11 ? 1.0f : _t15));
+    const float _t17 = (s_alpha - 1.0f)*expf(-s_gamma*(_t8 + ((_t12) < 0 ? 0.0f : (_t12))));
+    const float _t18 = _t1*_t13/(_t2*_t2);
+    *out0 = (_t10 ? -_t7*_t9 : _t16*_t17);
+    *out1 = s_grad_output * ((_t10 ? _t9*(_t4*_t7*s_gamma - (_t6 ? 0.0f : _t18)*(_t6 ? 1.0f : (1.0f/_t5))) : _t17*(_t14*_t16*s_gamma + (_t11 ? 0.0f : -_t18)*(_t11 ? 1.0f : (1.0f/_t15)))));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_false_fb_f64(double s_pred, double s_label, double s_grad_output, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
@@ -74,20 +71,19 @@ __device__ __forceinline__ void lossc_focal_dense__mode_gluoncv__from_logits_fal
     const double _t5 = _t4 + s_eps;
     const double _t6 = (_t5 > 1.0);
     const double _t7 = log((_t6 ? 1.0 : _t5));
-    const double _t8 = ((s_label > 0.0) ? 1.0 : 0.0);
-    const double _t9 = log1p(_t0);
-    const double _t10 = exp(-s_gamma*(_t9 + ((s_pred) < 0 ? 0.0 : (s_pred))));
-    const double _t11 = _t10*_t8*s_alpha;
-    const double _t12 = (-_t4 + s_eps > 0.0);
-    const double _t13 = -s_pred;
-    const double _t14 = ((_t13) >= 0 ? 1.0 : (_t0));
-    const double _t15 = _t14*_t3;
-    const double _t16 = _t15 + s_eps;
-    const double _t17 = (_t8 - 1.0)*(s_alpha - 1.0)*exp(-s_gamma*(_t9 + ((_t13) < 0 ? 0.0 : (_t13))));
-    const double _t18 = _t17*log((_t12 ? 1.0 : _t16));
-    const double _t19 = _t1*_t14/(_t2*_t2);
-    *out0 = -_t11*_t7 - _t18;
-    *out1 = s_grad_output * (_t1*_t10*_t3*_t7*_t8*s_alpha*s_gamma - _t11*(_t6 ? 0.0 : _t19)*(_t6 ? 1.0 : (1.0/_t5)) - _t15*_t18*s_gamma - _t17*(_t12 ? 0.0 : -_t19)*(_t12 ? 1.0 : (1.0/_t16)));
+    const double _t8 = log1p(_t0);
+    const double _t9 = s_alpha*exp(-s_gamma*(_t8 + ((s_pred) < 0 ? 0.0 : (s_pred))));
+    const double _t10 = (s_label > 0.0);
+    const double _t11 = (-_t4 + s_eps > 0.0);
+    const double _t12 = -s_pred;
+    const double _t13 = ((_t12) >= 0 ? 1.0 : (_t0));
+    const double _t14 = _t13*_t3;
+    const double _t15 = _t14 + s_eps;
+    const double _t16 = log((_t11 ? 1.0 : _t15));
+    const double _t17 = (s_alpha - 1.0)*exp(-s_gamma*(_t8 + ((_t12) < 0 ? 0.0 : (_t12))));
+    const double _t18 = _t1*_t13/(_t2*_t2);
+    *out0 = (_t10 ? -_t7*_t9 : _t16*_t17);
+    *out1 = s_grad_output * ((_t10 ? _t9*(_t4*_t7*s_gamma - (_t6 ? 0.0 : _t18)*(_t6 ? 1.0 : (1.0/_t5))) : _t17*(_t14*_t16*s_gamma + (_t11 ? 0.0 : -_t18)*(_t11 ? 1.0 : (1.0/_t15)))));
 }
 """
 

@@ -39,8 +39,8 @@ __device__ __forceinline__ void lossc_sigmoid_focal_fb_f32(float s_pred, float s
     const float _t3 = _t2 + ((_t0) < 0 ? 0.0f : (_t0));
     const float _t4 = _t2 + ((s_pred) < 0 ? 0.0f : (s_pred));
     const float _t5 = s_alpha*s_label*expf(-_t4*s_gamma);
-    const float _t6 = s_alpha - 1.0f;
-    const float _t7 = s_label - 1.0f;
+    const float _t6 = s_label - 1.0f;
+    const float _t7 = s_alpha - 1.0f;
     const float _t8 = _t3*s_gamma;
     const float _t9 = expf(-_t8);
     const float _t10 = ((_t0) >= 0 ? 1.0f : (_t1));
@@ -56,8 +56,8 @@ __device__ __forceinline__ void lossc_sigmoid_focal_fb_f64(double s_pred, double
     const double _t3 = _t2 + ((_t0) < 0 ? 0.0 : (_t0));
     const double _t4 = _t2 + ((s_pred) < 0 ? 0.0 : (s_pred));
     const double _t5 = s_alpha*s_label*exp(-_t4*s_gamma);
-    const double _t6 = s_alpha - 1.0;
-    const double _t7 = s_label - 1.0;
+    const double _t6 = s_label - 1.0;
+    const double _t7 = s_alpha - 1.0;
     const double _t8 = _t3*s_gamma;
     const double _t9 = exp(-_t8);
     const double _t10 = ((_t0) >= 0 ? 1.0 : (_t1));

@@ -111,13 +111,13 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
 {
     const float _t0 = _r0;
     const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((s_ignore_index == s_label) ? 0.0f : -(-_r3 + _t4)*(s_label_smoothing - 1.0f) + s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : -(-_r3 + _t4)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes : 0.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
 {
     const double _t0 = _r0;
     const double _t4 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((s_ignore_index == s_label) ? 0.0 : -(-_r3 + _t4)*(s_label_smoothing - 1.0) + s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : -(-_r3 + _t4)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes : 0.0));
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float s_pred)
 {
@@ -131,47 +131,47 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weig
 {
     const float _t2 = _r0;
     const float _t3 = -_t2 + s_pred;
-    const float _t4 = expf(_t3);
-    const float _t5 = floorf(_t4);
-    return _t5;
+    const float _t5 = expf(_t3);
+    const float _t6 = floorf(_t5);
+    return _t6;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
     const double _t3 = -_t2 + s_pred;
-    const double _t4 = exp(_t3);
-    const double _t5 = floor(_t4);
-    return _t5;
+    const double _t5 = exp(_t3);
+    const double _t6 = floor(_t5);
+    return _t6;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float s_pred, float _r0)
 {
     const float _t2 = _r0;
     const float _t3 = -_t2 + s_pred;
-    const float _t4 = expf(_t3);
-    const float _t5 = floorf(_t4);
-    return _t4 - _t5;
+    const float _t5 = expf(_t3);
+    const float _t6 = floorf(_t5);
+    return _t5 - _t6;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double s_pred, double _r0)
 {
     const double _t2 = _r0;
     const double _t3 = -_t2 + s_pred;
-    const double _t4 = exp(_t3);
-    const double _t5 = floor(_t4);
-    return _t4 - _t5;
+    const double _t5 = exp(_t3);
+    const double _t6 = floor(_t5);
+    return _t5 - _t6;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t2 = _r0;
     const float _t3 = -_t2 + s_pred;
-    const float _t9 = (_j == s_label);
-    return _t3*(_t9 ? 1.0f : 0.0f);
+    const float _t4 = (_j == s_label);
+    return _t3*(_t4 ? 1.0f : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t2 = _r0;
     const double _t3 = -_t2 + s_pred;
-    const double _t9 = (_j == s_label);
-    return _t3*(_t9 ? 1.0 : 0.0);
+    const double _t4 = (_j == s_label);
+    return _t3*(_t4 ? 1.0 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float s_pred)
 {
@@ -184,42 +184,44 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = (1.0f/s_classes);
+    const float _t1 = s_label_smoothing - 1.0f;
     const float _t2 = _r0;
     const float _t3 = -_t2 + s_pred;
-    const float _t4 = expf(_t3);
-    const float _t6 = _r2 + (_r1 - 1.0f);
-    const float _t7 = log1pf(_t6);
-    const float _t8 = s_label_smoothing - 1.0f;
-    const float _t9 = (_j == s_label);
-    const float _t10 = -_r3 + _t7;
-    const float _t11 = (_t0 ? 0.0f : -_t1*s_label_smoothing);
-    const float _t12 = -_t11;
-    const float _t13 = (_t0 ? 0.0f : _t8);
-    const float _t14 = -_t10;
-    const float _t15 = _t11*s_classes;
-    *out0 = (_t0 ? 0.0f : _t1*s_label_smoothing*(-_r4 + s_classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = (_t9 ? s_grad_output*(-_t12 - _t13*expm1f(_t14) - _t15*expf(_t14)) : s_grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0f)));
+    const float _t4 = (_j == s_label);
+    const float _t5 = expf(_t3);
+    const float _t7 = _r2 + (_r1 - 1.0f);
+    const float _t8 = log1pf(_t7);
+    const float _t9 = -_r3 + _t8;
+    const float _t10 = s_label_smoothing/s_classes;
+    const float _t11 = (s_label_smoothing > 0.0f);
+    const float _t12 = (_t0 ? 0.0f : (_t11 ? -_t10 : 0.0f));
+    const float _t13 = -_t12;
+    const float _t14 = (_t0 ? 0.0f : _t1);
+    const float _t15 = -_t9;
+    const float _t16 = _t12*s_classes;
+    *out0 = (_t0 ? 0.0f : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0f));
+    *out1 = (_t4 ? s_grad_output*(-_t13 - _t14*expm1f(_t15) - _t16*expf(_t15)) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = (1.0/s_classes);
+    const double _t1 = s_label_smoothing - 1.0;
     const double _t2 = _r0;
     const double _t3 = -_t2 + s_pred;
-    const double _t4 = exp(_t3);
-    const double _t6 = _r2 + (_r1 - 1.0);
-    const double _t7 = log1p(_t6);
-    const double _t8 = s_label_smoothing - 1.0;
-    const double _t9 = (_j == s_label);
-    const double _t10 = -_r3 + _t7;
-    const double _t11 = (_t0 ? 0.0 : -_t1*s_label_smoothing);
-    const double _t12 = -_t11;
-    const double _t13 = (_t0 ? 0.0 : _t8);
-    const double _t14 = -_t10;
-    const double _t15 = _t11*s_classes;
-    *out0 = (_t0 ? 0.0 : _t1*s_label_smoothing*(-_r4 + s_classes*(_t2 + _t7)) - _t10*_t8);
-    *out1 = (_t9 ? s_grad_output*(-_t12 - _t13*expm1(_t14) - _t15*exp(_t14)) : s_grad_output*(-_t12 - _t4*(_t13 + _t15)/(_t6 + 1.0)));
+    const double _t4 = (_j == s_label);
+    const double _t5 = exp(_t3);
+    const double _t7 = _r2 + (_r1 - 1.0);
+    const double _t8 = log1p(_t7);
+    const double _t9 = -_r3 + _t8;
+    const double _t10 = s_label_smoothing/s_classes;
+    const double _t11 = (s_label_smoothing > 0.0);
+    const double _t12 = (_t0 ? 0.0 : (_t11 ? -_t10 : 0.0));
+    const double _t13 = -_t12;
+    const double _t14 = (_t0 ? 0.0 : _t1);
+    const double _t15 = -_t9;
+    const double _t16 = _t12*s_classes;
+    *out0 = (_t0 ? 0.0 : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0));
+    *out1 = (_t4 ? s_grad_output*(-_t13 - _t14*expm1(_t15) - _t16*exp(_t15)) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0)));
 }
 """
 

@@ -23,13 +23,13 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('class_weight',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('label', 'class_weight', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('class_weight',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f64'}},
         {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64'}},
@@ -95,57 +95,57 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
     const double _t3 = floor(_t2);
     return _t2 - _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32(float s_pred, float s_class_weight)
-{
-    return s_class_weight*s_pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64(double s_pred, double s_class_weight)
-{
-    return s_class_weight*s_pred;
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32(float s_class_weight)
-{
-    return s_class_weight;
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64(double s_class_weight)
-{
-    return s_class_weight;
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32(float s_pred, float s_label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t0 = _r0;
     const float _t1 = -_t0 + s_pred;
     const float _t5 = ((_j == s_label) ? 1.0f : 0.0f);
     return _t1*_t5;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64(double s_pred, double s_label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = _r0;
     const double _t1 = -_t0 + s_pred;
     const double _t5 = ((_j == s_label) ? 1.0 : 0.0);
     return _t1*_t5;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f32(float s_label, float s_class_weight, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32(float s_label, float s_class_weight, float _j)
 {
     const float _t5 = ((_j == s_label) ? 1.0f : 0.0f);
     return _t5*s_class_weight;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f64(double s_label, double s_class_weight, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64(double s_label, double s_class_weight, double _j)
 {
     const double _t5 = ((_j == s_label) ? 1.0 : 0.0);
     return _t5*s_class_weight;
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32(float s_pred, float s_class_weight)
+{
+    return s_class_weight*s_pred;
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64(double s_pred, double s_class_weight)
+{
+    return s_class_weight*s_pred;
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f32(float s_class_weight)
+{
+    return s_class_weight;
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r6_f64(double s_class_weight)
+{
+    return s_class_weight;
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0)
 {
     const float _t0 = _r0;
     const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((s_ignore_index == s_label) ? 0.0f : -_r6*(-_r5 + _t4)*(s_label_smoothing - 1.0f) + s_label_smoothing*(-_r3 + _r4*(_t0 + _t4))/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : -_r4*(-_r3 + _t4)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? s_label_smoothing*(-_r5 + _r6*(_t0 + _t4))/s_classes : 0.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0)
 {
     const double _t0 = _r0;
     const double _t4 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((s_ignore_index == s_label) ? 0.0 : -_r6*(-_r5 + _t4)*(s_label_smoothing - 1.0) + s_label_smoothing*(-_r3 + _r4*(_t0 + _t4))/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : -_r4*(-_r3 + _t4)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? s_label_smoothing*(-_r5 + _r6*(_t0 + _t4))/s_classes : 0.0));
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r0_f32(float s_class_weight)
 {
@@ -165,63 +165,63 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32(float s_pred, float _r1)
 {
-    const float _t3 = _r1;
-    const float _t4 = -_t3 + s_pred;
-    const float _t5 = expf(_t4);
-    const float _t6 = floorf(_t5);
-    return _t6;
+    const float _t2 = _r1;
+    const float _t3 = -_t2 + s_pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64(double s_pred, double _r1)
 {
-    const double _t3 = _r1;
-    const double _t4 = -_t3 + s_pred;
-    const double _t5 = exp(_t4);
-    const double _t6 = floor(_t5);
-    return _t6;
+    const double _t2 = _r1;
+    const double _t3 = -_t2 + s_pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t5;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32(float s_pred, float _r1)
 {
-    const float _t3 = _r1;
-    const float _t4 = -_t3 + s_pred;
-    const float _t5 = expf(_t4);
-    const float _t6 = floorf(_t5);
-    return _t5 - _t6;
+    const float _t2 = _r1;
+    const float _t3 = -_t2 + s_pred;
+    const float _t4 = expf(_t3);
+    const float _t5 = floorf(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64(double s_pred, double _r1)
 {
-    const double _t3 = _r1;
-    const double _t4 = -_t3 + s_pred;
-    const double _t5 = exp(_t4);
-    const double _t6 = floor(_t5);
-    return _t5 - _t6;
+    const double _t2 = _r1;
+    const double _t3 = -_t2 + s_pred;
+    const double _t4 = exp(_t3);
+    const double _t5 = floor(_t4);
+    return _t4 - _t5;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32(float s_pred, float s_label, float _j, float _r1)
 {
-    const float _t3 = _r1;
-    const float _t4 = -_t3 + s_pred;
-    const float _t9 = (_j == s_label);
-    const float _t10 = (_t9 ? 1.0f : 0.0f);
-    return _t10*_t4;
+    const float _t2 = _r1;
+    const float _t3 = -_t2 + s_pred;
+    const float _t10 = (_j == s_label);
+    const float _t11 = (_t10 ? 1.0f : 0.0f);
+    return _t11*_t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64(double s_pred, double s_label, double _j, double _r1)
 {
-    const double _t3 = _r1;
-    const double _t4 = -_t3 + s_pred;
-    const double _t9 = (_j == s_label);
-    const double _t10 = (_t9 ? 1.0 : 0.0);
-    return _t10*_t4;
+    const double _t2 = _r1;
+    const double _t3 = -_t2 + s_pred;
+    const double _t10 = (_j == s_label);
+    const double _t11 = (_t10 ? 1.0 : 0.0);
+    return _t11*_t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32(float s_label, float s_class_weight, float _j)
 {
-    const float _t9 = (_j == s_label);
-    const float _t10 = (_t9 ? 1.0f : 0.0f);
-    return _t10*s_class_weight;
+    const float _t10 = (_j == s_label);
+    const float _t11 = (_t10 ? 1.0f : 0.0f);
+    return _t11*s_class_weight;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64(double s_label, double s_class_weight, double _j)
 {
-    const double _t9 = (_j == s_label);
-    const double _t10 = (_t9 ? 1.0 : 0.0);
-    return _t10*s_class_weight;
+    const double _t10 = (_j == s_label);
+    const double _t11 = (_t10 ? 1.0 : 0.0);
+    return _t11*s_class_weight;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32(float s_pred, float s_class_weight)
 {
@@ -234,42 +234,44 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0, float* out1)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = (1.0f/s_classes);
-    const float _t2 = _r0;
-    const float _t3 = _r1;
-    const float _t4 = -_t3 + s_pred;
-    const float _t5 = expf(_t4);
-    const float _t7 = _r3 + (_r2 - 1.0f);
-    const float _t8 = log1pf(_t7);
-    const float _t9 = (_j == s_label);
-    const float _t11 = -_r4 + _t8;
-    const float _t12 = _r5*(s_label_smoothing - 1.0f);
-    const float _t13 = (_t0 ? 0.0f : -_t1*s_label_smoothing);
-    const float _t14 = -_t11;
-    const float _t15 = _t13*_t2;
-    const float _t16 = (_t0 ? 0.0f : _t12);
-    *out0 = (_t0 ? 0.0f : _t1*s_label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = (_t9 ? s_grad_output*(_t13*s_class_weight - _t15*expf(_t14) - _t16*expm1f(_t14)) : s_grad_output*(_t13*s_class_weight - _t5*(_t15 + _t16)/(_t7 + 1.0f)));
+    const float _t1 = _r0;
+    const float _t2 = _r1;
+    const float _t3 = -_t2 + s_pred;
+    const float _t4 = expf(_t3);
+    const float _t6 = _r3 + (_r2 - 1.0f);
+    const float _t7 = log1pf(_t6);
+    const float _t8 = s_label_smoothing/s_classes;
+    const float _t9 = (s_label_smoothing > 0.0f);
+    const float _t10 = (_j == s_label);
+    const float _t12 = -_r4 + _t7;
+    const float _t13 = _r5*(s_label_smoothing - 1.0f);
+    const float _t14 = (_t0 ? 0.0f : (_t9 ? -_t8 : 0.0f));
+    const float _t15 = (_t0 ? 0.0f : _t13);
+    const float _t16 = -_t12;
+    const float _t17 = _t1*_t14;
+    *out0 = (_t0 ? 0.0f : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0f));
+    *out1 = (_t10 ? s_grad_output*(_t14*s_class_weight - _t15*expm1f(_t16) - _t17*expf(_t16)) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = (1.0/s_classes);
-    const double _t2 = _r0;
-    const double _t3 = _r1;
-    const double _t4 = -_t3 + s_pred;
-    const double _t5 = exp(_t4);
-    const double _t7 = _r3 + (_r2 - 1.0);
-    const double _t8 = log1p(_t7);
-    const double _t9 = (_j == s_label);
-    const double _t11 = -_r4 + _t8;
-    const double _t12 = _r5*(s_label_smoothing - 1.0);
-    const double _t13 = (_t0 ? 0.0 : -_t1*s_label_smoothing);
-    const double _t14 = -_t11;
-    const double _t15 = _t13*_t2;
-    const double _t16 = (_t0 ? 0.0 : _t12);
-    *out0 = (_t0 ? 0.0 : _t1*s_label_smoothing*(-_r6 + _t2*(_t3 + _t8)) - _t11*_t12);
-    *out1 = (_t9 ? s_grad_output*(_t13*s_class_weight - _t15*exp(_t14) - _t16*expm1(_t14)) : s_grad_output*(_t13*s_class_weight - _t5*(_t15 + _t16)/(_t7 + 1.0)));
+    const double _t1 = _r0;
+    const double _t2 = _r1;
+    const double _t3 = -_t2 + s_pred;
+    const double _t4 = exp(_t3);
+    const double _t6 = _r3 + (_r2 - 1.0);
+    const double _t7 = log1p(_t6);
+    const double _t8 = s_label_smoothing/s_classes;
+    const double _t9 = (s_label_smoothing > 0.0);
+    const double _t10 = (_j == s_label);
+    const double _t12 = -_r4 + _t7;
+    const double _t13 = _r5*(s_label_smoothing - 1.0);
+    const double _t14 = (_t0 ? 0.0 : (_t9 ? -_t8 : 0.0));
+    const double _t15 = (_t0 ? 0.0 : _t13);
+    const double _t16 = -_t12;
+    const double _t17 = _t1*_t14;
+    *out0 = (_t0 ? 0.0 : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0));
+    *out1 = (_t10 ? s_grad_output*(_t14*s_class_weight - _t15*expm1(_t16) - _t17*exp(_t16)) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0)));
 }
 """
 

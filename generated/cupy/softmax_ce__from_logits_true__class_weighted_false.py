@@ -53,21 +53,21 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weig
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0)
 {
-    *out0 = ((s_ignore_index == s_label) ? 0.0f : _r0*(s_label_smoothing - 1.0f) - _r1*s_label_smoothing/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : _r0*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? -_r1*s_label_smoothing/s_classes : 0.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0)
 {
-    *out0 = ((s_ignore_index == s_label) ? 0.0 : _r0*(s_label_smoothing - 1.0) - _r1*s_label_smoothing/s_classes);
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : _r0*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? -_r1*s_label_smoothing/s_classes : 0.0));
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32(float s_pred, float s_label, float _j)
 {
-    const float _t3 = ((_j == s_label) ? 1.0f : 0.0f);
-    return _t3*s_pred;
+    const float _t2 = ((_j == s_label) ? 1.0f : 0.0f);
+    return _t2*s_pred;
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64(double s_pred, double s_label, double _j)
 {
-    const double _t3 = ((_j == s_label) ? 1.0 : 0.0);
-    return _t3*s_pred;
+    const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
+    return _t2*s_pred;
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32(float s_pred)
 {
@@ -80,20 +80,22 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weig
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f32(float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0, float* out1)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = s_label_smoothing/s_classes;
-    const float _t2 = s_label_smoothing - 1.0f;
-    const float _t3 = ((_j == s_label) ? 1.0f : 0.0f);
-    *out0 = (_t0 ? 0.0f : _r0*_t2 - _r1*_t1);
-    *out1 = s_grad_output*(_t3*(_t0 ? 0.0f : _t2) + (_t0 ? 0.0f : -_t1));
+    const float _t1 = s_label_smoothing - 1.0f;
+    const float _t2 = ((_j == s_label) ? 1.0f : 0.0f);
+    const float _t3 = s_label_smoothing/s_classes;
+    const float _t4 = (s_label_smoothing > 0.0f);
+    *out0 = (_t0 ? 0.0f : _r0*_t1 + (_t4 ? -_r1*_t3 : 0.0f));
+    *out1 = s_grad_output*(_t2*(_t0 ? 0.0f : _t1) + (_t0 ? 0.0f : (_t4 ? -_t3 : 0.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64(double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = s_label_smoothing/s_classes;
-    const double _t2 = s_label_smoothing - 1.0;
-    const double _t3 = ((_j == s_label) ? 1.0 : 0.0);
-    *out0 = (_t0 ? 0.0 : _r0*_t2 - _r1*_t1);
-    *out1 = s_grad_output*(_t3*(_t0 ? 0.0 : _t2) + (_t0 ? 0.0 : -_t1));
+    const double _t1 = s_label_smoothing - 1.0;
+    const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
+    const double _t3 = s_label_smoothing/s_classes;
+    const double _t4 = (s_label_smoothing > 0.0);
+    *out0 = (_t0 ? 0.0 : _r0*_t1 + (_t4 ? -_r1*_t3 : 0.0));
+    *out1 = s_grad_output*(_t2*(_t0 ? 0.0 : _t1) + (_t0 ? 0.0 : (_t4 ? -_t3 : 0.0)));
 }
 """
 

@@ -23,13 +23,9 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'classes', 'label_smoothing', '_r0', '_r1', '_r2'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64'}},
-        {"op": 'final', "level": 'row', "arguments": ('classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 1,
+        {"op": 'final', "level": 'row', "arguments": ('_r3',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fwd_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fwd_out_f64'}},
     ),
     'forward_backward': (
@@ -39,13 +35,11 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r1_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r2_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r2_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'classes', 'label_smoothing', '_r0', '_r1', '_r2'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r3_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r3_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('label', 'classes', 'label_smoothing'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r5_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r5_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 2,
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'}},
     ),
 }
@@ -61,69 +55,55 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float s_pred, float _r0)
 {
-    const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + s_pred);
-    const float _t2 = floorf(_t1);
-    return _t2;
+    const float _t1 = _r0;
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t3 = floorf(_t2);
+    return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double s_pred, double _r0)
 {
-    const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + s_pred);
-    const double _t2 = floor(_t1);
-    return _t2;
+    const double _t1 = _r0;
+    const double _t2 = exp(-_t1 + s_pred);
+    const double _t3 = floor(_t2);
+    return _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float s_pred, float _r0)
 {
-    const float _t0 = _r0;
-    const float _t1 = expf(-_t0 + s_pred);
-    const float _t2 = floorf(_t1);
-    return _t1 - _t2;
+    const float _t1 = _r0;
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t3 = floorf(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double s_pred, double _r0)
 {
-    const double _t0 = _r0;
-    const double _t1 = exp(-_t0 + s_pred);
-    const double _t2 = floor(_t1);
-    return _t1 - _t2;
+    const double _t1 = _r0;
+    const double _t2 = exp(-_t1 + s_pred);
+    const double _t3 = floor(_t2);
+    return _t2 - _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float s_pred, float s_label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2)
 {
-    return s_label*s_pred;
+    const float _t0 = (1.0f/s_classes);
+    const float _t1 = _r0;
+    const float _t4 = _t1 + log1pf(_r2 + (_r1 - 1.0f));
+    const float _t5 = _t0*s_label_smoothing;
+    return ((_t5 - s_label*s_label_smoothing + s_label != 0.0f) ? _t0*s_label_smoothing*s_pred - _t4*_t5 + _t4*s_label*s_label_smoothing - _t4*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double s_pred, double s_label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2)
 {
-    return s_label*s_pred;
+    const double _t0 = (1.0/s_classes);
+    const double _t1 = _r0;
+    const double _t4 = _t1 + log1p(_r2 + (_r1 - 1.0));
+    const double _t5 = _t0*s_label_smoothing;
+    return ((_t5 - s_label*s_label_smoothing + s_label != 0.0) ? _t0*s_label_smoothing*s_pred - _t4*_t5 + _t4*s_label*s_label_smoothing - _t4*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r4_f32(float s_label)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float _r3, float* out0)
 {
-    return s_label;
+    *out0 = -_r3;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r4_f64(double s_label)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double _r3, double* out0)
 {
-    return s_label;
-}
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r5_f32(float s_pred)
-{
-    return s_pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r5_f64(double s_pred)
-{
-    return s_pred;
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
-{
-    const float _t0 = _r0;
-    const float _t3 = _t0 + log1pf(_r2 + (_r1 - 1.0f));
-    const float _t4 = _t3*s_label_smoothing;
-    *out0 = _r3*(s_label_smoothing - 1.0f) + _r4*(_t3 - _t4) - _r5*s_label_smoothing/s_classes + _t4;
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f64(double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
-{
-    const double _t0 = _r0;
-    const double _t3 = _t0 + log1p(_r2 + (_r1 - 1.0));
-    const double _t4 = _t3*s_label_smoothing;
-    *out0 = _r3*(s_label_smoothing - 1.0) + _r4*(_t3 - _t4) - _r5*s_label_smoothing/s_classes + _t4;
+    *out0 = -_r3;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r0_f32(float s_pred)
 {
@@ -135,81 +115,91 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1_f32(float s_pred, float _r0)
 {
-    const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + s_pred);
-    const float _t4 = floorf(_t3);
-    return _t4;
+    const float _t1 = _r0;
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t3 = floorf(_t2);
+    return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double s_pred, double _r0)
 {
-    const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + s_pred);
-    const double _t4 = floor(_t3);
-    return _t4;
+    const double _t1 = _r0;
+    const double _t2 = exp(-_t1 + s_pred);
+    const double _t3 = floor(_t2);
+    return _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float s_pred, float _r0)
 {
-    const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + s_pred);
-    const float _t4 = floorf(_t3);
-    return _t3 - _t4;
+    const float _t1 = _r0;
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t3 = floorf(_t2);
+    return _t2 - _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double s_pred, double _r0)
 {
-    const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + s_pred);
-    const double _t4 = floor(_t3);
-    return _t3 - _t4;
+    const double _t1 = _r0;
+    const double _t2 = exp(-_t1 + s_pred);
+    const double _t3 = floor(_t2);
+    return _t2 - _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float s_label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2)
 {
-    return s_label;
+    const float _t0 = (1.0f/s_classes);
+    const float _t1 = _r0;
+    const float _t4 = _r2 + (_r1 - 1.0f);
+    const float _t5 = _t1 + log1pf(_t4);
+    const float _t6 = _t0*s_label_smoothing;
+    const float _t7 = _t6 - s_label*s_label_smoothing + s_label;
+    const float _t8 = (_t7 != 0.0f);
+    return (_t8 ? _t0*s_label_smoothing*s_pred - _t5*_t6 + _t5*s_label*s_label_smoothing - _t5*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double s_label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2)
 {
-    return s_label;
+    const double _t0 = (1.0/s_classes);
+    const double _t1 = _r0;
+    const double _t4 = _r2 + (_r1 - 1.0);
+    const double _t5 = _t1 + log1p(_t4);
+    const double _t6 = _t0*s_label_smoothing;
+    const double _t7 = _t6 - s_label*s_label_smoothing + s_label;
+    const double _t8 = (_t7 != 0.0);
+    return (_t8 ? _t0*s_label_smoothing*s_pred - _t5*_t6 + _t5*s_label*s_label_smoothing - _t5*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float s_pred, float s_label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float s_label, float s_classes, float s_label_smoothing)
 {
-    return s_label*s_pred;
+    const float _t0 = (1.0f/s_classes);
+    const float _t6 = _t0*s_label_smoothing;
+    const float _t7 = _t6 - s_label*s_label_smoothing + s_label;
+    const float _t8 = (_t7 != 0.0f);
+    return (_t8 ? -_t7 : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double s_pred, double s_label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double s_label, double s_classes, double s_label_smoothing)
 {
-    return s_label*s_pred;
+    const double _t0 = (1.0/s_classes);
+    const double _t6 = _t0*s_label_smoothing;
+    const double _t7 = _t6 - s_label*s_label_smoothing + s_label;
+    const double _t8 = (_t7 != 0.0);
+    return (_t8 ? -_t7 : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r5_f32(float s_pred)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
-    return s_pred;
+    const float _t0 = (1.0f/s_classes);
+    const float _t1 = _r0;
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t4 = _r2 + (_r1 - 1.0f);
+    const float _t6 = _t0*s_label_smoothing;
+    const float _t9 = -_t6 + s_label*(s_label_smoothing - 1.0f);
+    *out0 = -_r3;
+    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0f) + ((_t9 != 0.0f) ? -_t9 : 0.0f));
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r5_f64(double s_pred)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
-    return s_pred;
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1)
-{
-    const float _t0 = s_label_smoothing - 1.0f;
-    const float _t1 = s_label_smoothing/s_classes;
-    const float _t2 = _r0;
-    const float _t3 = expf(-_t2 + s_pred);
-    const float _t5 = _r2 + (_r1 - 1.0f);
-    const float _t6 = _t2 + log1pf(_t5);
-    const float _t7 = _t6*s_label_smoothing;
-    const float _t8 = _r3;
-    *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = s_grad_output*(_t0*s_label - _t1 + _t3*(-_t0*_t8 + s_label_smoothing)/(_t5 + 1.0f));
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
-{
-    const double _t0 = s_label_smoothing - 1.0;
-    const double _t1 = s_label_smoothing/s_classes;
-    const double _t2 = _r0;
-    const double _t3 = exp(-_t2 + s_pred);
-    const double _t5 = _r2 + (_r1 - 1.0);
-    const double _t6 = _t2 + log1p(_t5);
-    const double _t7 = _t6*s_label_smoothing;
-    const double _t8 = _r3;
-    *out0 = _r4*_t0 - _r5*_t1 + _t7 + _t8*(_t6 - _t7);
-    *out1 = s_grad_output*(_t0*s_label - _t1 + _t3*(-_t0*_t8 + s_label_smoothing)/(_t5 + 1.0));
+    const double _t0 = (1.0/s_classes);
+    const double _t1 = _r0;
+    const double _t2 = exp(-_t1 + s_pred);
+    const double _t4 = _r2 + (_r1 - 1.0);
+    const double _t6 = _t0*s_label_smoothing;
+    const double _t9 = -_t6 + s_label*(s_label_smoothing - 1.0);
+    *out0 = -_r3;
+    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0) + ((_t9 != 0.0) ? -_t9 : 0.0));
 }
 """
 

@@ -17,77 +17,63 @@ PARAMETERS = ('label_smoothing',)
 LOSS_LEVEL = 'row'
 STAGES = {
     'forward': (
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'classes', 'label_smoothing'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fwd_r0_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fwd_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fwd_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fwd_r1_f64'}},
-        {"op": 'final', "level": 'row', "arguments": ('classes', 'label_smoothing', '_r0', '_r1'), "outputs": 1,
+        {"op": 'final', "level": 'row', "arguments": ('_r0',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fwd_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fwd_out_f64'}},
     ),
     'forward_backward': (
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'classes', 'label_smoothing'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_r0_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_r1_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_r1_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1'), "outputs": 2,
+        {"op": 'final', "level": 'element', "arguments": ('label', 'grad_output', 'classes', 'label_smoothing', '_r0'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f64'}},
     ),
 }
 
 DEVICE_CODE = r"""
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fwd_r0_f32(float s_pred, float s_label)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fwd_r0_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing)
 {
-    return s_label*s_pred;
+    const float _t0 = -s_label*s_label_smoothing + s_label + s_label_smoothing/s_classes;
+    return ((_t0 != 0.0f) ? _t0*s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fwd_r0_f64(double s_pred, double s_label)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fwd_r0_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing)
 {
-    return s_label*s_pred;
+    const double _t0 = -s_label*s_label_smoothing + s_label + s_label_smoothing/s_classes;
+    return ((_t0 != 0.0) ? _t0*s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fwd_r1_f32(float s_pred)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fwd_out_f32(float _r0, float* out0)
 {
-    return s_pred;
+    *out0 = -_r0;
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fwd_r1_f64(double s_pred)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fwd_out_f64(double _r0, double* out0)
 {
-    return s_pred;
+    *out0 = -_r0;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fwd_out_f32(float s_classes, float s_label_smoothing, float _r0, float _r1, float* out0)
+__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fb_r0_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing)
 {
-    *out0 = _r0*(s_label_smoothing - 1.0f) - _r1*s_label_smoothing/s_classes;
+    const float _t0 = (1.0f/s_classes);
+    const float _t1 = _t0*s_label_smoothing - s_label*s_label_smoothing + s_label;
+    return ((_t1 != 0.0f) ? _t1*s_pred : 0.0f);
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fwd_out_f64(double s_classes, double s_label_smoothing, double _r0, double _r1, double* out0)
+__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fb_r0_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing)
 {
-    *out0 = _r0*(s_label_smoothing - 1.0) - _r1*s_label_smoothing/s_classes;
+    const double _t0 = (1.0/s_classes);
+    const double _t1 = _t0*s_label_smoothing - s_label*s_label_smoothing + s_label;
+    return ((_t1 != 0.0) ? _t1*s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fb_r0_f32(float s_pred, float s_label)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float* out0, float* out1)
 {
-    return s_label*s_pred;
+    const float _t0 = (1.0f/s_classes);
+    const float _t2 = -_t0*s_label_smoothing + s_label*(s_label_smoothing - 1.0f);
+    *out0 = -_r0;
+    *out1 = -s_grad_output*((_t2 != 0.0f) ? -_t2 : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fb_r0_f64(double s_pred, double s_label)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double* out0, double* out1)
 {
-    return s_label*s_pred;
-}
-__device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_true_fb_r1_f32(float s_pred)
-{
-    return s_pred;
-}
-__device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_true_fb_r1_f64(double s_pred)
-{
-    return s_pred;
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float* out0, float* out1)
-{
-    const float _t0 = s_label_smoothing - 1.0f;
-    const float _t1 = s_label_smoothing/s_classes;
-    *out0 = _r0*_t0 - _r1*_t1;
-    *out1 = s_grad_output*(_t0*s_label - _t1);
-}
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double* out0, double* out1)
-{
-    const double _t0 = s_label_smoothing - 1.0;
-    const double _t1 = s_label_smoothing/s_classes;
-    *out0 = _r0*_t0 - _r1*_t1;
-    *out1 = s_grad_output*(_t0*s_label - _t1);
+    const double _t0 = (1.0/s_classes);
+    const double _t2 = -_t0*s_label_smoothing + s_label*(s_label_smoothing - 1.0);
+    *out0 = -_r0;
+    *out1 = -s_grad_output*((_t2 != 0.0) ? -_t2 : 0.0);
 }
 """
 

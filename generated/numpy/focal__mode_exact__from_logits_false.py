@@ -21,36 +21,36 @@ LOSS_LEVEL = 'element'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
-    np.equal(_j, s_label, out=_f0)
-    np.absolute(s_pred, out=_f1)
-    np.negative(_f1, out=_f2)
-    np.exp(_f2, out=_f1)
-    np.log1p(_f1, out=_f2)
-    np.negative(s_pred, out=_f1)
-    np.maximum(_f1, 0, out=_f3)
-    np.add(_f2, _f3, out=_f1)
-    np.maximum(s_pred, 0, out=_f3)
-    np.add(_f2, _f3, out=_f4)
-    np.multiply(_f4, float(-s_gamma), out=_f3)
-    np.exp(_f3, out=_f5)
-    np.multiply(_f0, _f1, out=_f3)
-    np.multiply(_f3, _f5, out=_f3)
-    np.multiply(_f3, s_alpha, out=_f3)
-    np.add(_f0, -1, out=_f5)
-    np.multiply(_f1, float(-s_gamma), out=_f6)
-    np.exp(_f6, out=_f7)
-    np.multiply(_f4, _f5, out=_f6)
-    np.multiply(_f6, _f7, out=_f6)
-    np.multiply(_f6, float(s_alpha - 1), out=_f6)
-    np.add(_f3, _f6, out=_out0)
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
+    _i0, _i1, = _s[2]
+    np.absolute(s_pred, out=_f0)
+    np.negative(_f0, out=_f1)
+    np.exp(_f1, out=_f0)
+    np.log1p(_f0, out=_f1)
+    np.negative(s_pred, out=_f0)
+    np.maximum(_f0, 0, out=_f2)
+    np.add(_f1, _f2, out=_f0)
+    np.maximum(s_pred, 0, out=_f2)
+    np.add(_f1, _f2, out=_f3)
+    np.equal(_j, s_label, out=_i0)
+    np.negative(_i0, out=_i0)
+    np.multiply(_f3, float(-s_gamma), out=_f2)
+    np.exp(_f2, out=_f4)
+    np.multiply(_f0, _f4, out=_f2)
+    np.multiply(_f2, s_alpha, out=_f2)
+    np.multiply(_f0, float(-s_gamma), out=_f4)
+    np.exp(_f4, out=_f5)
+    np.multiply(_f3, _f5, out=_f4)
+    np.multiply(_f4, float(-s_alpha + 1), out=_f4)
+    blend_into(_out0, _i0, _f2, _f4, _i1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, _f15, _f16, _f17, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, _f13, _f14, = _s[0]
     _b0, = _s[1]
+    _i0, _i1, = _s[2]
     np.negative(s_pred, out=_f0)
     np.absolute(s_pred, out=_f1)
     np.negative(_f1, out=_f2)
@@ -58,54 +58,51 @@ def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s
     np.log1p(_f1, out=_f2)
     np.maximum(_f0, 0, out=_f3)
     np.add(_f2, _f3, out=_f4)
-    np.equal(_j, s_label, out=_f3)
-    np.maximum(s_pred, 0, out=_f5)
-    np.add(_f2, _f5, out=_f6)
-    np.multiply(_f6, s_gamma, out=_f5)
-    np.negative(_f5, out=_f7)
-    np.exp(_f7, out=_f8)
-    np.multiply(_f3, _f8, out=_f7)
-    np.multiply(_f7, s_alpha, out=_f7)
-    np.multiply(_f4, s_gamma, out=_f8)
-    np.add(_f3, -1, out=_f9)
-    np.negative(_f8, out=_f10)
-    np.exp(_f10, out=_f11)
-    np.multiply(_f9, _f11, out=_f10)
-    np.multiply(_f10, float(s_alpha - 1), out=_f10)
+    np.maximum(s_pred, 0, out=_f3)
+    np.add(_f2, _f3, out=_f5)
+    np.multiply(_f5, s_gamma, out=_f3)
+    np.negative(_f3, out=_f6)
+    np.exp(_f6, out=_f7)
+    np.multiply(_f7, s_alpha, out=_f6)
+    np.multiply(_f4, s_gamma, out=_f7)
+    np.negative(_f7, out=_f8)
+    np.exp(_f8, out=_f9)
+    np.multiply(_f9, float(s_alpha - 1), out=_f8)
+    np.add(_f1, 1, out=_f9)
+    np.divide(1, _f9, out=_f10)
     np.greater_equal(_f0, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f9)
     np.greater_equal(s_pred, 0, out=_b0)
     np.maximum(_f1, _b0, out=_f11)
-    np.multiply(_f4, _f7, out=_f12)
-    np.multiply(_f6, _f10, out=_f13)
-    np.add(_f12, _f13, out=_out0)
-    np.add(_f1, 1, out=_f12)
-    np.divide(1, _f12, out=_f13)
-    np.multiply(_f9, _f7, out=_f12)
-    np.multiply(_f11, _f10, out=_f14)
-    np.negative(_f14, out=_f14)
-    np.multiply(_f11, _f7, out=_f15)
-    np.multiply(_f15, _f8, out=_f15)
-    np.multiply(_f9, _f5, out=_f16)
-    np.multiply(_f16, _f10, out=_f16)
-    np.negative(_f16, out=_f16)
-    np.add(_f12, _f14, out=_f17)
-    np.add(_f17, _f15, out=_f17)
-    np.add(_f17, _f16, out=_f17)
-    np.multiply(s_grad_output, _f13, out=_f12)
-    np.multiply(_f12, _f17, out=_f12)
-    np.negative(_f12, out=_out1)
+    np.equal(_j, s_label, out=_b0)
+    mask_into(_i0, _b0)
+    np.multiply(_f4, _f6, out=_f12)
+    np.multiply(_f5, _f8, out=_f13)
+    np.negative(_f13, out=_f13)
+    blend_into(_out0, _i0, _f12, _f13, _i1)
+    np.multiply(_f11, _f7, out=_f12)
+    np.add(_f9, _f12, out=_f13)
+    np.multiply(_f10, _f6, out=_f12)
+    np.multiply(_f12, _f13, out=_f12)
+    np.negative(_f12, out=_f12)
+    np.multiply(_f9, _f3, out=_f13)
+    np.add(_f11, _f13, out=_f14)
+    np.multiply(_f10, _f8, out=_f13)
+    np.multiply(_f13, _f14, out=_f13)
+    np.negative(_f13, out=_f13)
+    blend_into(_f14, _i0, _f12, _f13, _i1)
+    np.multiply(s_grad_output, _f14, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (8, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    return _run_rows(_forward, (6, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (18, 1, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (15, 1, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
     return _loss, (*_grads,)

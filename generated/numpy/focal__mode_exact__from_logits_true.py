@@ -21,76 +21,73 @@ LOSS_LEVEL = 'element'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
-    np.equal(_j, s_label, out=_f0)
-    np.subtract(1, s_pred, out=_f1)
-    np.power(_f1, s_gamma, out=_f2)
-    np.log(s_pred, out=_f1)
-    np.multiply(_f0, _f2, out=_f3)
-    np.multiply(_f3, _f1, out=_f3)
-    np.multiply(_f3, float(-s_alpha), out=_f3)
-    np.power(s_pred, s_gamma, out=_f1)
-    np.add(_f0, -1, out=_f2)
-    np.negative(s_pred, out=_f4)
-    np.log1p(_f4, out=_f5)
-    np.multiply(_f1, _f2, out=_f4)
-    np.multiply(_f4, _f5, out=_f4)
-    np.multiply(_f4, float(-s_alpha + 1), out=_f4)
-    np.add(_f3, _f4, out=_out0)
+    _f0, _f1, _f2, _f3, = _s[0]
+    _i0, _i1, = _s[2]
+    np.equal(_j, s_label, out=_i0)
+    np.negative(_i0, out=_i0)
+    np.subtract(1, s_pred, out=_f0)
+    np.power(_f0, s_gamma, out=_f1)
+    np.log(s_pred, out=_f0)
+    np.multiply(_f1, _f0, out=_f2)
+    np.multiply(_f2, float(-s_alpha), out=_f2)
+    np.power(s_pred, s_gamma, out=_f0)
+    np.negative(s_pred, out=_f1)
+    np.log1p(_f1, out=_f3)
+    np.multiply(_f0, _f3, out=_f1)
+    np.multiply(_f1, float(s_alpha - 1), out=_f1)
+    blend_into(_out0, _i0, _f2, _f1, _i1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, _f11, _f12, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, = _s[0]
+    _b0, = _s[1]
+    _i0, _i1, = _s[2]
     np.log(s_pred, out=_f0)
     np.add(s_pred, -1, out=_f1)
     np.negative(_f1, out=_f2)
-    np.equal(_j, s_label, out=_f3)
-    np.power(_f2, s_gamma, out=_f4)
-    np.multiply(_f3, _f4, out=_f5)
-    np.multiply(_f5, s_alpha, out=_f5)
-    np.negative(s_pred, out=_f4)
-    np.log1p(_f4, out=_f6)
+    np.power(_f2, s_gamma, out=_f3)
+    np.power(s_pred, s_gamma, out=_f4)
     _t6 = float(s_alpha - 1)
-    np.add(_f3, -1, out=_f4)
-    np.power(s_pred, s_gamma, out=_f7)
-    np.multiply(_f4, _f7, out=_f8)
-    np.multiply(_f8, _t6, out=_f8)
-    _t9 = float(s_gamma - 1)
-    np.multiply(_f0, _f5, out=_f7)
+    np.negative(s_pred, out=_f5)
+    np.log1p(_f5, out=_f6)
+    _t8 = float(s_gamma - 1)
+    np.equal(_j, s_label, out=_b0)
+    mask_into(_i0, _b0)
+    np.multiply(_f0, _f3, out=_f5)
+    np.multiply(_f5, float(-s_alpha), out=_f5)
+    np.multiply(_f4, _f6, out=_f7)
+    np.multiply(_f7, _t6, out=_f7)
+    blend_into(_out0, _i0, _f5, _f7, _i1)
+    np.divide(1, s_pred, out=_f5)
+    np.multiply(_f3, _f5, out=_f7)
     np.negative(_f7, out=_f7)
-    np.multiply(_f6, _f8, out=_f9)
-    np.negative(_f9, out=_f9)
-    np.add(_f7, _f9, out=_out0)
-    np.divide(1, s_pred, out=_f7)
-    np.multiply(_f5, _f7, out=_f9)
-    np.divide(1, _f1, out=_f7)
-    np.multiply(_f8, _f7, out=_f10)
-    np.power(s_pred, _t9, out=_f7)
-    np.multiply(_f6, _f4, out=_f11)
-    np.multiply(_f11, _f7, out=_f11)
-    np.multiply(_f11, float(_t6*s_gamma), out=_f11)
-    np.power(_f2, _t9, out=_f7)
-    np.multiply(_f0, _f3, out=_f12)
-    np.multiply(_f12, _f7, out=_f12)
-    np.multiply(_f12, float(-s_alpha*s_gamma), out=_f12)
-    np.add(_f9, _f10, out=_f7)
-    np.add(_f7, _f11, out=_f7)
-    np.add(_f7, _f12, out=_f7)
-    np.multiply(s_grad_output, _f7, out=_f9)
-    np.negative(_f9, out=_out1)
+    np.power(_f2, _t8, out=_f5)
+    np.multiply(_f0, _f5, out=_f8)
+    np.multiply(_f8, s_gamma, out=_f8)
+    np.add(_f7, _f8, out=_f5)
+    np.multiply(_f5, s_alpha, out=_f7)
+    np.divide(1, _f1, out=_f5)
+    np.multiply(_f4, _f5, out=_f8)
+    np.power(s_pred, _t8, out=_f5)
+    np.multiply(_f6, _f5, out=_f9)
+    np.multiply(_f9, s_gamma, out=_f9)
+    np.add(_f8, _f9, out=_f5)
+    np.multiply(_f5, _t6, out=_f8)
+    blend_into(_f5, _i0, _f7, _f8, _i1)
+    np.multiply(s_grad_output, _f5, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (6, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
+    return _run_rows(_forward, (4, 0, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma, eps,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (13, 0, 0, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (10, 1, 2, 0, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma, eps,), 2
     )
     return _loss, (*_grads,)

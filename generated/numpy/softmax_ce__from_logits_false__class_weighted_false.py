@@ -23,7 +23,7 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     _out0, = _out
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
-    _ri0, _ri1, = _s[5]
+    _ri0, _ri1, _ri2, = _s[5]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
@@ -44,8 +44,9 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     np.sum(s_pred, axis=-1, keepdims=True, out=_rf4)
     np.subtract(_rf5, _rf4, out=_rf6)
     np.multiply(_rf6, float(s_label_smoothing/s_classes), out=_rf4)
-    np.add(_rf3, _rf4, out=_rf5)
-    blend_into(_out0, _ri0, 0, _rf5, _ri1)
+    select_into(_rf5, (s_label_smoothing > 0), _rf4, 0, _ri1, _ri2)
+    np.add(_rf3, _rf5, out=_rf4)
+    blend_into(_out0, _ri0, 0, _rf4, _ri1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
@@ -54,8 +55,8 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, = _s[3]
     _rb0, = _s[4]
-    _ri0, _ri1, = _s[5]
-    _t1 = float((1/(s_classes)))
+    _ri0, _ri1, _ri2, = _s[5]
+    _t1 = float(s_label_smoothing - 1)
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
@@ -66,24 +67,26 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     np.sum(_f3, axis=-1, keepdims=True, out=_rf1)
     np.add(_rf2, _rf1, out=_rf3)
     np.log1p(_rf3, out=_rf1)
-    _t8 = float(s_label_smoothing - 1)
     pick_into(_rf4, _f0, s_label)
     np.subtract(_rf1, _rf4, out=_rf5)
+    _t10 = float(s_label_smoothing/s_classes)
+    _t11 = (s_label_smoothing > 0)
     np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    blend_into(_rf4, _ri0, 0, float(-_t1*s_label_smoothing), _ri1)
+    blend_into(_rf4, _ri0, 0, float((-_t10 if _t11 else 0)), _ri1)
     np.negative(_rf4, out=_rf6)
-    blend_into(_rf7, _ri0, 0, _t8, _ri1)
+    blend_into(_rf7, _ri0, 0, _t1, _ri1)
     np.negative(_rf5, out=_rf8)
     np.multiply(_rf4, s_classes, out=_rf9)
-    np.multiply(_rf5, float(-_t8), out=_rf10)
+    np.multiply(_rf5, float(-_t1), out=_rf10)
     np.add(_rf0, _rf1, out=_rf11)
     np.multiply(_rf11, s_classes, out=_rf12)
     np.sum(s_pred, axis=-1, keepdims=True, out=_rf11)
     np.subtract(_rf12, _rf11, out=_rf13)
-    np.multiply(_rf13, float(_t1*s_label_smoothing), out=_rf11)
-    np.add(_rf10, _rf11, out=_rf12)
-    blend_into(_out0, _ri0, 0, _rf12, _ri1)
+    np.multiply(_rf13, _t10, out=_rf11)
+    select_into(_rf12, _t11, _rf11, 0, _ri1, _ri2)
+    np.add(_rf10, _rf12, out=_rf11)
+    blend_into(_out0, _ri0, 0, _rf11, _ri1)
     np.multiply(_rf6, s_grad_output, out=_rf10)
     np.negative(_rf10, out=_rf10)
     np.add(_rf3, 1, out=_rf11)
@@ -108,13 +111,13 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (4, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return _run_rows(_forward, (4, 0, 0, 7, 0, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (4, 0, 0, 14, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 14, 1, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return _loss, (*_grads,)

@@ -23,7 +23,7 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     _out0, = _out
     _f0, _f1, _f2, _f3, _f4, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, = _s[3]
-    _ri0, _ri1, = _s[5]
+    _ri0, _ri1, _ri2, = _s[5]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
@@ -37,20 +37,21 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     np.equal(_j, s_label, out=_f3)
     np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
+    pick_into(_rf3, _f0, s_label)
+    np.subtract(_rf1, _rf3, out=_rf4)
+    pick_into(_rf3, s_class_weight, s_label)
+    np.multiply(_rf4, _rf3, out=_rf5)
+    np.multiply(_rf5, float(-s_label_smoothing + 1), out=_rf5)
     np.add(_rf0, _rf1, out=_rf3)
     np.sum(s_class_weight, axis=-1, keepdims=True, out=_rf4)
-    np.multiply(_rf3, _rf4, out=_rf5)
+    np.multiply(_rf3, _rf4, out=_rf6)
     np.multiply(s_class_weight, s_pred, out=_f4)
     np.sum(_f4, axis=-1, keepdims=True, out=_rf3)
-    np.subtract(_rf5, _rf3, out=_rf4)
+    np.subtract(_rf6, _rf3, out=_rf4)
     np.multiply(_rf4, float(s_label_smoothing/s_classes), out=_rf3)
-    pick_into(_rf4, _f0, s_label)
-    np.subtract(_rf1, _rf4, out=_rf5)
-    pick_into(_rf4, s_class_weight, s_label)
-    np.multiply(_rf5, _rf4, out=_rf6)
-    np.multiply(_rf6, float(-s_label_smoothing + 1), out=_rf6)
-    np.add(_rf3, _rf6, out=_rf4)
-    blend_into(_out0, _ri0, 0, _rf4, _ri1)
+    select_into(_rf4, (s_label_smoothing > 0), _rf3, 0, _ri1, _ri2)
+    np.add(_rf5, _rf4, out=_rf3)
+    blend_into(_out0, _ri0, 0, _rf3, _ri1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
@@ -61,8 +62,7 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     _i0, _i1, = _s[2]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, _rf10, _rf11, _rf12, _rf13, _rf14, = _s[3]
     _rb0, = _s[4]
-    _ri0, _ri1, = _s[5]
-    _t1 = float((1/(s_classes)))
+    _ri0, _ri1, _ri2, = _s[5]
     np.sum(s_class_weight, axis=-1, keepdims=True, out=_rf0)
     np.max(s_pred, axis=-1, keepdims=True, out=_rf1)
     np.subtract(s_pred, _rf1, out=_f0)
@@ -74,6 +74,8 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     np.sum(_f3, axis=-1, keepdims=True, out=_rf2)
     np.add(_rf3, _rf2, out=_rf4)
     np.log1p(_rf4, out=_rf2)
+    _t8 = float(s_label_smoothing/s_classes)
+    _t9 = (s_label_smoothing > 0)
     np.copyto(_f3, 0)
     set_at_into(_f3, s_label, 1)
     pick_into(_rf5, _f0, s_label)
@@ -82,10 +84,10 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     np.multiply(_rf5, float(s_label_smoothing - 1), out=_rf7)
     np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    blend_into(_rf5, _ri0, 0, float(-_t1*s_label_smoothing), _ri1)
-    np.negative(_rf6, out=_rf8)
-    np.multiply(_rf5, _rf0, out=_rf9)
-    blend_into(_rf10, _ri0, 0, _rf7, _ri1)
+    blend_into(_rf5, _ri0, 0, float((-_t8 if _t9 else 0)), _ri1)
+    blend_into(_rf8, _ri0, 0, _rf7, _ri1)
+    np.negative(_rf6, out=_rf9)
+    np.multiply(_rf0, _rf5, out=_rf10)
     np.multiply(_rf6, _rf7, out=_rf11)
     np.negative(_rf11, out=_rf11)
     np.add(_rf1, _rf2, out=_rf12)
@@ -93,16 +95,17 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     np.multiply(s_class_weight, s_pred, out=_f4)
     np.sum(_f4, axis=-1, keepdims=True, out=_rf12)
     np.subtract(_rf13, _rf12, out=_rf14)
-    np.multiply(_rf14, float(_t1*s_label_smoothing), out=_rf12)
-    np.add(_rf11, _rf12, out=_rf13)
-    blend_into(_out0, _ri0, 0, _rf13, _ri1)
+    np.multiply(_rf14, _t8, out=_rf12)
+    select_into(_rf13, _t9, _rf12, 0, _ri1, _ri2)
+    np.add(_rf11, _rf13, out=_rf12)
+    blend_into(_out0, _ri0, 0, _rf12, _ri1)
     np.equal(_j, s_label, out=_b0)
     mask_into(_i0, _b0)
-    np.exp(_rf8, out=_rf11)
-    np.multiply(_rf9, s_grad_output, out=_rf12)
+    np.expm1(_rf9, out=_rf11)
+    np.multiply(_rf8, s_grad_output, out=_rf12)
     np.multiply(_rf12, _rf11, out=_rf12)
     np.negative(_rf12, out=_rf12)
-    np.expm1(_rf8, out=_rf11)
+    np.exp(_rf9, out=_rf11)
     np.multiply(_rf10, s_grad_output, out=_rf13)
     np.multiply(_rf13, _rf11, out=_rf13)
     np.negative(_rf13, out=_rf13)
@@ -113,7 +116,7 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     np.multiply(_rf5, s_class_weight, out=_f4)
     np.add(_rf4, 1, out=_rf11)
     np.divide(1, _rf11, out=_rf12)
-    np.add(_rf9, _rf10, out=_rf11)
+    np.add(_rf8, _rf10, out=_rf11)
     np.multiply(_rf12, _rf11, out=_rf13)
     np.negative(_rf13, out=_rf13)
     np.multiply(_f1, _rf13, out=_f6)
@@ -124,13 +127,13 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (5, 0, 0, 7, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return _run_rows(_forward, (5, 0, 0, 7, 0, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (8, 1, 2, 15, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (8, 1, 2, 15, 1, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return _loss, (*_grads,)

@@ -22,15 +22,16 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     """Loss of one chunk, into _out."""
     _out0, = _out
     _rf0, _rf1, _rf2, = _s[3]
-    _ri0, _ri1, = _s[5]
+    _ri0, _ri1, _ri2, = _s[5]
     np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
     pick_into(_rf0, s_pred, s_label)
     np.multiply(_rf0, float(s_label_smoothing - 1), out=_rf1)
     np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-s_label_smoothing/s_classes), out=_rf2)
-    np.add(_rf1, _rf2, out=_rf0)
-    blend_into(_out0, _ri0, 0, _rf0, _ri1)
+    select_into(_rf0, (s_label_smoothing > 0), _rf2, 0, _ri1, _ri2)
+    np.add(_rf1, _rf0, out=_rf2)
+    blend_into(_out0, _ri0, 0, _rf2, _ri1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
@@ -39,21 +40,23 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     _f0, _f1, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
-    _ri0, _ri1, = _s[5]
-    _t1 = float(s_label_smoothing/s_classes)
-    _t2 = float(s_label_smoothing - 1)
+    _ri0, _ri1, _ri2, = _s[5]
+    _t1 = float(s_label_smoothing - 1)
     np.equal(_j, s_label, out=_f0)
+    _t3 = float(s_label_smoothing/s_classes)
+    _t4 = (s_label_smoothing > 0)
     np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
     pick_into(_rf0, s_pred, s_label)
-    np.multiply(_rf0, _t2, out=_rf1)
+    np.multiply(_rf0, _t1, out=_rf1)
     np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-_t1), out=_rf2)
-    np.add(_rf1, _rf2, out=_rf0)
-    blend_into(_out0, _ri0, 0, _rf0, _ri1)
-    blend_into(_rf0, _ri0, 0, float(-_t1), _ri1)
+    np.multiply(_rf0, float(-_t3), out=_rf2)
+    select_into(_rf0, _t4, _rf2, 0, _ri1, _ri2)
+    np.add(_rf1, _rf0, out=_rf2)
+    blend_into(_out0, _ri0, 0, _rf2, _ri1)
+    blend_into(_rf0, _ri0, 0, float((-_t3 if _t4 else 0)), _ri1)
     np.multiply(s_grad_output, _rf0, out=_rf1)
-    blend_into(_rf0, _ri0, 0, _t2, _ri1)
+    blend_into(_rf0, _ri0, 0, _t1, _ri1)
     np.multiply(s_grad_output, _rf0, out=_rf2)
     np.multiply(_f0, _rf2, out=_f1)
     np.add(_rf1, _f1, out=_out1)
@@ -61,13 +64,13 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (0, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return _run_rows(_forward, (0, 0, 0, 3, 0, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (2, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (2, 0, 0, 3, 1, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return _loss, (*_grads,)

@@ -23,7 +23,7 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     _out0, = _out
     _f0, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
-    _ri0, _ri1, = _s[5]
+    _ri0, _ri1, _ri2, = _s[5]
     np.multiply(s_class_weight, s_pred, out=_f0)
     np.equal(s_ignore_index, s_label, out=_ri0)
     np.negative(_ri0, out=_ri0)
@@ -31,8 +31,9 @@ def _forward(_s, _out, s_pred, s_label, s_class_weight, _j, s_classes, s_label_s
     np.multiply(_rf0, float(s_label_smoothing - 1), out=_rf1)
     np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
     np.multiply(_rf0, float(-s_label_smoothing/s_classes), out=_rf2)
-    np.add(_rf1, _rf2, out=_rf0)
-    blend_into(_out0, _ri0, 0, _rf0, _ri1)
+    select_into(_rf0, (s_label_smoothing > 0), _rf2, 0, _ri1, _ri2)
+    np.add(_rf1, _rf0, out=_rf2)
+    blend_into(_out0, _ri0, 0, _rf2, _ri1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, _j, s_classes, s_label_smoothing, s_ignore_index):
@@ -41,22 +42,24 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
     _f0, _f1, _f2, _f3, = _s[0]
     _rf0, _rf1, _rf2, = _s[3]
     _rb0, = _s[4]
-    _ri0, _ri1, = _s[5]
-    np.multiply(s_class_weight, s_pred, out=_f0)
-    _t2 = float(s_label_smoothing/s_classes)
-    _t3 = float(s_label_smoothing - 1)
-    np.equal(_j, s_label, out=_f1)
+    _ri0, _ri1, _ri2, = _s[5]
+    _t1 = float(s_label_smoothing - 1)
+    np.equal(_j, s_label, out=_f0)
+    np.multiply(s_class_weight, s_pred, out=_f1)
+    _t4 = float(s_label_smoothing/s_classes)
+    _t5 = (s_label_smoothing > 0)
     np.equal(s_ignore_index, s_label, out=_rb0)
     mask_into(_ri0, _rb0)
-    pick_into(_rf0, _f0, s_label)
-    np.multiply(_rf0, _t3, out=_rf1)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-_t2), out=_rf2)
-    np.add(_rf1, _rf2, out=_rf0)
-    blend_into(_out0, _ri0, 0, _rf0, _ri1)
-    blend_into(_rf0, _ri0, 0, float(-_t2), _ri1)
+    pick_into(_rf0, _f1, s_label)
+    np.multiply(_rf0, _t1, out=_rf1)
+    np.sum(_f1, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf0, float(-_t4), out=_rf2)
+    select_into(_rf0, _t5, _rf2, 0, _ri1, _ri2)
+    np.add(_rf1, _rf0, out=_rf2)
+    blend_into(_out0, _ri0, 0, _rf2, _ri1)
+    blend_into(_rf0, _ri0, 0, float((-_t4 if _t5 else 0)), _ri1)
     np.add(_rf0, 0, out=_f2)
-    blend_into(_rf1, _ri0, 0, _t3, _ri1)
+    blend_into(_rf1, _ri0, 0, _t1, _ri1)
     scatter_add_into(_f2, s_label, _rf1)
     np.multiply(s_class_weight, s_grad_output, out=_f3)
     np.multiply(_f3, _f2, out=_out1)
@@ -64,13 +67,13 @@ def _forward_backward(_s, _out, s_pred, s_label, s_class_weight, s_grad_output, 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (1, 0, 0, 3, 0, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
+    return _run_rows(_forward, (1, 0, 0, 3, 0, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing, ignore_index,), 1)[0]
 
 
 def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (4, 0, 0, 3, 1, 2), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 0, 3, 1, 3), (pred, label, class_weight,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing, ignore_index,), 2
     )
     return _loss, (*_grads,)

@@ -21,44 +21,55 @@ LOSS_LEVEL = 'row'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_label_smoothing):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, = _s[0]
-    _rf0, _rf1, _rf2, = _s[3]
-    np.multiply(s_label, s_pred, out=_f0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(s_label_smoothing - 1), out=_rf1)
-    np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-s_label_smoothing/s_classes), out=_rf2)
-    np.add(_rf1, _rf2, out=_out0)
+    _f0, _f1, _f2, = _s[0]
+    _i0, _i1, = _s[2]
+    _rf0, = _s[3]
+    np.multiply(s_label, float(-s_label_smoothing), out=_f0)
+    np.add(s_label, _f0, out=_f1)
+    np.add(_f1, float(s_label_smoothing/s_classes), out=_f1)
+    np.not_equal(_f1, 0, out=_i0)
+    np.negative(_i0, out=_i0)
+    np.multiply(_f1, s_pred, out=_f0)
+    blend_into(_f2, _i0, _f0, 0, _i1)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.negative(_rf0, out=_out0)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, = _s[0]
-    _rf0, _rf1, _rf2, = _s[3]
-    _t0 = float(s_label_smoothing - 1)
-    _t1 = float(s_label_smoothing/s_classes)
-    np.multiply(s_label, s_pred, out=_f0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, _t0, out=_rf1)
-    np.sum(s_pred, axis=-1, keepdims=True, out=_rf0)
-    np.multiply(_rf0, float(-_t1), out=_rf2)
-    np.add(_rf1, _rf2, out=_out0)
-    np.multiply(s_grad_output, float(-_t1), out=_rf0)
-    np.multiply(s_grad_output, _t0, out=_rf1)
-    np.multiply(s_label, _rf1, out=_f0)
-    np.add(_rf0, _f0, out=_out1)
+    _f0, _f1, _f2, _f3, = _s[0]
+    _i0, _i1, = _s[2]
+    _rf0, = _s[3]
+    _t0 = float((1/(s_classes)))
+    np.multiply(s_label, float(-s_label_smoothing), out=_f0)
+    np.add(s_label, _f0, out=_f1)
+    np.add(_f1, float(_t0*s_label_smoothing), out=_f1)
+    np.multiply(s_label, float(s_label_smoothing - 1), out=_f0)
+    np.add(_f0, float(-_t0*s_label_smoothing), out=_f2)
+    np.not_equal(_f1, 0, out=_i0)
+    np.negative(_i0, out=_i0)
+    np.multiply(_f1, s_pred, out=_f0)
+    blend_into(_f3, _i0, _f0, 0, _i1)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.negative(_rf0, out=_out0)
+    np.negative(s_grad_output, out=_rf0)
+    np.not_equal(_f2, 0, out=_i0)
+    np.negative(_i0, out=_i0)
+    np.negative(_f2, out=_f0)
+    blend_into(_f3, _i0, _f0, 0, _i1)
+    np.multiply(_f3, _rf0, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
+    return _run_rows(_forward, (3, 0, 2, 1, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (1, 0, 0, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (4, 0, 2, 1, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
     return _loss, (*_grads,)
