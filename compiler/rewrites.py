@@ -62,6 +62,21 @@ def log_complement_plus_eps(node):
     return sympy.Piecewise((exact, sympy.StrictGreaterThan(x, sympy.Rational(1, 2))), (log1p(e - x), True))
 
 
+def log_near_one_plus_eps(node):
+    """log(x + e), e ≥ 0 a parameter → log1p((x − 1) + e) where x > ½ (x − 1 is exact there, so
+    log(1 + 1e-12) keeps its digits), log(x + e) elsewhere."""
+    if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
+        return None
+    eps = [t for t in node.args[0].args if t.is_Symbol and t.is_nonnegative]
+    rest = [t for t in node.args[0].args if t not in eps]
+    if len(eps) != 1 or len(rest) != 1 or rest[0].is_Number or isinstance(rest[0], grouped):
+        return None
+    x, e = rest[0], eps[0]
+    plain = sympy.log(grouped(node.args[0]))  # grouped: this rule does not match its own result
+    return sympy.Piecewise((log1p(grouped(x - 1) + e), sympy.StrictGreaterThan(x, sympy.Rational(1, 2))),
+                           (plain, True))
+
+
 def _complement_plus_eps(node):
     """(x, e) when ``node`` is 1 − x + e with e a nonnegative parameter symbol, else None."""
     if not (node.is_Add and len(node.args) == 3 and ONE in node.args):
@@ -153,6 +168,7 @@ RULES = (
     power_of_sigmoid,
     one_minus_plus_eps,
     log_complement_plus_eps,
+    log_near_one_plus_eps,
     log_one_plus,
     exp_minus_one,
     one_minus_exp,

@@ -19,33 +19,41 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fwd_f32(float s_pred, float s_label, float s_pos_weight, float s_eps, float* out0)
 {
-    *out0 = -s_label*s_pos_weight*logf(s_eps + s_pred) + (s_label - 1.0f)*((s_pred > 0.5f) ? logf((s_eps + (-s_pred + 1.0f))) : log1pf(s_eps - s_pred));
+    const float _t0 = s_pred - 1.0f;
+    const float _t1 = (s_pred > 0.5f);
+    *out0 = -s_label*s_pos_weight*(_t1 ? log1pf(s_eps + (_t0)) : logf((s_eps + s_pred))) + (s_label - 1.0f)*(_t1 ? logf((s_eps + (-_t0))) : log1pf(s_eps - s_pred));
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fwd_f64(double s_pred, double s_label, double s_pos_weight, double s_eps, double* out0)
 {
-    *out0 = -s_label*s_pos_weight*log(s_eps + s_pred) + (s_label - 1.0)*((s_pred > 0.5) ? log((s_eps + (-s_pred + 1.0))) : log1p(s_eps - s_pred));
+    const double _t0 = s_pred - 1.0;
+    const double _t1 = (s_pred > 0.5);
+    *out0 = -s_label*s_pos_weight*(_t1 ? log1p(s_eps + (_t0)) : log((s_eps + s_pred))) + (s_label - 1.0)*(_t1 ? log((s_eps + (-_t0))) : log1p(s_eps - s_pred));
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f32(float s_pred, float s_label, float s_pos_weight, float s_grad_output, float s_eps, float* out0, float* out1)
 {
-    const float _t0 = s_eps + s_pred;
-    const float _t1 = s_label*s_pos_weight;
-    const float _t2 = s_label - 1.0f;
-    const float _t3 = s_eps + (-s_pred + 1.0f);
-    const float _t4 = (_t3);
-    const float _t5 = (s_pred > 0.5f);
-    *out0 = -_t1*logf(_t0) + _t2*(_t5 ? logf(_t4) : log1pf(s_eps - s_pred));
-    *out1 = s_grad_output * (_t2*(_t5 ? -1.0f/_t4 : -1.0f/_t3) - _t1/_t0);
+    const float _t0 = s_pred - 1.0f;
+    const float _t1 = s_eps + (_t0);
+    const float _t2 = (s_pred > 0.5f);
+    const float _t3 = (s_eps + s_pred);
+    const float _t4 = s_label*s_pos_weight;
+    const float _t5 = s_label - 1.0f;
+    const float _t6 = s_eps + (-_t0);
+    const float _t7 = (_t6);
+    *out0 = -_t4*(_t2 ? log1pf(_t1) : logf(_t3)) + _t5*(_t2 ? logf(_t7) : log1pf(s_eps - s_pred));
+    *out1 = s_grad_output * (-_t4*(_t2 ? (1.0f/(_t1 + 1.0f)) : (1.0f/_t3)) + _t5*(_t2 ? -1.0f/_t7 : -1.0f/_t6));
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f64(double s_pred, double s_label, double s_pos_weight, double s_grad_output, double s_eps, double* out0, double* out1)
 {
-    const double _t0 = s_eps + s_pred;
-    const double _t1 = s_label*s_pos_weight;
-    const double _t2 = s_label - 1.0;
-    const double _t3 = s_eps + (-s_pred + 1.0);
-    const double _t4 = (_t3);
-    const double _t5 = (s_pred > 0.5);
-    *out0 = -_t1*log(_t0) + _t2*(_t5 ? log(_t4) : log1p(s_eps - s_pred));
-    *out1 = s_grad_output * (_t2*(_t5 ? -1.0/_t4 : -1.0/_t3) - _t1/_t0);
+    const double _t0 = s_pred - 1.0;
+    const double _t1 = s_eps + (_t0);
+    const double _t2 = (s_pred > 0.5);
+    const double _t3 = (s_eps + s_pred);
+    const double _t4 = s_label*s_pos_weight;
+    const double _t5 = s_label - 1.0;
+    const double _t6 = s_eps + (-_t0);
+    const double _t7 = (_t6);
+    *out0 = -_t4*(_t2 ? log1p(_t1) : log(_t3)) + _t5*(_t2 ? log(_t7) : log1p(s_eps - s_pred));
+    *out1 = s_grad_output * (-_t4*(_t2 ? (1.0/(_t1 + 1.0)) : (1.0/_t3)) + _t5*(_t2 ? -1.0/_t7 : -1.0/_t6));
 }
 """
 

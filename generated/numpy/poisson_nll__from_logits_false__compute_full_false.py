@@ -18,38 +18,56 @@ PARAMETERS = ('epsilon',)
 def _forward(_s, _out, s_pred, s_target, s_epsilon):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, = _s[0]
-    np.add(s_pred, s_epsilon, out=_f0)
-    np.log(_f0, out=_f1)
-    np.multiply(s_target, _f1, out=_f0)
-    np.negative(_f0, out=_f0)
-    np.add(s_pred, _f0, out=_out0)
+    _f0, _f1, _f2, _f3, _f4, = _s[0]
+    _i0, _i1, = _s[2]
+    np.greater(s_pred, (1/2), out=_i0)
+    np.negative(_i0, out=_i0)
+    np.add(s_pred, -1, out=_f0)
+    np.add(_f0, s_epsilon, out=_f1)
+    np.log1p(_f1, out=_f2)
+    np.add(s_pred, s_epsilon, out=_f1)
+    np.log(_f1, out=_f3)
+    blend_into(_f4, _i0, _f2, _f3, _i1)
+    np.multiply(s_target, _f4, out=_f2)
+    np.negative(_f2, out=_f2)
+    np.add(s_pred, _f2, out=_out0)
 
 
 def _forward_backward(_s, _out, s_pred, s_target, s_grad_output, s_epsilon):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, = _s[0]
-    np.add(s_pred, s_epsilon, out=_f0)
-    np.log(_f0, out=_f1)
-    np.multiply(s_target, _f1, out=_f2)
-    np.negative(_f2, out=_f2)
-    np.add(s_pred, _f2, out=_out0)
-    np.divide(1, _f0, out=_f1)
-    np.multiply(s_target, _f1, out=_f2)
-    np.negative(_f2, out=_f2)
-    np.add(_f2, 1, out=_f1)
-    np.multiply(_f1, s_grad_output, out=_out1)
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
+    _b0, = _s[1]
+    _i0, _i1, = _s[2]
+    np.add(s_pred, -1, out=_f0)
+    np.add(_f0, s_epsilon, out=_f1)
+    np.add(s_pred, s_epsilon, out=_f2)
+    np.greater(s_pred, (1/2), out=_b0)
+    mask_into(_i0, _b0)
+    np.log1p(_f1, out=_f3)
+    np.log(_f2, out=_f4)
+    blend_into(_f5, _i0, _f3, _f4, _i1)
+    np.multiply(s_target, _f5, out=_f3)
+    np.negative(_f3, out=_f3)
+    np.add(s_pred, _f3, out=_out0)
+    np.add(_f1, 1, out=_f3)
+    np.divide(1, _f3, out=_f4)
+    np.divide(1, _f2, out=_f3)
+    blend_into(_f5, _i0, _f4, _f3, _i1)
+    np.multiply(s_target, _f5, out=_f3)
+    np.negative(_f3, out=_f3)
+    np.add(_f3, 1, out=_f4)
+    np.multiply(_f4, s_grad_output, out=_out1)
 
 
 def forward(pred, target, *, epsilon=1e-08):
     """Element-wise loss; the result has the prediction's dtype and the broadcast shape."""
-    return _run_elementwise(_forward, (2, 0, 0, 0, 0, 0), (pred, target,), (epsilon,), 1)[0]
+    return _run_elementwise(_forward, (5, 0, 2, 0, 0, 0), (pred, target,), (epsilon,), 1)[0]
 
 
 def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output · ∂loss/∂(differentiable input i), one fused pass."""
     _loss, *_grads = _run_elementwise(
-        _forward_backward, (3, 0, 0, 0, 0, 0), (pred, target, grad_output), (epsilon,), 2
+        _forward_backward, (6, 1, 2, 0, 0, 0), (pred, target, grad_output), (epsilon,), 2
     )
     return _loss, (*_grads,)

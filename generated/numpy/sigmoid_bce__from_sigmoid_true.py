@@ -18,69 +18,81 @@ PARAMETERS = ('eps',)
 def _forward(_s, _out, s_pred, s_label, s_pos_weight, s_eps):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
+    _b0, = _s[1]
     _i0, _i1, = _s[2]
-    np.add(s_label, -1, out=_f0)
-    np.greater(s_pred, (1/2), out=_i0)
-    np.negative(_i0, out=_i0)
-    np.subtract(1, s_pred, out=_f1)
-    np.add(_f1, s_eps, out=_f2)
-    np.log(_f2, out=_f3)
-    np.subtract(s_eps, s_pred, out=_f4)
-    np.log1p(_f4, out=_f5)
-    blend_into(_f4, _i0, _f3, _f5, _i1)
-    np.multiply(_f0, _f4, out=_f3)
-    np.add(s_pred, s_eps, out=_f0)
-    np.log(_f0, out=_f4)
-    np.multiply(s_label, s_pos_weight, out=_f0)
-    np.multiply(_f0, _f4, out=_f0)
-    np.negative(_f0, out=_f0)
-    np.add(_f3, _f0, out=_out0)
+    np.add(s_pred, -1, out=_f0)
+    np.add(s_label, -1, out=_f1)
+    np.greater(s_pred, (1/2), out=_b0)
+    mask_into(_i0, _b0)
+    np.negative(_f0, out=_f2)
+    np.add(_f2, s_eps, out=_f3)
+    np.log(_f3, out=_f4)
+    np.subtract(s_eps, s_pred, out=_f5)
+    np.log1p(_f5, out=_f6)
+    blend_into(_f5, _i0, _f4, _f6, _i1)
+    np.multiply(_f1, _f5, out=_f4)
+    np.add(_f0, s_eps, out=_f1)
+    np.log1p(_f1, out=_f5)
+    np.add(s_pred, s_eps, out=_f1)
+    np.log(_f1, out=_f6)
+    blend_into(_f7, _i0, _f5, _f6, _i1)
+    np.multiply(s_label, s_pos_weight, out=_f5)
+    np.multiply(_f5, _f7, out=_f5)
+    np.negative(_f5, out=_f5)
+    np.add(_f4, _f5, out=_out0)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_pos_weight, s_grad_output, s_eps):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, _f10, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
-    np.add(s_pred, s_eps, out=_f0)
-    np.multiply(s_label, s_pos_weight, out=_f1)
-    np.add(s_label, -1, out=_f2)
-    np.subtract(1, s_pred, out=_f3)
-    np.add(_f3, s_eps, out=_f4)
+    np.add(s_pred, -1, out=_f0)
+    np.add(_f0, s_eps, out=_f1)
+    np.add(s_pred, s_eps, out=_f2)
+    np.multiply(s_label, s_pos_weight, out=_f3)
+    np.add(s_label, -1, out=_f4)
+    np.negative(_f0, out=_f5)
+    np.add(_f5, s_eps, out=_f6)
     np.greater(s_pred, (1/2), out=_b0)
     mask_into(_i0, _b0)
-    np.log(_f4, out=_f5)
-    np.subtract(s_eps, s_pred, out=_f6)
-    np.log1p(_f6, out=_f7)
-    blend_into(_f6, _i0, _f5, _f7, _i1)
-    np.multiply(_f2, _f6, out=_f5)
-    np.log(_f0, out=_f6)
-    np.multiply(_f1, _f6, out=_f7)
+    np.log(_f6, out=_f7)
+    np.subtract(s_eps, s_pred, out=_f8)
+    np.log1p(_f8, out=_f9)
+    blend_into(_f8, _i0, _f7, _f9, _i1)
+    np.multiply(_f4, _f8, out=_f7)
+    np.log1p(_f1, out=_f8)
+    np.log(_f2, out=_f9)
+    blend_into(_f10, _i0, _f8, _f9, _i1)
+    np.multiply(_f3, _f10, out=_f8)
+    np.negative(_f8, out=_f8)
+    np.add(_f7, _f8, out=_out0)
+    np.divide(1, _f6, out=_f7)
+    np.negative(_f7, out=_f8)
+    np.divide(1, _f6, out=_f7)
+    np.negative(_f7, out=_f9)
+    blend_into(_f7, _i0, _f8, _f9, _i1)
+    np.multiply(_f4, _f7, out=_f8)
+    np.add(_f1, 1, out=_f7)
+    np.divide(1, _f7, out=_f9)
+    np.divide(1, _f2, out=_f7)
+    blend_into(_f10, _i0, _f9, _f7, _i1)
+    np.multiply(_f3, _f10, out=_f7)
     np.negative(_f7, out=_f7)
-    np.add(_f5, _f7, out=_out0)
-    np.divide(1, _f4, out=_f5)
-    np.negative(_f5, out=_f6)
-    np.divide(1, _f4, out=_f5)
-    np.negative(_f5, out=_f7)
-    blend_into(_f5, _i0, _f6, _f7, _i1)
-    np.multiply(_f2, _f5, out=_f6)
-    np.divide(1, _f0, out=_f5)
-    np.multiply(_f1, _f5, out=_f7)
-    np.negative(_f7, out=_f7)
-    np.add(_f6, _f7, out=_f5)
-    np.multiply(_f5, s_grad_output, out=_out1)
+    np.add(_f8, _f7, out=_f9)
+    np.multiply(_f9, s_grad_output, out=_out1)
 
 
 def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
     """Element-wise loss; the result has the prediction's dtype and the broadcast shape."""
-    return _run_elementwise(_forward, (6, 0, 2, 0, 0, 0), (pred, label, pos_weight,), (eps,), 1)[0]
+    return _run_elementwise(_forward, (8, 1, 2, 0, 0, 0), (pred, label, pos_weight,), (eps,), 1)[0]
 
 
 def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
     """(loss, grads): grads[i] = grad_output · ∂loss/∂(differentiable input i), one fused pass."""
     _loss, *_grads = _run_elementwise(
-        _forward_backward, (8, 1, 2, 0, 0, 0), (pred, label, pos_weight, grad_output), (eps,), 2
+        _forward_backward, (11, 1, 2, 0, 0, 0), (pred, label, pos_weight, grad_output), (eps,), 2
     )
     return _loss, (*_grads,)
