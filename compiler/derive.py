@@ -69,7 +69,8 @@ def derive(ir):
         gradients[inp.name] = finish(gradient)
     kernel_exprs = [loss, *gradients.values()]
     if ir.has_reductions:
-        kernel_exprs = [split_row_sums(e, ir.element_symbols) for e in kernel_exprs]
+        elements = set(ir.element_symbols) | ({GRAD_OUTPUT} if element_level(loss, ir.element_symbols) else set())
+        kernel_exprs = [split_row_sums(e, elements) for e in kernel_exprs]
     return DerivedLoss(
         ir=ir,
         loss=loss,
@@ -129,6 +130,8 @@ def reduction_gradient(loss, x, element_symbols):
     rules = [placeholder(n.local_derivative()).xreplace({n.args[0]: arguments[k]}) for k, n in enumerate(nodes)]
     rules = [r.xreplace({n: rho[k]}) for k, (r, n) in enumerate(zip(rules, nodes))]
     elementwise = element_level(loss, element_symbols)
+    if elementwise:  # one grad_output per element: it stays inside every Σ_j
+        element_symbols = set(element_symbols) | {GRAD_OUTPUT}
     adjoints = {}
     for k in reversed(range(len(nodes))):
         direct = GRAD_OUTPUT * sympy.diff(objective, rho[k])

@@ -75,6 +75,26 @@ class Loss:
         call = self.bind(args, kwargs)
         return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight), True, grad_output)
 
+    def split_arguments(self, args, kwargs):
+        """(input values in spec order, build-time variant, runtime parameters, class axis) of a
+        call, defaults filled in and parameters validated; the arrays themselves are not
+        checked here (``bind`` does that). For bridges that hand arrays to kernels themselves."""
+        values = self._match(args, kwargs, self.inputs)
+        axis = values.pop("axis", -1)
+        params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
+        variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
+        runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
+        return [values[i["name"]] for i in self.inputs], variant, runtime, axis
+
+    def variant_module(self, variant):
+        """The name of the generated module of one build-time ``variant`` ({name: value})."""
+        return next(v for v in self.manifest["variants"] if v["values"] == variant)["numpy_module"]
+
+    def loss_level(self, variant):
+        """'element' when the loss has one value per element of the prediction, 'row' when a
+        loss over a class axis reduces that axis away."""
+        return getattr(self._module(np, variant), "LOSS_LEVEL", "element")
+
     def bind(self, args, kwargs):
         """Match positional/keyword arguments to inputs and parameters; validate them."""
         if self.pair_inputs:

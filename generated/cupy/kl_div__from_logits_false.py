@@ -33,7 +33,7 @@ STAGES = {
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r1_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r1_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r2_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r2_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('label',), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('label', 'grad_output'), "outputs": 1,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r3_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r3_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_out_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_f64'}},
@@ -123,15 +123,15 @@ __device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r2_f64(doub
     const double _t2 = floor(_t1);
     return _t1 - _t2;
 }
-__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r3_f32(float s_label)
+__device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r3_f32(float s_label, float s_grad_output)
 {
     const float _t4 = (s_label > 0.0f);
-    return (_t4 ? s_label : 0.0f);
+    return s_grad_output*(_t4 ? s_label : 0.0f);
 }
-__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r3_f64(double s_label)
+__device__ __forceinline__ double lossc_kl_div__from_logits_false_fb_r3_f64(double s_label, double s_grad_output)
 {
     const double _t4 = (s_label > 0.0);
-    return (_t4 ? s_label : 0.0);
+    return s_grad_output*(_t4 ? s_label : 0.0);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
 {
@@ -140,7 +140,7 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float
     const float _t3 = _r2 + (_r1 - 1.0f);
     const float _t4 = (s_label > 0.0f);
     *out0 = (_t4 ? s_label*(_t0 - s_pred + logf(s_label) + log1pf(_t3)) : 0.0f);
-    *out1 = s_grad_output*(_r3*_t1/(_t3 + 1.0f) + (_t4 ? -s_label : 0.0f));
+    *out1 = _r3*_t1/(_t3 + 1.0f) + s_grad_output*(_t4 ? -s_label : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
 {
@@ -149,7 +149,7 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(doubl
     const double _t3 = _r2 + (_r1 - 1.0);
     const double _t4 = (s_label > 0.0);
     *out0 = (_t4 ? s_label*(_t0 - s_pred + log(s_label) + log1p(_t3)) : 0.0);
-    *out1 = s_grad_output*(_r3*_t1/(_t3 + 1.0) + (_t4 ? -s_label : 0.0));
+    *out1 = _r3*_t1/(_t3 + 1.0) + s_grad_output*(_t4 ? -s_label : 0.0);
 }
 """
 

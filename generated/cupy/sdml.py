@@ -33,7 +33,11 @@ STAGES = {
          "functions": {"float32": 'lossc_sdml_fb_r1_f32', "float64": 'lossc_sdml_fb_r1_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_sdml_fb_r2_f32', "float64": 'lossc_sdml_fb_r2_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 2,
+        {"op": 'sum', "level": 'element', "arguments": ('grad_output',), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fb_r3_f32', "float64": 'lossc_sdml_fb_r3_f64'}},
+        {"op": 'sum', "level": 'element', "arguments": ('position', 'grad_output', '_j'), "outputs": 1,
+         "functions": {"float32": 'lossc_sdml_fb_r4_f32', "float64": 'lossc_sdml_fb_r4_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_sdml_fb_out_f32', "float64": 'lossc_sdml_fb_out_f64'}},
     ),
 }
@@ -99,51 +103,71 @@ __device__ __forceinline__ double lossc_sdml_fb_r0_f64(double s_distance)
 }
 __device__ __forceinline__ float lossc_sdml_fb_r1_f32(float s_distance, float _r0)
 {
-    const float _t3 = _r0 + s_distance;
-    const float _t4 = expf(-_t3);
-    const float _t5 = floorf(_t4);
-    return _t5;
+    const float _t4 = _r0 + s_distance;
+    const float _t5 = expf(-_t4);
+    const float _t6 = floorf(_t5);
+    return _t6;
 }
 __device__ __forceinline__ double lossc_sdml_fb_r1_f64(double s_distance, double _r0)
 {
-    const double _t3 = _r0 + s_distance;
-    const double _t4 = exp(-_t3);
-    const double _t5 = floor(_t4);
-    return _t5;
+    const double _t4 = _r0 + s_distance;
+    const double _t5 = exp(-_t4);
+    const double _t6 = floor(_t5);
+    return _t6;
 }
 __device__ __forceinline__ float lossc_sdml_fb_r2_f32(float s_distance, float _r0)
 {
-    const float _t3 = _r0 + s_distance;
-    const float _t4 = expf(-_t3);
-    const float _t5 = floorf(_t4);
-    return _t4 - _t5;
+    const float _t4 = _r0 + s_distance;
+    const float _t5 = expf(-_t4);
+    const float _t6 = floorf(_t5);
+    return _t5 - _t6;
 }
 __device__ __forceinline__ double lossc_sdml_fb_r2_f64(double s_distance, double _r0)
 {
-    const double _t3 = _r0 + s_distance;
-    const double _t4 = exp(-_t3);
-    const double _t5 = floor(_t4);
-    return _t4 - _t5;
+    const double _t4 = _r0 + s_distance;
+    const double _t5 = exp(-_t4);
+    const double _t6 = floor(_t5);
+    return _t5 - _t6;
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float* out0, float* out1)
+__device__ __forceinline__ float lossc_sdml_fb_r3_f32(float s_grad_output)
 {
-    const float _t0 = ((_j == s_position) ? 1.0f : 0.0f);
-    const float _t1 = s_smoothing_parameter/(s_classes - 1.0f);
-    const float _t2 = _t0*(s_smoothing_parameter - 1.0f) + _t1*(_t0 - 1.0f);
-    const float _t3 = _r0 + s_distance;
-    const float _t6 = _r2 + (_r1 - 1.0f);
-    *out0 = -_t2*(_t3 + logf(-_t2 + 9.99999996e-13f) + log1pf(_t6));
-    *out1 = -s_grad_output*(_t2 + (_t1*s_classes - _t1 - s_smoothing_parameter + 1.0f)*expf(-_t3)/(_t6 + 1.0f));
+    return s_grad_output;
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double* out0, double* out1)
+__device__ __forceinline__ double lossc_sdml_fb_r3_f64(double s_grad_output)
 {
-    const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
-    const double _t1 = s_smoothing_parameter/(s_classes - 1.0);
-    const double _t2 = _t0*(s_smoothing_parameter - 1.0) + _t1*(_t0 - 1.0);
-    const double _t3 = _r0 + s_distance;
-    const double _t6 = _r2 + (_r1 - 1.0);
-    *out0 = -_t2*(_t3 + log(-_t2 + 1e-12) + log1p(_t6));
-    *out1 = -s_grad_output*(_t2 + (_t1*s_classes - _t1 - s_smoothing_parameter + 1.0)*exp(-_t3)/(_t6 + 1.0));
+    return s_grad_output;
+}
+__device__ __forceinline__ float lossc_sdml_fb_r4_f32(float s_position, float s_grad_output, float _j)
+{
+    const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
+    return _t1*s_grad_output;
+}
+__device__ __forceinline__ double lossc_sdml_fb_r4_f64(double s_position, double s_grad_output, double _j)
+{
+    const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
+    return _t1*s_grad_output;
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
+{
+    const float _t0 = s_smoothing_parameter - 1.0f;
+    const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
+    const float _t2 = s_smoothing_parameter/(s_classes - 1.0f);
+    const float _t3 = _t0*_t1 + _t2*(_t1 - 1.0f);
+    const float _t4 = _r0 + s_distance;
+    const float _t7 = _r2 + (_r1 - 1.0f);
+    *out0 = -_t3*(_t4 + logf(-_t3 + 9.99999996e-13f) + log1pf(_t7));
+    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*expf(-_t4)/(_t7 + 1.0f);
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
+{
+    const double _t0 = s_smoothing_parameter - 1.0;
+    const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
+    const double _t2 = s_smoothing_parameter/(s_classes - 1.0);
+    const double _t3 = _t0*_t1 + _t2*(_t1 - 1.0);
+    const double _t4 = _r0 + s_distance;
+    const double _t7 = _r2 + (_r1 - 1.0);
+    *out0 = -_t3*(_t4 + log(-_t3 + 1e-12) + log1p(_t7));
+    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*exp(-_t4)/(_t7 + 1.0);
 }
 """
 

@@ -52,13 +52,14 @@ def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_cla
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
     _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, = _s[3]
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
+    _t0 = float(s_smoothing_parameter - 1)
     np.equal(_j, s_position, out=_f0)
-    _t1 = float(s_smoothing_parameter/(s_classes - 1))
+    _t2 = float(s_smoothing_parameter/(s_classes - 1))
     np.add(_f0, -1, out=_f1)
-    np.multiply(_f1, _t1, out=_f2)
+    np.multiply(_f1, _t2, out=_f2)
     np.add(_f2, 0, out=_f1)
-    scatter_add_into(_f1, s_position, float(s_smoothing_parameter - 1))
+    scatter_add_into(_f1, s_position, _t0)
     np.negative(s_distance, out=_f2)
     np.max(_f2, axis=-1, keepdims=True, out=_rf0)
     np.add(s_distance, _rf0, out=_f2)
@@ -77,13 +78,19 @@ def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_cla
     np.add(_f5, _rf0, out=_f5)
     np.multiply(_f1, _f5, out=_f6)
     np.negative(_f6, out=_out0)
+    np.multiply(_f1, s_grad_output, out=_f5)
+    np.negative(_f5, out=_f5)
     np.add(_rf2, 1, out=_rf0)
     np.divide(1, _rf0, out=_rf3)
-    np.multiply(_rf3, float(_t1*s_classes - _t1 - s_smoothing_parameter + 1), out=_rf0)
-    np.multiply(_f4, _rf0, out=_f5)
-    np.add(_f1, _f5, out=_f6)
-    np.multiply(s_grad_output, _f6, out=_f5)
-    np.negative(_f5, out=_out1)
+    np.sum(s_grad_output, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf0, _t2, out=_rf4)
+    pick_into(_rf0, s_grad_output, s_position)
+    np.multiply(_rf0, float(-_t0 - _t2), out=_rf5)
+    np.add(_rf4, _rf5, out=_rf0)
+    np.multiply(_rf3, _rf0, out=_rf4)
+    np.negative(_rf4, out=_rf4)
+    np.multiply(_f4, _rf4, out=_f6)
+    np.add(_f5, _f6, out=_out1)
 
 
 def forward(distance, position, *, smoothing_parameter=0.3):
@@ -94,7 +101,7 @@ def forward(distance, position, *, smoothing_parameter=0.3):
 def forward_backward(distance, position, *, smoothing_parameter=0.3, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (7, 0, 0, 4, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (7, 0, 0, 6, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (smoothing_parameter,), 2
     )
     return _loss, (*_grads,)

@@ -1,0 +1,113 @@
+"""lossc in PyTorch: every loss a differentiable, ``torch.compile``-able op on tensors.
+
+``lossc.torch.get(name)`` returns a function with the inputs, parameters and pipeline
+arguments of ``lossc.get(name)`` (``weight``, ``reduction``, ``avg_factor``,
+``loss_weight``) that takes and returns tensors and lives in autograd: the forward runs
+the fused loss-and-gradient kernel once when an input requires grad (see
+:mod:`lossc.torch.ops`). ``lossc.torch.Loss(name, **params)`` is the ``nn.Module``;
+``lossc.torch.<name>`` is ``get(name)`` for names that are not a drop-in of
+``torch.nn.functional`` (those are in :mod:`lossc.torch.functional` and exported here).
+
+float32 and float64 compute in their own precision; float16 and bfloat16 compute in float32
+and return the input's dtype. Inputs are never modified.
+
+Importing this module needs PyTorch (``pip install -e ".[torch]"``); ``import lossc`` does not.
+"""
+import torch
+
+from ..registry import get as _get_loss
+from .functional import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, sigmoid_focal_loss,
+                         smooth_l1_loss)
+from .ops import op
+
+__all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cross_entropy", "huber_loss", "kl_div",
+           "smooth_l1_loss", "sigmoid_focal_loss"]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class TorchLoss:
+    """A lossc loss on tensors (what ``get`` returns)."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        self.name = loss.name
+        self.__doc__ = f"{loss.summary}\n\n{loss.doc}"
+
+    def __repr__(self):
+        return f"<lossc.torch loss {self.name}>"
+
+    def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
+        """The loss after the pipeline, a tensor in the prediction's dtype (element-wise for 'none')."""
+        if self.loss.pair_inputs:
+            raise NotImplementedError(f"{self.name}: losses over pair inputs are not in lossc.torch yet")
+        values, variant, runtime, axis = self.loss.split_arguments(args, kwargs)
+        tensors = self._tensors(values)
+        pred = tensors[0]
+        out_dtype = pred.dtype
+        if out_dtype in LOW_PRECISION:
+            tensors = [t.float() if t.is_floating_point() else t for t in tensors]
+        if weight is not None:
+            weight = torch.as_tensor(weight, device=pred.device)
+            weight = weight.to(tensors[0].dtype) if weight.is_floating_point() else weight.double().to(tensors[0].dtype)
+        with_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t, spec in zip(tensors, self.loss.inputs) if spec["differentiable"])
+        outputs = op(self.loss, variant)(tensors, [float(v) for v in runtime.values()], weight, str(reduction),
+                                         None if avg_factor is None else float(avg_factor), float(loss_weight),
+                                         int(axis), with_grad)
+        return outputs[0].to(out_dtype)
+
+    def _tensors(self, values):
+        """Every input as a tensor on the prediction's device; a clear error for what does not fit."""
+        pred = values[0]
+        if not isinstance(pred, torch.Tensor):
+            raise TypeError(f"{self.name}: the prediction '{self.loss.inputs[0]['name']}' must be a torch.Tensor, "
+                            f"got {type(pred).__name__}")
+        if not pred.is_floating_point():
+            raise TypeError(f"{self.name}: the prediction must be a floating-point tensor, got {pred.dtype}")
+        tensors = []
+        for spec, value in zip(self.loss.inputs, values):
+            name = spec["name"]
+            tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(
+                value, dtype=pred.dtype if isinstance(value, float) else None, device=pred.device)
+            if tensor.device != pred.device:
+                raise ValueError(f"{self.name}: input '{name}' is on {tensor.device} but the prediction is on "
+                                 f"{pred.device}")
+            if tensor.requires_grad and not spec["differentiable"]:
+                raise ValueError(f"{self.name}: input '{name}' requires grad but the loss is not differentiable "
+                                 f"with respect to it (detach it)")
+            if tensor.is_complex():
+                raise TypeError(f"{self.name}: input '{name}' must be real, got {tensor.dtype}")
+            if tensor.is_floating_point() and tensor.dtype != pred.dtype and pred.dtype not in LOW_PRECISION:
+                tensor = tensor.to(pred.dtype)
+            tensors.append(tensor)
+        return tensors
+
+
+def get(name):
+    """The lossc loss ``name`` (built-in or registered with ``lossc.register_generated``) on tensors."""
+    return TorchLoss(_get_loss(name))
+
+
+class Loss(torch.nn.Module):
+    """``nn.Module`` around ``get(name)``; constructor keywords are fixed parameters and
+    pipeline arguments, call keywords override them."""
+
+    def __init__(self, name, **params):
+        super().__init__()
+        self.name, self.params = name, params
+        self.fn = get(name)
+
+    def forward(self, *args, **kwargs):
+        """The loss of the inputs (see :class:`TorchLoss`)."""
+        return self.fn(*args, **{**self.params, **kwargs})
+
+    def extra_repr(self):
+        return ", ".join([repr(self.name)] + [f"{k}={v!r}" for k, v in self.params.items()])
+
+
+def __getattr__(name):
+    """``lossc.torch.<loss name>`` for every registered loss not shadowed by a drop-in."""
+    try:
+        return get(name)
+    except KeyError:
+        raise AttributeError(f"module 'lossc.torch' has no attribute {name!r}") from None

@@ -1,0 +1,108 @@
+"""Drop-ins for ``torch.nn.functional`` (and torchvision's focal loss) on lossc kernels.
+
+Each takes PyTorch's own signature and returns what PyTorch returns, values and gradients,
+computed by the generated kernels (one fused pass for loss and gradient). Where lossc is
+more accurate than PyTorch (logits of ±1e4 in the focal loss, confident predictions in the
+cross-entropy), the difference is lossc being right; the tests check those points against
+50-digit mpmath instead of PyTorch.
+"""
+import torch
+
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _loss(name):
+    from . import get
+
+    return get(name)
+
+
+def _reduction(reduction, size_average=None, reduce=None):
+    """PyTorch's reduction argument, including its deprecated size_average/reduce pair."""
+    if size_average is not None or reduce is not None:
+        reduce = True if reduce is None else reduce
+        size_average = True if size_average is None else size_average
+        reduction = "none" if not reduce else ("mean" if size_average else "sum")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    return reduction
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
+                                     pos_weight=None):
+    """PyTorch's BCE with logits: −w·[pos_weight·y·log σ(x) + (1 − y)·log(1 − σ(x))], computed
+    overflow-free (softplus form); ``weight`` broadcasts to the loss, ``pos_weight`` along the
+    class (last) axis."""
+    if target.shape != input.shape:
+        raise ValueError(f"Target size ({tuple(target.shape)}) must be the same as input size ({tuple(input.shape)})")
+    return _loss("sigmoid_bce")(input, target, 1.0 if pos_weight is None else pos_weight, weight=weight,
+                                reduction=_reduction(reduction, size_average, reduce))
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    """PyTorch's smooth L1: ½d²/β where |d| < β, else |d| − β/2 (β = 0 is the L1 loss)."""
+    reduction = _reduction(reduction, size_average, reduce)
+    if beta < 0:
+        raise ValueError("smooth_l1_loss does not support negative values for beta.")
+    if beta == 0:
+        return _loss("l1")(input, target, reduction=reduction)
+    return _loss("huber")(input, target, rho=float(beta), reduction=reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    """PyTorch's Huber loss: ½d² where |d| < δ, else δ·(|d| − δ/2) — δ times smooth L1 with β = δ."""
+    if delta <= 0:
+        raise ValueError("huber_loss does not support non-positive values for delta.")
+    return _loss("huber")(input, target, rho=float(delta), reduction=_reduction(reduction), loss_weight=float(delta),
+                          weight=weight)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0):
+    """PyTorch's cross-entropy over the class dimension 1 (0 for a 1-D input): class indices
+    (with ``ignore_index``) or class probabilities as targets, class ``weight`` and
+    ``label_smoothing``; 'mean' divides by Σ weight[target] over the non-ignored entries for
+    indices, by the number of entries for probabilities."""
+    reduction = _reduction(reduction, size_average, reduce)
+    axis = 0 if input.dim() == 1 else 1
+    if target.is_floating_point():
+        if weight is not None:
+            raise NotImplementedError("lossc.torch.cross_entropy: class weights with probability targets are not "
+                                      "supported yet (use class indices, or torch.nn.functional.cross_entropy)")
+        loss = _loss("softmax_ce_dense")(input, target, label_smoothing=float(label_smoothing), axis=axis,
+                                         reduction="sum" if reduction == "mean" else reduction)
+        return loss / (input.numel() // input.shape[axis]) if reduction == "mean" else loss
+    class_weight = 1.0 if weight is None else weight.to(input.dtype).reshape(
+        (-1,) + (1,) * (input.dim() - axis - 1))
+    loss = _loss("softmax_ce")(input, target, class_weight, class_weighted=weight is not None,
+                               label_smoothing=float(label_smoothing), ignore_index=int(ignore_index), axis=axis,
+                               reduction="sum" if reduction == "mean" else reduction)
+    if reduction != "mean":
+        return loss
+    kept = target != ignore_index
+    if weight is None:
+        return loss / kept.sum().to(loss.dtype)
+    return loss / (weight.to(loss.dtype)[target.clamp(0, input.shape[axis] - 1)] * kept).sum()
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    """PyTorch's KL divergence: input holds log-probabilities; target·(log target − input),
+    0 where target is 0; reduction 'batchmean' divides the sum by input.size(0)."""
+    if reduction == "batchmean":
+        loss = _loss("kl_div")(input, target.exp() if log_target else target, from_logits=True, reduction="sum")
+        return loss / (input.shape[0] if input.dim() else 1)
+    reduction = _reduction(reduction, size_average, reduce)
+    return _loss("kl_div")(input, target.exp() if log_target else target, from_logits=True, reduction=reduction)
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss for binary targets: α_t·(1 − p_t)^γ·BCE, with α < 0
+    meaning no α weighting; exact at any logit (torchvision overflows to inf/NaN near ±1e4).
+    Soft targets follow lossc's formula −y·α(1−p)^γ log p − (1−y)(1−α)p^γ log(1−p)."""
+    reduction = _reduction(reduction)
+    if alpha < 0:  # no α weighting: α = ½ weighs both terms by ½, so twice that
+        return _loss("sigmoid_focal")(inputs, targets, alpha=0.5, gamma=float(gamma), reduction=reduction,
+                                      loss_weight=2.0)
+    return _loss("sigmoid_focal")(inputs, targets, alpha=float(alpha), gamma=float(gamma), reduction=reduction)
+

@@ -1,0 +1,182 @@
+"""One ``torch.library`` custom op per loss variant, with a fake (meta) kernel and autograd.
+
+``lossc::<module>`` runs the generated kernels of one build-time variant on the tensors'
+memory: CPU tensors through zero-copy NumPy views (the native kernels where they run), CUDA
+tensors through DLPack to the CuPy kernels on torch's current stream. With ``with_grad``
+the one fused pass returns the pipeline's loss *and* the gradient of that loss (summed
+over its elements) w.r.t. each differentiable input; the backward multiplies those saved
+gradients by the incoming gradient, never running a kernel again — except for
+reduction='none' where one output depends on several inputs (an element loss over a class
+axis, or a differentiable input broadcast to the loss shape): there the backward runs the
+fused kernel once with the incoming gradient as the element weight (d Σ g·w·loss / d x).
+
+Schema (the same for every op):
+``(Tensor[] inputs, float[] params, Tensor? weight, str reduction, float? avg_factor,
+float loss_weight, int axis, bool with_grad) -> Tensor[]``: the spec's inputs in order, its
+runtime parameters in order, MMDetection's pipeline arguments, the class axis, and whether
+to return [loss, *gradients] or [loss].
+"""
+import numpy as np
+import torch
+
+from ..registry import get
+
+SCHEMA = ("(Tensor[] inputs, float[] params, Tensor? weight, str reduction, float? avg_factor, float loss_weight, "
+          "int axis, bool with_grad) -> Tensor[]")
+_ops = {}
+
+
+def op(loss, variant):
+    """The custom op of ``loss``'s build-time ``variant``, registered on first use."""
+    module = loss.variant_module(variant)
+    if module not in _ops:
+        _ops[module] = _register(loss.name, module, dict(variant))
+    return _ops[module]
+
+
+def _register(name, module, variant):
+    """Define lossc::<module> with its implementation, fake kernel and autograd formula."""
+
+    @torch.library.custom_op(f"lossc::{module}", mutates_args=(), schema=SCHEMA)
+    def kernel(inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
+        return _run(get(name), variant, inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad)
+
+    @kernel.register_fake
+    def _(inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
+        loss = get(name)
+        shape = () if reduction != "none" else _elementwise_shape(loss, variant, inputs, axis)
+        outputs = [inputs[0].new_empty(shape)]
+        if with_grad:
+            outputs += [inputs[k].new_empty(inputs[k].shape) for k in _differentiable(loss)]
+        return outputs
+
+    def setup_context(ctx, inputs, output):
+        tensors, params, weight, reduction, avg_factor, loss_weight, axis, with_grad = inputs
+        ctx.arguments = (list(tensors), list(params), weight, reduction, avg_factor, loss_weight, axis)
+        ctx.save_for_backward(*output[1:])
+
+    def backward(ctx, grads):
+        loss = get(name)
+        tensors, params, weight, reduction, avg_factor, loss_weight, axis = ctx.arguments
+        upstream, saved = grads[0], ctx.saved_tensors
+        index = _differentiable(loss)
+        if not saved or (reduction == "none" and not _saved_gradient_suffices(loss, variant, tensors, index, axis)):
+            saved, factor = _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight,
+                                             axis, upstream), None
+        else:
+            factor = upstream if reduction != "none" else _along_inputs(loss, variant, upstream, tensors[0], axis)
+        result = [None] * len(tensors)
+        for k, gradient in zip(index, saved):
+            result[k] = gradient if factor is None else gradient * factor
+        no_params = [] if not params else None  # torch's input spec: an empty list stays a list, floats a leaf
+        return result, no_params, None, None, None, None, None, None
+
+    kernel.register_autograd(backward, setup_context=setup_context)
+    return kernel
+
+
+def _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight, axis, upstream):
+    """The gradients of Σ upstream·loss by one more fused pass: for 'none', the incoming
+    gradient becomes the element weight (d Σ g·w·loss / dx); for a reduced loss (called
+    without with_grad) the saved-gradient rule's factor is applied to a fresh pass."""
+    if reduction == "none":
+        weighted = upstream if weight is None else upstream * weight
+        _, *grads = kernel(tensors, params, weighted, "sum", None, loss_weight, axis, True)
+        return grads
+    _, *grads = kernel(tensors, params, weight, reduction, avg_factor, loss_weight, axis, True)
+    return [g * upstream for g in grads]
+
+
+def _differentiable(loss):
+    return [k for k, spec in enumerate(loss.inputs) if spec["differentiable"]]
+
+
+def _class_axis(loss, ndim, axis):
+    """The class axis of a prediction with ``ndim`` dimensions."""
+    if loss.class_axis == "last":
+        return ndim - 1
+    if loss.class_axis == "non_batch":
+        return None
+    return axis % ndim
+
+
+def _elementwise_shape(loss, variant, inputs, axis):
+    """The shape of the loss before reduction."""
+    pred = inputs[0]
+    if loss.class_axis is None:
+        return torch.broadcast_shapes(*(t.shape for t in inputs))
+    if loss.loss_level(variant) == "element":
+        return pred.shape
+    class_axis = _class_axis(loss, pred.dim(), axis)
+    if class_axis is None:
+        return pred.shape[:1]
+    return pred.shape[:class_axis] + pred.shape[class_axis + 1:]
+
+
+def _saved_gradient_suffices(loss, variant, tensors, index, axis):
+    """For reduction='none': whether each input gradient is the incoming gradient times the
+    saved one (each loss value depends only on its own element, or on its own row)."""
+    if loss.class_axis is not None and loss.loss_level(variant) == "element":
+        return False
+    shape = _elementwise_shape(loss, variant, tensors, axis)
+    if loss.class_axis is None:
+        return all(tuple(tensors[k].shape) == tuple(shape) for k in index)
+    return all(tuple(tensors[k].shape) == tuple(tensors[0].shape) for k in index)
+
+
+def _along_inputs(loss, variant, upstream, pred, axis):
+    """The incoming gradient of an unreduced loss, shaped to multiply an input's gradient."""
+    if loss.class_axis is None or loss.loss_level(variant) == "element":
+        return upstream
+    class_axis = _class_axis(loss, pred.dim(), axis)
+    if class_axis is None:
+        return upstream.reshape(upstream.shape + (1,) * (pred.dim() - 1))
+    return upstream.unsqueeze(class_axis)
+
+
+def _run(loss, variant, inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
+    """The kernels on the tensors' memory; new tensors of torch's for every result."""
+    device = inputs[0].device
+    runtime = {p: _param_value(loss, p, v) for p, v in zip(_runtime_names(loss), params)}
+    kwargs = dict(weight=None if weight is None else _array(weight), reduction=reduction, avg_factor=avg_factor,
+                  loss_weight=loss_weight, **variant, **runtime, **({"axis": axis} if loss.class_axis == "parameter" else {}))
+    arrays = [_array(t) for t in inputs]
+    if device.type == "cuda":
+        import cupy
+
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+            results = _evaluate(loss, arrays, kwargs, with_grad)
+            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in results]
+    results = _evaluate(loss, arrays, kwargs, with_grad)
+    return [torch.from_numpy(np.array(r, copy=True) if _shares_memory(r, arrays) else np.require(r, requirements="C"))
+            for r in results]
+
+
+def _evaluate(loss, arrays, kwargs, with_grad):
+    if not with_grad:
+        return [loss(*arrays, **kwargs)]
+    value, grads = loss.value_and_grad(*arrays, **kwargs)
+    return [value, *grads]
+
+
+def _shares_memory(result, arrays):
+    """A custom op's outputs must never alias its inputs."""
+    return any(isinstance(a, np.ndarray) and np.shares_memory(np.asarray(result), a) for a in arrays)
+
+
+def _array(tensor):
+    """A zero-copy NumPy (CPU) or CuPy (CUDA) view of a tensor, made contiguous once."""
+    tensor = tensor.detach().contiguous()
+    if tensor.device.type == "cuda":
+        import cupy
+
+        return cupy.from_dlpack(tensor)
+    return tensor.numpy()
+
+
+def _runtime_names(loss):
+    return [n for n, p in loss.parameters.items() if not p["variant"]]
+
+
+def _param_value(loss, name, value):
+    return int(value) if loss.parameters[name]["type"] == "int" else float(value)

@@ -1,0 +1,359 @@
+"""lossc.torch: every loss a differentiable, compilable torch op.
+
+gradcheck through the ops for every loss and variant, opcheck on every op, a compiled
+training step with no graph break, DDP over two gloo processes, and the drop-ins against
+torch.nn.functional (mpmath where PyTorch itself is not exact)."""
+import os
+
+import mpmath
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import lossc  # noqa: E402
+import lossc.torch as lt  # noqa: E402
+from lossc.torch.ops import SCHEMA, op  # noqa: E402
+
+pytestmark = pytest.mark.torch
+F = torch.nn.functional
+
+
+def _variants(name):
+    return [v["values"] for v in lossc.get(name).manifest["variants"]]
+
+
+CASES = [(name, variant) for name in lossc.list_losses() if not lossc.get(name).pair_inputs
+         for variant in _variants(name)]
+
+
+def _ids(case):
+    name, variant = case
+    return name + "".join(f"-{k}={v}" for k, v in variant.items())
+
+
+def _probabilities(name, variant):
+    """Whether this variant's prediction is a probability (or a positive rate)."""
+    return bool(variant.get("from_sigmoid")) or (name in ("focal", "focal_dense") and variant.get("from_logits")) \
+        or (name == "poisson_nll" and not variant.get("from_logits"))
+
+
+def inputs_for(name, variant, gen, shape=(4, 5)):
+    """Float64 tensors a loss accepts at smooth points: probabilities where the variant wants
+    them, class indices for row inputs, distributions for dense targets, ±1 or [0, 1] labels."""
+    loss = lossc.get(name)
+    tensors = []
+    for spec in loss.inputs:
+        if spec["role"] == "prediction":
+            pred = torch.rand(shape, generator=gen, dtype=torch.float64) * 0.8 + 0.1 if _probabilities(name, variant) \
+                else torch.randn(shape, generator=gen, dtype=torch.float64) * 1.5
+            tensors.append(pred)
+        elif spec["per"] == "row":
+            if spec.get("class_index") or name == "focal":
+                tensors.append(torch.randint(0, shape[-1], shape[:-1], generator=gen))
+            else:
+                tensors.append(torch.randint(0, 2, shape[:-1], generator=gen).double() * 2 - 1)
+        elif spec["role"] == "extra":
+            tensors.append(torch.rand(shape[-1], generator=gen, dtype=torch.float64) + 0.5)
+        elif loss.class_axis and name in ("softmax_ce_dense", "kl_div"):
+            tensors.append(torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), -1))
+        elif spec["differentiable"]:
+            tensors.append(torch.randn(shape, generator=gen, dtype=torch.float64))
+        else:
+            tensors.append(torch.rand(shape, generator=gen, dtype=torch.float64))
+    return tensors
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_gradcheck_through_every_op(case, reduction):
+    name, variant = case
+    gen = torch.Generator().manual_seed(3)
+    tensors = inputs_for(name, variant, gen)
+    loss = lossc.get(name)
+    differentiable = [k for k, s in enumerate(loss.inputs) if s["differentiable"]]
+    for k in differentiable:
+        tensors[k].requires_grad_()
+    fn = lt.get(name)
+    weight = torch.rand(tensors[0].shape[:1] + (1,) * (tensors[0].dim() - 1), generator=gen, dtype=torch.float64)
+    if loss.class_axis and loss.loss_level(variant) == "row":
+        weight = weight.reshape(-1)
+
+    def call(*grads_inputs):
+        args = list(tensors)
+        for k, t in zip(differentiable, grads_inputs):
+            args[k] = t
+        return fn(*args, reduction=reduction, weight=weight, **variant)
+
+    assert torch.autograd.gradcheck(call, tuple(tensors[k] for k in differentiable), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_opcheck_on_every_op(case):
+    name, variant = case
+    loss = lossc.get(name)
+    gen = torch.Generator().manual_seed(4)
+    tensors = inputs_for(name, variant, gen)
+    for k, spec in enumerate(loss.inputs):
+        if spec["differentiable"]:
+            tensors[k].requires_grad_()
+    params = [float(p["default"]) for p in loss.manifest["parameters"] if not p["variant"]]
+    for reduction, with_grad in (("none", True), ("mean", True), ("sum", False)):
+        torch.library.opcheck(op(loss, variant), (tensors, params, None, reduction, None, 1.0, -1, with_grad))
+
+
+def test_ops_share_one_schema():
+    loss = lossc.get("huber")
+    assert str(op(loss, {})._opoverload._schema).endswith("-> Tensor[]") and "Tensor[] inputs" in SCHEMA
+
+
+def test_one_fused_pass_forward_and_no_kernel_in_backward(monkeypatch):
+    calls = []
+    loss = lossc.get("sigmoid_focal")
+    original = type(loss).value_and_grad
+
+    def counting(self, *args, **kwargs):
+        calls.append("value_and_grad")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(loss), "value_and_grad", counting)
+    x = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(100) > 0.5).double()
+    out = lt.get("sigmoid_focal")(x, y, reduction="mean")
+    assert calls == ["value_and_grad"]
+    out.backward()
+    assert calls == ["value_and_grad"]
+    with torch.no_grad():
+        lt.get("sigmoid_focal")(x, y)
+    assert calls == ["value_and_grad"]  # nothing requires grad: the forward-only kernel
+
+
+def _train_step(model, x, target, soft):
+    out = model(x)
+    return lt.cross_entropy(out, target) + lt.binary_cross_entropy_with_logits(out, soft) + \
+        lt.smooth_l1_loss(out, soft, beta=0.5)
+
+
+def test_torch_compile_fullgraph_gives_the_eager_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    x, target, soft = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,)), torch.rand(8, 3).double()
+    eager = _train_step(model, x, target, soft)
+    eager.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(_train_step, fullgraph=True)(model, x, target, soft)
+    compiled.backward()
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-14)
+    for got, expected in zip((p.grad for p in model.parameters()), want):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def _ddp_worker(rank, world, port, result_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, data = _ddp_setup()
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        x, target, soft = (d.chunk(world)[rank] for d in data)
+        for _ in range(3):
+            optimizer.zero_grad()
+            _train_step(ddp, x, target, soft).backward()
+            optimizer.step()
+        if rank == 0:
+            torch.save([p.detach() for p in model.parameters()], result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_setup():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 3).double()
+    data = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,)), torch.rand(16, 3).double())
+    return model, data
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = tmp_path / "params.pt"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(result)), nprocs=2, join=True)
+    model, (x, target, soft) = _ddp_setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        _train_step(model, x, target, soft).backward()  # every loss is a mean: equal halves average to it
+        optimizer.step()
+    for got, want in zip(torch.load(result), model.parameters()):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-13)
+
+
+def _pair(fn_ours, fn_torch, *tensors, **kwargs):
+    """(ours, theirs) values and gradients w.r.t. the first tensor."""
+    results = []
+    for fn in (fn_ours, fn_torch):
+        first = tensors[0].detach().clone().requires_grad_()
+        value = fn(first, *tensors[1:], **kwargs)
+        value.sum().backward()
+        results.append((value.detach(), first.grad))
+    return results
+
+
+DROP_IN_TOL = dict(rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_bce_with_logits_matches_torch(reduction):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 4
+    y = torch.rand(6, 5, generator=gen, dtype=torch.float64)
+    for kwargs in ({}, {"weight": torch.rand(6, 1, generator=gen, dtype=torch.float64)},
+                   {"pos_weight": torch.rand(5, generator=gen, dtype=torch.float64) * 3}):
+        (a, da), (b, db) = _pair(lt.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y,
+                                 reduction=reduction, **kwargs)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, **DROP_IN_TOL)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(7, 4), (3, 4, 5), (4,)])
+def test_cross_entropy_matches_torch(reduction, shape):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    target_shape = () if len(shape) == 1 else shape[:1] + shape[2:]
+    target = torch.randint(0, classes, target_shape, generator=gen)
+    weight = torch.rand(classes, generator=gen, dtype=torch.float64) + 0.5
+    cases = [{}, {"weight": weight}, {"label_smoothing": 0.2}, {"weight": weight, "label_smoothing": 0.1}]
+    if target.dim():
+        target.view(-1)[0] = 2
+        cases += [{"ignore_index": 2}, {"ignore_index": 2, "weight": weight, "label_smoothing": 0.3}]
+    for kwargs in cases:
+        (a, da), (b, db) = _pair(lt.cross_entropy, F.cross_entropy, x, target, reduction=reduction, **kwargs)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, **DROP_IN_TOL)
+    soft = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), 0 if len(shape) == 1 else 1)
+    for kwargs in ({}, {"label_smoothing": 0.25}):
+        (a, da), (b, db) = _pair(lt.cross_entropy, F.cross_entropy, x, soft, reduction=reduction, **kwargs)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, **DROP_IN_TOL)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_smooth_l1_huber_and_kl_div_match_torch(reduction):
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64) * 2
+    for beta in (1.0, 0.3, 0.0):
+        (a, da), (b, db) = _pair(lt.smooth_l1_loss, F.smooth_l1_loss, x, y, reduction=reduction, beta=beta)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, **DROP_IN_TOL)
+    for delta in (1.0, 0.4, 2.5):
+        (a, da), (b, db) = _pair(lt.huber_loss, F.huber_loss, x, y, reduction=reduction, delta=delta)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, **DROP_IN_TOL)
+    logp = torch.log_softmax(x, -1)
+    q = torch.softmax(y, -1)
+    q[0, 0] = 0.0
+    for red in (reduction, "batchmean"):
+        for log_target, target in ((False, q), (True, torch.log_softmax(y, -1))):
+            (a, da), (b, db) = _pair(lt.kl_div, F.kl_div, logp, target, reduction=red, log_target=log_target)
+            torch.testing.assert_close(a, b, **DROP_IN_TOL)
+            torch.testing.assert_close(da, db, **DROP_IN_TOL)
+
+
+def _torchvision_focal(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss, as written in torchvision 0.2x."""
+    p = torch.sigmoid(inputs)
+    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_sigmoid_focal_matches_torchvision_and_is_exact_at_extremes(reduction):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 7, generator=gen, dtype=torch.float64) * 3
+    y = (torch.rand(5, 7, generator=gen) > 0.6).double()
+    for alpha, gamma in ((0.25, 2.0), (-1, 1.5), (0.6, 0.0)):
+        (a, da), (b, db) = _pair(lt.sigmoid_focal_loss, _torchvision_focal, x, y, alpha=alpha, gamma=gamma,
+                                 reduction=reduction)
+        torch.testing.assert_close(a, b, **DROP_IN_TOL)
+        torch.testing.assert_close(da, db, rtol=1e-11, atol=1e-14)
+    extreme = torch.tensor([-1e4, -50.0, 50.0, 1e4], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    loss = lt.sigmoid_focal_loss(extreme, labels)
+    loss.sum().backward()
+    with mpmath.workdps(60):
+        for k, (xk, yk) in enumerate(zip(extreme.tolist(), labels.tolist())):
+            def f(v, yk=yk):  # log p = −log(1 + e^−v), log(1 − p) = −log(1 + e^v): exact at any v
+                p, q = 1 / (1 + mpmath.exp(-v)), 1 / (1 + mpmath.exp(v))
+                return yk * 0.25 * q ** 2 * mpmath.log1p(mpmath.exp(-v)) + \
+                    (1 - yk) * 0.75 * p ** 2 * mpmath.log1p(mpmath.exp(v))
+            assert loss[k].item() == pytest.approx(float(f(mpmath.mpf(xk))), rel=1e-13)
+            assert extreme.grad[k].item() == pytest.approx(float(mpmath.diff(f, mpmath.mpf(xk))), rel=1e-10)
+
+
+def test_dtypes_are_kept_and_inputs_never_modified():
+    x = torch.randn(6, 4)
+    y = torch.rand(6, 4)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        xd, yd = x.to(dtype).detach().clone().requires_grad_(), y.to(dtype)
+        before = (xd.detach().clone(), yd.clone())
+        out = lt.binary_cross_entropy_with_logits(xd, yd, reduction="none")
+        out.sum().backward()
+        assert out.dtype == dtype and xd.grad.dtype == dtype
+        assert torch.equal(xd.detach(), before[0]) and torch.equal(yd, before[1])
+        want = F.binary_cross_entropy_with_logits(x.to(dtype).float(), y.to(dtype).float(), reduction="none")
+        torch.testing.assert_close(out.float(), want, rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5,
+                                   atol=1e-3)
+
+
+def test_saved_gradient_is_not_a_user_tensor():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    out = lt.get("l2")(x, torch.zeros(5, dtype=torch.float64), reduction="sum")
+    out.backward()
+    first = x.grad.clone()
+    x.grad.zero_()
+    out2 = lt.get("l2")(x, torch.zeros(5, dtype=torch.float64), reduction="sum")
+    out2.backward()
+    assert torch.equal(x.grad, first)
+
+
+def test_bad_inputs_are_named():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match="prediction must be a floating-point tensor"):
+        lt.get("l2")(torch.ones(4, 3, dtype=torch.int64), torch.ones(4, 3))
+    with pytest.raises(ValueError, match="input 'label' requires grad"):
+        lt.get("l2")(x, torch.ones(4, 3, dtype=torch.float64, requires_grad=True))
+    with pytest.raises(ValueError, match="input 'label' is on meta but the prediction is on cpu"):
+        lt.get("l2")(x, torch.ones(4, 3, device="meta"))
+    with pytest.raises(ValueError, match="label"):
+        lt.get("l2")(x, torch.ones(5, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        lt.get("l2")(np.ones((4, 3)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="not a valid value for reduction"):
+        lt.smooth_l1_loss(x, x.detach(), reduction="avg")
+
+
+def test_module_attribute_access_and_user_losses(tmp_path):
+    module = lt.Loss("huber", rho=0.5, reduction="sum")
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(module(x, y), F.smooth_l1_loss(x, y, beta=0.5, reduction="sum") * 1.0)
+    assert "huber" in repr(module) and isinstance(module, torch.nn.Module)
+    assert lt.kl_div is lt.functional.kl_div  # the drop-in, not the spec
+    assert lt.sigmoid_bce.name == "sigmoid_bce" and lt.get("kl_div").name == "kl_div"
+    with pytest.raises(AttributeError):
+        lt.no_such_loss  # noqa: B018
