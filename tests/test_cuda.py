@@ -166,9 +166,10 @@ PRECISIONS = (("float64", np.float64), ("float32", np.float32))
 CTYPES_NP = dict(PRECISIONS)
 
 
-def _row_case(spec, variant, dtype, rng):
+def _row_case(spec, variant, dtype, rng, masked=False):
     """(arrays in the (rows, classes) layout, parameters) for one variant: random logits with
-    one row of 1e4 gaps, an ignored row where the loss has an ignore_index."""
+    one row of 1e4 gaps, an ignored row where the loss has an ignore_index; ``masked`` adds a
+    −inf logit at a class the target does not use (no label smoothing: that makes it inf)."""
     import lossc
 
     loss = lossc.get(spec.name)
@@ -179,13 +180,33 @@ def _row_case(spec, variant, dtype, rng):
         arrays[0] = 1 / (1 + np.exp(-np.clip(arrays[0], -8, 8)))
     params = {p.name: p.default for p in spec.runtime_params}
     if "label_smoothing" in params:
-        params["label_smoothing"] = 0.1
+        params["label_smoothing"] = 0.0 if masked else 0.1
     if "ignore_index" in params:
         arrays[1][1] = params["ignore_index"]
     arrays = [np.broadcast_to(a, (rows, classes)) if a.ndim == 1 and s["per"] == "element" else a
               for a, s in zip(arrays, loss.inputs)]
+    if masked:
+        _mask(arrays, loss)
     arrays[0] = arrays[0].astype(dtype)
     return arrays, params
+
+
+# Losses whose prediction is logits (or log-probabilities) over the classes: −inf masks a class.
+MASKABLE = ("softmax_ce", "softmax_ce_dense", "kl_div", "softmax_focal", "focal")
+
+
+def _mask(arrays, loss):
+    """Row 2 gets a −inf logit at class 1, which its target does not use (a masked class)."""
+    arrays[0][2, 1] = -np.inf
+    for k, spec in enumerate(loss.inputs[1:], 1):
+        if spec["role"] != "target":
+            continue
+        if spec["per"] == "row":
+            arrays[k][2] = 0
+        else:
+            arrays[k] = np.array(arrays[k], dtype=np.float64)
+            arrays[k][2, 1] = 0.0
+            arrays[k][2] /= arrays[k][2].sum()
 
 
 def _belongs(module_name, item):
@@ -236,11 +257,13 @@ def emulated(tmp_path_factory):
             name = variant_module_name(spec.name, variant)
             cuda = importlib.import_module(f"lossc.generated.cupy.{name}")
             numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
-            for precision, dtype in PRECISIONS:
-                arrays, params = _row_case(spec, variant, dtype, np.random.default_rng(len(cases)))
+            maskable = spec.name in MASKABLE and not (spec.name == "focal" and variant.get("from_logits"))
+            for (precision, dtype), masked in itertools.product(PRECISIONS, (False, True) if maskable else (False,)):
+                arrays, params = _row_case(spec, variant, dtype, np.random.default_rng(len(cases)), masked)
                 gout = np.linspace(0.5, 1.5, arrays[0].shape[0] * (1 if cuda.LOSS_LEVEL == "row" else arrays[0].shape[1]))
                 gout = gout.reshape(arrays[0].shape[0], -1).squeeze(-1) if cuda.LOSS_LEVEL == "row" else gout.reshape(arrays[0].shape)
-                cases.append((name, cuda, numpy_module, precision, arrays, params, gout))
+                cases.append((name + (" (masked)" if masked else ""), cuda, numpy_module, precision, arrays, params,
+                              gout))
     try:
         for collect in (True, False):
             if not collect:
@@ -282,12 +305,15 @@ def test_row_kernels_on_emulated_cupy_agree_with_numpy(spec, emulated):
         for label, g, w in zip(["loss", "forward", "grad"], got, want):
             assert g.shape == w.shape and g.dtype == w.dtype, (name, label, g.shape, w.shape)
             g64, w64 = g.astype(np.float64), w.astype(np.float64)
-            scale = np.maximum(np.abs(w64 if label == "grad" else pred.astype(np.float64)).max(axis=1), 1.0)
+            finite_pred = np.where(np.isfinite(pred), pred, 0).astype(np.float64)
+            scale = np.maximum(np.abs(w64 if label == "grad" else finite_pred).max(axis=1), 1.0)
             scale = scale.reshape(-1, *(1,) * (w.ndim - 1))
             assert np.isfinite(g64).all() and np.isfinite(w64).all(), (name, label)
             error = np.abs(g64 - w64)
             bad = error > rel * (np.abs(w64) + scale)
             assert not bad.any(), (name, precision, label, g64[bad][:4], w64[bad][:4])
+            if label == "grad":  # a masked (−inf) class gets gradient exactly 0 on both
+                assert np.all(g64[np.isneginf(pred)] == 0) and np.all(w64[np.isneginf(pred)] == 0), name
             checked += 1
     assert checked >= 6
 

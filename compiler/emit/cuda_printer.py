@@ -5,6 +5,7 @@ literals rounded to float32, so nothing is silently promoted to double; float64 
 double ones. Conditions become ternaries, so an unused branch is never evaluated.
 """
 import numpy as np
+import sympy
 from sympy.printing.str import StrPrinter
 
 from . import code_name
@@ -16,10 +17,11 @@ MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "Abs": "
 class CudaPrinter(StrPrinter):
     """Prints lowered, CSE'd loss expressions as CUDA C++ for ``float`` or ``double``."""
 
-    def __init__(self, precision):
+    def __init__(self, precision, indicators=frozenset()):
         super().__init__({"order": "lex"})
         self.single = precision == "float32"
         self.type = "float" if self.single else "double"
+        self.indicators = indicators  # temporaries that hold an indicator [c] (0 or 1)
 
     def function(self, name):
         """The C math function for ``name`` in this precision (expf vs exp)."""
@@ -108,6 +110,16 @@ class CudaPrinter(StrPrinter):
         u, e = (self._print(a) for a in expr.args)
         return f"(({u}) >= 0 ? {self.literal(1)} : ({e}))"
 
+    def _print_Mul(self, expr):
+        """x·[c] as (c ? x : 0): a masked (−inf) logit times a one-hot 0 is 0, not NaN."""
+        for factor in expr.args:
+            if is_indicator(factor) or factor in self.indicators:
+                rest = sympy.Mul(*[a for a in expr.args if a is not factor])
+                cond = self._print(factor.args[0].cond) if is_indicator(factor) else \
+                    f"({self._print(factor)} != {self.literal(0)})"
+                return f"({cond} ? {self._print(rest)} : {self.literal(0)})"
+        return super()._print_Mul(expr)
+
     def _print_Piecewise(self, expr):
         *pieces, (last_value, last_cond) = expr.args
         code = self._print(last_value) if last_cond == True else f"({self.type})NAN"  # noqa: E712
@@ -132,3 +144,9 @@ class CudaPrinter(StrPrinter):
 
     def _print_BooleanFalse(self, expr):
         return "false"
+
+
+def is_indicator(expr):
+    """Whether ``expr`` is [c]: Piecewise((1, c), (0, True))."""
+    return (isinstance(expr, sympy.Piecewise) and len(expr.args) == 2 and expr.args[0].expr == 1
+            and expr.args[1].expr == 0 and expr.args[1].cond == True)  # noqa: E712

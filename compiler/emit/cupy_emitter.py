@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
 from .numpy_emitter import ROWS_NOTE
-from .cuda_printer import CudaPrinter
+from .cuda_printer import CudaPrinter, is_indicator
 from .row_stages import stages
 
 PRECISIONS = ("float32", "float64")
@@ -39,7 +39,7 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     """A __device__ function of ``arguments`` (symbols) computing ``outputs`` after ``assignments``:
     returned when ``returns_value``, else stored through out0, out1, … (every output after
     the first multiplied by grad_output when ``scale_gradients``)."""
-    printer = CudaPrinter(precision)
+    printer = CudaPrinter(precision, frozenset(s for s, e in assignments if is_indicator(e)))
     statements = [f"const {printer.type} {printer.doprint(s)} = {printer.doprint(e)};" for s, e in assignments]
     parameters = [f"{printer.type} {printer.doprint(a)}" for a in arguments]
     if returns_value:

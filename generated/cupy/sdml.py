@@ -82,14 +82,14 @@ __device__ __forceinline__ double lossc_sdml_fwd_r2_f64(double s_distance, doubl
 __device__ __forceinline__ void lossc_sdml_fwd_out_f32(float s_distance, float s_position, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float* out0)
 {
     const float _t0 = ((_j == s_position) ? 1.0f : 0.0f);
-    const float _t1 = _t0*(s_smoothing_parameter - 1.0f) + s_smoothing_parameter*(_t0 - 1.0f)/(s_classes - 1.0f);
+    const float _t1 = ((_t0 != 0.0f) ? s_smoothing_parameter - 1.0f : 0.0f) + s_smoothing_parameter*(_t0 - 1.0f)/(s_classes - 1.0f);
     const float _t2 = _r0 + s_distance;
     *out0 = -_t1*(_t2 + logf(-_t1 + 9.99999996e-13f) + log1pf(_r2 + (_r1 - 1.0f)));
 }
 __device__ __forceinline__ void lossc_sdml_fwd_out_f64(double s_distance, double s_position, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double* out0)
 {
     const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
-    const double _t1 = _t0*(s_smoothing_parameter - 1.0) + s_smoothing_parameter*(_t0 - 1.0)/(s_classes - 1.0);
+    const double _t1 = ((_t0 != 0.0) ? s_smoothing_parameter - 1.0 : 0.0) + s_smoothing_parameter*(_t0 - 1.0)/(s_classes - 1.0);
     const double _t2 = _r0 + s_distance;
     *out0 = -_t1*(_t2 + log(-_t1 + 1e-12) + log1p(_r2 + (_r1 - 1.0)));
 }
@@ -140,19 +140,19 @@ __device__ __forceinline__ double lossc_sdml_fb_r3_f64(double s_grad_output)
 __device__ __forceinline__ float lossc_sdml_fb_r4_f32(float s_position, float s_grad_output, float _j)
 {
     const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
-    return _t1*s_grad_output;
+    return ((_t1 != 0.0f) ? s_grad_output : 0.0f);
 }
 __device__ __forceinline__ double lossc_sdml_fb_r4_f64(double s_position, double s_grad_output, double _j)
 {
     const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
-    return _t1*s_grad_output;
+    return ((_t1 != 0.0) ? s_grad_output : 0.0);
 }
 __device__ __forceinline__ void lossc_sdml_fb_out_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
     const float _t0 = s_smoothing_parameter - 1.0f;
     const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
     const float _t2 = s_smoothing_parameter/(s_classes - 1.0f);
-    const float _t3 = _t0*_t1 + _t2*(_t1 - 1.0f);
+    const float _t3 = ((_t1 != 0.0f) ? _t0 : 0.0f) + _t2*(_t1 - 1.0f);
     const float _t4 = _r0 + s_distance;
     const float _t7 = _r2 + (_r1 - 1.0f);
     *out0 = -_t3*(_t4 + logf(-_t3 + 9.99999996e-13f) + log1pf(_t7));
@@ -163,7 +163,7 @@ __device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double 
     const double _t0 = s_smoothing_parameter - 1.0;
     const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
     const double _t2 = s_smoothing_parameter/(s_classes - 1.0);
-    const double _t3 = _t0*_t1 + _t2*(_t1 - 1.0);
+    const double _t3 = ((_t1 != 0.0) ? _t0 : 0.0) + _t2*(_t1 - 1.0);
     const double _t4 = _r0 + s_distance;
     const double _t7 = _r2 + (_r1 - 1.0);
     *out0 = -_t3*(_t4 + log(-_t3 + 1e-12) + log1p(_t7));

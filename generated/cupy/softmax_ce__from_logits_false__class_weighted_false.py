@@ -91,13 +91,13 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weig
 {
     const float _t0 = _r0;
     const float _t1 = -_t0 + s_pred;
-    return _t1*((_j == s_label) ? 1.0f : 0.0f);
+    return ((_j == s_label) ? _t1 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = _r0;
     const double _t1 = -_t0 + s_pred;
-    return _t1*((_j == s_label) ? 1.0 : 0.0);
+    return ((_j == s_label) ? _t1 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float s_pred)
 {
@@ -164,14 +164,14 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weig
     const float _t2 = _r0;
     const float _t3 = -_t2 + s_pred;
     const float _t4 = (_j == s_label);
-    return _t3*(_t4 ? 1.0f : 0.0f);
+    return (_t4 ? _t3 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t2 = _r0;
     const double _t3 = -_t2 + s_pred;
     const double _t4 = (_j == s_label);
-    return _t3*(_t4 ? 1.0 : 0.0);
+    return (_t4 ? _t3 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float s_pred)
 {

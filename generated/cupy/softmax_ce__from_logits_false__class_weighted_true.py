@@ -100,24 +100,24 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weig
     const float _t0 = _r0;
     const float _t1 = -_t0 + s_pred;
     const float _t5 = ((_j == s_label) ? 1.0f : 0.0f);
-    return _t1*_t5;
+    return ((_t5 != 0.0f) ? _t1 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = _r0;
     const double _t1 = -_t0 + s_pred;
     const double _t5 = ((_j == s_label) ? 1.0 : 0.0);
-    return _t1*_t5;
+    return ((_t5 != 0.0) ? _t1 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32(float s_label, float s_class_weight, float _j)
 {
     const float _t5 = ((_j == s_label) ? 1.0f : 0.0f);
-    return _t5*s_class_weight;
+    return ((_t5 != 0.0f) ? s_class_weight : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64(double s_label, double s_class_weight, double _j)
 {
     const double _t5 = ((_j == s_label) ? 1.0 : 0.0);
-    return _t5*s_class_weight;
+    return ((_t5 != 0.0) ? s_class_weight : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32(float s_pred, float s_class_weight)
 {
@@ -201,7 +201,7 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weig
     const float _t3 = -_t2 + s_pred;
     const float _t10 = (_j == s_label);
     const float _t11 = (_t10 ? 1.0f : 0.0f);
-    return _t11*_t3;
+    return ((_t11 != 0.0f) ? _t3 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64(double s_pred, double s_label, double _j, double _r1)
 {
@@ -209,19 +209,19 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
     const double _t3 = -_t2 + s_pred;
     const double _t10 = (_j == s_label);
     const double _t11 = (_t10 ? 1.0 : 0.0);
-    return _t11*_t3;
+    return ((_t11 != 0.0) ? _t3 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32(float s_label, float s_class_weight, float _j)
 {
     const float _t10 = (_j == s_label);
     const float _t11 = (_t10 ? 1.0f : 0.0f);
-    return _t11*s_class_weight;
+    return ((_t11 != 0.0f) ? s_class_weight : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64(double s_label, double s_class_weight, double _j)
 {
     const double _t10 = (_j == s_label);
     const double _t11 = (_t10 ? 1.0 : 0.0);
-    return _t11*s_class_weight;
+    return ((_t11 != 0.0) ? s_class_weight : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32(float s_pred, float s_class_weight)
 {

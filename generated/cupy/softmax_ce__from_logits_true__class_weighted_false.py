@@ -37,11 +37,11 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f32(float s_pred, float s_label, float _j)
 {
-    return s_pred*((_j == s_label) ? 1.0f : 0.0f);
+    return ((_j == s_label) ? s_pred : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r0_f64(double s_pred, double s_label, double _j)
 {
-    return s_pred*((_j == s_label) ? 1.0 : 0.0);
+    return ((_j == s_label) ? s_pred : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fwd_r1_f32(float s_pred)
 {
@@ -62,12 +62,12 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f32(float s_pred, float s_label, float _j)
 {
     const float _t2 = ((_j == s_label) ? 1.0f : 0.0f);
-    return _t2*s_pred;
+    return ((_t2 != 0.0f) ? s_pred : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r0_f64(double s_pred, double s_label, double _j)
 {
     const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
-    return _t2*s_pred;
+    return ((_t2 != 0.0) ? s_pred : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_false_fb_r1_f32(float s_pred)
 {
@@ -85,7 +85,7 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
     const float _t3 = s_label_smoothing/s_classes;
     const float _t4 = (s_label_smoothing > 0.0f);
     *out0 = (_t0 ? 0.0f : _r0*_t1 + (_t4 ? -_r1*_t3 : 0.0f));
-    *out1 = s_grad_output*(_t2*(_t0 ? 0.0f : _t1) + (_t0 ? 0.0f : (_t4 ? -_t3 : 0.0f)));
+    *out1 = s_grad_output*(((_t2 != 0.0f) ? (_t0 ? 0.0f : _t1) : 0.0f) + (_t0 ? 0.0f : (_t4 ? -_t3 : 0.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_false_fb_out_f64(double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1)
 {
@@ -95,7 +95,7 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
     const double _t3 = s_label_smoothing/s_classes;
     const double _t4 = (s_label_smoothing > 0.0);
     *out0 = (_t0 ? 0.0 : _r0*_t1 + (_t4 ? -_r1*_t3 : 0.0));
-    *out1 = s_grad_output*(_t2*(_t0 ? 0.0 : _t1) + (_t0 ? 0.0 : (_t4 ? -_t3 : 0.0)));
+    *out1 = s_grad_output*(((_t2 != 0.0) ? (_t0 ? 0.0 : _t1) : 0.0) + (_t0 ? 0.0 : (_t4 ? -_t3 : 0.0)));
 }
 """
 

@@ -38,12 +38,12 @@ DEVICE_CODE = r"""
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f32(float s_pred, float s_label, float s_class_weight, float _j)
 {
     const float _t0 = s_class_weight*s_pred;
-    return _t0*((_j == s_label) ? 1.0f : 0.0f);
+    return ((_j == s_label) ? _t0 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r0_f64(double s_pred, double s_label, double s_class_weight, double _j)
 {
     const double _t0 = s_class_weight*s_pred;
-    return _t0*((_j == s_label) ? 1.0 : 0.0);
+    return ((_j == s_label) ? _t0 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fwd_r1_f32(float s_pred, float s_class_weight)
 {
@@ -67,13 +67,13 @@ __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weigh
 {
     const float _t2 = ((_j == s_label) ? 1.0f : 0.0f);
     const float _t3 = s_class_weight*s_pred;
-    return _t2*_t3;
+    return ((_t2 != 0.0f) ? _t3 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r0_f64(double s_pred, double s_label, double s_class_weight, double _j)
 {
     const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
     const double _t3 = s_class_weight*s_pred;
-    return _t2*_t3;
+    return ((_t2 != 0.0) ? _t3 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32(float s_pred, float s_class_weight)
 {
@@ -93,7 +93,7 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
     const float _t4 = s_label_smoothing/s_classes;
     const float _t5 = (s_label_smoothing > 0.0f);
     *out0 = (_t0 ? 0.0f : _r0*_t1 + (_t5 ? -_r1*_t4 : 0.0f));
-    *out1 = s_class_weight*s_grad_output*(_t2*(_t0 ? 0.0f : _t1) + (_t0 ? 0.0f : (_t5 ? -_t4 : 0.0f)));
+    *out1 = s_class_weight*s_grad_output*(((_t2 != 0.0f) ? (_t0 ? 0.0f : _t1) : 0.0f) + (_t0 ? 0.0f : (_t5 ? -_t4 : 0.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64(double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1)
 {
@@ -103,7 +103,7 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
     const double _t4 = s_label_smoothing/s_classes;
     const double _t5 = (s_label_smoothing > 0.0);
     *out0 = (_t0 ? 0.0 : _r0*_t1 + (_t5 ? -_r1*_t4 : 0.0));
-    *out1 = s_class_weight*s_grad_output*(_t2*(_t0 ? 0.0 : _t1) + (_t0 ? 0.0 : (_t5 ? -_t4 : 0.0)));
+    *out1 = s_class_weight*s_grad_output*(((_t2 != 0.0) ? (_t0 ? 0.0 : _t1) : 0.0) + (_t0 ? 0.0 : (_t5 ? -_t4 : 0.0)));
 }
 """
 

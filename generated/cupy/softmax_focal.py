@@ -54,12 +54,12 @@ __device__ __forceinline__ double lossc_softmax_focal_fwd_r0_f64(double s_pred)
 __device__ __forceinline__ float lossc_softmax_focal_fwd_r1_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t0 = -_r0 + s_pred;
-    return _t0*((_j == s_label) ? 1.0f : 0.0f);
+    return ((_j == s_label) ? _t0 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_focal_fwd_r1_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = -_r0 + s_pred;
-    return _t0*((_j == s_label) ? 1.0 : 0.0);
+    return ((_j == s_label) ? _t0 : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_focal_fwd_r2_f32(float s_pred, float _r0)
 {
@@ -139,13 +139,13 @@ __device__ __forceinline__ float lossc_softmax_focal_fb_r3_f32(float s_pred, flo
 {
     const float _t0 = -_r0 + s_pred;
     const float _t1 = (_j == s_label);
-    return _t0*(_t1 ? 1.0f : 0.0f);
+    return (_t1 ? _t0 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_focal_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = -_r0 + s_pred;
     const double _t1 = (_j == s_label);
-    return _t0*(_t1 ? 1.0 : 0.0);
+    return (_t1 ? _t0 : 0.0);
 }
 __device__ __forceinline__ void lossc_softmax_focal_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
 {
