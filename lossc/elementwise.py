@@ -240,6 +240,8 @@ def run_rows(kernel, scratch_counts, arrays, row_inputs, names, grad_output, los
     outputs = [np.empty(loss_shape, dtype)] + [np.empty((rows, classes), dtype) for _ in range(n_outputs - 1)]
     if grad_output is not None:
         grad = np.asarray(grad_output)
+        if loss_level == "element" and grad.ndim < 2:  # summed along rows inside the kernel: one per element
+            grad = np.broadcast_to(grad, (rows, classes))
         columns.append(grad.reshape(rows, 1) if loss_level == "row" and grad.ndim else grad)
     class_index = np.arange(classes, dtype=compute).reshape(1, classes)
     scalars = tuple(p if isinstance(p, int) and not isinstance(p, bool) else float(p) for p in params)
