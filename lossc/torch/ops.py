@@ -161,7 +161,7 @@ def _evaluate(loss, arrays, kwargs, with_grad):
 
 def _shares_memory(result, arrays):
     """A custom op's outputs must never alias its inputs."""
-    return any(isinstance(a, np.ndarray) and np.shares_memory(np.asarray(result), a) for a in arrays)
+    return any(isinstance(a, np.ndarray) and np.may_share_memory(np.asarray(result), a) for a in arrays)
 
 
 def _array(tensor):
