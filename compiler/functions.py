@@ -108,9 +108,15 @@ class one_if_nonneg(sympy.Function):
 class grouped(sympy.Function):
     """Its argument's value, computed on its own before the expression around it uses it:
     ``a + grouped(b − 1)`` evaluates b − 1 (exact for an integer count b) before adding a,
-    where a flat sum could add a + b first and lose a's low bits. Only lowering creates it."""
+    where a flat sum could add a + b first and lose a's low bits. Lowering and the ε rules of
+    rewrites create it."""
 
     nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        """A number needs no grouping (and so substituted expressions evaluate)."""
+        return arg if arg.is_Number else None
 
     def _eval_is_real(self):
         return self.args[0].is_real

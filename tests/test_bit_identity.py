@@ -6,6 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+import lossc
+from conftest import random_inputs
 from lossc import elementwise, native
 from test_native import module_names, numpy_and_native, sample_inputs
 
@@ -46,8 +48,7 @@ def test_position_and_size_never_change_an_elements_bits(name, dtype):
             assert all(np.array_equal(got, want[i:i + 1]) for got, want in zip(single, full)), (kind, i)
 
 
-@pytest.mark.parametrize("name", ["poisson_nll__from_logits_true__compute_full_true", "sigmoid_focal",
-                                  "sigmoid_bce__from_sigmoid_false", "huber", "logistic__label_format_binary"])
+@pytest.mark.parametrize("name", module_names())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thread_count_and_concurrent_callers_never_change_bits(name, dtype, monkeypatch):
     rng = np.random.default_rng(5)
@@ -62,3 +63,35 @@ def test_thread_count_and_concurrent_callers_never_change_bits(name, dtype, monk
             runs["concurrent"] = list(pool.map(lambda _: outputs(module, arrays), range(3)))[-1]
         for key, got in runs.items():
             assert all(np.array_equal(g, w) for g, w in zip(got, runs[1])), (kind, key)
+
+
+ROW_LOSSES = [n for n in lossc.list_losses() if lossc.get(n).class_axis and not lossc.get(n).pair_inputs]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ROW_LOSSES)
+def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dtype, monkeypatch):
+    """Row r of a loss over a class axis (and its gradient) has the same bits alone, in any
+    slice, and with 1, 2, 3 or 5 threads running the row chunks."""
+    loss = lossc.get(name)
+    rng = np.random.default_rng(13)
+    monkeypatch.setattr(elementwise, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
+    rows = 3 * 50 + 5  # several row chunks, a ragged last one
+    arrays = random_inputs(loss, rng, (rows, 7))
+    arrays[0] = arrays[0].astype(dtype)
+
+    def run(*sliced):
+        value, grads = loss.value_and_grad(*sliced, reduction="none")
+        return bits([np.asarray(value), *grads])
+
+    def rows_of(part):
+        return [a[part] if np.ndim(a) and a.shape[0] == rows else a for a in arrays]
+
+    runs = {}
+    for threads in (1, 2, 3, 5):
+        monkeypatch.setattr(elementwise, "WORKERS", threads)
+        runs[threads] = run(*arrays)
+    assert all(all(np.array_equal(g, w) for g, w in zip(got, runs[1])) for got in runs.values())
+    for part in (slice(0, 1), slice(1, 2), slice(rows - 1, rows), slice(5, 5 + rows // 2)):
+        got = run(*rows_of(part))
+        assert all(np.array_equal(g, w[part]) for g, w in zip(got, runs[1])), part

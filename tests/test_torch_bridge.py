@@ -270,6 +270,20 @@ def test_smooth_l1_huber_and_kl_div_match_torch(reduction):
             torch.testing.assert_close(da, db, **DROP_IN_TOL)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_poisson_nll_matches_torch(reduction):
+    gen = torch.Generator().manual_seed(12)
+    target = torch.poisson(torch.rand(5, 6, generator=gen, dtype=torch.float64) * 4)
+    for log_input in (True, False):
+        x = torch.randn(5, 6, generator=gen, dtype=torch.float64) if log_input else \
+            torch.rand(5, 6, generator=gen, dtype=torch.float64) * 3 + 0.05
+        for full in (False, True):
+            (a, da), (b, db) = _pair(lt.poisson_nll_loss, F.poisson_nll_loss, x, target, log_input=log_input,
+                                     full=full, reduction=reduction)
+            torch.testing.assert_close(a, b, **DROP_IN_TOL)
+            torch.testing.assert_close(da, db, **DROP_IN_TOL)
+
+
 def _torchvision_focal(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
     """torchvision.ops.sigmoid_focal_loss, as written in torchvision 0.2x."""
     p = torch.sigmoid(inputs)

@@ -96,6 +96,14 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
     return _loss("kl_div")(input, target.exp() if log_target else target, from_logits=True, reduction=reduction)
 
 
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None,
+                     reduction="mean"):
+    """PyTorch's Poisson NLL: exp(input) − target·input (log_input), else input − target·log(input + eps);
+    ``full`` adds the Stirling term target·log target − target + ½·log(2π·target) where target > 1."""
+    return _loss("poisson_nll")(input, target, from_logits=bool(log_input), compute_full=bool(full),
+                                epsilon=float(eps), reduction=_reduction(reduction, size_average, reduce))
+
+
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
     """torchvision.ops.sigmoid_focal_loss for binary targets: α_t·(1 − p_t)^γ·BCE, with α < 0
     meaning no α weighting; exact at any logit (torchvision overflows to inf/NaN near ±1e4).
