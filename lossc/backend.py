@@ -1,13 +1,14 @@
 """Array dispatch: NumPy arrays run the NumPy kernels, CuPy arrays the CuPy kernels."""
+import sys
+
 import numpy as np
 
 
 def _cupy_ndarray():
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy.ndarray
+    """CuPy's array type when CuPy is imported (no CuPy array can exist before that), else None:
+    never an import attempt per call (a failed import searches the file system every time)."""
+    cupy = sys.modules.get("cupy")
+    return None if cupy is None else cupy.ndarray
 
 
 def array_module(*arrays):
