@@ -10,31 +10,15 @@ directly (lossc.get(...).value_and_grad on the NumPy views).
 Run: python benchmarks/bench_torch.py [--sizes 1e4 1e5 1e6 1e7] [--rows 100 1000 10000] [--repeat 15]
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
 import lossc
 import lossc.torch as lt
+from bench_cpu import timed
 
 F = torch.nn.functional
-WARM_UP_SECONDS = 0.25
-
-
-def timed(fn, repeat):
-    """Median wall time of ``fn()`` over ``repeat`` runs after a warm-up."""
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < WARM_UP_SECONDS:
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def torchvision_focal(x, y, alpha=0.25, gamma=2.0):

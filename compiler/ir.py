@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from . import dag
 from .expr_parser import ExprError, Scope, check_constants, parse_expression, referenced_names
 from .reductions import CLASS_INDEX, CLASSES, element_level, reductions_in
 
@@ -125,21 +126,9 @@ def _needs_node(spec, expr, at):
 
 
 def tree_size(expr):
-    """(operations, depth) of ``expr`` written out as a tree, counted over its DAG with a memo
-    and without recursion (SymPy shares repeated subexpressions, so the tree can be
-    exponentially larger than the object)."""
-    memo, stack = {}, [(expr, False)]
-    while stack:
-        node, ready = stack.pop()
-        if node in memo:
-            continue
-        if ready or not node.args:
-            args = [memo[a] for a in node.args]
-            memo[node] = (1 + sum(a[0] for a in args), 1 + max((a[1] for a in args), default=0))
-            continue
-        stack.append((node, True))
-        stack.extend((a, False) for a in node.args if a not in memo)
-    return memo[expr]
+    """(operations, depth) of ``expr`` written out as a tree, counted over its DAG (SymPy shares
+    repeated subexpressions, so the tree can be exponentially larger than the object)."""
+    return dag.fold(expr, lambda node, args: (1 + sum(a[0] for a in args), 1 + max((a[1] for a in args), default=0)))
 
 
 def _param_symbol(param):

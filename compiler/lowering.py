@@ -18,6 +18,8 @@ import functools
 
 import sympy
 
+from . import dag
+
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus, unit_clip
 from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
                          rlog_softmax_at, rlogsumexp, rmax, rsum)
@@ -158,17 +160,9 @@ def replace_shared(expr, rule):
     """``expr`` rebuilt bottom-up with every node for which ``rule(node)`` is not None replaced
     by that value (as SymPy's ``replace``), visiting each distinct subexpression once: a
     subexpression shared n times (definitions, lowered softplus) costs once, not 2^n."""
-    done, stack = {}, [(expr, False)]
-    while stack:
-        node, ready = stack.pop()
-        if node in done:
-            continue
-        if not ready and node.args:
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args if a not in done)
-            continue
-        args = tuple(done[a] for a in node.args)
-        rebuilt = node.func(*args) if args != node.args else node
+    def visit(node, args):
+        rebuilt = node.func(*args) if tuple(args) != node.args else node
         replaced = rule(rebuilt) if isinstance(rebuilt, sympy.Basic) else None
-        done[node] = rebuilt if replaced is None else replaced
-    return done[expr]
+        return rebuilt if replaced is None else replaced
+
+    return dag.fold(expr, visit)

@@ -26,21 +26,30 @@ def register(cls):
 
 def build_loss(cfg):
     """Build a loss from ``dict(type=NAME, **kwargs)``; errors list known types / bad kwargs."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise TypeError(f"build_loss expects a dict with a 'type' key, got {cfg!r}")
-    kwargs = dict(cfg)
-    name = kwargs.pop("type")
+    name, kwargs = config_type(cfg)
     if name in _LOSSES:
-        cls = _LOSSES[name]
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise TypeError(f"{name} got unknown argument(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
-        return cls(**kwargs)
+        return build_class(_LOSSES[name], name, kwargs)
     if name in list_losses():
         return SpecLoss(name, **kwargs)
     known = sorted(_LOSSES) + list_losses()
     raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(known)}")
+
+
+def config_type(cfg):
+    """(type name without a 'lossc.' scope prefix, the other keywords) of a config dict."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise TypeError(f"build_loss expects a dict with a 'type' key, got {cfg!r}")
+    kwargs = dict(cfg)
+    return str(kwargs.pop("type")).removeprefix("lossc."), kwargs
+
+
+def build_class(cls, name, kwargs):
+    """``cls(**kwargs)``, unknown keywords named with the allowed ones."""
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"{name} got unknown argument(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+    return cls(**kwargs)
 
 
 class _MMDetLoss:

@@ -16,6 +16,7 @@ config builds them with ``custom_imports=dict(imports=['lossc.torch.mmdet'])`` a
 """
 import torch
 
+from ..mmdet import build_class, config_type
 from ..pipeline import REDUCTIONS
 from . import get
 
@@ -29,13 +30,10 @@ def _register(cls):
 
 def build_loss(cfg):
     """Build a loss module from ``dict(type=NAME, **kwargs)`` (an optional 'lossc.' prefix is accepted)."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise TypeError(f"build_loss expects a dict with a 'type' key, got {cfg!r}")
-    kwargs = dict(cfg)
-    name = kwargs.pop("type").removeprefix("lossc.")
+    name, kwargs = config_type(cfg)
     if name not in _MODULES:
         raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(sorted(_MODULES))}")
-    return _MODULES[name](**kwargs)
+    return build_class(_MODULES[name], name, kwargs)
 
 
 class _MMDetLoss(torch.nn.Module):
