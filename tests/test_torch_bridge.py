@@ -430,3 +430,45 @@ def test_mmdet_config_builds_through_the_mmengine_registry():
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     module(x, torch.tensor([0, 1, 2, 3, 1, 0])).backward()
     assert x.grad is not None and mmengine.__version__
+
+
+def _cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    pytest.importorskip("cupy")
+    return torch.device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_every_op_on_cuda_tensors_matches_cpu(case):
+    device = _cuda()
+    name, variant = case
+    tensors = inputs_for(name, variant, torch.Generator().manual_seed(21))
+    loss = lossc.get(name)
+    for reduction in ("none", "sum"):
+        results = []
+        for where in ("cpu", device):
+            moved = [t.to(where).requires_grad_(s["differentiable"]) for t, s in zip(tensors, loss.inputs)]
+            value = lt.get(name)(*moved, reduction=reduction, **variant)
+            value.sum().backward()
+            results.append([value.detach().cpu()] + [moved[k].grad.cpu() for k, s in enumerate(loss.inputs)
+                                                      if s["differentiable"]])
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_low_precision_and_a_non_default_stream(dtype):
+    device = _cuda()
+    x = torch.randn(4096, device=device).to(dtype).requires_grad_()
+    y = (torch.rand(4096, device=device) > 0.5).to(dtype)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = lt.binary_cross_entropy_with_logits(x, y, reduction="sum")
+        out.backward()
+    stream.synchronize()
+    want = F.binary_cross_entropy_with_logits(x.detach().float(), y.float(), reduction="sum")
+    assert out.dtype == dtype and x.grad.dtype == dtype
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=1e-2)
