@@ -18,6 +18,7 @@ to return [loss, *gradients] or [loss].
 """
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
 from ..registry import get
 
@@ -65,6 +66,8 @@ def _register(name, module, variant):
                                              axis, upstream), None
         else:
             factor = upstream if reduction != "none" else _along_inputs(loss, variant, upstream, tensors[0], axis)
+            if _is_one(factor):  # loss.backward() of a scalar loss: the saved gradients are the result
+                factor = None
         result = [None] * len(tensors)
         for k, gradient in zip(index, saved):
             result[k] = gradient if factor is None else gradient * factor
@@ -73,6 +76,13 @@ def _register(name, module, variant):
 
     kernel.register_autograd(backward, setup_context=setup_context)
     return kernel
+
+
+def _is_one(factor):
+    """Whether an incoming gradient is the scalar 1, read only where that costs nothing (an eager
+    CPU scalar; never while torch.compile traces or on a device, where it would sync)."""
+    tracing = torch.compiler.is_compiling() or type(factor) is not torch.Tensor or _dispatch_mode() is not None
+    return not tracing and factor.device.type == "cpu" and factor.numel() == 1 and factor.item() == 1.0
 
 
 def _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight, axis, upstream):
