@@ -6,6 +6,7 @@ double ones. Conditions become ternaries, so an unused branch is never evaluated
 """
 import numpy as np
 import sympy
+from sympy.core.numbers import equal_valued
 from sympy.printing.str import StrPrinter
 
 from . import code_name
@@ -57,9 +58,9 @@ class CudaPrinter(StrPrinter):
             return f"({base}*{base})"
         if expr.exp == -1:
             return f"({self.literal(1)}/{base})"
-        if expr.exp == 0.5:
+        if equal_valued(expr.exp, 0.5):
             return f"{self.function('sqrt')}({base})"
-        if expr.exp == -0.5:
+        if equal_valued(expr.exp, -0.5):
             return f"({self.literal(1)}/{self.function('sqrt')}({base}))"
         return f"{self.function('pow')}({base}, {self._print(expr.exp)})"
 

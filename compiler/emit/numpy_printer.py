@@ -5,6 +5,7 @@ depends on parameters and constants only (e.g. ``1 - alpha``), which the kernels
 Python scalars: under NumPy's promotion rules (NEP 50) those are "weak" and never widen a
 float32 or float16 array to float64. Numbers print as plain Python literals.
 """
+from sympy.core.numbers import equal_valued
 from sympy.printing.str import StrPrinter
 
 from . import code_name
@@ -35,9 +36,9 @@ class NumPyPrinter(StrPrinter):
 
     def _print_Pow(self, expr, rational=False):
         base = self.parenthesize(expr.base, 1000)
-        if expr.exp == 0.5:
+        if equal_valued(expr.exp, 0.5):
             return f"np.sqrt({self._print(expr.base)})"
-        if expr.exp == -0.5:
+        if equal_valued(expr.exp, -0.5):
             return f"(1/np.sqrt({self._print(expr.base)}))"
         if expr.exp == -1:
             return f"(1/{base})"

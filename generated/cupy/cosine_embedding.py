@@ -65,15 +65,15 @@ __device__ __forceinline__ double lossc_cosine_embedding_fwd_r2_f64(double s_inp
 }
 __device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f32(float s_label, float s_margin, float _r0, float _r1, float _r2, float* out0)
 {
-    const float _t0 = powf(_r0, 0.5f);
-    const float _t1 = powf(_r1, 0.5f);
+    const float _t0 = sqrtf(_r0);
+    const float _t1 = sqrtf(_r1);
     const float _t2 = _r2*((_t0*_t1 < 9.99999996e-13f) ? 9.99999996e+11f : 1.0f/(_t0*_t1));
     *out0 = ((s_label == 1.0f) ? -_t2 + 1.0f : 0.0f) + ((s_label == -1.0f) ? ((_t2 - s_margin) < 0 ? 0.0f : (_t2 - s_margin)) : 0.0f);
 }
 __device__ __forceinline__ void lossc_cosine_embedding_fwd_out_f64(double s_label, double s_margin, double _r0, double _r1, double _r2, double* out0)
 {
-    const double _t0 = pow(_r0, 0.5);
-    const double _t1 = pow(_r1, 0.5);
+    const double _t0 = sqrt(_r0);
+    const double _t1 = sqrt(_r1);
     const double _t2 = _r2*((_t0*_t1 < 1e-12) ? 1000000000000.0 : 1.0/(_t0*_t1));
     *out0 = ((s_label == 1.0) ? -_t2 + 1.0 : 0.0) + ((s_label == -1.0) ? ((_t2 - s_margin) < 0 ? 0.0 : (_t2 - s_margin)) : 0.0);
 }
@@ -105,9 +105,9 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f32(float s_input1
 {
     const float _t0 = _r0;
     const float _t1 = _r1;
-    const float _t2 = powf(_t1, 0.5f);
+    const float _t2 = sqrtf(_t1);
     const float _t3 = _r2;
-    const float _t4 = powf(_t3, 0.5f);
+    const float _t4 = sqrtf(_t3);
     const float _t5 = (_t2*_t4 < 9.99999996e-13f);
     const float _t6 = (1.0f/_t2);
     const float _t7 = (1.0f/_t4);
@@ -128,9 +128,9 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double s_input
 {
     const double _t0 = _r0;
     const double _t1 = _r1;
-    const double _t2 = pow(_t1, 0.5);
+    const double _t2 = sqrt(_t1);
     const double _t3 = _r2;
-    const double _t4 = pow(_t3, 0.5);
+    const double _t4 = sqrt(_t3);
     const double _t5 = (_t2*_t4 < 1e-12);
     const double _t6 = (1.0/_t2);
     const double _t7 = (1.0/_t4);
