@@ -472,3 +472,42 @@ def test_cuda_low_precision_and_a_non_default_stream(dtype):
     want = F.binary_cross_entropy_with_logits(x.detach().float(), y.float(), reduction="sum")
     assert out.dtype == dtype and x.grad.dtype == dtype
     torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_ctc_loss_matches_torch(reduction):
+    gen = torch.Generator().manual_seed(13)
+    T, N, C, S = 14, 4, 6, 5
+    log_probs = torch.randn(T, N, C, generator=gen, dtype=torch.float64).log_softmax(-1)
+    lengths = torch.tensor([14, 11, 9, 3])
+    target_lengths = torch.tensor([5, 3, 0, 4])  # the last needs 4 labels in 3 steps: impossible (inf)
+    targets = torch.randint(1, C, (N, S), generator=gen)
+    targets[1, 3:] = 0  # PyTorch ignores the padding values, whatever they are
+    flat = torch.cat([targets[n, :target_lengths[n]] for n in range(N)])
+    for tgt in (targets, flat):
+        for zero_infinity in (False, True):
+            if not zero_infinity and reduction != "none":
+                continue  # inf loss: both inf, gradients NaN in PyTorch
+            kwargs = dict(reduction=reduction, zero_infinity=zero_infinity)
+            (a, da), (b, db) = _pair(lambda x, *r, **k: lt.ctc_loss(x, *r, **k),
+                                     lambda x, *r, **k: F.ctc_loss(x, *r, **k), log_probs, tgt, lengths,
+                                     target_lengths, **kwargs)
+            torch.testing.assert_close(a, b, **DROP_IN_TOL)
+            if zero_infinity:
+                torch.testing.assert_close(da, db, rtol=1e-12, atol=1e-13)
+    unbatched = lt.ctc_loss(log_probs[:, 0], targets[0], lengths[:1], target_lengths[:1], reduction="none")
+    torch.testing.assert_close(unbatched, F.ctc_loss(log_probs[:, 0], targets[0], lengths[:1], target_lengths[:1],
+                                                     reduction="none"), **DROP_IN_TOL)
+
+
+def test_ctc_op_passes_opcheck_and_gradcheck():
+    from lossc.torch.ops import ctc
+
+    gen = torch.Generator().manual_seed(14)
+    log_probs = torch.randn(8, 2, 4, generator=gen, dtype=torch.float64).log_softmax(-1).requires_grad_()
+    targets = torch.tensor([[1, 2, 1], [3, -1, -1]])
+    lengths, target_lengths = torch.tensor([8, 6]), torch.tensor([3, 1])
+    for with_grad in (True, False):
+        torch.library.opcheck(ctc, (log_probs, targets, lengths, target_lengths, 0, False, with_grad))
+    assert torch.autograd.gradcheck(lambda x: lt.ctc_loss(x, targets, lengths, target_lengths, reduction="sum"),
+                                    (log_probs.detach().clone().requires_grad_(),))

@@ -16,11 +16,11 @@ Importing this module needs PyTorch (``pip install -e ".[torch]"``); ``import lo
 import torch
 
 from ..registry import get as _get_loss
-from .functional import (binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, poisson_nll_loss,
-                         sigmoid_focal_loss, smooth_l1_loss)
+from .functional import (binary_cross_entropy_with_logits, cross_entropy, ctc_loss, huber_loss, kl_div,
+                         poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
 from .ops import op
 
-__all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cross_entropy", "huber_loss", "kl_div",
+__all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
            "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss"]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 

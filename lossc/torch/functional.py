@@ -104,6 +104,42 @@ def poisson_nll_loss(input, target, log_input=True, full=False, size_average=Non
                                 epsilon=float(eps), reduction=_reduction(reduction, size_average, reduce))
 
 
+def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean", zero_infinity=False):
+    """PyTorch's CTC loss: log_probs (T, N, C) (or (T, C)), targets (N, S) padded or 1-D concatenated;
+    'mean' divides each loss by its target length (at least 1), then averages over the batch.
+    The gradient w.r.t. log_probs is PyTorch's (exp(log_probs) − posterior)."""
+    from .ops import ctc
+
+    reduction = _reduction(reduction)
+    unbatched = log_probs.dim() == 2
+    if unbatched:
+        log_probs, targets = log_probs.unsqueeze(1), targets.reshape(1, -1)
+    batch = log_probs.shape[1]
+    input_lengths = torch.as_tensor(input_lengths, device=log_probs.device).reshape(batch).long()
+    target_lengths = torch.as_tensor(target_lengths, device=log_probs.device).reshape(batch).long()
+    padded = _padded_targets(targets, target_lengths, batch)
+    with_grad = torch.is_grad_enabled() and log_probs.requires_grad
+    losses = ctc(log_probs, padded, input_lengths, target_lengths, int(blank), bool(zero_infinity), with_grad)[0]
+    if reduction == "mean":
+        return (losses / target_lengths.clamp(min=1).to(losses.dtype)).mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses[0] if unbatched else losses
+
+
+def _padded_targets(targets, target_lengths, batch):
+    """(N, S) targets with −1 past each target length (PyTorch allows any padding value)."""
+    targets = torch.as_tensor(targets, device=target_lengths.device).long()
+    if targets.dim() == 1:  # concatenated
+        width = int(target_lengths.max()) if batch else 0
+        starts = torch.cumsum(target_lengths, 0) - target_lengths
+        index = starts[:, None] + torch.arange(width, device=targets.device)[None, :]
+        keep = torch.arange(width, device=targets.device)[None, :] < target_lengths[:, None]
+        return torch.where(keep, targets[index.clamp(max=max(targets.numel() - 1, 0))], -1)
+    keep = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
+    return torch.where(keep, targets, -1)
+
+
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
     """torchvision.ops.sigmoid_focal_loss for binary targets: α_t·(1 − p_t)^γ·BCE, with α < 0
     meaning no α weighting; exact at any logit (torchvision overflows to inf/NaN near ±1e4).

@@ -190,3 +190,47 @@ def _runtime_names(loss):
 
 def _param_value(loss, name, value):
     return int(value) if loss.parameters[name]["type"] == "int" else float(value)
+
+
+CTC_SCHEMA = ("(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, int blank, "
+              "bool zero_infinity, bool with_grad) -> Tensor[]")
+
+
+@torch.library.custom_op("lossc::ctc", mutates_args=(), schema=CTC_SCHEMA)
+def ctc(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, with_grad):
+    """lossc's CTC on (T, N, C) scores and (N, S) targets padded with −1: [losses (N,)] or
+    [losses, d Σ losses / d log_probs] (log_softmax applied inside, so for log-probabilities
+    the gradient is exp(log_probs) − the posterior, as PyTorch's)."""
+    from ..ctc import ctc_loss
+
+    arrays = [_array(t) for t in (log_probs, targets, input_lengths, target_lengths)]
+    kwargs = dict(blank=int(blank), layout="TNC", zero_infinity=bool(zero_infinity), reduction="none")
+    if device := (log_probs.device if log_probs.device.type == "cuda" else None):
+        import cupy
+
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+            results = _evaluate(ctc_loss, arrays, kwargs, with_grad)
+            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in results]
+    results = _evaluate(ctc_loss, arrays, kwargs, with_grad)
+    return [torch.from_numpy(np.require(r, requirements="C")) for r in results]
+
+
+@ctc.register_fake
+def _(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, with_grad):
+    outputs = [log_probs.new_empty(log_probs.shape[1:2])]
+    return outputs + ([log_probs.new_empty(log_probs.shape)] if with_grad else [])
+
+
+def _ctc_setup(ctx, inputs, output):
+    ctx.arguments = inputs[:6]
+    ctx.save_for_backward(*output[1:])
+
+
+def _ctc_backward(ctx, grads):
+    saved = ctx.saved_tensors
+    if not saved:
+        saved = ctc(*ctx.arguments, True)[1:]
+    return saved[0] * grads[0][None, :, None], None, None, None, None, None, None
+
+
+ctc.register_autograd(_ctc_backward, setup_context=_ctc_setup)
