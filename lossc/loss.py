@@ -76,15 +76,17 @@ class Loss:
         return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight), True, grad_output)
 
     def split_arguments(self, args, kwargs):
-        """(input values in spec order, build-time variant, runtime parameters, class axis) of a
-        call, defaults filled in and parameters validated; the arrays themselves are not
-        checked here (``bind`` does that). For bridges that hand arrays to kernels themselves."""
-        values = self._match(args, kwargs, self.inputs)
+        """(input values in spec order — the pair inputs of a loss over pairs —, build-time variant,
+        runtime parameters, class axis) of a call, defaults filled in and parameters validated;
+        the arrays themselves are not checked here (``bind`` does that). For bridges that hand
+        arrays to kernels themselves."""
+        specs = self.pair_inputs or self.inputs
+        values = self._match(args, kwargs, specs)
         axis = values.pop("axis", -1)
         params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
         variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
         runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
-        return [values[i["name"]] for i in self.inputs], variant, runtime, axis
+        return [values[i["name"]] for i in specs], variant, runtime, axis
 
     def variant_module(self, variant):
         """The name of the generated module of one build-time ``variant`` ({name: value})."""

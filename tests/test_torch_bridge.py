@@ -23,8 +23,7 @@ def _variants(name):
     return [v["values"] for v in lossc.get(name).manifest["variants"]]
 
 
-CASES = [(name, variant) for name in lossc.list_losses() if not lossc.get(name).pair_inputs
-         for variant in _variants(name)]
+CASES = [(name, variant) for name in lossc.list_losses() for variant in _variants(name)]
 
 
 def _ids(case):
@@ -42,6 +41,8 @@ def inputs_for(name, variant, gen, shape=(4, 5)):
     """Float64 tensors a loss accepts at smooth points: probabilities where the variant wants
     them, class indices for row inputs, distributions for dense targets, ±1 or [0, 1] labels."""
     loss = lossc.get(name)
+    if loss.pair_inputs:  # (batch, features) pairs: SDML's two batches
+        return [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in loss.pair_inputs]
     tensors = []
     for spec in loss.inputs:
         if spec["role"] == "prediction":
@@ -71,7 +72,7 @@ def test_gradcheck_through_every_op(case, reduction):
     gen = torch.Generator().manual_seed(3)
     tensors = inputs_for(name, variant, gen)
     loss = lossc.get(name)
-    differentiable = [k for k, s in enumerate(loss.inputs) if s["differentiable"]]
+    differentiable = [k for k, s in enumerate(loss.pair_inputs or loss.inputs) if s["differentiable"]]
     for k in differentiable:
         tensors[k].requires_grad_()
     fn = lt.get(name)
@@ -94,7 +95,7 @@ def test_opcheck_on_every_op(case):
     loss = lossc.get(name)
     gen = torch.Generator().manual_seed(4)
     tensors = inputs_for(name, variant, gen)
-    for k, spec in enumerate(loss.inputs):
+    for k, spec in enumerate(loss.pair_inputs or loss.inputs):
         if spec["differentiable"]:
             tensors[k].requires_grad_()
     params = [float(p["default"]) for p in loss.manifest["parameters"] if not p["variant"]]
@@ -449,10 +450,10 @@ def test_every_op_on_cuda_tensors_matches_cpu(case):
     for reduction in ("none", "sum"):
         results = []
         for where in ("cpu", device):
-            moved = [t.to(where).requires_grad_(s["differentiable"]) for t, s in zip(tensors, loss.inputs)]
+            moved = [t.to(where).requires_grad_(s["differentiable"]) for t, s in zip(tensors, loss.pair_inputs or loss.inputs)]
             value = lt.get(name)(*moved, reduction=reduction, **variant)
             value.sum().backward()
-            results.append([value.detach().cpu()] + [moved[k].grad.cpu() for k, s in enumerate(loss.inputs)
+            results.append([value.detach().cpu()] + [moved[k].grad.cpu() for k, s in enumerate(loss.pair_inputs or loss.inputs)
                                                       if s["differentiable"]])
         for got, want in zip(results[1], results[0]):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

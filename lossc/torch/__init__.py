@@ -32,14 +32,13 @@ class TorchLoss:
         self.loss = loss
         self.name = loss.name
         self.__doc__ = f"{loss.summary}\n\n{loss.doc}"
+        self._specs = loss.pair_inputs or loss.inputs  # what a call takes: a pair loss takes its pair inputs
 
     def __repr__(self):
         return f"<lossc.torch loss {self.name}>"
 
     def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
         """The loss after the pipeline, a tensor in the prediction's dtype (element-wise for 'none')."""
-        if self.loss.pair_inputs:
-            raise NotImplementedError(f"{self.name}: losses over pair inputs are not in lossc.torch yet")
         values, variant, runtime, axis = self.loss.split_arguments(args, kwargs)
         tensors = self._tensors(values)
         pred = tensors[0]
@@ -50,7 +49,7 @@ class TorchLoss:
             weight = torch.as_tensor(weight, device=pred.device)
             weight = weight.to(tensors[0].dtype) if weight.is_floating_point() else weight.double().to(tensors[0].dtype)
         with_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t, spec in zip(tensors, self.loss.inputs) if spec["differentiable"])
+            t.requires_grad for t, spec in zip(tensors, self._specs) if spec["differentiable"])
         outputs = op(self.loss, variant)(tensors, [float(v) for v in runtime.values()], weight, str(reduction),
                                          None if avg_factor is None else float(avg_factor), float(loss_weight),
                                          int(axis), with_grad)
@@ -60,12 +59,12 @@ class TorchLoss:
         """Every input as a tensor on the prediction's device; a clear error for what does not fit."""
         pred = values[0]
         if not isinstance(pred, torch.Tensor):
-            raise TypeError(f"{self.name}: the prediction '{self.loss.inputs[0]['name']}' must be a torch.Tensor, "
+            raise TypeError(f"{self.name}: the prediction '{self._specs[0]['name']}' must be a torch.Tensor, "
                             f"got {type(pred).__name__}")
         if not pred.is_floating_point():
             raise TypeError(f"{self.name}: the prediction must be a floating-point tensor, got {pred.dtype}")
         tensors = []
-        for spec, value in zip(self.loss.inputs, values):
+        for spec, value in zip(self._specs, values):
             name = spec["name"]
             tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(
                 value, dtype=pred.dtype if isinstance(value, float) else None, device=pred.device)

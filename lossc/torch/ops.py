@@ -98,7 +98,7 @@ def _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, los
 
 
 def _differentiable(loss):
-    return [k for k, spec in enumerate(loss.inputs) if spec["differentiable"]]
+    return [k for k, spec in enumerate(loss.pair_inputs or loss.inputs) if spec["differentiable"]]
 
 
 def _class_axis(loss, ndim, axis):
@@ -113,6 +113,9 @@ def _class_axis(loss, ndim, axis):
 def _elementwise_shape(loss, variant, inputs, axis):
     """The shape of the loss before reduction."""
     pred = inputs[0]
+    if loss.pair_inputs:  # (rows, columns) of the pairs, or one loss per row-side sample
+        side = {s["side"]: t.shape[0] for t, s in zip(inputs, loss.pair_inputs)}
+        return (side["row"], side["column"]) if loss.loss_level(variant) == "element" else (side["row"],)
     if loss.class_axis is None:
         return torch.broadcast_shapes(*(t.shape for t in inputs))
     if loss.loss_level(variant) == "element":
@@ -126,7 +129,7 @@ def _elementwise_shape(loss, variant, inputs, axis):
 def _saved_gradient_suffices(loss, variant, tensors, index, axis):
     """For reduction='none': whether each input gradient is the incoming gradient times the
     saved one (each loss value depends only on its own element, or on its own row)."""
-    if loss.class_axis is not None and loss.loss_level(variant) == "element":
+    if loss.pair_inputs or (loss.class_axis is not None and loss.loss_level(variant) == "element"):
         return False
     shape = _elementwise_shape(loss, variant, tensors, axis)
     if loss.class_axis is None:
