@@ -512,3 +512,38 @@ def test_ctc_op_passes_opcheck_and_gradcheck():
         torch.library.opcheck(ctc, (log_probs, targets, lengths, target_lengths, 0, False, with_grad))
     assert torch.autograd.gradcheck(lambda x: lt.ctc_loss(x, targets, lengths, target_lengths, reduction="sum"),
                                     (log_probs.detach().clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"negative_mining_ratio": 2, "lambd": 0.5, "rho": 0.7},
+                                    {"min_hard_negatives": 3}, {"ignore_label": -1}])
+def test_ssd_multibox_on_tensors_matches_the_gluoncv_layer(kwargs):
+    """lossc.torch.SSDMultiBoxLoss (mining on the tensors' device, autograd) equals lossc.ssd's
+    values and gradients, for a batch given as two list elements."""
+    from lossc.ssd import SSDMultiBoxLoss as Reference
+
+    gen = torch.Generator().manual_seed(15)
+    parts = []
+    for _ in range(2):
+        cls_pred = torch.randn(3, 10, 4, generator=gen, dtype=torch.float64) * 2
+        box_pred, box_target = torch.randn(2, 3, 10, 4, generator=gen, dtype=torch.float64)
+        cls_target = torch.randint(-1, 4, (3, 10), generator=gen)
+        cls_target[cls_target > 0] *= (torch.rand((cls_target > 0).sum(), generator=gen) > 0.5).long()
+        parts.append((cls_pred, box_pred, cls_target, box_target))
+    leaves = [(cp.clone().requires_grad_(), bp.clone().requires_grad_()) for cp, bp, _, _ in parts]
+    sums, clss, boxes = lt.SSDMultiBoxLoss(**kwargs)([l[0] for l in leaves], [l[1] for l in leaves],
+                                                     [p[2] for p in parts], [p[3] for p in parts])
+    sum(s.sum() for s in sums).backward()
+    reference = Reference(**{k: v for k, v in kwargs.items() if k != "ignore_label"})
+    if "ignore_label" in kwargs:
+        from lossc.ssd import ssd_multibox
+
+        *want, grads = ssd_multibox(*[[p[k].numpy() for p in parts] for k in range(4)], ignore_label=-1,
+                                    with_grad=True)
+    else:
+        want, grads = reference.value_and_grad(*[[p[k].numpy() for p in parts] for k in range(4)])
+    for got_list, want_list in zip((sums, clss, boxes), want):
+        for got, expected in zip(got_list, want_list):
+            np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=1e-14)
+    for (cp, bp), (d_cls, d_box) in zip(leaves, grads):
+        np.testing.assert_allclose(cp.grad.numpy(), d_cls, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bp.grad.numpy(), d_box, rtol=1e-12, atol=1e-14)

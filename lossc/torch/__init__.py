@@ -21,7 +21,7 @@ from .functional import (binary_cross_entropy_with_logits, cross_entropy, ctc_lo
 from .ops import op
 
 __all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
-           "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss"]
+           "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss", "SSDMultiBoxLoss"]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -102,6 +102,9 @@ class Loss(torch.nn.Module):
 
     def extra_repr(self):
         return ", ".join([repr(self.name)] + [f"{k}={v!r}" for k, v in self.params.items()])
+
+
+from .ssd import SSDMultiBoxLoss  # noqa: E402  (it builds on get)
 
 
 def __getattr__(name):
