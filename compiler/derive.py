@@ -58,15 +58,16 @@ def derive(ir):
     loss = stabilize(ir.loss)
     nodes = [(symbol, stabilize(expr)) for symbol, expr in ir.nodes]
     finish = lambda e: stabilize(_drop_distributions(e))  # noqa: E731
-    adjoints, gradients = [], {}
     if nodes:
         adjoints, gradients = chain_rule(loss, nodes, _differentiable_symbols(ir), finish)
-    for inp in ir.spec.differentiable_inputs if not nodes else ():
-        if ir.has_reductions:
-            gradient = reduction_gradient(loss, ir.symbols[inp.name], ir.element_symbols)
-        else:
-            gradient = sympy.diff(loss, ir.symbols[inp.name])
-        gradients[inp.name] = finish(gradient)
+    else:
+        adjoints, gradients = [], {}
+        for inp in ir.spec.differentiable_inputs:
+            if ir.has_reductions:
+                gradient = reduction_gradient(loss, ir.symbols[inp.name], ir.element_symbols)
+            else:
+                gradient = sympy.diff(loss, ir.symbols[inp.name])
+            gradients[inp.name] = finish(gradient)
     kernel_exprs = [loss, *gradients.values()]
     if ir.has_reductions:
         elements = set(ir.element_symbols) | ({GRAD_OUTPUT} if element_level(loss, ir.element_symbols) else set())
@@ -91,24 +92,20 @@ def chain_rule(loss, nodes, inputs, finish=lambda e: e):
     order they can be computed, and {name: d loss/d input} for ``inputs`` {name: symbol}).
     Each adjoint is the loss's direct derivative plus later nodes' adjoints times their local
     derivatives; ``finish`` post-processes every derivative (stabilization)."""
-    adjoint = {}
-    steps = []
+    adjoint, steps = {}, []
+
+    def total(symbol, after):
+        """d loss/d symbol: its direct derivative plus, through every node after ``after``, adjoint·∂node/∂symbol."""
+        through = (adjoint[m] * sympy.diff(expr, symbol) for m, (_, expr) in enumerate(nodes)
+                   if m > after and adjoint[m] != 0 and symbol in expr.free_symbols)
+        return finish(sympy.diff(loss, symbol) + sum(through, sympy.S.Zero))
+
     for k in reversed(range(len(nodes))):
-        symbol = nodes[k][0]
-        total = sympy.diff(loss, symbol) + sum(
-            (adjoint[m] * sympy.diff(expr, symbol) for m, (_, expr) in enumerate(nodes)
-             if m > k and adjoint[m] != 0 and symbol in expr.free_symbols), sympy.S.Zero)
-        total = finish(total)
-        adjoint[k] = total if total.is_Number else sympy.Symbol(f"_a{k}", real=True)
-        if not total.is_Number:
-            steps.append((adjoint[k], total))
-    gradients = {}
-    for name, x in inputs.items():
-        total = sympy.diff(loss, x) + sum(
-            (adjoint[k] * sympy.diff(expr, x) for k, (_, expr) in enumerate(nodes)
-             if adjoint[k] != 0 and x in expr.free_symbols), sympy.S.Zero)
-        gradients[name] = finish(total)
-    return steps, gradients
+        value = total(nodes[k][0], k)
+        adjoint[k] = value if value.is_Number else sympy.Symbol(f"_a{k}", real=True)
+        if not value.is_Number:
+            steps.append((adjoint[k], value))
+    return steps, {name: total(x, -1) for name, x in inputs.items()}
 
 
 def reduction_gradient(loss, x, element_symbols):

@@ -48,13 +48,10 @@ def one_minus_plus_eps(node):
 def log_complement_plus_eps(node):
     """log((1 − x) + e) → log((1 − x) + e) where x > ½, log1p(e − x) elsewhere (where 1 − x
     would round away a small x's digits)."""
-    if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
+    found = _log_of_term_plus_eps(node)
+    if found is None or not isinstance(found[0], grouped):
         return None
-    grouped_terms = [t for t in node.args[0].args if isinstance(t, grouped)]
-    eps = [t for t in node.args[0].args if t.is_Symbol and t.is_nonnegative]
-    if len(grouped_terms) != 1 or len(eps) != 1:
-        return None
-    found = _complement_plus_eps(grouped_terms[0].args[0] + eps[0])
+    found = _complement_plus_eps(found[0].args[0] + found[1])
     if found is None:
         return None
     x, e = found
@@ -65,16 +62,22 @@ def log_complement_plus_eps(node):
 def log_near_one_plus_eps(node):
     """log(x + e), e ≥ 0 a parameter → log1p((x − 1) + e) where x > ½ (x − 1 is exact there, so
     log(1 + 1e-12) keeps its digits), log(x + e) elsewhere."""
+    found = _log_of_term_plus_eps(node)
+    if found is None or found[0].is_Number or isinstance(found[0], grouped):
+        return None
+    x, e = found
+    plain = sympy.log(grouped(node.args[0]))  # grouped: this rule does not match its own result
+    return sympy.Piecewise((log1p(grouped(x - 1) + e), sympy.StrictGreaterThan(x, sympy.Rational(1, 2))),
+                           (plain, True))
+
+
+def _log_of_term_plus_eps(node):
+    """(x, e) when ``node`` is log(x + e) with e a nonnegative parameter symbol, else None."""
     if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
         return None
     eps = [t for t in node.args[0].args if t.is_Symbol and t.is_nonnegative]
     rest = [t for t in node.args[0].args if t not in eps]
-    if len(eps) != 1 or len(rest) != 1 or rest[0].is_Number or isinstance(rest[0], grouped):
-        return None
-    x, e = rest[0], eps[0]
-    plain = sympy.log(grouped(node.args[0]))  # grouped: this rule does not match its own result
-    return sympy.Piecewise((log1p(grouped(x - 1) + e), sympy.StrictGreaterThan(x, sympy.Rational(1, 2))),
-                           (plain, True))
+    return (rest[0], eps[0]) if len(eps) == 1 and len(rest) == 1 else None
 
 
 def _complement_plus_eps(node):

@@ -83,10 +83,14 @@ class Loss:
         specs = self.pair_inputs or self.inputs
         values = self._match(args, kwargs, specs)
         axis = values.pop("axis", -1)
+        return [values[i["name"]] for i in specs], *self._split_params(values), axis
+
+    def _split_params(self, values):
+        """(build-time variant, runtime parameters) from the matched ``values``, defaults filled in, validated."""
         params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
         variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
         runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
-        return [values[i["name"]] for i in specs], variant, runtime, axis
+        return variant, runtime
 
     def variant_module(self, variant):
         """The name of the generated module of one build-time ``variant`` ({name: value})."""
@@ -154,9 +158,7 @@ class Loss:
         axis = values.pop("axis", -1)
         raw = [values[i["name"]] for i in self.inputs]
         xp = array_module(*raw)
-        params = {name: self._param(name, values.get(name, p["default"])) for name, p in self.parameters.items()}
-        variant = {k: v for k, v in params.items() if self.parameters[k]["variant"]}
-        runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
+        variant, runtime = self._split_params(values)
         if self.class_axis is None:
             arrays = [self._input_array(xp, spec, value, raw[0]) for spec, value in zip(self.inputs, raw)]
             return BoundCall(xp, self._module(xp, variant), arrays, runtime)

@@ -153,19 +153,23 @@ def _run(loss, variant, inputs, params, weight, reduction, avg_factor, loss_weig
     runtime = {p: _param_value(loss, p, v) for p, v in zip(_runtime_names(loss), params)}
     kwargs = dict(weight=None if weight is None else _array(weight), reduction=reduction, avg_factor=avg_factor,
                   loss_weight=loss_weight, **variant, **runtime, **({"axis": axis} if loss.class_axis == "parameter" else {}))
-    arrays = [_array(t) for t in inputs]
+    return _evaluate(loss, device, [_array(t) for t in inputs], kwargs, with_grad)
+
+
+def _evaluate(loss, device, arrays, kwargs, with_grad):
+    """[loss, *gradients] (or [loss]) of a lossc loss on the arrays, as new torch tensors: on
+    CUDA on torch's current stream (DLPack), on the CPU copied only where a result would
+    alias an input (a custom op's outputs never may)."""
     if device.type == "cuda":
         import cupy
 
         with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-            results = _evaluate(loss, arrays, kwargs, with_grad)
-            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in results]
-    results = _evaluate(loss, arrays, kwargs, with_grad)
+            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in _results(loss, arrays, kwargs, with_grad)]
     return [torch.from_numpy(np.array(r, copy=True) if _shares_memory(r, arrays) else np.require(r, requirements="C"))
-            for r in results]
+            for r in _results(loss, arrays, kwargs, with_grad)]
 
 
-def _evaluate(loss, arrays, kwargs, with_grad):
+def _results(loss, arrays, kwargs, with_grad):
     if not with_grad:
         return [loss(*arrays, **kwargs)]
     value, grads = loss.value_and_grad(*arrays, **kwargs)
@@ -208,14 +212,7 @@ def ctc(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity,
 
     arrays = [_array(t) for t in (log_probs, targets, input_lengths, target_lengths)]
     kwargs = dict(blank=int(blank), layout="TNC", zero_infinity=bool(zero_infinity), reduction="none")
-    if device := (log_probs.device if log_probs.device.type == "cuda" else None):
-        import cupy
-
-        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-            results = _evaluate(ctc_loss, arrays, kwargs, with_grad)
-            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in results]
-    results = _evaluate(ctc_loss, arrays, kwargs, with_grad)
-    return [torch.from_numpy(np.require(r, requirements="C")) for r in results]
+    return _evaluate(ctc_loss, log_probs.device, arrays, kwargs, with_grad)
 
 
 @ctc.register_fake
