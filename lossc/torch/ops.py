@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
+from .. import bridge
 from ..registry import get
 
 SCHEMA = ("(Tensor[] inputs, float[] params, Tensor? weight, str reduction, float? avg_factor, float loss_weight, "
@@ -45,10 +46,10 @@ def _register(name, module, variant):
     @kernel.register_fake
     def _(inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
         loss = get(name)
-        shape = () if reduction != "none" else _elementwise_shape(loss, variant, inputs, axis)
+        shape = () if reduction != "none" else bridge.output_shape(loss, variant, [t.shape for t in inputs], axis)
         outputs = [inputs[0].new_empty(shape)]
         if with_grad:
-            outputs += [inputs[k].new_empty(inputs[k].shape) for k in _differentiable(loss)]
+            outputs += [inputs[k].new_empty(inputs[k].shape) for k in bridge.differentiable(loss)]
         return outputs
 
     def setup_context(ctx, inputs, output):
@@ -60,16 +61,17 @@ def _register(name, module, variant):
         loss = get(name)
         tensors, params, weight, reduction, avg_factor, loss_weight, axis = ctx.arguments
         upstream, saved = grads[0], ctx.saved_tensors
-        index = _differentiable(loss)
-        if not saved or (reduction == "none" and not _saved_gradient_suffices(loss, variant, tensors, index, axis)):
+        shapes = [t.shape for t in tensors]
+        if not saved or (reduction == "none" and not bridge.saved_gradient_suffices(loss, variant, shapes, axis)):
             saved, factor = _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight,
                                              axis, upstream), None
         else:
-            factor = upstream if reduction != "none" else _along_inputs(loss, variant, upstream, tensors[0], axis)
+            factor = upstream if reduction != "none" else upstream.reshape(
+                bridge.upstream_shape(loss, variant, upstream.shape, tensors[0].dim(), axis))
             if _is_one(factor):  # loss.backward() of a scalar loss: the saved gradients are the result
                 factor = None
         result = [None] * len(tensors)
-        for k, gradient in zip(index, saved):
+        for k, gradient in zip(bridge.differentiable(loss), saved):
             result[k] = gradient if factor is None else gradient * factor
         no_params = [] if not params else None  # torch's input spec: an empty list stays a list, floats a leaf
         return result, no_params, None, None, None, None, None, None
@@ -97,63 +99,11 @@ def _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, los
     return [g * upstream for g in grads]
 
 
-def _differentiable(loss):
-    return [k for k, spec in enumerate(loss.pair_inputs or loss.inputs) if spec["differentiable"]]
-
-
-def _class_axis(loss, ndim, axis):
-    """The class axis of a prediction with ``ndim`` dimensions."""
-    if loss.class_axis == "last":
-        return ndim - 1
-    if loss.class_axis == "non_batch":
-        return None
-    return axis % ndim
-
-
-def _elementwise_shape(loss, variant, inputs, axis):
-    """The shape of the loss before reduction."""
-    pred = inputs[0]
-    if loss.pair_inputs:  # (rows, columns) of the pairs, or one loss per row-side sample
-        side = {s["side"]: t.shape[0] for t, s in zip(inputs, loss.pair_inputs)}
-        return (side["row"], side["column"]) if loss.loss_level(variant) == "element" else (side["row"],)
-    if loss.class_axis is None:
-        return torch.broadcast_shapes(*(t.shape for t in inputs))
-    if loss.loss_level(variant) == "element":
-        return pred.shape
-    class_axis = _class_axis(loss, pred.dim(), axis)
-    if class_axis is None:
-        return pred.shape[:1]
-    return pred.shape[:class_axis] + pred.shape[class_axis + 1:]
-
-
-def _saved_gradient_suffices(loss, variant, tensors, index, axis):
-    """For reduction='none': whether each input gradient is the incoming gradient times the
-    saved one (each loss value depends only on its own element, or on its own row)."""
-    if loss.pair_inputs or (loss.class_axis is not None and loss.loss_level(variant) == "element"):
-        return False
-    shape = _elementwise_shape(loss, variant, tensors, axis)
-    if loss.class_axis is None:
-        return all(tuple(tensors[k].shape) == tuple(shape) for k in index)
-    return all(tuple(tensors[k].shape) == tuple(tensors[0].shape) for k in index)
-
-
-def _along_inputs(loss, variant, upstream, pred, axis):
-    """The incoming gradient of an unreduced loss, shaped to multiply an input's gradient."""
-    if loss.class_axis is None or loss.loss_level(variant) == "element":
-        return upstream
-    class_axis = _class_axis(loss, pred.dim(), axis)
-    if class_axis is None:
-        return upstream.reshape(upstream.shape + (1,) * (pred.dim() - 1))
-    return upstream.unsqueeze(class_axis)
-
-
 def _run(loss, variant, inputs, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
     """The kernels on the tensors' memory; new tensors of torch's for every result."""
-    device = inputs[0].device
-    runtime = {p: _param_value(loss, p, v) for p, v in zip(_runtime_names(loss), params)}
-    kwargs = dict(weight=None if weight is None else _array(weight), reduction=reduction, avg_factor=avg_factor,
-                  loss_weight=loss_weight, **variant, **runtime, **({"axis": axis} if loss.class_axis == "parameter" else {}))
-    return _evaluate(loss, device, [_array(t) for t in inputs], kwargs, with_grad)
+    kwargs = bridge.kernel_kwargs(loss, variant, params, None if weight is None else _array(weight), reduction,
+                                  avg_factor, loss_weight, axis)
+    return _evaluate(loss, inputs[0].device, [_array(t) for t in inputs], kwargs, with_grad)
 
 
 def _evaluate(loss, device, arrays, kwargs, with_grad):
@@ -164,21 +114,8 @@ def _evaluate(loss, device, arrays, kwargs, with_grad):
         import cupy
 
         with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in _results(loss, arrays, kwargs, with_grad)]
-    return [torch.from_numpy(np.array(r, copy=True) if _shares_memory(r, arrays) else np.require(r, requirements="C"))
-            for r in _results(loss, arrays, kwargs, with_grad)]
-
-
-def _results(loss, arrays, kwargs, with_grad):
-    if not with_grad:
-        return [loss(*arrays, **kwargs)]
-    value, grads = loss.value_and_grad(*arrays, **kwargs)
-    return [value, *grads]
-
-
-def _shares_memory(result, arrays):
-    """A custom op's outputs must never alias its inputs."""
-    return any(isinstance(a, np.ndarray) and np.may_share_memory(np.asarray(result), a) for a in arrays)
+            return [torch.from_dlpack(cupy.ascontiguousarray(r)) for r in bridge.fused(loss, arrays, kwargs, with_grad)]
+    return [torch.from_numpy(r) for r in bridge.host_results(bridge.fused(loss, arrays, kwargs, with_grad), arrays)]
 
 
 def _array(tensor):
@@ -189,14 +126,6 @@ def _array(tensor):
 
         return cupy.from_dlpack(tensor)
     return tensor.numpy()
-
-
-def _runtime_names(loss):
-    return [n for n, p in loss.parameters.items() if not p["variant"]]
-
-
-def _param_value(loss, name, value):
-    return int(value) if loss.parameters[name]["type"] == "int" else float(value)
 
 
 CTC_SCHEMA = ("(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, int blank, "
