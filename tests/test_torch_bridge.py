@@ -243,7 +243,7 @@ def test_cross_entropy_matches_torch(reduction, shape):
         torch.testing.assert_close(a, b, **DROP_IN_TOL)
         torch.testing.assert_close(da, db, **DROP_IN_TOL)
     soft = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), 0 if len(shape) == 1 else 1)
-    for kwargs in ({}, {"label_smoothing": 0.25}):
+    for kwargs in ({}, {"label_smoothing": 0.25}, {"weight": weight}, {"weight": weight, "label_smoothing": 0.25}):
         (a, da), (b, db) = _pair(lt.cross_entropy, F.cross_entropy, x, soft, reduction=reduction, **kwargs)
         torch.testing.assert_close(a, b, **DROP_IN_TOL)
         torch.testing.assert_close(da, db, **DROP_IN_TOL)
@@ -269,6 +269,41 @@ def test_smooth_l1_huber_and_kl_div_match_torch(reduction):
             (a, da), (b, db) = _pair(lt.kl_div, F.kl_div, logp, target, reduction=red, log_target=log_target)
             torch.testing.assert_close(a, b, **DROP_IN_TOL)
             torch.testing.assert_close(da, db, **DROP_IN_TOL)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_a_weight_that_requires_grad_gets_torchs_gradient(reduction):
+    gen = torch.Generator().manual_seed(14)
+    x, y = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    weight = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (lt.huber_loss, F.huber_loss):
+        w = weight.clone().requires_grad_()
+        fn(x, y, weight=w, reduction=reduction, delta=0.5).sum().backward()
+        grads.append(w.grad)
+    torch.testing.assert_close(*grads, **DROP_IN_TOL)
+    with pytest.raises(ValueError, match="weight requires grad"):  # PyTorch's BCE refuses it too
+        lt.binary_cross_entropy_with_logits(x, y.sigmoid(), weight=weight.clone().requires_grad_())
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(7, 5), (5,)])
+def test_cosine_embedding_loss_matches_torch(reduction, shape):
+    """PyTorch's ε inside the squared norms, both gradients, zero and (anti)parallel vectors."""
+    gen = torch.Generator().manual_seed(13)
+    x1, x2 = torch.randn((2,) + shape, generator=gen, dtype=torch.float64)
+    target = torch.tensor([1.0, -1.0, 1.0, -1.0, 0.0, 1.0, -1.0]) if len(shape) == 2 else torch.tensor(-1.0)
+    if len(shape) == 2:
+        x1[4], x2[5], x2[6] = 0.0, 3 * x1[5], -2 * x1[6]  # a zero vector, a parallel and an antiparallel pair
+    for margin in (0.0, -0.4, 0.5):
+        results = []
+        for fn in (lt.cosine_embedding_loss, F.cosine_embedding_loss):
+            a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+            value = fn(a, b, target, margin=margin, reduction=reduction)
+            value.sum().backward()
+            results.append((value.detach(), a.grad, b.grad))
+        for ours, theirs in zip(*results):
+            torch.testing.assert_close(ours, theirs, **DROP_IN_TOL)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])

@@ -16,11 +16,11 @@ Importing this module needs PyTorch (``pip install -e ".[torch]"``); ``import lo
 import torch
 
 from ..registry import get as _get_loss
-from .functional import (binary_cross_entropy_with_logits, cross_entropy, ctc_loss, huber_loss, kl_div,
-                         poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
+from .functional import (binary_cross_entropy_with_logits, cosine_embedding_loss, cross_entropy, ctc_loss,
+                         huber_loss, kl_div, poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
 from .ops import op
 
-__all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
+__all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
            "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss", "SSDMultiBoxLoss"]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -46,6 +46,9 @@ class TorchLoss:
         if out_dtype in LOW_PRECISION:
             tensors = [t.float() if t.is_floating_point() else t for t in tensors]
         if weight is not None:
+            if isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled():
+                raise ValueError(f"{self.name}: weight requires grad; lossc treats the element weight as a "
+                                 "constant (detach it, or multiply a reduction='none' loss by it)")
             weight = torch.as_tensor(weight, device=pred.device)
             weight = weight.to(tensors[0].dtype) if weight.is_floating_point() else weight.double().to(tensors[0].dtype)
         with_grad = torch.is_grad_enabled() and any(

@@ -29,6 +29,15 @@ def _reduction(reduction, size_average=None, reduce=None):
     return reduction
 
 
+def _weighted(loss, weight, reduction, *args, **kwargs):
+    """``loss(*args, weight=weight, reduction=reduction, **kwargs)``; a weight that requires grad
+    multiplies the element loss in torch instead, so it gets its gradient (the element loss)."""
+    if weight is None or not (isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled()):
+        return loss(*args, weight=weight, reduction=reduction, **kwargs)
+    elements = loss(*args, reduction="none", **kwargs) * weight
+    return {"none": elements, "sum": elements.sum(), "mean": elements.mean()}[reduction]
+
+
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
                                      pos_weight=None):
     """PyTorch's BCE with logits: −w·[pos_weight·y·log σ(x) + (1 − y)·log(1 − σ(x))], computed
@@ -54,8 +63,10 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """PyTorch's Huber loss: ½d² where |d| < δ, else δ·(|d| − δ/2) — δ times smooth L1 with β = δ."""
     if delta <= 0:
         raise ValueError("huber_loss does not support non-positive values for delta.")
-    return _loss("huber")(input, target, rho=float(delta), reduction=_reduction(reduction), loss_weight=float(delta),
-                          weight=weight)
+    if weight is not None and weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    return _weighted(_loss("huber"), weight, _reduction(reduction), input, target, rho=float(delta),
+                     loss_weight=float(delta))
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
@@ -67,12 +78,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction = _reduction(reduction, size_average, reduce)
     axis = 0 if input.dim() == 1 else 1
     if target.is_floating_point():
-        if weight is not None:
-            raise NotImplementedError("lossc.torch.cross_entropy: class weights with probability targets are not "
-                                      "supported yet (use class indices, or torch.nn.functional.cross_entropy)")
-        loss = _loss("softmax_ce_dense")(input, target, label_smoothing=float(label_smoothing), axis=axis,
-                                         reduction="sum" if reduction == "mean" else reduction)
-        return loss / (input.numel() // input.shape[axis]) if reduction == "mean" else loss
+        return _cross_entropy_probabilities(input, target, weight, reduction, axis, float(label_smoothing))
     class_weight = 1.0 if weight is None else weight.to(input.dtype).reshape(
         (-1,) + (1,) * (input.dim() - axis - 1))
     loss = _loss("softmax_ce")(input, target, class_weight, class_weighted=weight is not None,
@@ -84,6 +90,43 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if weight is None:
         return loss / kept.sum().to(loss.dtype)
     return loss / (weight.to(loss.dtype)[target.clamp(0, input.shape[axis] - 1)] * kept).sum()
+
+
+def _cross_entropy_probabilities(input, target, weight, reduction, axis, label_smoothing):
+    """PyTorch's cross-entropy with class probabilities: −Σ_c w_c·y'_c·log softmax(x)_c with
+    y' = (1 − ε)·y + ε/C; 'mean' divides by the number of entries (weights or not). The loss is
+    linear in the target, so the weighted target w·y' is lossc's dense cross-entropy target."""
+    rows = input.numel() // input.shape[axis] if input.dim() else 1
+    if weight is not None:
+        classes = input.shape[axis]
+        smoothed = target * (1 - label_smoothing) + label_smoothing / classes if label_smoothing > 0 else target
+        target, label_smoothing = smoothed * weight.to(input.dtype).reshape((-1,) + (1,) * (input.dim() - axis - 1)), 0.0
+    loss = _loss("softmax_ce_dense")(input, target, label_smoothing=label_smoothing, axis=axis,
+                                     reduction="sum" if reduction == "mean" else reduction)
+    return loss / rows if reduction == "mean" else loss
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+    """PyTorch's cosine embedding loss: 1 − cos for target 1, max(0, cos − margin) for −1, 0
+    otherwise, with cos = x1·x2 / √((‖x1‖² + ε)(‖x2‖² + ε)), ε = 1e-12 (PyTorch's EPSILON).
+    lossc's cosine_embedding runs on the inputs with one extra feature each, √ε in x1's and 0
+    in x2's, then 0 and √ε: their norms are exactly PyTorch's, their dot product unchanged."""
+    reduction = _reduction(reduction, size_average, reduce)
+    unbatched = input1.dim() == 1
+    if unbatched:
+        input1, input2, target = input1.unsqueeze(0), input2.unsqueeze(0), target.reshape(1)
+    if input1.dim() != 2 or input1.shape != input2.shape:
+        raise ValueError(f"cosine_embedding_loss: expected 1-D or 2-D inputs of one shape, got "
+                         f"{tuple(input1.shape)} and {tuple(input2.shape)}")
+    root = torch.full_like(input1[:, :1], COSINE_EPSILON ** 0.5)
+    zero = torch.zeros_like(root)
+    padded1, padded2 = torch.cat([input1, root, zero], 1), torch.cat([input2, zero, root], 1)
+    loss = _loss("cosine_embedding")(padded1, padded2, target.to(input1.dtype), margin=float(margin),
+                                     reduction=reduction)
+    return loss[0] if unbatched and reduction == "none" else loss
+
+
+COSINE_EPSILON = 1e-12
 
 
 def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
