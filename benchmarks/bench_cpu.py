@@ -11,7 +11,11 @@ forward + backward (if installed), and one ``np.add(a, b, out=c)`` streaming pas
 memory-bandwidth floor). Ratios are against the baselines measured in this same run, never
 against stored numbers.
 
-Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--repeat 15]
+Then the same three losses through the public API (``lossc.get(name).value_and_grad(...,
+reduction='sum')``, the fast path) at N = 1e3 … 1e7 against their raw reducing kernel, PyTorch
+eager, ``torch.compile`` and ``jax.jit(jax.value_and_grad(optax ...))`` where installed.
+
+Run: python benchmarks/bench_cpu.py [--sizes 1e6 1e7] [--api-sizes 1e3 1e5] [--repeat 15]
 """
 import argparse
 import os
@@ -124,6 +128,79 @@ CASES = {
 }
 
 
+def optax_losses():
+    """{name: element loss in jax.numpy via optax}, or None without jax/optax."""
+    try:
+        import jax
+        import optax
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", False)
+    return jax, {
+        "sigmoid_focal": lambda x, y: optax.sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0),
+        "sigmoid_bce": optax.sigmoid_binary_cross_entropy,
+        "huber": lambda x, y: optax.huber_loss(x, y, delta=1.0),
+    }
+
+
+def raw_kernel(loss, x, y):
+    """The reducing native kernel the public path runs, called with its arguments ready."""
+    function, names = loss._fast._kernel((), x.dtype, True)
+    extra = [np.full(1, spec["default"], x.dtype) for spec in loss.inputs[2:]]
+    upstream, grad = np.ones(1, x.dtype), np.empty_like(x)
+    params = [loss.parameters[n]["default"] for n in names]
+    arguments = [x.size, x.ctypes.data, 1, y.ctypes.data, 1]
+    for array in extra + [upstream]:
+        arguments += [array.ctypes.data, 0]
+    arguments += params + [grad.ctypes.data, native.WORKERS]
+    return lambda: function(*arguments)
+
+
+def public_api(rng, sizes, repeat, torch_info):
+    """Element-wise losses fwd+bwd, reduction 'sum', float32, as users call them, one run:
+    ``lossc.get(name).value_and_grad`` vs its raw kernel, torch eager, torch.compile and
+    ``jax.jit(jax.value_and_grad(optax ... .sum()))``."""
+    jax_info = optax_losses()
+    print("\n| loss | N | lossc µs | raw kernel µs | public/raw | torch eager µs | torch.compile µs | jax.jit µs "
+          "| vs eager | vs faster compiler |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    compiled = {}
+    for name in CASES:
+        for size in sizes:
+            n = int(size)
+            x = rng.normal(0, 3, n).astype(np.float32)
+            y = (rng.random(n) > 0.5).astype(np.float32) if CASES[name][3] == "binary" else \
+                rng.normal(0, 3, n).astype(np.float32)
+            loss = lossc.get(name)
+            t_public = timed(lambda: loss.value_and_grad(x, y, reduction="sum"), repeat)
+            t_raw = timed(raw_kernel(loss, x, y), repeat)
+            t_eager = t_compile = t_jax = float("nan")
+            if torch_info:
+                torch = torch_info[0]
+                fn = torch_loss_functions(torch)[name]
+                compiled.setdefault(name, torch.compile(lambda a, b, fn=fn: fn(a, b).sum()))
+                xt, yt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+                def step(f):
+                    def run():
+                        xt.grad = None
+                        f(xt, yt).backward()
+                    return run
+
+                t_eager = timed(step(lambda a, b: fn(a, b).sum()), repeat)
+                t_compile = timed(step(compiled[name]), repeat)
+            if jax_info:
+                jax, optax_fns = jax_info
+                grad_fn = jax.jit(jax.value_and_grad(lambda a, b, f=optax_fns[name]: f(a, b).sum()))
+                xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
+                t_jax = timed(lambda: jax.block_until_ready(grad_fn(xj, yj)), repeat)
+            measured = [t for t in (t_compile, t_jax) if not np.isnan(t)]
+            faster = min(measured) if measured else float("nan")
+            print(f"| {name} | {size:.0e} | {t_public*1e6:.1f} | {t_raw*1e6:.1f} | {t_public/t_raw:.2f} | "
+                  f"{t_eager*1e6:.1f} | {t_compile*1e6:.1f} | {t_jax*1e6:.1f} | {t_eager/t_public:.2f}× | "
+                  f"{faster/t_public:.2f}× |")
+
+
 def softmax_ce(rng, repeat, torch_info, rows=10000, classes=1000):
     """Softmax CE fwd+bwd on (rows, classes) float32: time vs torch eager, peak extra memory."""
     x = rng.normal(0, 3, (rows, classes)).astype(np.float32)
@@ -177,6 +254,7 @@ def ctc(rng, repeat, torch_info, batch=32, steps=200, alphabet=30, label_length=
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    parser.add_argument("--api-sizes", nargs="+", type=float, default=[1e3, 1e4, 1e5, 1e6, 1e7])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     torch_info = torch_cases()
@@ -205,6 +283,7 @@ def main():
             print(f"{label:14s} {size:6.0e} {t_ours*1e3:9.2f} {t_kernels*1e3:9.2f} {t_numpy*1e3:9.2f} "
                   f"{t_torch*1e3:9.2f} {t_add*1e3:9.2f} {t_kernels/t_ours:8.2f}x {t_numpy/t_ours:8.2f}x "
                   f"{t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
+    public_api(rng, args.api_sizes, args.repeat, torch_info)
     softmax_ce(rng, args.repeat, torch_info)
     ctc(rng, args.repeat, torch_info)
     if torch_info:

@@ -7,8 +7,10 @@ import numpy as np
 
 from .backend import array_module, broadcasts_to, sum_to_shape
 from .elementwise import compute_dtype
+from .fastpath import FastPath
 from .layout import RowLayout
 from .native import NativeModule
+from .native_rows import NativeRowModule
 from .pairs import PairArrays, check_pair_arrays, pair_gradients, pair_matrix
 from .pipeline import Pipeline
 
@@ -54,6 +56,7 @@ class Loss:
         self.pair_terms = {t["input"]: t["module"] for t in manifest.get("pair_terms", [])}
         self._load_module = load_module
         self._modules = {}
+        self._fast = FastPath(self) if self.class_axis is None and not self.pair_inputs else None
 
     def __repr__(self):
         return f"<lossc.Loss {self.name}: {self.summary}>"
@@ -65,6 +68,10 @@ class Loss:
 
     def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
         """The loss after the pipeline (element-wise when reduction='none')."""
+        if self._fast is not None and weight is None and avg_factor is None:
+            value = self._fast.run(args, kwargs, reduction, loss_weight, False)
+            if value is not None:
+                return value
         call = self.bind(args, kwargs)
         return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight))
 
@@ -72,6 +79,10 @@ class Loss:
         self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, grad_output=None, **kwargs
     ):
         """(loss, grads): grads[i] is d sum(loss · grad_output) / d differentiable input i."""
+        if self._fast is not None and weight is None and avg_factor is None and grad_output is None:
+            result = self._fast.run(args, kwargs, reduction, loss_weight, True)
+            if result is not None:
+                return result
         call = self.bind(args, kwargs)
         return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight), True, grad_output)
 
@@ -310,7 +321,8 @@ class Loss:
         backend = "numpy" if xp is np else "cupy"
         if (backend, key) not in self._modules:
             module = self._load_module(module_name(backend), backend)
-            if backend == "numpy" and not hasattr(module, "LOSS_LEVEL"):  # element-wise: native when it can
-                module = NativeModule(module, lambda: self._load_module(module_name("cupy"), "cupy"))
+            if backend == "numpy":  # native kernels when they can run
+                wrapper = NativeRowModule if hasattr(module, "LOSS_LEVEL") else NativeModule
+                module = wrapper(module, lambda: self._load_module(module_name("cupy"), "cupy"))
             self._modules[backend, key] = module
         return self._modules[backend, key]

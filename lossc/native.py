@@ -42,6 +42,7 @@ _C_TYPES = {"float32": "float", "float64": "double"}
 _DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
 GROUP = 64  # elements per inner SIMD loop (a constant trip count: no scalar remainder, see _wrapper)
 MIN_CHUNK = 1 << 16  # elements per thread at least: handing fewer over costs about what running them does
+SUM_CHUNK = 4096  # elements per partial sum of a reducing kernel (a multiple of GROUP)
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
@@ -53,6 +54,7 @@ _X86_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
 PRELUDE = r"""#include <cmath>
 #include <cstring>
+#include <vector>
 #define __device__
 #define __forceinline__ inline __attribute__((always_inline))
 static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
@@ -267,6 +269,57 @@ def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
     return "\n".join(lines) + "\n"
 
 
+def _sum_wrapper(function, ctype, n_inputs, n_params, n_outputs):
+    """extern "C" double lossc_sum_<function>(n, a0, s0, …, p0, …, o1, …, threads): like
+    :func:`_wrapper`, but output 0 (the element loss) is summed instead of stored — the
+    'sum' / 'mean' reductions in the same pass, no element-sized loss array. The sum is
+    fixed by n alone: each CHUNK of elements is summed in double, lane by lane over its
+    groups, its GROUP lanes then added pairwise in a fixed order; the chunk sums are added in
+    order after the threads finish (threads take whole chunks)."""
+    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
+                 + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(1, n_outputs)])
+    fields = [f"{a.replace(', ', '; ')};" for a in arguments] + ["double* sums; long n;"]
+    values = [", ".join(part.split()[-1] for part in a.split(", ")) for a in arguments] + ["sums.data(), n"]
+    call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
+                     + ["&u0[j]"] + [f"&r{k}[j]" for k in range(1, n_outputs)])
+    padded = ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
+                       + [f"&u{k}[j]" for k in range(n_outputs)])
+    lines = [f"struct lossc_sum_context_{function} {{ {' '.join(fields)} }};",
+             f"static void lossc_sum_part_{function}(const void* context, long first, long last)", "{",
+             f"    const lossc_sum_context_{function}& c = *static_cast<const lossc_sum_context_{function}*>(context);"]
+    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
+    for k in range(n_inputs):
+        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
+        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
+    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
+    lines += ["    for (long chunk = first; chunk < last; ++chunk) {",
+              f"        alignas(64) double acc[{GROUP}] = {{}};",
+              f"        const long end = (chunk + 1) * {SUM_CHUNK} < c.n ? (chunk + 1) * {SUM_CHUNK} : c.n;",
+              f"        for (long b = chunk * {SUM_CHUNK}; b < end; b += {GROUP}) {{",
+              f"            const long m = end - b < {GROUP} ? end - b : {GROUP};"]
+    lines += [f"            const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
+    lines += [f"            {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(1, n_outputs)]
+    lines += [f"            if (m == {GROUP}) {{", "#pragma omp simd",
+              f"                for (long j = 0; j < {GROUP}; ++j) {function}({call});", "#pragma omp simd",
+              f"                for (long j = 0; j < {GROUP}; ++j) acc[j] += double(u0[j]);",
+              "                continue;", "            }"]
+    lines += [f"            for (long j = 0; j < {GROUP}; ++j) t{k}[j] = q{k}[j < m ? j : m - 1];" for k in range(n_inputs)]
+    lines += ["#pragma omp simd", f"            for (long j = 0; j < {GROUP}; ++j) {function}({padded});"]
+    lines += [f"            for (long j = 0; j < m; ++j) r{k}[j] = u{k}[j];" for k in range(1, n_outputs)]
+    lines += ["            for (long j = 0; j < m; ++j) acc[j] += double(u0[j]);", "        }",
+              f"        for (int width = {GROUP} / 2; width > 0; width /= 2)",
+              "            for (int j = 0; j < width; ++j) acc[j] += acc[j + width];",
+              "        c.sums[chunk] = acc[0];", "    }", "}",
+              f'extern "C" double lossc_sum_{function}(long n, {", ".join(arguments)}, int threads)', "{",
+              f"    std::vector<double> sums(n / {SUM_CHUNK} + 1);",
+              f"    const lossc_sum_context_{function} c{{{', '.join(values)}}};",
+              f"    const long chunks = (n + {SUM_CHUNK} - 1) / {SUM_CHUNK};",
+              f"    const long parts = n / {MIN_CHUNK} < threads ? n / {MIN_CHUNK} : threads;",
+              f"    lossc_parallel(lossc_sum_part_{function}, &c, chunks, parts < 1 ? 1 : int(parts));",
+              "    double total = 0;", "    for (long k = 0; k < chunks; ++k) total += sums[k];", "    return total;", "}"]
+    return "\n".join(lines) + "\n"
+
+
 def kernel_counts(device_module, kind):
     """(array inputs, scalar parameters, outputs) of one kind of a module's device function."""
     backward = kind == "forward_backward"
@@ -275,15 +328,21 @@ def kernel_counts(device_module, kind):
 
 
 def source(device_module):
-    """The C++ source of one module's native library: its device code and a loop per kernel."""
+    """The C++ source of one module's native library: its device code and a loop per kernel
+    (a row kernel per launch plan for the losses over a class axis, :mod:`lossc.native_rows`)."""
     parts = [PRELUDE, POOL_CODE, _vector_declarations() if _vector_math() else "", COMMON_DEVICE_CODE,
              device_module.DEVICE_CODE]
+    if hasattr(device_module, "STAGES"):  # reductions along a class axis: row kernels
+        from .native_rows import wrappers
+
+        return "\n".join(parts + wrappers(device_module))
     for kind in ("forward", "forward_backward"):
         for precision, ctype in _C_TYPES.items():
             function = device_module.FUNCTIONS[kind][precision]
             if not _IDENTIFIER.match(function):
                 raise ValueError(f"{device_module.__name__}: bad device function name {function!r}")
             parts.append(_wrapper(function, ctype, *kernel_counts(device_module, kind)))
+            parts.append(_sum_wrapper(function, ctype, *kernel_counts(device_module, kind)))
     return "\n".join(parts)
 
 
@@ -440,6 +499,20 @@ class NativeModule:
                                f"parameters do not match its native kernel's {counts[0]} and {counts[1]}")
         return run_native(function, arrays, shape, params, counts[2])
 
+    def sum_kernel(self, kind, dtype):
+        """(ctypes function, parameter names in its order) of the kernel that sums the loss in
+        the pass (``lossc_sum_*``, argument types declared), or None where it cannot run."""
+        functions = self._native_functions()
+        if functions is None or dtype not in _DTYPES:
+            return None
+        device_module = self._load_device_module()
+        n_inputs, n_params, n_outputs = kernel_counts(device_module, kind)
+        function = getattr(self._library, f"lossc_sum_{device_module.FUNCTIONS[kind][dtype.name]}")
+        function.restype = ctypes.c_double
+        function.argtypes = ([ctypes.c_long] + [ctypes.c_void_p, ctypes.c_long] * n_inputs
+                             + [_DTYPES[dtype]] * n_params + [ctypes.c_void_p] * (n_outputs - 1) + [ctypes.c_int])
+        return function, device_module.PARAMETERS
+
     def _native_functions(self):
         """{(kind, dtype): (library function, kernel_counts)}, built on first use; None if unavailable."""
         if self._functions is None:
@@ -449,7 +522,7 @@ class NativeModule:
                 _failures.append(f"{self.numpy_module.__name__}: {error}")
                 self._functions = False
                 return None
-            compiled = library(device_module)
+            compiled = self._library = library(device_module)
             self._functions = False if compiled is None else {
                 (kind, dtype): (getattr(compiled, f"lossc_run_{functions[dtype.name]}"),
                                 kernel_counts(device_module, kind))

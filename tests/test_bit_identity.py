@@ -1,6 +1,7 @@
 """Every element's result is a pure function of its own inputs: the same bits whatever its
 position, the array's size, the number of threads or a concurrent caller, for the native
-kernels and the NumPy kernels of every element-wise loss."""
+kernels and the NumPy kernels of every element-wise loss; every row of a loss over a class
+axis likewise."""
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -68,15 +69,23 @@ def test_thread_count_and_concurrent_callers_never_change_bits(name, dtype, monk
 ROW_LOSSES = [n for n in lossc.list_losses() if lossc.get(n).class_axis and not lossc.get(n).pair_inputs]
 
 
+@pytest.mark.parametrize("kernel", ["numpy", "native"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ROW_LOSSES)
-def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dtype, monkeypatch):
+def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dtype, kernel, monkeypatch):
     """Row r of a loss over a class axis (and its gradient) has the same bits alone, in any
-    slice, and with 1, 2, 3 or 5 threads running the row chunks."""
+    slice, and with 1, 2, 3 or 5 threads running the row chunks (NumPy kernels) or the rows
+    (native row kernels)."""
+    if kernel == "native" and not native.available():
+        pytest.skip("no C++ compiler for native kernels")
     loss = lossc.get(name)
     rng = np.random.default_rng(13)
-    monkeypatch.setattr(elementwise, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
-    rows = 3 * 50 + 5  # several row chunks, a ragged last one
+    if kernel == "numpy":
+        monkeypatch.setenv("LOSSC_NATIVE", "0")
+        monkeypatch.setattr(elementwise, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
+        rows = 3 * 50 + 5  # several row chunks, a ragged last one
+    else:
+        rows = 5 * native.MIN_CHUNK // 7 + 13  # enough elements for 5 threads, ragged parts
     arrays = random_inputs(loss, rng, (rows, 7))
     arrays[0] = arrays[0].astype(dtype)
 
@@ -90,6 +99,7 @@ def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dty
     runs = {}
     for threads in (1, 2, 3, 5):
         monkeypatch.setattr(elementwise, "WORKERS", threads)
+        monkeypatch.setattr(native, "WORKERS", threads)
         runs[threads] = run(*arrays)
     assert all(all(np.array_equal(g, w) for g, w in zip(got, runs[1])) for got in runs.values())
     for part in (slice(0, 1), slice(1, 2), slice(rows - 1, rows), slice(5, 5 + rows // 2)):

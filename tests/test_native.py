@@ -7,6 +7,7 @@ inputs, from concurrent callers and a forked child; and every way of falling bac
 NumPy kernels is exercised.
 """
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -156,20 +157,26 @@ def test_mixed_input_dtypes_are_cast_like_the_numpy_kernels():
 
 @needs_native
 def test_losses_run_native_kernels_through_the_public_api(monkeypatch):
+    """'none' runs the element kernel, 'sum' the kernel that sums in the same pass (the fast
+    path): the same gradient bits, the sum of the same element losses, NumPy's results."""
     loss = lossc.get("sigmoid_focal")
     rng = np.random.default_rng(2)
     x = rng.normal(0, 4, 10000).astype(np.float32)
     y = (rng.random(10000) > 0.7).astype(np.float32)
     call = loss.bind((x, y), {})
     assert isinstance(call.module, native.NativeModule)
-    calls = []
-    monkeypatch.setattr(native, "run_native", lambda *a: calls.append(a) or None)  # None: fall back
-    value, (grad,) = loss.value_and_grad(x, y, reduction="sum")
+    calls, original = [], native.run_native
+    monkeypatch.setattr(native, "run_native", lambda *a: calls.append(a) or original(*a))
+    elements, (element_grad,) = loss.value_and_grad(x, y, reduction="none")
     assert len(calls) == 1
-    monkeypatch.undo()
-    native_value, (native_grad,) = loss.value_and_grad(x, y, reduction="sum")
-    np.testing.assert_allclose(native_value, value, rtol=1e-5)
-    assert_close(native_grad, grad, np.float32)
+    value, (grad,) = loss.value_and_grad(x, y, reduction="sum")
+    assert len(calls) == 1  # the reducing kernel: no element loss array, no second pass
+    np.testing.assert_array_equal(grad, element_grad)
+    assert float(value) == np.float32(math.fsum(elements.astype(np.float64)))
+    monkeypatch.setenv("LOSSC_NATIVE", "0")
+    numpy_value, (numpy_grad,) = loss.value_and_grad(x, y, reduction="sum")
+    np.testing.assert_allclose(value, numpy_value, rtol=1e-5)
+    assert_close(grad, numpy_grad, np.float32)
 
 
 def test_fallbacks_give_the_numpy_kernels_results_exactly(monkeypatch):

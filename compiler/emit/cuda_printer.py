@@ -2,7 +2,9 @@
 
 float32 uses the single-precision math functions (``expf``, ``log1pf``, …) and ``f``-suffixed
 literals rounded to float32, so nothing is silently promoted to double; float64 uses the
-double ones. Conditions become ternaries, so an unused branch is never evaluated.
+double ones. Conditions become ternaries; the emitter lifts the math calls of their branches
+into unconditional temporaries first (``cupy_emitter.speculated``), so that the host's SIMD
+loops vectorise them.
 """
 import numpy as np
 import sympy

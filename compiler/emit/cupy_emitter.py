@@ -7,7 +7,12 @@ Element-wise losses: one function computes the loss and every gradient, wrapped 
 into stages (``row_stages``): one ``cupy.ReductionKernel`` per row statistic, then one
 fused element-wise launch for the loss and gradients.
 """
+import itertools
 from dataclasses import dataclass
+
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.core.numbers import equal_valued
 
 from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
@@ -39,7 +44,9 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     """A __device__ function of ``arguments`` (symbols) computing ``outputs`` after ``assignments``:
     returned when ``returns_value``, else stored through out0, out1, … (every output after
     the first multiplied by grad_output when ``scale_gradients``)."""
-    printer = CudaPrinter(precision, frozenset(s for s, e in assignments if is_indicator(e)))
+    indicators = frozenset(s for s, e in assignments if is_indicator(e))
+    assignments, outputs = speculated(assignments, outputs, indicators)
+    printer = CudaPrinter(precision, indicators)
     statements = [f"const {printer.type} {printer.doprint(s)} = {printer.doprint(e)};" for s, e in assignments]
     parameters = [f"{printer.type} {printer.doprint(a)}" for a in arguments]
     if returns_value:
@@ -51,6 +58,50 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     statements += [f"*out{i} = {c};" for i, c in enumerate(codes)]
     parameters += [f"{printer.type}* out{i}" for i in range(len(outputs))]
     return DeviceFunction("void", name, ", ".join(parameters), statements)
+
+
+def speculated(assignments, outputs, indicators):
+    """The statements with every math call inside a ternary's branch (a Piecewise value, the x
+    of x·[c]) lifted into an unconditional temporary _h0, _h1, … just before its statement.
+    The host's SIMD loops cannot vectorise a call under a condition (glibc's vector exp/log
+    have no masked forms), and computing a value that is then not selected changes nothing:
+    no FP traps, no errno, the ternary still picks the same value."""
+    names = (sympy.Symbol(f"_h{k}") for k in itertools.count())
+    statements = []
+    for symbol, expr in assignments:
+        lifted = []
+        expr = _lift(expr, False, lifted, names, indicators)
+        statements += lifted + [(symbol, expr)]
+    lifted = []
+    outputs = [_lift(e, False, lifted, names, indicators) for e in outputs]
+    return statements + lifted, outputs
+
+
+def _lift(expr, in_branch, lifted, names, indicators):
+    """``expr`` with its math calls under a condition replaced by the next ``names`` (their
+    definitions appended to ``lifted``)."""
+    if expr.is_Atom or not expr.args:
+        return expr
+    if isinstance(expr, sympy.Piecewise):
+        return sympy.Piecewise(*[(_lift(value, True, lifted, names, indicators),
+                                  _lift(cond, in_branch, lifted, names, indicators)) for value, cond in expr.args],
+                               evaluate=False)
+    masked = isinstance(expr, sympy.Mul) and any(is_indicator(f) or f in indicators for f in expr.args)
+    args = [_lift(a, in_branch or masked, lifted, names, indicators) for a in expr.args]
+    if any(new is not old for new, old in zip(args, expr.args)):
+        expr = expr.func(*args, evaluate=False)
+    if in_branch and _is_call(expr):
+        symbol = next(names)
+        lifted.append((symbol, expr))
+        return symbol
+    return expr
+
+
+def _is_call(expr):
+    """Whether the printer emits ``expr`` as a libm call (exp, log, log1p, expm1, lgamma, pow)."""
+    if isinstance(expr, sympy.Pow):
+        return not any(equal_valued(expr.exp, e) for e in (2, -1, 0.5, -0.5))
+    return isinstance(expr, (sympy.exp, sympy.log, sympy.loggamma, log1p, expm1))
 
 
 def elementwise_functions(derived, kind, kernel, n_outputs):

@@ -118,8 +118,10 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f32(float s_input1
     const float _t12 = (s_label == -1.0f);
     const float _t13 = ((_t11) > 0 ? 1.0f : 0.0f);
     const float _t14 = (_t10 ? -_t8 : 0.0f) + (_t12 ? _t13*_t8 : 0.0f);
-    const float _t15 = _t0*(_t5 ? 0.0f : -_t7/(2.0f*powf(_t1, 1.5f)));
-    const float _t16 = _t0*(_t5 ? 0.0f : -_t6/(2.0f*powf(_t3, 1.5f)));
+    const float _h0 = powf(_t1, -1.5f);
+    const float _t15 = _t0*(_t5 ? 0.0f : -_h0*_t7/2.0f);
+    const float _h1 = powf(_t3, -1.5f);
+    const float _t16 = _t0*(_t5 ? 0.0f : -_h1*_t6/2.0f);
     *out0 = (_t10 ? -_t9 + 1.0f : 0.0f) + (_t12 ? ((_t11) < 0 ? 0.0f : (_t11)) : 0.0f);
     *out1 = s_grad_output*(_t14*s_input2 + 2.0f*s_input1*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f)));
     *out2 = s_grad_output*(_t14*s_input1 + 2.0f*s_input2*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f)));
@@ -141,8 +143,10 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double s_input
     const double _t12 = (s_label == -1.0);
     const double _t13 = ((_t11) > 0 ? 1.0 : 0.0);
     const double _t14 = (_t10 ? -_t8 : 0.0) + (_t12 ? _t13*_t8 : 0.0);
-    const double _t15 = _t0*(_t5 ? 0.0 : -_t7/(2.0*pow(_t1, 1.5)));
-    const double _t16 = _t0*(_t5 ? 0.0 : -_t6/(2.0*pow(_t3, 1.5)));
+    const double _h0 = pow(_t1, -1.5);
+    const double _t15 = _t0*(_t5 ? 0.0 : -_h0*_t7/2.0);
+    const double _h1 = pow(_t3, -1.5);
+    const double _t16 = _t0*(_t5 ? 0.0 : -_h1*_t6/2.0);
     *out0 = (_t10 ? -_t9 + 1.0 : 0.0) + (_t12 ? ((_t11) < 0 ? 0.0 : (_t11)) : 0.0);
     *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
     *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));

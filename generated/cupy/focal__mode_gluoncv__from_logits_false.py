@@ -35,7 +35,11 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd
     const float _t3 = _t2*((s_pred) >= 0 ? 1.0f : (_t0));
     const float _t4 = _t3 + s_eps;
     const float _t5 = -s_pred;
-    *out0 = ((_j == s_label) ? -s_alpha*expf(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0f : (s_pred))))*logf(((_t4 > 1.0f) ? 1.0f : _t4)) : (s_alpha - 1.0f)*expf(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0f : (_t5))))*logf(((_t3 - s_eps < 0.0f) ? 1.0f : _t2*((_t5) >= 0 ? 1.0f : (_t0)) + s_eps)));
+    const float _h0 = expf(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0f : (s_pred))));
+    const float _h1 = logf(((_t4 > 1.0f) ? 1.0f : _t4));
+    const float _h2 = expf(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0f : (_t5))));
+    const float _h3 = logf(((_t3 - s_eps < 0.0f) ? 1.0f : _t2*((_t5) >= 0 ? 1.0f : (_t0)) + s_eps));
+    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0f));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
@@ -45,7 +49,11 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd
     const double _t3 = _t2*((s_pred) >= 0 ? 1.0 : (_t0));
     const double _t4 = _t3 + s_eps;
     const double _t5 = -s_pred;
-    *out0 = ((_j == s_label) ? -s_alpha*exp(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0 : (s_pred))))*log(((_t4 > 1.0) ? 1.0 : _t4)) : (s_alpha - 1.0)*exp(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0 : (_t5))))*log(((_t3 - s_eps < 0.0) ? 1.0 : _t2*((_t5) >= 0 ? 1.0 : (_t0)) + s_eps)));
+    const double _h0 = exp(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0 : (s_pred))));
+    const double _h1 = log(((_t4 > 1.0) ? 1.0 : _t4));
+    const double _h2 = exp(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0 : (_t5))));
+    const double _h3 = log(((_t3 - s_eps < 0.0) ? 1.0 : _t2*((_t5) >= 0 ? 1.0 : (_t0)) + s_eps));
+    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {

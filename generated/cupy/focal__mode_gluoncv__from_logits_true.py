@@ -31,13 +31,21 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_
 {
     const float _t0 = -s_pred + 1.0f;
     const float _t1 = s_eps + s_pred;
-    *out0 = ((_j == s_label) ? -powf(_t0, s_gamma)*s_alpha*logf(((_t1 > 1.0f) ? 1.0f : _t1)) : powf(s_pred, s_gamma)*(s_alpha - 1.0f)*logf(((s_eps - s_pred > 0.0f) ? 1.0f : s_eps + (_t0))));
+    const float _h0 = powf(_t0, s_gamma);
+    const float _h1 = logf(((_t1 > 1.0f) ? 1.0f : _t1));
+    const float _h2 = powf(s_pred, s_gamma);
+    const float _h3 = logf(((s_eps - s_pred > 0.0f) ? 1.0f : s_eps + (_t0)));
+    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0f));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
     const double _t0 = -s_pred + 1.0;
     const double _t1 = s_eps + s_pred;
-    *out0 = ((_j == s_label) ? -pow(_t0, s_gamma)*s_alpha*log(((_t1 > 1.0) ? 1.0 : _t1)) : pow(s_pred, s_gamma)*(s_alpha - 1.0)*log(((s_eps - s_pred > 0.0) ? 1.0 : s_eps + (_t0))));
+    const double _h0 = pow(_t0, s_gamma);
+    const double _h1 = log(((_t1 > 1.0) ? 1.0 : _t1));
+    const double _h2 = pow(s_pred, s_gamma);
+    const double _h3 = log(((s_eps - s_pred > 0.0) ? 1.0 : s_eps + (_t0)));
+    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
@@ -53,8 +61,10 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_o
     const float _t9 = s_eps + (_t0);
     const float _t10 = logf((_t8 ? 1.0f : _t9));
     const float _t11 = s_gamma - 1.0f;
+    const float _h0 = powf(_t0, _t11);
+    const float _h1 = powf(s_pred, _t11);
     *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(powf(_t0, _t11)*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_t10*s_gamma*powf(s_pred, _t11) + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
+    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
@@ -70,8 +80,10 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_o
     const double _t9 = s_eps + (_t0);
     const double _t10 = log((_t8 ? 1.0 : _t9));
     const double _t11 = s_gamma - 1.0;
+    const double _h0 = pow(_t0, _t11);
+    const double _h1 = pow(s_pred, _t11);
     *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(pow(_t0, _t11)*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_t10*s_gamma*pow(s_pred, _t11) + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
+    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
 }
 """
 

@@ -22,14 +22,18 @@ __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_false
     const float _t0 = log1pf(expf(-fabsf(s_pred)));
     const float _t1 = _t0 + ((-s_pred) < 0 ? 0.0f : (-s_pred));
     const float _t2 = _t0 + ((s_pred) < 0 ? 0.0f : (s_pred));
-    *out0 = ((s_label > 0.0f) ? _t1*s_alpha*expf(-_t2*s_gamma) : -_t2*(s_alpha - 1.0f)*expf(-_t1*s_gamma));
+    const float _h0 = expf(-_t2*s_gamma);
+    const float _h1 = expf(-_t1*s_gamma);
+    *out0 = ((s_label > 0.0f) ? _h0*_t1*s_alpha : -_h1*_t2*(s_alpha - 1.0f));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_false_fwd_f64(double s_pred, double s_label, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
     const double _t0 = log1p(exp(-fabs(s_pred)));
     const double _t1 = _t0 + ((-s_pred) < 0 ? 0.0 : (-s_pred));
     const double _t2 = _t0 + ((s_pred) < 0 ? 0.0 : (s_pred));
-    *out0 = ((s_label > 0.0) ? _t1*s_alpha*exp(-_t2*s_gamma) : -_t2*(s_alpha - 1.0)*exp(-_t1*s_gamma));
+    const double _h0 = exp(-_t2*s_gamma);
+    const double _h1 = exp(-_t1*s_gamma);
+    *out0 = ((s_label > 0.0) ? _h0*_t1*s_alpha : -_h1*_t2*(s_alpha - 1.0));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_false_fb_f32(float s_pred, float s_label, float s_grad_output, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {

@@ -19,11 +19,19 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fwd_f32(float s_pred, float s_label, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    *out0 = ((s_label > 0.0f) ? -s_alpha*powf((-s_pred + 1.0f), s_gamma)*logf(s_pred) : powf(s_pred, s_gamma)*(s_alpha - 1.0f)*log1pf(-s_pred));
+    const float _h0 = powf((-s_pred + 1.0f), s_gamma);
+    const float _h1 = logf(s_pred);
+    const float _h2 = powf(s_pred, s_gamma);
+    const float _h3 = log1pf(-s_pred);
+    *out0 = ((s_label > 0.0f) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0f));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fwd_f64(double s_pred, double s_label, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    *out0 = ((s_label > 0.0) ? -s_alpha*pow((-s_pred + 1.0), s_gamma)*log(s_pred) : pow(s_pred, s_gamma)*(s_alpha - 1.0)*log1p(-s_pred));
+    const double _h0 = pow((-s_pred + 1.0), s_gamma);
+    const double _h1 = log(s_pred);
+    const double _h2 = pow(s_pred, s_gamma);
+    const double _h3 = log1p(-s_pred);
+    *out0 = ((s_label > 0.0) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fb_f32(float s_pred, float s_label, float s_grad_output, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
@@ -36,8 +44,10 @@ __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_
     const float _t6 = s_alpha - 1.0f;
     const float _t7 = log1pf(-s_pred);
     const float _t8 = s_gamma - 1.0f;
+    const float _h0 = powf(_t2, _t8);
+    const float _h1 = powf(s_pred, _t8);
     *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
-    *out1 = s_grad_output * ((_t4 ? s_alpha*(_t0*powf(_t2, _t8)*s_gamma - _t3/s_pred) : _t6*(_t7*s_gamma*powf(s_pred, _t8) + _t5/_t1)));
+    *out1 = s_grad_output * ((_t4 ? s_alpha*(_h0*_t0*s_gamma - _t3/s_pred) : _t6*(_h1*_t7*s_gamma + _t5/_t1)));
 }
 __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_fb_f64(double s_pred, double s_label, double s_grad_output, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
@@ -50,8 +60,10 @@ __device__ __forceinline__ void lossc_focal_dense__mode_exact__from_logits_true_
     const double _t6 = s_alpha - 1.0;
     const double _t7 = log1p(-s_pred);
     const double _t8 = s_gamma - 1.0;
+    const double _h0 = pow(_t2, _t8);
+    const double _h1 = pow(s_pred, _t8);
     *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
-    *out1 = s_grad_output * ((_t4 ? s_alpha*(_t0*pow(_t2, _t8)*s_gamma - _t3/s_pred) : _t6*(_t7*s_gamma*pow(s_pred, _t8) + _t5/_t1)));
+    *out1 = s_grad_output * ((_t4 ? s_alpha*(_h0*_t0*s_gamma - _t3/s_pred) : _t6*(_h1*_t7*s_gamma + _t5/_t1)));
 }
 """
 

@@ -80,12 +80,16 @@ __device__ __forceinline__ double lossc_kl_div__from_logits_false_fwd_r2_f64(dou
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f32(float s_pred, float s_label, float _r0, float _r1, float _r2, float* out0)
 {
     const float _t0 = _r0;
-    *out0 = ((s_label > 0.0f) ? s_label*(_t0 - s_pred + logf(s_label) + log1pf(_r2 + (_r1 - 1.0f))) : 0.0f);
+    const float _h0 = logf(s_label);
+    const float _h1 = log1pf(_r2 + (_r1 - 1.0f));
+    *out0 = ((s_label > 0.0f) ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(double s_pred, double s_label, double _r0, double _r1, double _r2, double* out0)
 {
     const double _t0 = _r0;
-    *out0 = ((s_label > 0.0) ? s_label*(_t0 - s_pred + log(s_label) + log1p(_r2 + (_r1 - 1.0))) : 0.0);
+    const double _h0 = log(s_label);
+    const double _h1 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = ((s_label > 0.0) ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
 }
 __device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r0_f32(float s_pred)
 {
@@ -139,7 +143,9 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f32(float
     const float _t1 = expf(-_t0 + s_pred);
     const float _t3 = _r2 + (_r1 - 1.0f);
     const float _t4 = (s_label > 0.0f);
-    *out0 = (_t4 ? s_label*(_t0 - s_pred + logf(s_label) + log1pf(_t3)) : 0.0f);
+    const float _h0 = logf(s_label);
+    const float _h1 = log1pf(_t3);
+    *out0 = (_t4 ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0f);
     *out1 = _r3*_t1/(_t3 + 1.0f) + s_grad_output*(_t4 ? -s_label : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
@@ -148,7 +154,9 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(doubl
     const double _t1 = exp(-_t0 + s_pred);
     const double _t3 = _r2 + (_r1 - 1.0);
     const double _t4 = (s_label > 0.0);
-    *out0 = (_t4 ? s_label*(_t0 - s_pred + log(s_label) + log1p(_t3)) : 0.0);
+    const double _h0 = log(s_label);
+    const double _h1 = log1p(_t3);
+    *out0 = (_t4 ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
     *out1 = _r3*_t1/(_t3 + 1.0) + s_grad_output*(_t4 ? -s_label : 0.0);
 }
 """

@@ -29,22 +29,26 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f32(float s_pred, float s_label, float* out0)
 {
-    *out0 = ((s_label > 0.0f) ? -s_label*(s_pred - logf(s_label)) : 0.0f);
+    const float _h0 = logf(s_label);
+    *out0 = ((s_label > 0.0f) ? -s_label*(-_h0 + s_pred) : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_true_fwd_out_f64(double s_pred, double s_label, double* out0)
 {
-    *out0 = ((s_label > 0.0) ? -s_label*(s_pred - log(s_label)) : 0.0);
+    const double _h0 = log(s_label);
+    *out0 = ((s_label > 0.0) ? -s_label*(-_h0 + s_pred) : 0.0);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float* out0, float* out1)
 {
     const float _t0 = (s_label > 0.0f);
-    *out0 = (_t0 ? -s_label*(s_pred - logf(s_label)) : 0.0f);
+    const float _h0 = logf(s_label);
+    *out0 = (_t0 ? -s_label*(-_h0 + s_pred) : 0.0f);
     *out1 = s_grad_output*(_t0 ? -s_label : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double* out0, double* out1)
 {
     const double _t0 = (s_label > 0.0);
-    *out0 = (_t0 ? -s_label*(s_pred - log(s_label)) : 0.0);
+    const double _h0 = log(s_label);
+    *out0 = (_t0 ? -s_label*(-_h0 + s_pred) : 0.0);
     *out1 = s_grad_output*(_t0 ? -s_label : 0.0);
 }
 """

@@ -19,18 +19,24 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_false_fwd_f32(float s_pred, float s_target, float s_epsilon, float* out0)
 {
-    *out0 = s_pred - s_target*((s_pred > 0.5f) ? log1pf(s_epsilon + (s_pred - 1.0f)) : logf((s_epsilon + s_pred)));
+    const float _h0 = log1pf(s_epsilon + (s_pred - 1.0f));
+    const float _h1 = logf((s_epsilon + s_pred));
+    *out0 = s_pred - s_target*((s_pred > 0.5f) ? _h0 : _h1);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_false_fwd_f64(double s_pred, double s_target, double s_epsilon, double* out0)
 {
-    *out0 = s_pred - s_target*((s_pred > 0.5) ? log1p(s_epsilon + (s_pred - 1.0)) : log((s_epsilon + s_pred)));
+    const double _h0 = log1p(s_epsilon + (s_pred - 1.0));
+    const double _h1 = log((s_epsilon + s_pred));
+    *out0 = s_pred - s_target*((s_pred > 0.5) ? _h0 : _h1);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_false_fb_f32(float s_pred, float s_target, float s_grad_output, float s_epsilon, float* out0, float* out1)
 {
     const float _t0 = s_epsilon + (s_pred - 1.0f);
     const float _t1 = (s_pred > 0.5f);
     const float _t2 = (s_epsilon + s_pred);
-    *out0 = s_pred - s_target*(_t1 ? log1pf(_t0) : logf(_t2));
+    const float _h0 = log1pf(_t0);
+    const float _h1 = logf(_t2);
+    *out0 = s_pred - s_target*(_t1 ? _h0 : _h1);
     *out1 = s_grad_output * (-s_target*(_t1 ? (1.0f/(_t0 + 1.0f)) : (1.0f/_t2)) + 1.0f);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_false_fb_f64(double s_pred, double s_target, double s_grad_output, double s_epsilon, double* out0, double* out1)
@@ -38,7 +44,9 @@ __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_fu
     const double _t0 = s_epsilon + (s_pred - 1.0);
     const double _t1 = (s_pred > 0.5);
     const double _t2 = (s_epsilon + s_pred);
-    *out0 = s_pred - s_target*(_t1 ? log1p(_t0) : log(_t2));
+    const double _h0 = log1p(_t0);
+    const double _h1 = log(_t2);
+    *out0 = s_pred - s_target*(_t1 ? _h0 : _h1);
     *out1 = s_grad_output * (-s_target*(_t1 ? (1.0/(_t0 + 1.0)) : (1.0/_t2)) + 1.0);
 }
 """

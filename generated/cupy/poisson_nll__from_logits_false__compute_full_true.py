@@ -19,18 +19,30 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_true_fwd_f32(float s_pred, float s_target, float s_epsilon, float* out0)
 {
-    *out0 = s_pred - s_target*((s_pred > 0.5f) ? log1pf(s_epsilon + (s_pred - 1.0f)) : logf((s_epsilon + s_pred))) + ((s_target > 1.0f) ? s_target*logf(s_target) - s_target + logf(2.0f*3.14159274f*s_target)/2.0f : 0.0f);
+    const float _h0 = log1pf(s_epsilon + (s_pred - 1.0f));
+    const float _h1 = logf((s_epsilon + s_pred));
+    const float _h2 = logf(2.0f*3.14159274f*s_target);
+    const float _h3 = logf(s_target);
+    *out0 = s_pred - s_target*((s_pred > 0.5f) ? _h0 : _h1) + ((s_target > 1.0f) ? _h2/2.0f + _h3*s_target - s_target : 0.0f);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_true_fwd_f64(double s_pred, double s_target, double s_epsilon, double* out0)
 {
-    *out0 = s_pred - s_target*((s_pred > 0.5) ? log1p(s_epsilon + (s_pred - 1.0)) : log((s_epsilon + s_pred))) + ((s_target > 1.0) ? s_target*log(s_target) - s_target + log(2.0*3.141592653589793*s_target)/2.0 : 0.0);
+    const double _h0 = log1p(s_epsilon + (s_pred - 1.0));
+    const double _h1 = log((s_epsilon + s_pred));
+    const double _h2 = log(2.0*3.141592653589793*s_target);
+    const double _h3 = log(s_target);
+    *out0 = s_pred - s_target*((s_pred > 0.5) ? _h0 : _h1) + ((s_target > 1.0) ? _h2/2.0 + _h3*s_target - s_target : 0.0);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_true_fb_f32(float s_pred, float s_target, float s_grad_output, float s_epsilon, float* out0, float* out1)
 {
     const float _t0 = s_epsilon + (s_pred - 1.0f);
     const float _t1 = (s_pred > 0.5f);
     const float _t2 = (s_epsilon + s_pred);
-    *out0 = s_pred - s_target*(_t1 ? log1pf(_t0) : logf(_t2)) + ((s_target > 1.0f) ? s_target*logf(s_target) - s_target + logf(2.0f*3.14159274f*s_target)/2.0f : 0.0f);
+    const float _h0 = log1pf(_t0);
+    const float _h1 = logf(_t2);
+    const float _h2 = logf(2.0f*3.14159274f*s_target);
+    const float _h3 = logf(s_target);
+    *out0 = s_pred - s_target*(_t1 ? _h0 : _h1) + ((s_target > 1.0f) ? _h2/2.0f + _h3*s_target - s_target : 0.0f);
     *out1 = s_grad_output * (-s_target*(_t1 ? (1.0f/(_t0 + 1.0f)) : (1.0f/_t2)) + 1.0f);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_full_true_fb_f64(double s_pred, double s_target, double s_grad_output, double s_epsilon, double* out0, double* out1)
@@ -38,7 +50,11 @@ __device__ __forceinline__ void lossc_poisson_nll__from_logits_false__compute_fu
     const double _t0 = s_epsilon + (s_pred - 1.0);
     const double _t1 = (s_pred > 0.5);
     const double _t2 = (s_epsilon + s_pred);
-    *out0 = s_pred - s_target*(_t1 ? log1p(_t0) : log(_t2)) + ((s_target > 1.0) ? s_target*log(s_target) - s_target + log(2.0*3.141592653589793*s_target)/2.0 : 0.0);
+    const double _h0 = log1p(_t0);
+    const double _h1 = log(_t2);
+    const double _h2 = log(2.0*3.141592653589793*s_target);
+    const double _h3 = log(s_target);
+    *out0 = s_pred - s_target*(_t1 ? _h0 : _h1) + ((s_target > 1.0) ? _h2/2.0 + _h3*s_target - s_target : 0.0);
     *out1 = s_grad_output * (-s_target*(_t1 ? (1.0/(_t0 + 1.0)) : (1.0/_t2)) + 1.0);
 }
 """

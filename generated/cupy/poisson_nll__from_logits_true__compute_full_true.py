@@ -19,22 +19,30 @@ FUNCTIONS = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_true__compute_full_true_fwd_f32(float s_pred, float s_target, float s_epsilon, float* out0)
 {
-    *out0 = -s_pred*s_target + ((s_target > 1.0f) ? s_target*logf(s_target) - s_target + logf(2.0f*3.14159274f*s_target)/2.0f : 0.0f) + expf(s_pred);
+    const float _h0 = logf(2.0f*3.14159274f*s_target);
+    const float _h1 = logf(s_target);
+    *out0 = -s_pred*s_target + ((s_target > 1.0f) ? _h0/2.0f + _h1*s_target - s_target : 0.0f) + expf(s_pred);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_true__compute_full_true_fwd_f64(double s_pred, double s_target, double s_epsilon, double* out0)
 {
-    *out0 = -s_pred*s_target + ((s_target > 1.0) ? s_target*log(s_target) - s_target + log(2.0*3.141592653589793*s_target)/2.0 : 0.0) + exp(s_pred);
+    const double _h0 = log(2.0*3.141592653589793*s_target);
+    const double _h1 = log(s_target);
+    *out0 = -s_pred*s_target + ((s_target > 1.0) ? _h0/2.0 + _h1*s_target - s_target : 0.0) + exp(s_pred);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_true__compute_full_true_fb_f32(float s_pred, float s_target, float s_grad_output, float s_epsilon, float* out0, float* out1)
 {
     const float _t0 = expf(s_pred);
-    *out0 = _t0 - s_pred*s_target + ((s_target > 1.0f) ? s_target*logf(s_target) - s_target + logf(2.0f*3.14159274f*s_target)/2.0f : 0.0f);
+    const float _h0 = logf(2.0f*3.14159274f*s_target);
+    const float _h1 = logf(s_target);
+    *out0 = _t0 - s_pred*s_target + ((s_target > 1.0f) ? _h0/2.0f + _h1*s_target - s_target : 0.0f);
     *out1 = s_grad_output * (_t0 - s_target);
 }
 __device__ __forceinline__ void lossc_poisson_nll__from_logits_true__compute_full_true_fb_f64(double s_pred, double s_target, double s_grad_output, double s_epsilon, double* out0, double* out1)
 {
     const double _t0 = exp(s_pred);
-    *out0 = _t0 - s_pred*s_target + ((s_target > 1.0) ? s_target*log(s_target) - s_target + log(2.0*3.141592653589793*s_target)/2.0 : 0.0);
+    const double _h0 = log(2.0*3.141592653589793*s_target);
+    const double _h1 = log(s_target);
+    *out0 = _t0 - s_pred*s_target + ((s_target > 1.0) ? _h0/2.0 + _h1*s_target - s_target : 0.0);
     *out1 = s_grad_output * (_t0 - s_target);
 }
 """

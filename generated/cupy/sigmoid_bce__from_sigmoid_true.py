@@ -21,13 +21,21 @@ __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fwd_f32(flo
 {
     const float _t0 = s_pred - 1.0f;
     const float _t1 = (s_pred > 0.5f);
-    *out0 = -s_label*s_pos_weight*(_t1 ? log1pf(s_eps + (_t0)) : logf((s_eps + s_pred))) + (s_label - 1.0f)*(_t1 ? logf((s_eps + (-_t0))) : log1pf(s_eps - s_pred));
+    const float _h0 = logf((s_eps + (-_t0)));
+    const float _h1 = log1pf(s_eps - s_pred);
+    const float _h2 = log1pf(s_eps + (_t0));
+    const float _h3 = logf((s_eps + s_pred));
+    *out0 = -s_label*s_pos_weight*(_t1 ? _h2 : _h3) + (s_label - 1.0f)*(_t1 ? _h0 : _h1);
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fwd_f64(double s_pred, double s_label, double s_pos_weight, double s_eps, double* out0)
 {
     const double _t0 = s_pred - 1.0;
     const double _t1 = (s_pred > 0.5);
-    *out0 = -s_label*s_pos_weight*(_t1 ? log1p(s_eps + (_t0)) : log((s_eps + s_pred))) + (s_label - 1.0)*(_t1 ? log((s_eps + (-_t0))) : log1p(s_eps - s_pred));
+    const double _h0 = log((s_eps + (-_t0)));
+    const double _h1 = log1p(s_eps - s_pred);
+    const double _h2 = log1p(s_eps + (_t0));
+    const double _h3 = log((s_eps + s_pred));
+    *out0 = -s_label*s_pos_weight*(_t1 ? _h2 : _h3) + (s_label - 1.0)*(_t1 ? _h0 : _h1);
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f32(float s_pred, float s_label, float s_pos_weight, float s_grad_output, float s_eps, float* out0, float* out1)
 {
@@ -39,7 +47,11 @@ __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f32(floa
     const float _t5 = s_label - 1.0f;
     const float _t6 = s_eps + (-_t0);
     const float _t7 = (_t6);
-    *out0 = -_t4*(_t2 ? log1pf(_t1) : logf(_t3)) + _t5*(_t2 ? logf(_t7) : log1pf(s_eps - s_pred));
+    const float _h0 = logf(_t7);
+    const float _h1 = log1pf(s_eps - s_pred);
+    const float _h2 = log1pf(_t1);
+    const float _h3 = logf(_t3);
+    *out0 = -_t4*(_t2 ? _h2 : _h3) + _t5*(_t2 ? _h0 : _h1);
     *out1 = s_grad_output * (-_t4*(_t2 ? (1.0f/(_t1 + 1.0f)) : (1.0f/_t3)) + _t5*(_t2 ? -1.0f/_t7 : -1.0f/_t6));
 }
 __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f64(double s_pred, double s_label, double s_pos_weight, double s_grad_output, double s_eps, double* out0, double* out1)
@@ -52,7 +64,11 @@ __device__ __forceinline__ void lossc_sigmoid_bce__from_sigmoid_true_fb_f64(doub
     const double _t5 = s_label - 1.0;
     const double _t6 = s_eps + (-_t0);
     const double _t7 = (_t6);
-    *out0 = -_t4*(_t2 ? log1p(_t1) : log(_t3)) + _t5*(_t2 ? log(_t7) : log1p(s_eps - s_pred));
+    const double _h0 = log(_t7);
+    const double _h1 = log1p(s_eps - s_pred);
+    const double _h2 = log1p(_t1);
+    const double _h3 = log(_t3);
+    *out0 = -_t4*(_t2 ? _h2 : _h3) + _t5*(_t2 ? _h0 : _h1);
     *out1 = s_grad_output * (-_t4*(_t2 ? (1.0/(_t1 + 1.0)) : (1.0/_t3)) + _t5*(_t2 ? -1.0/_t7 : -1.0/_t6));
 }
 """

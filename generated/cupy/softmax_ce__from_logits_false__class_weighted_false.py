@@ -199,8 +199,10 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t14 = (_t0 ? 0.0f : _t1);
     const float _t15 = -_t9;
     const float _t16 = _t12*s_classes;
+    const float _h0 = expm1f(_t15);
+    const float _h1 = expf(_t15);
     *out0 = (_t0 ? 0.0f : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0f));
-    *out1 = (_t4 ? s_grad_output*(-_t13 - _t14*expm1f(_t15) - _t16*expf(_t15)) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0f)));
+    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
@@ -220,8 +222,10 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t14 = (_t0 ? 0.0 : _t1);
     const double _t15 = -_t9;
     const double _t16 = _t12*s_classes;
+    const double _h0 = expm1(_t15);
+    const double _h1 = exp(_t15);
     *out0 = (_t0 ? 0.0 : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0));
-    *out1 = (_t4 ? s_grad_output*(-_t13 - _t14*expm1(_t15) - _t16*exp(_t15)) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0)));
+    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0)));
 }
 """
 

@@ -249,8 +249,10 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t15 = (_t0 ? 0.0f : _t13);
     const float _t16 = -_t12;
     const float _t17 = _t1*_t14;
+    const float _h0 = expm1f(_t16);
+    const float _h1 = expf(_t16);
     *out0 = (_t0 ? 0.0f : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0f));
-    *out1 = (_t10 ? s_grad_output*(_t14*s_class_weight - _t15*expm1f(_t16) - _t17*expf(_t16)) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0f)));
+    *out1 = (_t10 ? s_grad_output*(-_h0*_t15 - _h1*_t17 + _t14*s_class_weight) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0f)));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1)
 {
@@ -270,8 +272,10 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t15 = (_t0 ? 0.0 : _t13);
     const double _t16 = -_t12;
     const double _t17 = _t1*_t14;
+    const double _h0 = expm1(_t16);
+    const double _h1 = exp(_t16);
     *out0 = (_t0 ? 0.0 : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0));
-    *out1 = (_t10 ? s_grad_output*(_t14*s_class_weight - _t15*expm1(_t16) - _t17*exp(_t16)) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0)));
+    *out1 = (_t10 ? s_grad_output*(-_h0*_t15 - _h1*_t17 + _t14*s_class_weight) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0)));
 }
 """
 
