@@ -2,8 +2,9 @@
 (``STAGES``: one reduction per row statistic, then the fused loss-and-gradient stage) run
 row by row on the host, from the same CUDA ``__device__`` functions the GPU runs.
 
-Rows are split over the library's threads; each row is read once per statistic while it is
-in cache (a row block per thread at most, never a rows × classes temporary), its statistics
+Rows are split over the library's threads; each row is read once per group of statistics
+that do not depend on each other (e.g. the row max, then every sum after it) while it is in
+cache (a row block per thread at most, never a rows × classes temporary), its statistics
 kept in registers, then the final stage writes the loss and every gradient of the row.
 Every statistic is reduced over the classes in a fixed order (GROUP lanes, then pairwise),
 and every element goes through the same vector code (a last partial group padded), so a
@@ -61,27 +62,46 @@ def _tail_copies(stage, arrays):
     return lines
 
 
-def _reduction(index, stage, precision, arrays, parameters, ctype):
-    """C lines computing row statistic _r<index> of one row."""
-    function = stage["functions"][precision]
-    full = ", ".join(_value(a, arrays, parameters, False) for a in stage["arguments"])
-    tail = ", ".join(_value(a, arrays, parameters, True) for a in stage["arguments"])
-    op = REDUCE[stage["op"]]
-    return [f"        {ctype} _r{index};", "        {",
-            f"        alignas(64) {ctype} acc[{GROUP}], v[{GROUP}];",
-            f"        for (int j = 0; j < {GROUP}; ++j) acc[j] = {IDENTITY[stage['op']]};",
-            f"        for (long j0 = 0; j0 < C; j0 += {GROUP}) {{",
-            f"            const long m = C - j0 < {GROUP} ? C - j0 : {GROUP};",
-            f"            if (m == {GROUP}) {{", "#pragma omp simd",
-            f"                for (long j = 0; j < {GROUP}; ++j) {{ const {ctype} x = {function}({full}); "
-            f"acc[j] = {op.format(a='acc[j]', b='x')}; }}",
-            "                continue;", "            }",
-            *_tail_copies(stage, arrays), "#pragma omp simd",
-            f"            for (long j = 0; j < {GROUP}; ++j) v[j] = {function}({tail});",
-            f"            for (long j = 0; j < m; ++j) acc[j] = {op.format(a='acc[j]', b='v[j]')};", "        }",
-            f"        for (int width = {GROUP} / 2; width > 0; width /= 2)",
-            f"            for (int j = 0; j < width; ++j) acc[j] = {op.format(a='acc[j]', b='acc[j + width]')};",
-            f"        _r{index} = acc[0];", "        }"]
+def _groups(reductions):
+    """The reduction stages as consecutive groups that can share one pass over a row: a stage
+    joins the current group unless it reads a statistic of that group."""
+    groups = []
+    for index, stage in enumerate(reductions):
+        if groups and not any(f"_r{k}" in stage["arguments"] for k, _ in groups[-1]):
+            groups[-1].append((index, stage))
+        else:
+            groups.append([(index, stage)])
+    return groups
+
+
+def _reductions(group, precision, arrays, parameters, ctype):
+    """C lines computing the row statistics of one group (_r<index> each) in one pass over the row."""
+    lines = [f"        {ctype} {', '.join(f'_r{index}' for index, _ in group)};", "        {"]
+    lines += [f"        alignas(64) {ctype} acc{index}[{GROUP}], v{index}[{GROUP}];" for index, _ in group]
+    lines += [f"        for (int j = 0; j < {GROUP}; ++j) acc{index}[j] = {IDENTITY[stage['op']]};"
+              for index, stage in group]
+    full, tail, combine, store = [], [], [], []
+    for index, stage in group:
+        function, op = stage["functions"][precision], REDUCE[stage["op"]]
+        arguments = stage["arguments"]
+        full.append(f"const {ctype} x{index} = {function}({', '.join(_value(a, arrays, parameters, False) for a in arguments)}); "
+                    f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'x{index}')};")
+        tail.append(f"v{index}[j] = {function}({', '.join(_value(a, arrays, parameters, True) for a in arguments)});")
+        combine.append(f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'v{index}[j]')};")
+        store.append(f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'acc{index}[j + width]')};")
+    read = {"arguments": sorted({a for _, stage in group for a in stage["arguments"]})}
+    lines += [f"        for (long j0 = 0; j0 < C; j0 += {GROUP}) {{",
+              f"            const long m = C - j0 < {GROUP} ? C - j0 : {GROUP};",
+              f"            if (m == {GROUP}) {{", "#pragma omp simd",
+              f"                for (long j = 0; j < {GROUP}; ++j) {{ {' '.join(full)} }}",
+              "                continue;", "            }",
+              *_tail_copies(read, arrays), "#pragma omp simd",
+              f"            for (long j = 0; j < {GROUP}; ++j) {{ {' '.join(tail)} }}",
+              f"            for (long j = 0; j < m; ++j) {{ {' '.join(combine)} }}", "        }",
+              f"        for (int width = {GROUP} / 2; width > 0; width /= 2)",
+              f"            for (int j = 0; j < width; ++j) {{ {' '.join(store)} }}"]
+    lines += [f"        _r{index} = acc{index}[0];" for index, _ in group]
+    return lines + ["        }"]
 
 
 def _final(stage, precision, arrays, parameters, loss_level, ctype):
@@ -141,8 +161,8 @@ def row_wrapper(device_module, kind, precision):
     for k in range(len(arrays)):
         lines += [f"        const {ctype}* __restrict q{k} = c.a{k} + row * c.rs{k};",
                   f"        if (!c.cs{k}) {{ b{k}.assign(C, q{k}[0]); q{k} = b{k}.data(); }}"]
-    for index, stage in enumerate(reductions):
-        lines += _reduction(index, stage, precision, arrays, parameters, ctype)
+    for group in _groups(reductions):
+        lines += _reductions(group, precision, arrays, parameters, ctype)
     lines += _final(final, precision, arrays, parameters, device_module.LOSS_LEVEL, ctype)
     lines += ["    }", "}",
               f'extern "C" void lossc_rows_{name}(long rows, long classes, {", ".join(arguments)}, int threads)', "{",
