@@ -33,6 +33,7 @@ class FastPath:
         self.runtime_defaults = {n: p["default"] for n, p in loss.parameters.items() if not p["variant"]}
         self._valid = {}
         self._kernels = {}
+        self._constants = {}
 
     def run(self, args, kwargs, reduction, loss_weight, with_grad):
         """(value, grads) — value only without ``with_grad`` — or None for the general path."""
@@ -48,7 +49,7 @@ class FastPath:
         for k in range(1, self.n_inputs):
             value = args[k] if k < len(args) else self.input_defaults[k]
             if type(value) in (float, int) and k not in self.differentiable:  # one value for every element
-                value = np.full(1, value, dtype)
+                value = self._constant(value, dtype)
             elif type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape \
                     or not value.flags.c_contiguous:
                 return None
@@ -61,20 +62,28 @@ class FastPath:
         if kernel is None:
             return None
         function, names = kernel
-        scalar = _C_SCALARS[dtype]
         factor = loss_weight / n if reduction == "mean" else loss_weight
         pointers = []
         for array in arrays:
             pointers += [array.ctypes.data, array is pred or array.shape == shape]
         grads = []
         if with_grad:
-            upstream = np.full(1, factor, dtype)
-            pointers += [upstream.ctypes.data, 0]
+            pointers += [self._constant(factor, dtype).ctypes.data, 0]
             grads = [np.empty(shape, dtype) for _ in range(self.n_grads)]
-        params = [scalar(runtime[name]) for name in names]
+        params = [runtime[name] for name in names]  # the declared argument types convert them
         total = function(n, *pointers, *params, *[g.ctypes.data for g in grads], native.WORKERS)
         value = np.asarray(total / n * loss_weight if reduction == "mean" else total * loss_weight, dtype)
         return (value, tuple(grads)) if with_grad else value
+
+    def _constant(self, value, dtype):
+        """A one-element array holding ``value`` (kept: calls repeat the same few constants)."""
+        key = (value, dtype)
+        array = self._constants.get(key)
+        if array is None:
+            array = np.full(1, value, dtype)
+            if len(self._constants) < MAX_CACHED_VALUES:
+                self._constants[key] = array
+        return array
 
     def _parameters(self, kwargs):
         """(variant key, runtime values) with every value validated, or None."""

@@ -105,18 +105,26 @@ def _reductions(group, precision, arrays, parameters, ctype):
 
 
 def _final(stage, precision, arrays, parameters, loss_level, ctype):
-    """C lines writing one row's loss and gradients."""
+    """C lines writing one row's loss and gradients (with a "split", what reads no element
+    value first, once for the row)."""
     function = stage["functions"][precision]
     outputs = stage["outputs"]
     if stage["level"] == "row":
         call = ", ".join([_row_value(a, arrays, parameters) for a in stage["arguments"]] + ["&c.o0[row]"])
         return [f"        {function}({call});"]
+    lines, extra = [], []
+    split = stage.get("split")
+    if split:
+        invariants = [f"i{k}" for k in range(len(split["invariants"]))]
+        row_call = [_row_value(a, arrays, parameters) for a in split["row_arguments"]] + [f"&{i}" for i in invariants]
+        lines += [f"        {ctype} {', '.join(invariants)};", f"        {split['row'][precision]}({', '.join(row_call)});"]
+        function, extra = split["element"][precision], invariants
     row_loss = loss_level == "row"
-    full = [_value(a, arrays, parameters, False) for a in stage["arguments"]]
-    tail = [_value(a, arrays, parameters, True) for a in stage["arguments"]]
+    full = [_value(a, arrays, parameters, False) for a in stage["arguments"]] + extra
+    tail = [_value(a, arrays, parameters, True) for a in stage["arguments"]] + extra
     direct = ["&u0[j]" if row_loss else "&r0[j0 + j]"] + [f"&r{k}[j0 + j]" for k in range(1, outputs)]
     padded = [f"&u{k}[j]" for k in range(outputs)]
-    lines = [f"        {ctype}* __restrict r{k} = c.o{k} + row * C;" for k in range(0 if not row_loss else 1, outputs)]
+    lines += [f"        {ctype}* __restrict r{k} = c.o{k} + row * C;" for k in range(0 if not row_loss else 1, outputs)]
     lines += [f"        for (long j0 = 0; j0 < C; j0 += {GROUP}) {{",
               f"            const long m = C - j0 < {GROUP} ? C - j0 : {GROUP};",
               f"            if (m == {GROUP}) {{", "#pragma omp simd",

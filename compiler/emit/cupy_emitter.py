@@ -18,7 +18,7 @@ from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
 from .numpy_emitter import ROWS_NOTE
 from .cuda_printer import CudaPrinter, is_indicator
-from .row_stages import stages
+from .row_stages import element_names, row_invariant_split, stages
 
 PRECISIONS = ("float32", "float64")
 SHORT = {"float32": "f32", "float64": "f64"}
@@ -27,7 +27,9 @@ ELEMENTWISE_NOTES = ("DEVICE_CODE holds plain CUDA C++ __device__ functions; the
 ROWS_NOTES = (ROWS_NOTE,
               "DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each",
               "kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused",
-              "ElementwiseKernel for the loss and all gradients. float16 is computed in float32.")
+              "ElementwiseKernel for the loss and all gradients. float16 is computed in float32.",
+              "A final stage's \"split\" (for the host's row loop) computes what reads no element value once",
+              "per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).")
 
 
 @dataclass
@@ -40,12 +42,15 @@ class DeviceFunction:
     statements: list
 
 
-def device_function(precision, name, arguments, assignments, outputs, returns_value=False, scale_gradients=False):
+def device_function(precision, name, arguments, assignments, outputs, returns_value=False, scale_gradients=False,
+                    indicators=None):
     """A __device__ function of ``arguments`` (symbols) computing ``outputs`` after ``assignments``:
     returned when ``returns_value``, else stored through out0, out1, … (every output after
-    the first multiplied by grad_output when ``scale_gradients``)."""
-    indicators = frozenset(s for s, e in assignments if is_indicator(e))
-    assignments, outputs = speculated(assignments, outputs, indicators)
+    the first multiplied by grad_output when ``scale_gradients``). ``indicators`` given: the
+    code is already speculated and those symbols hold indicators."""
+    if indicators is None:
+        indicators = frozenset(s for s, e in assignments if is_indicator(e))
+        assignments, outputs = speculated(assignments, outputs, indicators)
     printer = CudaPrinter(precision, indicators)
     statements = [f"const {printer.type} {printer.doprint(s)} = {printer.doprint(e)};" for s, e in assignments]
     parameters = [f"{printer.type} {printer.doprint(a)}" for a in arguments]
@@ -145,6 +150,29 @@ class StagePlan:
     arguments: tuple
     functions: dict
     outputs: int
+    split: dict = None
+
+
+def _split_final(stage, outputs, element, prefix, functions):
+    """For the host's row loop: the final stage as a row function (the code that reads no
+    element value, run once per row, its results stored through pointers) and an element
+    function taking those results as extra arguments. None when nothing is row-invariant.
+    Appends both functions (both precisions) to ``functions``."""
+    indicators = frozenset(s for s, e in stage.assignments if is_indicator(e))
+    assignments, outputs = speculated(stage.assignments, outputs, indicators)
+    row_part, invariants, element_part = row_invariant_split(assignments, outputs, element)
+    if not invariants:
+        return None
+    row_arguments = [a for a in stage.arguments if a not in element]
+    plan = {"row_arguments": tuple(a.name for a in row_arguments), "invariants": tuple(s.name for s in invariants),
+            "functions": {"row": {}, "element": {}}}
+    for precision in PRECISIONS:
+        for part, arguments, code, results in (("row", row_arguments, row_part, invariants),
+                                               ("element", list(stage.arguments) + invariants, element_part, outputs)):
+            name = f"{prefix}_{part}_{SHORT[precision]}"
+            functions.append(device_function(precision, name, arguments, code, results, indicators=indicators))
+            plan["functions"][part][precision] = name
+    return plan
 
 
 def _emit_rows(derived, common):
@@ -167,8 +195,12 @@ def _emit_rows(derived, common):
                 functions.append(device_function(precision, name, stage.arguments, stage.assignments, outputs,
                                                  returns_value=not final))
                 names[precision] = name
+            split = None
+            if final and stage.level == "element":
+                split = _split_final(stage, outputs, element_names(ir, tag == "fb" and not row_loss),
+                                     f"lossc_{ir.module_name}_{tag}_out", functions)
             plans[kind].append(StagePlan(stage.op, stage.level, tuple(a.name for a in stage.arguments), names,
-                                         len(outputs) if final else 1))
+                                         len(outputs) if final else 1, split))
     return template("cupy_rows_module.py.j2").render(
         functions=functions,
         plans=plans,

@@ -32,10 +32,31 @@ class Stage:
     level: str
 
 
+def element_names(ir, element_grad_output):
+    """The symbols that vary along a row: element inputs, the class index, and grad_output
+    when it is per element."""
+    return set(ir.element_symbols) | {CLASS_INDEX} | ({GRAD_OUTPUT} if element_grad_output else set())
+
+
+def row_invariant_split(assignments, outputs, element):
+    """(row part, invariants, element part) of a final stage's code: the assignments that
+    read no ``element`` symbol (directly or through another assignment) — computed once per
+    row —, those of them the rest reads, and the remaining assignments."""
+    row_part, element_part, varying = [], [], set(element)
+    for symbol, expr in assignments:
+        if expr.free_symbols & varying:
+            element_part.append((symbol, expr))
+            varying.add(symbol)
+        else:
+            row_part.append((symbol, expr))
+    read = set().union(set(), *(e.free_symbols for _, e in element_part), *(e.free_symbols for e in outputs))
+    return row_part, [symbol for symbol, _ in row_part if symbol in read], element_part
+
+
 def stages(kernel, ir, element_grad_output):
     """The reduction stages then the final stage computing ``kernel``'s outputs."""
     statistics, assignments, outputs = _flatten(kernel)
-    element = set(ir.element_symbols) | {CLASS_INDEX} | ({GRAD_OUTPUT} if element_grad_output else set())
+    element = element_names(ir, element_grad_output)
     order = _argument_order(ir, statistics)
     result = [_stage(REDUCE_OPS[type(node)], [node.args[0]], assignments, order, element)
               for node, _ in statistics]

@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -34,7 +36,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('input2',), "outputs": 1,
          "functions": {"float32": 'lossc_cosine_embedding_fb_r2_f32', "float64": 'lossc_cosine_embedding_fb_r2_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('input1', 'input2', 'label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "outputs": 3,
-         "functions": {"float32": 'lossc_cosine_embedding_fb_out_f32', "float64": 'lossc_cosine_embedding_fb_out_f64'}},
+         "functions": {"float32": 'lossc_cosine_embedding_fb_out_f32', "float64": 'lossc_cosine_embedding_fb_out_f64'},
+         "split": {"row_arguments": ('label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "invariants": ('_t9', '_t10', '_t11', '_t12', '_t13', '_t14', '_t15', '_t16'),
+                   "row": {"float32": 'lossc_cosine_embedding_fb_out_row_f32', "float64": 'lossc_cosine_embedding_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_cosine_embedding_fb_out_element_f32', "float64": 'lossc_cosine_embedding_fb_out_element_f64'}}},
     ),
 }
 
@@ -147,6 +152,78 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double s_input
     const double _t15 = _t0*(_t5 ? 0.0 : -_h0*_t7/2.0);
     const double _h1 = pow(_t3, -1.5);
     const double _t16 = _t0*(_t5 ? 0.0 : -_h1*_t6/2.0);
+    *out0 = (_t10 ? -_t9 + 1.0 : 0.0) + (_t12 ? ((_t11) < 0 ? 0.0 : (_t11)) : 0.0);
+    *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
+    *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));
+}
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f32(float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7)
+{
+    const float _t0 = _r0;
+    const float _t1 = _r1;
+    const float _t2 = sqrtf(_t1);
+    const float _t3 = _r2;
+    const float _t4 = sqrtf(_t3);
+    const float _t5 = (_t2*_t4 < 9.99999996e-13f);
+    const float _t6 = (1.0f/_t2);
+    const float _t7 = (1.0f/_t4);
+    const float _t8 = (_t5 ? 9.99999996e+11f : _t6*_t7);
+    const float _t9 = _t0*_t8;
+    const float _t10 = (s_label == 1.0f);
+    const float _t11 = _t9 - s_margin;
+    const float _t12 = (s_label == -1.0f);
+    const float _t13 = ((_t11) > 0 ? 1.0f : 0.0f);
+    const float _t14 = (_t10 ? -_t8 : 0.0f) + (_t12 ? _t13*_t8 : 0.0f);
+    const float _h0 = powf(_t1, -1.5f);
+    const float _t15 = _t0*(_t5 ? 0.0f : -_h0*_t7/2.0f);
+    const float _h1 = powf(_t3, -1.5f);
+    const float _t16 = _t0*(_t5 ? 0.0f : -_h1*_t6/2.0f);
+    *out0 = _t9;
+    *out1 = _t10;
+    *out2 = _t11;
+    *out3 = _t12;
+    *out4 = _t13;
+    *out5 = _t14;
+    *out6 = _t15;
+    *out7 = _t16;
+}
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f32(float s_input1, float s_input2, float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float _t9, float _t10, float _t11, float _t12, float _t13, float _t14, float _t15, float _t16, float* out0, float* out1, float* out2)
+{
+    *out0 = (_t10 ? -_t9 + 1.0f : 0.0f) + (_t12 ? ((_t11) < 0 ? 0.0f : (_t11)) : 0.0f);
+    *out1 = s_grad_output*(_t14*s_input2 + 2.0f*s_input1*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f)));
+    *out2 = s_grad_output*(_t14*s_input1 + 2.0f*s_input2*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f)));
+}
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f64(double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7)
+{
+    const double _t0 = _r0;
+    const double _t1 = _r1;
+    const double _t2 = sqrt(_t1);
+    const double _t3 = _r2;
+    const double _t4 = sqrt(_t3);
+    const double _t5 = (_t2*_t4 < 1e-12);
+    const double _t6 = (1.0/_t2);
+    const double _t7 = (1.0/_t4);
+    const double _t8 = (_t5 ? 1000000000000.0 : _t6*_t7);
+    const double _t9 = _t0*_t8;
+    const double _t10 = (s_label == 1.0);
+    const double _t11 = _t9 - s_margin;
+    const double _t12 = (s_label == -1.0);
+    const double _t13 = ((_t11) > 0 ? 1.0 : 0.0);
+    const double _t14 = (_t10 ? -_t8 : 0.0) + (_t12 ? _t13*_t8 : 0.0);
+    const double _h0 = pow(_t1, -1.5);
+    const double _t15 = _t0*(_t5 ? 0.0 : -_h0*_t7/2.0);
+    const double _h1 = pow(_t3, -1.5);
+    const double _t16 = _t0*(_t5 ? 0.0 : -_h1*_t6/2.0);
+    *out0 = _t9;
+    *out1 = _t10;
+    *out2 = _t11;
+    *out3 = _t12;
+    *out4 = _t13;
+    *out5 = _t14;
+    *out6 = _t15;
+    *out7 = _t16;
+}
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f64(double s_input1, double s_input2, double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double _t9, double _t10, double _t11, double _t12, double _t13, double _t14, double _t15, double _t16, double* out0, double* out1, double* out2)
+{
     *out0 = (_t10 ? -_t9 + 1.0 : 0.0) + (_t12 ? ((_t11) < 0 ? 0.0 : (_t11)) : 0.0);
     *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
     *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));

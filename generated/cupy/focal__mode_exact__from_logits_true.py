@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -22,7 +24,10 @@ STAGES = {
     ),
     'forward_backward': (
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma'), "outputs": 2,
-         "functions": {"float32": 'lossc_focal__mode_exact__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fb_out_f64'}},
+         "functions": {"float32": 'lossc_focal__mode_exact__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fb_out_f64'},
+         "split": {"row_arguments": ('label', 'alpha', 'gamma'), "invariants": ('_t6', '_t8'),
+                   "row": {"float32": 'lossc_focal__mode_exact__from_logits_true_fb_out_row_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_focal__mode_exact__from_logits_true_fb_out_element_f32', "float64": 'lossc_focal__mode_exact__from_logits_true_fb_out_element_f64'}}},
     ),
 }
 
@@ -70,6 +75,48 @@ __device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out
     const double _t6 = s_alpha - 1.0;
     const double _t7 = log1p(-s_pred);
     const double _t8 = s_gamma - 1.0;
+    const double _h0 = pow(_t2, _t8);
+    const double _h1 = pow(s_pred, _t8);
+    *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
+    *out1 = s_grad_output*(_t4 ? s_alpha*(_h0*_t0*s_gamma - _t3/s_pred) : _t6*(_h1*_t7*s_gamma + _t5/_t1));
+}
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_row_f32(float s_label, float s_alpha, float s_gamma, float* out0, float* out1)
+{
+    const float _t6 = s_alpha - 1.0f;
+    const float _t8 = s_gamma - 1.0f;
+    *out0 = _t6;
+    *out1 = _t8;
+}
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _t6, float _t8, float* out0, float* out1)
+{
+    const float _t0 = logf(s_pred);
+    const float _t1 = s_pred - 1.0f;
+    const float _t2 = -_t1;
+    const float _t3 = powf(_t2, s_gamma);
+    const float _t4 = (_j == s_label);
+    const float _t5 = powf(s_pred, s_gamma);
+    const float _t7 = log1pf(-s_pred);
+    const float _h0 = powf(_t2, _t8);
+    const float _h1 = powf(s_pred, _t8);
+    *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);
+    *out1 = s_grad_output*(_t4 ? s_alpha*(_h0*_t0*s_gamma - _t3/s_pred) : _t6*(_h1*_t7*s_gamma + _t5/_t1));
+}
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_row_f64(double s_label, double s_alpha, double s_gamma, double* out0, double* out1)
+{
+    const double _t6 = s_alpha - 1.0;
+    const double _t8 = s_gamma - 1.0;
+    *out0 = _t6;
+    *out1 = _t8;
+}
+__device__ __forceinline__ void lossc_focal__mode_exact__from_logits_true_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _t6, double _t8, double* out0, double* out1)
+{
+    const double _t0 = log(s_pred);
+    const double _t1 = s_pred - 1.0;
+    const double _t2 = -_t1;
+    const double _t3 = pow(_t2, s_gamma);
+    const double _t4 = (_j == s_label);
+    const double _t5 = pow(s_pred, s_gamma);
+    const double _t7 = log1p(-s_pred);
     const double _h0 = pow(_t2, _t8);
     const double _h1 = pow(s_pred, _t8);
     *out0 = (_t4 ? -_t0*_t3*s_alpha : _t5*_t6*_t7);

@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -22,7 +24,10 @@ STAGES = {
     ),
     'forward_backward': (
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', 'eps'), "outputs": 2,
-         "functions": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64'}},
+         "functions": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64'},
+         "split": {"row_arguments": ('label', 'alpha', 'gamma', 'eps'), "invariants": ('_t7', '_t11'),
+                   "row": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f64'}}},
     ),
 }
 
@@ -80,6 +85,54 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_o
     const double _t9 = s_eps + (_t0);
     const double _t10 = log((_t8 ? 1.0 : _t9));
     const double _t11 = s_gamma - 1.0;
+    const double _h0 = pow(_t0, _t11);
+    const double _h1 = pow(s_pred, _t11);
+    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
+    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
+}
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f32(float s_label, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
+{
+    const float _t7 = s_alpha - 1.0f;
+    const float _t11 = s_gamma - 1.0f;
+    *out0 = _t7;
+    *out1 = _t11;
+}
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float _t7, float _t11, float* out0, float* out1)
+{
+    const float _t0 = -s_pred + 1.0f;
+    const float _t1 = powf(_t0, s_gamma);
+    const float _t2 = s_eps + s_pred;
+    const float _t3 = (_t2 > 1.0f);
+    const float _t4 = logf((_t3 ? 1.0f : _t2));
+    const float _t5 = (_j == s_label);
+    const float _t6 = powf(s_pred, s_gamma);
+    const float _t8 = (s_eps - s_pred > 0.0f);
+    const float _t9 = s_eps + (_t0);
+    const float _t10 = logf((_t8 ? 1.0f : _t9));
+    const float _h0 = powf(_t0, _t11);
+    const float _h1 = powf(s_pred, _t11);
+    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
+    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
+}
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f64(double s_label, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
+{
+    const double _t7 = s_alpha - 1.0;
+    const double _t11 = s_gamma - 1.0;
+    *out0 = _t7;
+    *out1 = _t11;
+}
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double _t7, double _t11, double* out0, double* out1)
+{
+    const double _t0 = -s_pred + 1.0;
+    const double _t1 = pow(_t0, s_gamma);
+    const double _t2 = s_eps + s_pred;
+    const double _t3 = (_t2 > 1.0);
+    const double _t4 = log((_t3 ? 1.0 : _t2));
+    const double _t5 = (_j == s_label);
+    const double _t6 = pow(s_pred, s_gamma);
+    const double _t8 = (s_eps - s_pred > 0.0);
+    const double _t9 = s_eps + (_t0);
+    const double _t10 = log((_t8 ? 1.0 : _t9));
     const double _h0 = pow(_t0, _t11);
     const double _h1 = pow(s_pred, _t11);
     *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);

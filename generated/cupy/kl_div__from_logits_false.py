@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -24,7 +26,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_r2_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_r2_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_out_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_out_f64'}},
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fwd_out_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_out_f64'},
+         "split": {"row_arguments": ('_r0', '_r1', '_r2'), "invariants": ('_t0', '_h1'),
+                   "row": {"float32": 'lossc_kl_div__from_logits_false_fwd_out_row_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_out_row_f64'},
+                   "element": {"float32": 'lossc_kl_div__from_logits_false_fwd_out_element_f32', "float64": 'lossc_kl_div__from_logits_false_fwd_out_element_f64'}}},
     ),
     'forward_backward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
@@ -36,7 +41,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('label', 'grad_output'), "outputs": 1,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r3_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r3_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
-         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_out_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_f64'}},
+         "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_out_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_f64'},
+         "split": {"row_arguments": ('_r0', '_r1', '_r2', '_r3'), "invariants": ('_t0', '_t3', '_h1'),
+                   "row": {"float32": 'lossc_kl_div__from_logits_false_fb_out_row_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_kl_div__from_logits_false_fb_out_element_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_element_f64'}}},
     ),
 }
 
@@ -89,6 +97,30 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_f64(doub
     const double _t0 = _r0;
     const double _h0 = log(s_label);
     const double _h1 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = ((s_label > 0.0) ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_row_f32(float _r0, float _r1, float _r2, float* out0, float* out1)
+{
+    const float _t0 = _r0;
+    const float _h1 = log1pf(_r2 + (_r1 - 1.0f));
+    *out0 = _t0;
+    *out1 = _h1;
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_element_f32(float s_pred, float s_label, float _r0, float _r1, float _r2, float _t0, float _h1, float* out0)
+{
+    const float _h0 = logf(s_label);
+    *out0 = ((s_label > 0.0f) ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0f);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_row_f64(double _r0, double _r1, double _r2, double* out0, double* out1)
+{
+    const double _t0 = _r0;
+    const double _h1 = log1p(_r2 + (_r1 - 1.0));
+    *out0 = _t0;
+    *out1 = _h1;
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fwd_out_element_f64(double s_pred, double s_label, double _r0, double _r1, double _r2, double _t0, double _h1, double* out0)
+{
+    const double _h0 = log(s_label);
     *out0 = ((s_label > 0.0) ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
 }
 __device__ __forceinline__ float lossc_kl_div__from_logits_false_fb_r0_f32(float s_pred)
@@ -156,6 +188,40 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_f64(doubl
     const double _t4 = (s_label > 0.0);
     const double _h0 = log(s_label);
     const double _h1 = log1p(_t3);
+    *out0 = (_t4 ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
+    *out1 = _r3*_t1/(_t3 + 1.0) + s_grad_output*(_t4 ? -s_label : 0.0);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_row_f32(float _r0, float _r1, float _r2, float _r3, float* out0, float* out1, float* out2)
+{
+    const float _t0 = _r0;
+    const float _t3 = _r2 + (_r1 - 1.0f);
+    const float _h1 = log1pf(_t3);
+    *out0 = _t0;
+    *out1 = _t3;
+    *out2 = _h1;
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _r0, float _r1, float _r2, float _r3, float _t0, float _t3, float _h1, float* out0, float* out1)
+{
+    const float _t1 = expf(-_t0 + s_pred);
+    const float _t4 = (s_label > 0.0f);
+    const float _h0 = logf(s_label);
+    *out0 = (_t4 ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0f);
+    *out1 = _r3*_t1/(_t3 + 1.0f) + s_grad_output*(_t4 ? -s_label : 0.0f);
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_row_f64(double _r0, double _r1, double _r2, double _r3, double* out0, double* out1, double* out2)
+{
+    const double _t0 = _r0;
+    const double _t3 = _r2 + (_r1 - 1.0);
+    const double _h1 = log1p(_t3);
+    *out0 = _t0;
+    *out1 = _t3;
+    *out2 = _h1;
+}
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double _t0, double _t3, double _h1, double* out0, double* out1)
+{
+    const double _t1 = exp(-_t0 + s_pred);
+    const double _t4 = (s_label > 0.0);
+    const double _h0 = log(s_label);
     *out0 = (_t4 ? s_label*(_h0 + _h1 + _t0 - s_pred) : 0.0);
     *out1 = _r3*_t1/(_t3 + 1.0) + s_grad_output*(_t4 ? -s_label : 0.0);
 }

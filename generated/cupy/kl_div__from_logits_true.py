@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 

@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -38,7 +40,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('position', 'grad_output', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_sdml_fb_r4_f32', "float64": 'lossc_sdml_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
-         "functions": {"float32": 'lossc_sdml_fb_out_f32', "float64": 'lossc_sdml_fb_out_f64'}},
+         "functions": {"float32": 'lossc_sdml_fb_out_f32', "float64": 'lossc_sdml_fb_out_f64'},
+         "split": {"row_arguments": ('position', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t2', '_t7'),
+                   "row": {"float32": 'lossc_sdml_fb_out_row_f32', "float64": 'lossc_sdml_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_sdml_fb_out_element_f32', "float64": 'lossc_sdml_fb_out_element_f64'}}},
     ),
 }
 
@@ -166,6 +171,40 @@ __device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double 
     const double _t3 = ((_t1 != 0.0) ? _t0 : 0.0) + _t2*(_t1 - 1.0);
     const double _t4 = _r0 + s_distance;
     const double _t7 = _r2 + (_r1 - 1.0);
+    *out0 = -_t3*(_t4 + log(-_t3 + 1e-12) + log1p(_t7));
+    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*exp(-_t4)/(_t7 + 1.0);
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_row_f32(float s_position, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2)
+{
+    const float _t0 = s_smoothing_parameter - 1.0f;
+    const float _t2 = s_smoothing_parameter/(s_classes - 1.0f);
+    const float _t7 = _r2 + (_r1 - 1.0f);
+    *out0 = _t0;
+    *out1 = _t2;
+    *out2 = _t7;
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_element_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t2, float _t7, float* out0, float* out1)
+{
+    const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
+    const float _t3 = ((_t1 != 0.0f) ? _t0 : 0.0f) + _t2*(_t1 - 1.0f);
+    const float _t4 = _r0 + s_distance;
+    *out0 = -_t3*(_t4 + logf(-_t3 + 9.99999996e-13f) + log1pf(_t7));
+    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*expf(-_t4)/(_t7 + 1.0f);
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_row_f64(double s_position, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2)
+{
+    const double _t0 = s_smoothing_parameter - 1.0;
+    const double _t2 = s_smoothing_parameter/(s_classes - 1.0);
+    const double _t7 = _r2 + (_r1 - 1.0);
+    *out0 = _t0;
+    *out1 = _t2;
+    *out2 = _t7;
+}
+__device__ __forceinline__ void lossc_sdml_fb_out_element_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t2, double _t7, double* out0, double* out1)
+{
+    const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
+    const double _t3 = ((_t1 != 0.0) ? _t0 : 0.0) + _t2*(_t1 - 1.0);
+    const double _t4 = _r0 + s_distance;
     *out0 = -_t3*(_t4 + log(-_t3 + 1e-12) + log1p(_t7));
     *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*exp(-_t4)/(_t7 + 1.0);
 }

@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -50,7 +52,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "outputs": 2,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64'},
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "invariants": ('_t0', '_t1', '_t2', '_t6', '_t7', '_t8', '_t9', '_t12', '_t13', '_t14', '_t15', '_t17', '_h0', '_h1'),
+                   "row": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64'}}},
     ),
 }
 
@@ -274,6 +279,86 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t17 = _t1*_t14;
     const double _h0 = expm1(_t16);
     const double _h1 = exp(_t16);
+    *out0 = (_t0 ? 0.0 : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0));
+    *out1 = (_t10 ? s_grad_output*(-_h0*_t15 - _h1*_t17 + _t14*s_class_weight) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0)));
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7, float* out8, float* out9, float* out10, float* out11, float* out12, float* out13)
+{
+    const float _t0 = (s_ignore_index == s_label);
+    const float _t1 = _r0;
+    const float _t2 = _r1;
+    const float _t6 = _r3 + (_r2 - 1.0f);
+    const float _t7 = log1pf(_t6);
+    const float _t8 = s_label_smoothing/s_classes;
+    const float _t9 = (s_label_smoothing > 0.0f);
+    const float _t12 = -_r4 + _t7;
+    const float _t13 = _r5*(s_label_smoothing - 1.0f);
+    const float _t14 = (_t0 ? 0.0f : (_t9 ? -_t8 : 0.0f));
+    const float _t15 = (_t0 ? 0.0f : _t13);
+    const float _t16 = -_t12;
+    const float _t17 = _t1*_t14;
+    const float _h0 = expm1f(_t16);
+    const float _h1 = expf(_t16);
+    *out0 = _t0;
+    *out1 = _t1;
+    *out2 = _t2;
+    *out3 = _t6;
+    *out4 = _t7;
+    *out5 = _t8;
+    *out6 = _t9;
+    *out7 = _t12;
+    *out8 = _t13;
+    *out9 = _t14;
+    *out10 = _t15;
+    *out11 = _t17;
+    *out12 = _h0;
+    *out13 = _h1;
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float _t0, float _t1, float _t2, float _t6, float _t7, float _t8, float _t9, float _t12, float _t13, float _t14, float _t15, float _t17, float _h0, float _h1, float* out0, float* out1)
+{
+    const float _t3 = -_t2 + s_pred;
+    const float _t4 = expf(_t3);
+    const float _t10 = (_j == s_label);
+    *out0 = (_t0 ? 0.0f : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0f));
+    *out1 = (_t10 ? s_grad_output*(-_h0*_t15 - _h1*_t17 + _t14*s_class_weight) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0f)));
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10, double* out11, double* out12, double* out13)
+{
+    const double _t0 = (s_ignore_index == s_label);
+    const double _t1 = _r0;
+    const double _t2 = _r1;
+    const double _t6 = _r3 + (_r2 - 1.0);
+    const double _t7 = log1p(_t6);
+    const double _t8 = s_label_smoothing/s_classes;
+    const double _t9 = (s_label_smoothing > 0.0);
+    const double _t12 = -_r4 + _t7;
+    const double _t13 = _r5*(s_label_smoothing - 1.0);
+    const double _t14 = (_t0 ? 0.0 : (_t9 ? -_t8 : 0.0));
+    const double _t15 = (_t0 ? 0.0 : _t13);
+    const double _t16 = -_t12;
+    const double _t17 = _t1*_t14;
+    const double _h0 = expm1(_t16);
+    const double _h1 = exp(_t16);
+    *out0 = _t0;
+    *out1 = _t1;
+    *out2 = _t2;
+    *out3 = _t6;
+    *out4 = _t7;
+    *out5 = _t8;
+    *out6 = _t9;
+    *out7 = _t12;
+    *out8 = _t13;
+    *out9 = _t14;
+    *out10 = _t15;
+    *out11 = _t17;
+    *out12 = _h0;
+    *out13 = _h1;
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double _t0, double _t1, double _t2, double _t6, double _t7, double _t8, double _t9, double _t12, double _t13, double _t14, double _t15, double _t17, double _h0, double _h1, double* out0, double* out1)
+{
+    const double _t3 = -_t2 + s_pred;
+    const double _t4 = exp(_t3);
+    const double _t10 = (_j == s_label);
     *out0 = (_t0 ? 0.0 : -_t12*_t13 + (_t9 ? _t8*(-_r6 + _t1*(_t2 + _t7)) : 0.0));
     *out1 = (_t10 ? s_grad_output*(-_h0*_t15 - _h1*_t17 + _t14*s_class_weight) : s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(_t6 + 1.0)));
 }

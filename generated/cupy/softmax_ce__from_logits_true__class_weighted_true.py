@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -30,7 +32,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_r1_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "outputs": 2,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_f64'},
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1'), "invariants": ('_t0', '_t1', '_t4', '_t5'),
+                   "row": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_element_f64'}}},
     ),
 }
 
@@ -102,6 +107,40 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weight
     const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
     const double _t4 = s_label_smoothing/s_classes;
     const double _t5 = (s_label_smoothing > 0.0);
+    *out0 = (_t0 ? 0.0 : _r0*_t1 + (_t5 ? -_r1*_t4 : 0.0));
+    *out1 = s_class_weight*s_grad_output*(((_t2 != 0.0) ? (_t0 ? 0.0 : _t1) : 0.0) + (_t0 ? 0.0 : (_t5 ? -_t4 : 0.0)));
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float* out0, float* out1, float* out2, float* out3)
+{
+    const float _t0 = (s_ignore_index == s_label);
+    const float _t1 = s_label_smoothing - 1.0f;
+    const float _t4 = s_label_smoothing/s_classes;
+    const float _t5 = (s_label_smoothing > 0.0f);
+    *out0 = _t0;
+    *out1 = _t1;
+    *out2 = _t4;
+    *out3 = _t5;
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_element_f32(float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _t0, float _t1, float _t4, float _t5, float* out0, float* out1)
+{
+    const float _t2 = ((_j == s_label) ? 1.0f : 0.0f);
+    *out0 = (_t0 ? 0.0f : _r0*_t1 + (_t5 ? -_r1*_t4 : 0.0f));
+    *out1 = s_class_weight*s_grad_output*(((_t2 != 0.0f) ? (_t0 ? 0.0f : _t1) : 0.0f) + (_t0 ? 0.0f : (_t5 ? -_t4 : 0.0f)));
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double* out0, double* out1, double* out2, double* out3)
+{
+    const double _t0 = (s_ignore_index == s_label);
+    const double _t1 = s_label_smoothing - 1.0;
+    const double _t4 = s_label_smoothing/s_classes;
+    const double _t5 = (s_label_smoothing > 0.0);
+    *out0 = _t0;
+    *out1 = _t1;
+    *out2 = _t4;
+    *out3 = _t5;
+}
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_true__class_weighted_true_fb_out_element_f64(double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _t0, double _t1, double _t4, double _t5, double* out0, double* out1)
+{
+    const double _t2 = ((_j == s_label) ? 1.0 : 0.0);
     *out0 = (_t0 ? 0.0 : _r0*_t1 + (_t5 ? -_r1*_t4 : 0.0));
     *out1 = s_class_weight*s_grad_output*(((_t2 != 0.0) ? (_t0 ? 0.0 : _t1) : 0.0) + (_t0 ? 0.0 : (_t5 ? -_t4 : 0.0)));
 }

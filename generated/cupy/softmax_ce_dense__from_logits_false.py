@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -40,7 +42,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('label', 'classes', 'label_smoothing'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'},
+         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t1', '_t4', '_t6'),
+                   "row": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64'}}},
     ),
 }
 
@@ -197,6 +202,40 @@ __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out
     const double _t2 = exp(-_t1 + s_pred);
     const double _t4 = _r2 + (_r1 - 1.0);
     const double _t6 = _t0*s_label_smoothing;
+    const double _t9 = -_t6 + s_label*(s_label_smoothing - 1.0);
+    *out0 = -_r3;
+    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0) + ((_t9 != 0.0) ? -_t9 : 0.0));
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32(float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2)
+{
+    const float _t0 = (1.0f/s_classes);
+    const float _t1 = _r0;
+    const float _t4 = _r2 + (_r1 - 1.0f);
+    const float _t6 = _t0*s_label_smoothing;
+    *out0 = _t1;
+    *out1 = _t4;
+    *out2 = _t6;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _t1, float _t4, float _t6, float* out0, float* out1)
+{
+    const float _t2 = expf(-_t1 + s_pred);
+    const float _t9 = -_t6 + s_label*(s_label_smoothing - 1.0f);
+    *out0 = -_r3;
+    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0f) + ((_t9 != 0.0f) ? -_t9 : 0.0f));
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64(double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2)
+{
+    const double _t0 = (1.0/s_classes);
+    const double _t1 = _r0;
+    const double _t4 = _r2 + (_r1 - 1.0);
+    const double _t6 = _t0*s_label_smoothing;
+    *out0 = _t1;
+    *out1 = _t4;
+    *out2 = _t6;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _t1, double _t4, double _t6, double* out0, double* out1)
+{
+    const double _t2 = exp(-_t1 + s_pred);
     const double _t9 = -_t6 + s_label*(s_label_smoothing - 1.0);
     *out0 = -_r3;
     *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0) + ((_t9 != 0.0) ? -_t9 : 0.0));

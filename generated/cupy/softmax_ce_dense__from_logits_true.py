@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -26,7 +28,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', 'classes', 'label_smoothing'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_r0_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_r0_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('label', 'grad_output', 'classes', 'label_smoothing', '_r0'), "outputs": 2,
-         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_out_f64'},
+         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0'), "invariants": ('_t0',),
+                   "row": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_out_row_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_softmax_ce_dense__from_logits_true_fb_out_element_f32', "float64": 'lossc_softmax_ce_dense__from_logits_true_fb_out_element_f64'}}},
     ),
 }
 
@@ -71,6 +76,28 @@ __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double* out0, double* out1)
 {
     const double _t0 = (1.0/s_classes);
+    const double _t2 = -_t0*s_label_smoothing + s_label*(s_label_smoothing - 1.0);
+    *out0 = -_r0;
+    *out1 = -s_grad_output*((_t2 != 0.0) ? -_t2 : 0.0);
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_row_f32(float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float* out0)
+{
+    const float _t0 = (1.0f/s_classes);
+    *out0 = _t0;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_element_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _t0, float* out0, float* out1)
+{
+    const float _t2 = -_t0*s_label_smoothing + s_label*(s_label_smoothing - 1.0f);
+    *out0 = -_r0;
+    *out1 = -s_grad_output*((_t2 != 0.0f) ? -_t2 : 0.0f);
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_row_f64(double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double* out0)
+{
+    const double _t0 = (1.0/s_classes);
+    *out0 = _t0;
+}
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_true_fb_out_element_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _t0, double* out0, double* out1)
+{
     const double _t2 = -_t0*s_label_smoothing + s_label*(s_label_smoothing - 1.0);
     *out0 = -_r0;
     *out1 = -s_grad_output*((_t2 != 0.0) ? -_t2 : 0.0);

@@ -6,6 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 DEVICE_CODE holds plain CUDA C++ __device__ functions. STAGES lists the launches of each
 kernel: one ReductionKernel per row statistic (_r0, _r1, … in order), then one fused
 ElementwiseKernel for the loss and all gradients. float16 is computed in float32.
+A final stage's \"split\" (for the host's row loop) computes what reads no element value once
+per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
 from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
 
@@ -30,7 +32,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'positive'), "outputs": 1,
          "functions": {"float32": 'lossc_triplet_fb_r1_f32', "float64": 'lossc_triplet_fb_r1_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'positive', 'negative', 'grad_output', 'margin', '_r0', '_r1'), "outputs": 4,
-         "functions": {"float32": 'lossc_triplet_fb_out_f32', "float64": 'lossc_triplet_fb_out_f64'}},
+         "functions": {"float32": 'lossc_triplet_fb_out_f32', "float64": 'lossc_triplet_fb_out_f64'},
+         "split": {"row_arguments": ('grad_output', 'margin', '_r0', '_r1'), "invariants": ('_t3', '_t4'),
+                   "row": {"float32": 'lossc_triplet_fb_out_row_f32', "float64": 'lossc_triplet_fb_out_row_f64'},
+                   "element": {"float32": 'lossc_triplet_fb_out_element_f32', "float64": 'lossc_triplet_fb_out_element_f64'}}},
     ),
 }
 
@@ -106,6 +111,40 @@ __device__ __forceinline__ void lossc_triplet_fb_out_f64(double s_pred, double s
     const double _t2 = _t0 + s_negative;
     const double _t3 = -_r0 + _r1 + s_margin;
     const double _t4 = 2.0*s_grad_output*((_t3) > 0 ? 1.0 : 0.0);
+    *out0 = ((_t3) < 0 ? 0.0 : (_t3));
+    *out1 = _t4*(s_negative - s_positive);
+    *out2 = _t1*_t4;
+    *out3 = -_t2*_t4;
+}
+__device__ __forceinline__ void lossc_triplet_fb_out_row_f32(float s_grad_output, float s_margin, float _r0, float _r1, float* out0, float* out1)
+{
+    const float _t3 = -_r0 + _r1 + s_margin;
+    const float _t4 = 2.0f*s_grad_output*((_t3) > 0 ? 1.0f : 0.0f);
+    *out0 = _t3;
+    *out1 = _t4;
+}
+__device__ __forceinline__ void lossc_triplet_fb_out_element_f32(float s_pred, float s_positive, float s_negative, float s_grad_output, float s_margin, float _r0, float _r1, float _t3, float _t4, float* out0, float* out1, float* out2, float* out3)
+{
+    const float _t0 = -s_pred;
+    const float _t1 = _t0 + s_positive;
+    const float _t2 = _t0 + s_negative;
+    *out0 = ((_t3) < 0 ? 0.0f : (_t3));
+    *out1 = _t4*(s_negative - s_positive);
+    *out2 = _t1*_t4;
+    *out3 = -_t2*_t4;
+}
+__device__ __forceinline__ void lossc_triplet_fb_out_row_f64(double s_grad_output, double s_margin, double _r0, double _r1, double* out0, double* out1)
+{
+    const double _t3 = -_r0 + _r1 + s_margin;
+    const double _t4 = 2.0*s_grad_output*((_t3) > 0 ? 1.0 : 0.0);
+    *out0 = _t3;
+    *out1 = _t4;
+}
+__device__ __forceinline__ void lossc_triplet_fb_out_element_f64(double s_pred, double s_positive, double s_negative, double s_grad_output, double s_margin, double _r0, double _r1, double _t3, double _t4, double* out0, double* out1, double* out2, double* out3)
+{
+    const double _t0 = -s_pred;
+    const double _t1 = _t0 + s_positive;
+    const double _t2 = _t0 + s_negative;
     *out0 = ((_t3) < 0 ? 0.0 : (_t3));
     *out1 = _t4*(s_negative - s_positive);
     *out2 = _t1*_t4;
