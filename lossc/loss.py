@@ -107,6 +107,17 @@ class Loss:
         """The name of the generated module of one build-time ``variant`` ({name: value})."""
         return next(v for v in self.manifest["variants"] if v["values"] == variant)["numpy_module"]
 
+    def target_module(self, target, variant):
+        """The generated module of one build-time ``variant`` for another target (e.g. 'jax'),
+        loaded once; NotImplementedError where that target has none for this loss."""
+        key = (target, tuple(sorted(variant.items())))
+        if key not in self._modules:
+            entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
+            if entry.get(f"{target}_module") is None:
+                raise NotImplementedError(f"{self.name}: the {target} target has no kernels for this loss")
+            self._modules[key] = self._load_module(entry[f"{target}_module"], target)
+        return self._modules[key]
+
     def loss_level(self, variant):
         """'element' when the loss has one value per element of the prediction, 'row' when a
         loss over a class axis reduces that axis away."""
