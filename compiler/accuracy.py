@@ -1,5 +1,5 @@
-"""``lossc accuracy``: the generated NumPy kernels, and the native CPU kernels where they run,
-vs 50-digit (and more) mpmath truth.
+"""``lossc accuracy``: the generated NumPy kernels, and the native CPU and JAX kernels where
+they run, vs 50-digit (and more) mpmath truth.
 
 The grid for each loss is the Cartesian product of its inputs' ``accuracy_grid`` values,
 with parameters at their defaults, for every variant, in float32 and float64 (inputs and
@@ -58,17 +58,19 @@ def grid_points(spec):
 
 def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy"):
     """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of its
-    NumPy kernels or (``kernels='native'``) its native CPU kernels, which exist for the
-    element-wise variants only."""
+    NumPy kernels, (``kernels='native'``) its native CPU kernels, or (``kernels='jax'``)
+    its JAX kernels (not for losses over pair inputs)."""
     spec = load_spec(spec_path)
     rows = []
     for variant in variants(spec):
         ir = build_ir(spec, variant)
         module = importlib.import_module(f"lossc.generated.numpy.{ir.module_name}")
         if kernels == "native":
-            if ir.has_reductions:
+            module = native_module(module, ir.module_name, ir.has_reductions)
+        elif kernels == "jax":
+            if spec.pair_inputs:
                 continue
-            module = native_module(module, ir.module_name)
+            module = JaxKernels(importlib.import_module(f"lossc.generated.jax.{ir.module_name}"))
         steps, gradients = declared_program(ir)
         truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in gradients.items()}, "steps": steps}
         for dtype in dtypes:
@@ -184,38 +186,82 @@ def _compare(spec, ir, output, dtype, expr, elements, points, values, steps=()):
     return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
 
 
-def native_module(module, module_name):
-    """The generated NumPy ``module`` running its native CPU kernels (lossc.native)."""
+def native_module(module, module_name, rows=False):
+    """The generated NumPy ``module`` running its native CPU kernels (lossc.native; the row
+    kernels of lossc.native_rows for a loss over a class axis)."""
     from lossc.native import NativeModule
+    from lossc.native_rows import NativeRowModule
 
-    return NativeModule(module, lambda: importlib.import_module(f"lossc.generated.cupy.{module_name}"))
+    wrapper = NativeRowModule if rows else NativeModule
+    return wrapper(module, lambda: importlib.import_module(f"lossc.generated.cupy.{module_name}"))
+
+
+class JaxKernels:
+    """A generated JAX module called like the NumPy kernels: NumPy arrays in ((rows,) row
+    inputs for a loss over a class axis), NumPy arrays out."""
+
+    def __init__(self, module):
+        self.module = module
+        self.DIFFERENTIABLE = module.DIFFERENTIABLE
+
+    def _arguments(self, arrays):
+        import jax.numpy as jnp
+
+        return {name: jnp.asarray(a.reshape(-1, 1) if name in self.module.ROW_INPUTS else a)
+                for name, a in arrays.items()}
+
+    def _host(self, value):
+        value = np.asarray(value)
+        return value.reshape(-1) if self.module.LOSS_LEVEL == "row" and self.module.CLASS_AXIS else value
+
+    def forward(self, **kwargs):
+        """The loss, as the NumPy kernels' forward."""
+        arrays = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+        params = {k: v for k, v in kwargs.items() if k not in arrays}
+        return self._host(self.module.forward(**self._arguments(arrays), **params))
+
+    def forward_backward(self, **kwargs):
+        """(loss, gradients), as the NumPy kernels' forward_backward."""
+        arrays = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+        params = {k: v for k, v in kwargs.items() if k not in arrays}
+        loss, grads = self.module.forward_backward(**self._arguments(arrays), **params)
+        return self._host(loss), tuple(np.asarray(g) for g in grads)
+
+
+def _jax_available():
+    """Whether JAX imports here; its float64 columns need x64 mode, switched on here."""
+    try:
+        import jax
+    except ImportError:
+        return False
+    jax.config.update("jax_enable_x64", True)
+    return True
 
 
 def accuracy_report(names, specs_dir, log=print):
     """Print the accuracy table for the named specs (all when None), NumPy kernels and, where
-    they run here, native CPU kernels; True if all pass."""
+    they run here, native CPU kernels and JAX kernels; True if all pass."""
     from lossc import native
 
     paths = sorted(Path(specs_dir).glob("*.yaml"))
     if names:
         paths = [p for p in paths if p.stem in names]
-    with_native = native.available()
-    log(f"kernels: NumPy; {native.status()}")
+    kinds = ["numpy"] + (["native"] if native.available() else []) + (["jax"] if _jax_available() else [])
+    log(f"kernels: NumPy; {native.status()}; " + ("JAX" if "jax" in kinds else "no JAX (pip install jax)"))
     ok = True
-    log(f"{'loss':16s} {'variant':40s} {'output':16s} {'float32':>10s} {'float64':>10s} "
-        f"{'native32':>10s} {'native64':>10s}  status")
+    header = " ".join(f"{k[:6] + d[-2:]:>10s}" for k in kinds for d in ("float32", "float64"))
+    log(f"{'loss':16s} {'variant':40s} {'output':16s} {header}  status")
     for path in paths:
-        rows = {(r.loss, str(r.variant), r.output, "numpy", r.dtype): r for r in measure(path)}
-        if with_native:
-            rows.update({(r.loss, str(r.variant), r.output, "native", r.dtype): r
-                         for r in measure(path, kernels="native")})
+        rows = {}
+        for kind in kinds:
+            rows.update({(r.loss, str(r.variant), r.output, kind, r.dtype): r for r in measure(path, kernels=kind)})
         for key in dict.fromkeys(k[:3] for k in rows):
             found = {k[3:]: r for k, r in rows.items() if k[:3] == key}
             good = all(r.ok for r in found.values())
             ok &= good
             variant = ", ".join(f"{k}={v}" for k, v in found["numpy", "float64"].variant.items()) or "-"
             errors = [f"{found[k, d].max_error:10.2e}" if (k, d) in found else f"{'-':>10s}"
-                      for k in ("numpy", "native") for d in ("float32", "float64")]
+                      for k in kinds for d in ("float32", "float64")]
             log(f"{key[0]:16s} {variant:40s} {key[2]:16s} {' '.join(errors)}  {'ok' if good else 'FAIL'}"
                 + "".join(f" ({k} {d} worst at {r.worst_inputs})" for (k, d), r in found.items() if not r.ok))
     return ok
