@@ -456,7 +456,7 @@ class _Validator:
         if ptype in ("float", "int"):
             param.range = self.value_range(item, ptype, at)
         elif "range" in item:
-            self.fail(at + ("range",), f"a {ptype} parameter has no range")
+            self.fail(at + ("range",), f"{_article(ptype)} {ptype} parameter has no range")
         if ptype == "choice":
             param.choices = self.choices(item, at)
         elif "choices" in item:
@@ -495,7 +495,7 @@ class _Validator:
         value, ptype = param.default, param.type
         kind = {"float": "number", "int": "int", "bool": "bool", "choice": "str"}[ptype]
         if not _is_kind(value, kind) or (ptype in ("float", "int") and not _is_magnitude(value)):
-            self.fail(at, f"expected {_KIND_WORDS[kind]} for a {ptype} parameter, got {_show(value)}")
+            self.fail(at, f"expected {_KIND_WORDS[kind]} for {_article(ptype)} {ptype} parameter, got {_show(value)}")
         if ptype == "choice" and value not in param.choices:
             self.fail(at, f"'{value}' is not one of the choices {', '.join(param.choices)}")
         low, high = param.range
@@ -617,3 +617,8 @@ def _is_kind(value, kind):
 def _show(value):
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _article(word):
+    """'an' before a vowel ('an int parameter'), else 'a'."""
+    return "an" if word[:1] in "aeiou" else "a"

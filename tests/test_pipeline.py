@@ -101,7 +101,7 @@ BAD = [
     (dict(args=(np.zeros(3), np.zeros(3)), weight=np.ones(4)), ValueError, r"weight of shape \(4,\) does not broadcast to the element loss shape \(3,\)"),
     (dict(args=(np.zeros(3), np.zeros(3)), weight=np.ones((2, 3))), ValueError, "does not broadcast"),
     (dict(args=(np.zeros(3), np.zeros(3)), rhoo=2.0), TypeError, r"unknown argument\(s\) 'rhoo'; inputs: pred, label; parameters: rho"),
-    (dict(args=(np.zeros(3), np.zeros(3)), rho=-1.0), ValueError, r"parameter 'rho' must be in \[1e-30, None\], got -1.0"),
+    (dict(args=(np.zeros(3), np.zeros(3)), rho=-1.0), ValueError, r"parameter 'rho' must be at least 1e-30 \(no upper limit\), got -1.0"),
     (dict(args=(np.zeros(3), np.zeros(3)), rho="1"), TypeError, "parameter 'rho' must be a real number, got str"),
     (dict(args=(np.zeros(3),)), TypeError, "missing input 'label'"),
 ]

@@ -19,6 +19,7 @@ import mpmath
 import numpy as np
 import pytest
 
+import lossc
 from lossc.compiler.build import OWNED_LIST, build
 from lossc.compiler.spec import SpecError, load_spec
 
@@ -513,3 +514,13 @@ def test_a_forged_owned_list_cannot_remove_files_outside_the_managed_folders(tmp
     (out / OWNED_LIST).write_text(json.dumps(["../victim.txt", str(victim), "sub/x.py", "numpy/../../victim.txt"]))
     build([tmp_path / "demo.yaml"], out, full=True, log=lambda *_: None)
     assert victim.read_text() == "keep" and (out / "sub" / "x.py").read_text() == "keep"
+
+
+def test_messages_about_parameter_types_read_as_english(tmp_path):
+    """'an int parameter' (not 'a int'), and a range without an upper limit says so."""
+    path = tmp_path / "demo.yaml"
+    path.write_text(spec_text().replace("type: float\n    default: 0.5", "type: int\n    default: 0.5"))
+    with pytest.raises(SpecError, match="for an int parameter"):
+        load_spec(path)
+    with pytest.raises(ValueError, match=r"'rho' must be at least 1e-30 \(no upper limit\), got 0.0"):
+        lossc.get("huber")(np.ones(3), np.ones(3), rho=0.0, reduction="none")
