@@ -17,12 +17,8 @@ LOSS_LEVEL = 'row'
 CLASS_AXIS = True
 
 
-def forward(input1, input2, label, *, margin=0.0):
-    """The element loss (per row: (rows, 1))."""
-    s_input1 = input1
-    s_input2 = input2
-    s_label = label
-    s_margin = margin
+def _forward(s_input1, s_input2, s_label, s_margin):
+    """The element loss per row, (rows, 1)."""
     _shape = _jnp.shape(s_input1)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -32,13 +28,8 @@ def forward(input1, input2, label, *, margin=0.0):
     return _jnp.where((s_label == 1.0), 1.0 - _t2, 0.0) + _jnp.where((s_label == -1.0), _jnp.where(_t2 - s_margin < 0, 0.0, _t2 - s_margin), 0.0)
 
 
-def forward_backward(input1, input2, label, *, margin=0.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_input1 = input1
-    s_input2 = input2
-    s_label = label
-    s_margin = margin
-    s_grad_output = grad_output
+def _forward_backward(s_input1, s_input2, s_label, s_margin, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_input1)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -60,3 +51,13 @@ def forward_backward(input1, input2, label, *, margin=0.0, grad_output=1.0):
     _t15 = _t0*_jnp.where(_t5, 0.0, -_t7/(2.0*_jnp.power(_t1, 1.5)))
     _t16 = _t0*_jnp.where(_t5, 0.0, -_t6/(2.0*_jnp.power(_t3, 1.5)))
     return _jnp.where(_t10, 1.0 - _t9, 0.0) + _jnp.where(_t12, _jnp.where(_t11 < 0, 0.0, _t11), 0.0), (s_grad_output*(_t14*s_input2 + 2.0*s_input1*(_jnp.where(_t10, -_t15, 0.0) + _jnp.where(_t12, _t13*_t15, 0.0))), s_grad_output*(_t14*s_input1 + 2.0*s_input2*(_jnp.where(_t10, -_t16, 0.0) + _jnp.where(_t12, _t13*_t16, 0.0))),)
+
+
+def forward(input1, input2, label, *, margin=0.0):
+    """The element loss per row, (rows, 1), a JAX array."""
+    return _forward(input1, input2, label, margin)
+
+
+def forward_backward(input1, input2, label, *, margin=0.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(input1, input2, label, margin, grad_output)

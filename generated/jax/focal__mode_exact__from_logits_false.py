@@ -17,13 +17,8 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = True
 
 
-def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
+def _forward(s_pred, s_label, s_alpha, s_gamma, s_eps):
+    """The element loss."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -33,14 +28,8 @@ def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     return _jnp.where((_j == s_label), _t1*s_alpha*_jnp.exp(-_t2*s_gamma), -_t2*(-1.0 + s_alpha)*_jnp.exp(-_t1*s_gamma))
 
 
-def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -58,3 +47,13 @@ def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_outp
     _t11 = _jnp.where(_t0 >= 0, 1.0, _t1)
     _t12 = _jnp.where(s_pred >= 0, 1.0, _t1)
     return _jnp.where(_t7, _t3*_t6, -_t4*_t9), (s_grad_output*_jnp.where(_t7, -_t10*_t6*(_t11 + _t12*_t8), -_t10*_t9*(_t12 + _t11*_t5)),)
+
+
+def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, alpha, gamma, eps)
+
+
+def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, alpha, gamma, eps, grad_output)

@@ -17,13 +17,8 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = True
 
 
-def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
+def _forward(s_pred, s_label, s_alpha, s_gamma, s_eps):
+    """The element loss."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -36,14 +31,8 @@ def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
     return _jnp.where((_j == s_label), -s_alpha*_jnp.exp(-s_gamma*(_t1 + _jnp.where(s_pred < 0, 0.0, s_pred)))*_jnp.log(_jnp.where((_t4 > 1.0), 1.0, _t4)), (-1.0 + s_alpha)*_jnp.exp(-s_gamma*(_t1 + _jnp.where(_t5 < 0, 0.0, _t5)))*_jnp.log(_jnp.where((_t3 - s_eps < 0.0), 1.0, s_eps + _t2*_jnp.where(_t5 >= 0, 1.0, _t0))))
 
 
-def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -67,3 +56,13 @@ def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_outp
     _t17 = (-1.0 + s_alpha)*_jnp.exp(-s_gamma*(_t8 + _jnp.where(_t12 < 0, 0.0, _t12)))
     _t18 = _t1*_t13/((_t2)*(_t2))
     return _jnp.where(_t10, -_t7*_t9, _t16*_t17), (s_grad_output*_jnp.where(_t10, _t9*(-_jnp.where(_t6, 0.0, _t18)*_jnp.where(_t6, 1.0, (1.0/(_t5))) + _t4*_t7*s_gamma), _t17*(_jnp.where(_t11, 0.0, -_t18)*_jnp.where(_t11, 1.0, (1.0/(_t15))) + _t14*_t16*s_gamma)),)
+
+
+def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, alpha, gamma, eps)
+
+
+def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, alpha, gamma, eps, grad_output)

@@ -16,24 +16,13 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
+def _forward(s_pred, s_label, s_alpha, s_gamma, s_eps):
+    """The element loss."""
     return _jnp.where((s_label > 0.0), -s_alpha*_jnp.power(1.0 - s_pred, s_gamma)*_jnp.log(s_pred), _jnp.power(s_pred, s_gamma)*(-1.0 + s_alpha)*_jnp.log1p(-s_pred))
 
 
-def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_eps = eps
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = _jnp.log(s_pred)
     _t1 = -1.0 + s_pred
     _t2 = -_t1
@@ -44,3 +33,13 @@ def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_outp
     _t7 = _jnp.log1p(-s_pred)
     _t8 = -1.0 + s_gamma
     return _jnp.where(_t4, -_t0*_t3*s_alpha, _t5*_t6*_t7), (s_grad_output * (_jnp.where(_t4, s_alpha*(-_t3/s_pred + _t0*s_gamma*_jnp.power(_t2, _t8)), _t6*(_t5/_t1 + _t7*s_gamma*_jnp.power(s_pred, _t8)))),)
+
+
+def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, alpha, gamma, eps)
+
+
+def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, alpha, gamma, eps, grad_output)

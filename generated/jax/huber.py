@@ -16,23 +16,26 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, *, rho=1.0):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_rho = rho
+def _forward(s_pred, s_label, s_rho):
+    """The element loss."""
     _t0 = s_label - s_pred
     _t1 = _jnp.abs(_t0)
     return _jnp.where((_t1 < s_rho), ((_t0)*(_t0))/(2.0*s_rho), _t1 - s_rho/2.0)
 
 
-def forward_backward(pred, label, *, rho=1.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_rho = rho
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_rho, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = (1.0/(s_rho))
     _t1 = s_label - s_pred
     _t2 = _jnp.abs(_t1)
     return _jnp.where((_t2 < s_rho), _t0*((_t1)*(_t1))/2.0, _t2 - s_rho/2.0), (s_grad_output * (_jnp.clip(-_t0*_t1, -1.0, 1.0)),)
+
+
+def forward(pred, label, *, rho=1.0):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, rho)
+
+
+def forward_backward(pred, label, *, rho=1.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, rho, grad_output)

@@ -17,10 +17,8 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = True
 
 
-def forward(pred, label):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
+def _forward(s_pred, s_label):
+    """The element loss."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -30,11 +28,8 @@ def forward(pred, label):
     return _jnp.where((s_label > 0.0), s_label*(_t0 - s_pred + _jnp.log(s_label) + _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))), 0.0)
 
 
-def forward_backward(pred, label, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -44,3 +39,13 @@ def forward_backward(pred, label, grad_output=1.0):
     _t3 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True)
     _t4 = (s_label > 0.0)
     return _jnp.where(_t4, s_label*(_t0 - s_pred + _jnp.log(s_label) + _jnp.log1p(_t3)), 0.0), (s_grad_output*_jnp.where(_t4, -s_label, 0.0) + _t1*_jnp.sum(_jnp.broadcast_to(s_grad_output*_jnp.where(_t4, s_label, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t3),)
+
+
+def forward(pred, label):
+    """The element loss, a JAX array."""
+    return _forward(pred, label)
+
+
+def forward_backward(pred, label, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, grad_output)

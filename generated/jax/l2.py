@@ -16,17 +16,22 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
+def _forward(s_pred, s_label):
+    """The element loss."""
     return ((s_label - s_pred)*(s_label - s_pred))/2.0
+
+
+def _forward_backward(s_pred, s_label, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    _t0 = s_label - s_pred
+    return ((_t0)*(_t0))/2.0, (s_grad_output * (-_t0),)
+
+
+def forward(pred, label):
+    """The element loss, a JAX array."""
+    return _forward(pred, label)
 
 
 def forward_backward(pred, label, grad_output=1.0):
     """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_grad_output = grad_output
-    _t0 = s_label - s_pred
-    return ((_t0)*(_t0))/2.0, (s_grad_output * (-_t0),)
+    return _forward_backward(pred, label, grad_output)

@@ -16,21 +16,26 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
+def _forward(s_pred, s_label):
+    """The element loss."""
     _t0 = s_pred*(-1.0 + 2.0*s_label)
     return _jnp.log1p(_jnp.exp(-_jnp.abs(_t0))) + _jnp.where(-_t0 < 0, 0.0, -_t0)
 
 
-def forward_backward(pred, label, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = -1.0 + 2.0*s_label
     _t1 = _t0*s_pred
     _t2 = -_t1
     _t3 = _jnp.exp(-_jnp.abs(_t1))
     return _jnp.log1p(_t3) + _jnp.where(_t2 < 0, 0.0, _t2), (s_grad_output * (-_t0*_jnp.where(_t2 >= 0, 1.0, _t3)/(1.0 + _t3)),)
+
+
+def forward(pred, label):
+    """The element loss, a JAX array."""
+    return _forward(pred, label)
+
+
+def forward_backward(pred, label, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, grad_output)

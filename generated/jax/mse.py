@@ -16,17 +16,22 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, target):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_target = target
+def _forward(s_pred, s_target):
+    """The element loss."""
     return ((s_pred - s_target)*(s_pred - s_target))
+
+
+def _forward_backward(s_pred, s_target, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    _t0 = s_pred - s_target
+    return ((_t0)*(_t0)), (s_grad_output * (2.0*_t0),)
+
+
+def forward(pred, target):
+    """The element loss, a JAX array."""
+    return _forward(pred, target)
 
 
 def forward_backward(pred, target, grad_output=1.0):
     """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_target = target
-    s_grad_output = grad_output
-    _t0 = s_pred - s_target
-    return ((_t0)*(_t0)), (s_grad_output * (2.0*_t0),)
+    return _forward_backward(pred, target, grad_output)

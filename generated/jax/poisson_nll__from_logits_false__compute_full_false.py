@@ -16,21 +16,24 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, target, *, epsilon=1e-08):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_target = target
-    s_epsilon = epsilon
+def _forward(s_pred, s_target, s_epsilon):
+    """The element loss."""
     return s_pred - s_target*_jnp.where((s_pred > 0.5), _jnp.log1p(s_epsilon + (-1.0 + s_pred)), _jnp.log((s_pred + s_epsilon)))
 
 
-def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_target = target
-    s_epsilon = epsilon
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_target, s_epsilon, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = s_epsilon + (-1.0 + s_pred)
     _t1 = (s_pred > 0.5)
     _t2 = (s_pred + s_epsilon)
     return s_pred - s_target*_jnp.where(_t1, _jnp.log1p(_t0), _jnp.log(_t2)), (s_grad_output * (1.0 - s_target*_jnp.where(_t1, (1.0/(1.0 + _t0)), (1.0/(_t2)))),)
+
+
+def forward(pred, target, *, epsilon=1e-08):
+    """The element loss, a JAX array."""
+    return _forward(pred, target, epsilon)
+
+
+def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, target, epsilon, grad_output)

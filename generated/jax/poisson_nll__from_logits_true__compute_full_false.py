@@ -16,19 +16,22 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, target, *, epsilon=1e-08):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_target = target
-    s_epsilon = epsilon
+def _forward(s_pred, s_target, s_epsilon):
+    """The element loss."""
     return -s_pred*s_target + _jnp.exp(s_pred)
+
+
+def _forward_backward(s_pred, s_target, s_epsilon, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    _t0 = -_jnp.exp(s_pred)
+    return -_t0 - s_pred*s_target, (s_grad_output * (-_t0 - s_target),)
+
+
+def forward(pred, target, *, epsilon=1e-08):
+    """The element loss, a JAX array."""
+    return _forward(pred, target, epsilon)
 
 
 def forward_backward(pred, target, *, epsilon=1e-08, grad_output=1.0):
     """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_target = target
-    s_epsilon = epsilon
-    s_grad_output = grad_output
-    _t0 = -_jnp.exp(s_pred)
-    return -_t0 - s_pred*s_target, (s_grad_output * (-_t0 - s_target),)
+    return _forward_backward(pred, target, epsilon, grad_output)

@@ -16,19 +16,22 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(x1, x2, *, smoothing_parameter=0.3):
-    """The element loss (per element)."""
-    s_x1 = x1
-    s_x2 = x2
-    s_smoothing_parameter = smoothing_parameter
+def _forward(s_x1, s_x2, s_smoothing_parameter):
+    """The element loss."""
     return ((s_x1 - s_x2)*(s_x1 - s_x2))
+
+
+def _forward_backward(s_x1, s_x2, s_smoothing_parameter, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    _t0 = s_x1 - s_x2
+    return ((_t0)*(_t0)), (s_grad_output * (2.0*_t0), s_grad_output * (-2.0*_t0),)
+
+
+def forward(x1, x2, *, smoothing_parameter=0.3):
+    """The element loss, a JAX array."""
+    return _forward(x1, x2, smoothing_parameter)
 
 
 def forward_backward(x1, x2, *, smoothing_parameter=0.3, grad_output=1.0):
     """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_x1 = x1
-    s_x2 = x2
-    s_smoothing_parameter = smoothing_parameter
-    s_grad_output = grad_output
-    _t0 = s_x1 - s_x2
-    return ((_t0)*(_t0)), (s_grad_output * (2.0*_t0), s_grad_output * (-2.0*_t0),)
+    return _forward_backward(x1, x2, smoothing_parameter, grad_output)

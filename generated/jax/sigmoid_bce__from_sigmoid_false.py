@@ -16,26 +16,27 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_pos_weight = pos_weight
-    s_eps = eps
+def _forward(s_pred, s_label, s_pos_weight, s_eps):
+    """The element loss."""
     _t0 = _jnp.log1p(_jnp.exp(-_jnp.abs(s_pred)))
     return -(-1.0 + s_label)*(_t0 + _jnp.where(s_pred < 0, 0.0, s_pred)) + s_label*s_pos_weight*(_t0 + _jnp.where(-s_pred < 0, 0.0, -s_pred))
 
 
-def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_pos_weight = pos_weight
-    s_eps = eps
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_pos_weight, s_eps, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = -1.0 + s_label
     _t1 = _jnp.exp(-_jnp.abs(s_pred))
     _t2 = _jnp.log1p(_t1)
     _t3 = -s_pred
     _t4 = s_label*s_pos_weight
     return _t4*(_t2 + _jnp.where(_t3 < 0, 0.0, _t3)) - _t0*(_t2 + _jnp.where(s_pred < 0, 0.0, s_pred)), (s_grad_output * (-(_t0*_jnp.where(s_pred >= 0, 1.0, _t1) + _t4*_jnp.where(_t3 >= 0, 1.0, _t1))/(1.0 + _t1)),)
+
+
+def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, pos_weight, eps)
+
+
+def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, pos_weight, eps, grad_output)

@@ -16,24 +16,15 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_pos_weight = pos_weight
-    s_eps = eps
+def _forward(s_pred, s_label, s_pos_weight, s_eps):
+    """The element loss."""
     _t0 = -1.0 + s_pred
     _t1 = (s_pred > 0.5)
     return (-1.0 + s_label)*_jnp.where(_t1, _jnp.log((s_eps + (-_t0))), _jnp.log1p(s_eps - s_pred)) - s_label*s_pos_weight*_jnp.where(_t1, _jnp.log1p(s_eps + (_t0)), _jnp.log((s_pred + s_eps)))
 
 
-def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_pos_weight = pos_weight
-    s_eps = eps
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_pos_weight, s_eps, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = -1.0 + s_pred
     _t1 = s_eps + (_t0)
     _t2 = (s_pred > 0.5)
@@ -43,3 +34,13 @@ def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0)
     _t6 = s_eps + (-_t0)
     _t7 = (_t6)
     return _t5*_jnp.where(_t2, _jnp.log(_t7), _jnp.log1p(s_eps - s_pred)) - _t4*_jnp.where(_t2, _jnp.log1p(_t1), _jnp.log(_t3)), (s_grad_output * (_t5*_jnp.where(_t2, -1.0/_t7, -1.0/_t6) - _t4*_jnp.where(_t2, (1.0/(1.0 + _t1)), (1.0/(_t3)))),)
+
+
+def forward(pred, label, pos_weight=1.0, *, eps=1e-12):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, pos_weight, eps)
+
+
+def forward_backward(pred, label, pos_weight=1.0, *, eps=1e-12, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, pos_weight, eps, grad_output)

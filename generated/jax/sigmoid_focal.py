@@ -16,25 +16,16 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, *, alpha=0.25, gamma=2.0):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
+def _forward(s_pred, s_label, s_alpha, s_gamma):
+    """The element loss."""
     _t0 = _jnp.log1p(_jnp.exp(-_jnp.abs(s_pred)))
     _t1 = _t0 + _jnp.where(-s_pred < 0, 0.0, -s_pred)
     _t2 = _t0 + _jnp.where(s_pred < 0, 0.0, s_pred)
     return _t1*s_label*s_alpha*_jnp.exp(-_t2*s_gamma) + _t2*(-1.0 + s_label)*(-1.0 + s_alpha)*_jnp.exp(-_t1*s_gamma)
 
 
-def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = -s_pred
     _t1 = _jnp.exp(-_jnp.abs(s_pred))
     _t2 = _jnp.log1p(_t1)
@@ -48,3 +39,13 @@ def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     _t10 = _jnp.where(_t0 >= 0, 1.0, _t1)
     _t11 = _jnp.where(s_pred >= 0, 1.0, _t1)
     return _t3*_t5 + _t4*_t6*_t7*_t9, (s_grad_output * ((-_t10*_t5 - _t11*_t5*_t8 + _t11*_t6*_t7*_t9 + _t10*_t4*_t6*_t7*_t9*s_gamma)/(1.0 + _t1)),)
+
+
+def forward(pred, label, *, alpha=0.25, gamma=2.0):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, alpha, gamma)
+
+
+def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, alpha, gamma, grad_output)

@@ -17,27 +17,16 @@ LOSS_LEVEL = 'row'
 CLASS_AXIS = True
 
 
-def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
-    """The element loss (per row: (rows, 1))."""
-    s_pred = pred
-    s_label = label
-    s_class_weight = class_weight
-    s_label_smoothing = label_smoothing
-    s_ignore_index = ignore_index
+def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index):
+    """The element loss per row, (rows, 1)."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_j == s_label), s_pred, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where((s_label_smoothing > 0.0), -s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)/_classes, 0.0))
 
 
-def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_class_weight = class_weight
-    s_label_smoothing = label_smoothing
-    s_ignore_index = ignore_index
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -47,3 +36,13 @@ def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, igno
     _t3 = s_label_smoothing/_classes
     _t4 = (s_label_smoothing > 0.0)
     return _jnp.where(_t0, 0.0, _t1*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t2 != 0), s_pred, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where(_t4, -_t3*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True), 0.0)), (s_grad_output*(_jnp.where((_t2 != 0), _jnp.where(_t0, 0.0, _t1), 0.0) + _jnp.where(_t0, 0.0, _jnp.where(_t4, -_t3, 0.0))),)
+
+
+def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):
+    """The element loss per row, (rows, 1), a JAX array."""
+    return _forward(pred, label, class_weight, label_smoothing, ignore_index)
+
+
+def forward_backward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, class_weight, label_smoothing, ignore_index, grad_output)

@@ -17,11 +17,8 @@ LOSS_LEVEL = 'row'
 CLASS_AXIS = True
 
 
-def forward(pred, label, *, label_smoothing=0.0):
-    """The element loss (per row: (rows, 1))."""
-    s_pred = pred
-    s_label = label
-    s_label_smoothing = label_smoothing
+def _forward(s_pred, s_label, s_label_smoothing):
+    """The element loss per row, (rows, 1)."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -34,12 +31,8 @@ def forward(pred, label, *, label_smoothing=0.0):
     return -_jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 + s_label - s_label*s_label_smoothing != 0.0), s_label*s_pred - _t4*_t5 - _t4*s_label + _t0*s_pred*s_label_smoothing + _t4*s_label*s_label_smoothing - s_label*s_pred*s_label_smoothing, 0.0), _shape), axis=-1, keepdims=True)
 
 
-def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_label_smoothing = label_smoothing
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_label_smoothing, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -54,3 +47,13 @@ def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
     _t8 = (_t7 != 0.0)
     _t9 = -_t6 + s_label*(-1.0 + s_label_smoothing)
     return -_jnp.sum(_jnp.broadcast_to(_jnp.where(_t8, s_label*s_pred - _t5*_t6 - _t5*s_label + _t0*s_pred*s_label_smoothing + _t5*s_label*s_label_smoothing - s_label*s_pred*s_label_smoothing, 0.0), _shape), axis=-1, keepdims=True), (-s_grad_output*(_t2*_jnp.sum(_jnp.broadcast_to(_jnp.where(_t8, -_t7, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t4) + _jnp.where((_t9 != 0.0), -_t9, 0.0)),)
+
+
+def forward(pred, label, *, label_smoothing=0.0):
+    """The element loss per row, (rows, 1), a JAX array."""
+    return _forward(pred, label, label_smoothing)
+
+
+def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, label_smoothing, grad_output)

@@ -17,12 +17,8 @@ LOSS_LEVEL = 'row'
 CLASS_AXIS = True
 
 
-def forward(pred, label, *, alpha=0.25, gamma=2.0):
-    """The element loss (per row: (rows, 1))."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
+def _forward(s_pred, s_label, s_alpha, s_gamma):
+    """The element loss per row, (rows, 1)."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -33,13 +29,8 @@ def forward(pred, label, *, alpha=0.25, gamma=2.0):
     return _t3*s_alpha*_jnp.power(-_jnp.expm1(-_t3), s_gamma)
 
 
-def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_alpha = alpha
-    s_gamma = gamma
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -54,3 +45,13 @@ def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     _t8 = -_t7
     _t9 = _jnp.power(_t8, s_gamma)
     return _t5*_t9*s_alpha, (s_grad_output*s_alpha*(_t9 + _t5*s_gamma*_jnp.power(_t8, -1.0 + s_gamma)*_jnp.exp(_t6))*_jnp.where(_t1, _t7, _t2/(1.0 + _t4)),)
+
+
+def forward(pred, label, *, alpha=0.25, gamma=2.0):
+    """The element loss per row, (rows, 1), a JAX array."""
+    return _forward(pred, label, alpha, gamma)
+
+
+def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, alpha, gamma, grad_output)

@@ -16,21 +16,24 @@ LOSS_LEVEL = 'element'
 CLASS_AXIS = False
 
 
-def forward(pred, label, *, margin=1.0):
-    """The element loss (per element)."""
-    s_pred = pred
-    s_label = label
-    s_margin = margin
+def _forward(s_pred, s_label, s_margin):
+    """The element loss."""
     _t0 = -s_margin + s_label*s_pred
     return _jnp.where((_t0 < 0.0), ((_t0)*(_t0)), 0.0)
 
 
-def forward_backward(pred, label, *, margin=1.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_label = label
-    s_margin = margin
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_label, s_margin, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _t0 = -s_margin + s_label*s_pred
     _t1 = (_t0 < 0.0)
     return _jnp.where(_t1, ((_t0)*(_t0)), 0.0), (s_grad_output * (_jnp.where(_t1, 2.0*_t0*s_label, 0.0)),)
+
+
+def forward(pred, label, *, margin=1.0):
+    """The element loss, a JAX array."""
+    return _forward(pred, label, margin)
+
+
+def forward_backward(pred, label, *, margin=1.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, label, margin, grad_output)

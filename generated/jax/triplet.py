@@ -17,12 +17,8 @@ LOSS_LEVEL = 'row'
 CLASS_AXIS = True
 
 
-def forward(pred, positive, negative, *, margin=1.0):
-    """The element loss (per row: (rows, 1))."""
-    s_pred = pred
-    s_positive = positive
-    s_negative = negative
-    s_margin = margin
+def _forward(s_pred, s_positive, s_negative, s_margin):
+    """The element loss per row, (rows, 1)."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -30,13 +26,8 @@ def forward(pred, positive, negative, *, margin=1.0):
     return _jnp.where(s_margin - _jnp.sum(_jnp.broadcast_to(((_t0 + s_negative)*(_t0 + s_negative)), _shape), axis=-1, keepdims=True) + _jnp.sum(_jnp.broadcast_to(((_t0 + s_positive)*(_t0 + s_positive)), _shape), axis=-1, keepdims=True) < 0, 0.0, s_margin - _jnp.sum(_jnp.broadcast_to(((_t0 + s_negative)*(_t0 + s_negative)), _shape), axis=-1, keepdims=True) + _jnp.sum(_jnp.broadcast_to(((_t0 + s_positive)*(_t0 + s_positive)), _shape), axis=-1, keepdims=True))
 
 
-def forward_backward(pred, positive, negative, *, margin=1.0, grad_output=1.0):
-    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
-    s_pred = pred
-    s_positive = positive
-    s_negative = negative
-    s_margin = margin
-    s_grad_output = grad_output
+def _forward_backward(s_pred, s_positive, s_negative, s_margin, s_grad_output):
+    """The loss and d Σ(grad_output·loss)/d input of each differentiable input."""
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
@@ -46,3 +37,13 @@ def forward_backward(pred, positive, negative, *, margin=1.0, grad_output=1.0):
     _t3 = s_margin - _jnp.sum(_jnp.broadcast_to(((_t2)*(_t2)), _shape), axis=-1, keepdims=True) + _jnp.sum(_jnp.broadcast_to(((_t1)*(_t1)), _shape), axis=-1, keepdims=True)
     _t4 = 2.0*s_grad_output*_jnp.where(_t3 > 0, 1.0, 0.0)
     return _jnp.where(_t3 < 0, 0.0, _t3), (_t4*(s_negative - s_positive), _t1*_t4, -_t2*_t4,)
+
+
+def forward(pred, positive, negative, *, margin=1.0):
+    """The element loss per row, (rows, 1), a JAX array."""
+    return _forward(pred, positive, negative, margin)
+
+
+def forward_backward(pred, positive, negative, *, margin=1.0, grad_output=1.0):
+    """(loss, grads): the loss and d Σ(grad_output·loss)/d input of each differentiable input."""
+    return _forward_backward(pred, positive, negative, margin, grad_output)
