@@ -205,6 +205,48 @@ def public_api(rng, sizes, repeat, torch_info):
                   f"{faster/t_public:.2f}× |")
 
 
+def public_softmax_ce(rng, shapes, repeat, torch_info):
+    """Softmax cross-entropy fwd+bwd, reduction 'sum', float32, as users call it
+    (``lossc.get('softmax_ce').value_and_grad``: the native row kernels) vs torch eager,
+    torch.compile and jax.jit(value_and_grad(optax)), in one run."""
+    jax_info = optax_losses()
+    print("\n| softmax CE | lossc ms | torch eager ms | torch.compile ms | jax.jit ms | vs eager | vs faster compiler |")
+    print("|---|---|---|---|---|---|---|")
+    loss = lossc.get("softmax_ce")
+    compiled = None
+    for rows, classes in shapes:
+        x = rng.normal(0, 3, (rows, classes)).astype(np.float32)
+        y = rng.integers(0, classes, rows)
+        t_public = timed(lambda: loss.value_and_grad(x, y, reduction="sum"), repeat)
+        t_eager = t_compile = t_jax = float("nan")
+        if torch_info:
+            torch = torch_info[0]
+            F = torch.nn.functional
+            compiled = compiled or torch.compile(lambda a, b: F.cross_entropy(a, b, reduction="sum"))
+            xt, yt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+            def step(f):
+                def run():
+                    xt.grad = None
+                    f(xt, yt).backward()
+                return run
+
+            t_eager = timed(step(lambda a, b: F.cross_entropy(a, b, reduction="sum")), repeat)
+            t_compile = timed(step(compiled), repeat)
+        if jax_info:
+            jax = jax_info[0]
+            import optax
+
+            grad_fn = jax.jit(jax.value_and_grad(
+                lambda a, b: optax.softmax_cross_entropy_with_integer_labels(a, b).sum()))
+            xj, yj = jax.numpy.asarray(x), jax.numpy.asarray(y)
+            t_jax = timed(lambda: jax.block_until_ready(grad_fn(xj, yj)), repeat)
+        measured = [t for t in (t_compile, t_jax) if not np.isnan(t)]
+        faster = min(measured) if measured else float("nan")
+        print(f"| {rows}×{classes} | {t_public*1e3:.2f} | {t_eager*1e3:.2f} | {t_compile*1e3:.2f} | {t_jax*1e3:.2f} | "
+              f"{t_eager/t_public:.2f}× | {faster/t_public:.2f}× |")
+
+
 def softmax_ce(rng, repeat, torch_info, rows=10000, classes=1000):
     """Softmax CE fwd+bwd on (rows, classes) float32: time vs torch eager, peak extra memory."""
     x = rng.normal(0, 3, (rows, classes)).astype(np.float32)
@@ -288,6 +330,7 @@ def main():
                   f"{t_torch*1e3:9.2f} {t_add*1e3:9.2f} {t_kernels/t_ours:8.2f}x {t_numpy/t_ours:8.2f}x "
                   f"{t_torch/t_ours:8.2f}x {t_ours/t_add:8.2f}x")
     public_api(rng, args.api_sizes, args.repeat, torch_info)
+    public_softmax_ce(rng, [(100, 1000), (1000, 1000), (10000, 1000), (512, 32000)], args.repeat, torch_info)
     softmax_ce(rng, args.repeat, torch_info)
     ctc(rng, args.repeat, torch_info)
     if torch_info:

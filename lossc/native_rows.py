@@ -18,8 +18,9 @@ import ctypes
 import numpy as np
 
 from . import native
-from .native import GROUP, MIN_CHUNK, _DTYPES, _C_TYPES, _Binder
+from .native import GROUP, _DTYPES, _C_TYPES, _Binder
 
+ROW_MIN_CHUNK = 1 << 14  # elements per thread at least: a row kernel does several passes per element
 REDUCE = {"sum": "{a} + {b}", "max": "(({a}) != ({a}) || ({a}) > ({b})) ? ({a}) : ({b})"}
 IDENTITY = {"sum": "0", "max": "-INFINITY"}
 
@@ -175,7 +176,7 @@ def row_wrapper(device_module, kind, precision):
     lines += ["    }", "}",
               f'extern "C" void lossc_rows_{name}(long rows, long classes, {", ".join(arguments)}, int threads)', "{",
               f"    const lossc_rows_context_{name} c{{{', '.join(values)}}};",
-              f"    const long parts = rows * classes / {MIN_CHUNK} < threads ? rows * classes / {MIN_CHUNK} : threads;",
+              f"    const long parts = rows * classes / {ROW_MIN_CHUNK} < threads ? rows * classes / {ROW_MIN_CHUNK} : threads;",
               f"    const long usable = parts < rows ? parts : rows;",
               f"    lossc_parallel(lossc_rows_part_{name}, &c, rows, usable < 1 ? 1 : int(usable));", "}"]
     return "\n".join(lines) + "\n"
