@@ -582,3 +582,29 @@ def test_ssd_multibox_on_tensors_matches_the_gluoncv_layer(kwargs):
     for (cp, bp), (d_cls, d_box) in zip(leaves, grads):
         np.testing.assert_allclose(cp.grad.numpy(), d_cls, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(bp.grad.numpy(), d_box, rtol=1e-12, atol=1e-14)
+
+
+def test_eager_calls_skip_the_dispatch_and_compiled_ones_use_the_op(monkeypatch):
+    """Eager calls run the op's autograd.Function twin (no torch.library dispatch), with the
+    op's results and gradients bit for bit; torch.compile traces the custom op itself."""
+    from lossc.torch import ops
+
+    gen = torch.Generator().manual_seed(21)
+    x, y = torch.randn(2, 6, 5, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 5, (6,), generator=gen)
+    calls = []
+    original = ops._Eager.apply
+    monkeypatch.setattr(ops._Eager, "apply", lambda *a: calls.append(1) or original(*a))
+    for fn, args in ((lambda a, b: lt.huber_loss(a, b, reduction="none"), (y,)),
+                     (lambda a, b: lt.cross_entropy(a, b, label_smoothing=0.1), (labels,))):
+        eager_x = x.clone().requires_grad_()
+        eager_value = fn(eager_x, *args)
+        eager_value.sum().backward()
+        assert calls, "the eager path was not taken"
+        calls.clear()
+        compiled_x = x.clone().requires_grad_()
+        compiled_value = torch.compile(fn, fullgraph=True)(compiled_x, *args)
+        compiled_value.sum().backward()
+        assert not calls, "torch.compile ran the autograd.Function instead of the op"
+        torch.testing.assert_close(compiled_value, eager_value, rtol=0, atol=0)
+        torch.testing.assert_close(compiled_x.grad, eager_x.grad, rtol=0, atol=0)

@@ -16,9 +16,10 @@ Importing this module needs PyTorch (``pip install -e ".[torch]"``); ``import lo
 import torch
 
 from ..registry import get as _get_loss
+from ..registry import list_losses as _list_losses
 from .functional import (binary_cross_entropy_with_logits, cosine_embedding_loss, cross_entropy, ctc_loss,
                          huber_loss, kl_div, poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
-from .ops import op
+from .ops import can_run_eagerly, eager, op
 
 __all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
            "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss", "SSDMultiBoxLoss"]
@@ -53,10 +54,12 @@ class TorchLoss:
             weight = weight.to(tensors[0].dtype) if weight.is_floating_point() else weight.double().to(tensors[0].dtype)
         with_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t, spec in zip(tensors, self._specs) if spec["differentiable"])
-        outputs = op(self.loss, variant)(tensors, [float(v) for v in runtime.values()], weight, str(reduction),
-                                         None if avg_factor is None else float(avg_factor), float(loss_weight),
-                                         int(axis), with_grad)
-        return outputs[0].to(out_dtype)
+        arguments = (tensors, [float(v) for v in runtime.values()], weight, str(reduction),
+                     None if avg_factor is None else float(avg_factor), float(loss_weight), int(axis), with_grad)
+        kernel = op(self.loss, variant)  # registered on first use, so a later torch.compile finds it
+        if can_run_eagerly(tensors + ([] if weight is None else [weight])):
+            return eager(self.loss, variant, *arguments).to(out_dtype)
+        return kernel(*arguments)[0].to(out_dtype)
 
     def _tensors(self, values):
         """Every input as a tensor on the prediction's device; a clear error for what does not fit."""
@@ -87,7 +90,22 @@ class TorchLoss:
 
 def get(name):
     """The lossc loss ``name`` (built-in or registered with ``lossc.register_generated``) on tensors."""
-    return TorchLoss(_get_loss(name))
+    loss = _get_loss(name)
+    if _cache.get(name, (None,))[0] is not loss:
+        _cache[name] = (loss, TorchLoss(loss))
+    return _cache[name][1]
+
+
+def _register_ops():
+    """Every variant's op of the registered losses, so that a function compiled before its
+    first eager call finds them (torch.compile cannot trace a registration)."""
+    for name in _list_losses():
+        loss = _get_loss(name)
+        for entry in loss.manifest["variants"]:
+            op(loss, entry["values"])
+
+
+_cache = {}
 
 
 class Loss(torch.nn.Module):
@@ -108,6 +126,8 @@ class Loss(torch.nn.Module):
 
 
 from .ssd import SSDMultiBoxLoss  # noqa: E402  (it builds on get)
+
+_register_ops()
 
 
 def __getattr__(name):

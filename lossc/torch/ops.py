@@ -58,26 +58,65 @@ def _register(name, module, variant):
         ctx.save_for_backward(*output[1:])
 
     def backward(ctx, grads):
-        loss = get(name)
-        tensors, params, weight, reduction, avg_factor, loss_weight, axis = ctx.arguments
-        upstream, saved = grads[0], ctx.saved_tensors
-        shapes = [t.shape for t in tensors]
-        if not saved or (reduction == "none" and not bridge.saved_gradient_suffices(loss, variant, shapes, axis)):
-            saved, factor = _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight,
-                                             axis, upstream), None
-        else:
-            factor = upstream if reduction != "none" else upstream.reshape(
-                bridge.upstream_shape(loss, variant, upstream.shape, tensors[0].dim(), axis))
-            if _is_one(factor):  # loss.backward() of a scalar loss: the saved gradients are the result
-                factor = None
-        result = [None] * len(tensors)
-        for k, gradient in zip(bridge.differentiable(loss), saved):
-            result[k] = gradient if factor is None else gradient * factor
+        result = input_gradients(get(name), variant, kernel, ctx.arguments, ctx.saved_tensors, grads[0])
+        params = ctx.arguments[1]
         no_params = [] if not params else None  # torch's input spec: an empty list stays a list, floats a leaf
         return result, no_params, None, None, None, None, None, None
 
     kernel.register_autograd(backward, setup_context=setup_context)
     return kernel
+
+
+def input_gradients(loss, variant, kernel, arguments, saved, upstream):
+    """[gradient or None per input] of Σ upstream·loss: the saved gradients times the
+    incoming gradient, or one more fused pass (``kernel``, the op or its eager twin's
+    implementation) where they do not suffice."""
+    tensors, params, weight, reduction, avg_factor, loss_weight, axis = arguments
+    shapes = [t.shape for t in tensors]
+    if not saved or (reduction == "none" and not bridge.saved_gradient_suffices(loss, variant, shapes, axis)):
+        saved, factor = _vector_jacobian(kernel, tensors, params, weight, reduction, avg_factor, loss_weight,
+                                         axis, upstream), None
+    else:
+        factor = upstream if reduction != "none" else upstream.reshape(
+            bridge.upstream_shape(loss, variant, upstream.shape, tensors[0].dim(), axis))
+        if _is_one(factor):  # loss.backward() of a scalar loss: the saved gradients are the result
+            factor = None
+    result = [None] * len(tensors)
+    for k, gradient in zip(bridge.differentiable(loss), saved):
+        result[k] = gradient if factor is None else gradient * factor
+    return result
+
+
+def eager(loss, variant, tensors, params, weight, reduction, avg_factor, loss_weight, axis, with_grad):
+    """The op's outputs in eager mode without torch.library's dispatch (which costs ~100 µs a
+    call): the same kernels and backward as an ``autograd.Function``. Used only where nothing
+    traces (no torch.compile, no dispatch mode, plain tensors); the op everywhere else."""
+    arguments = (list(tensors), list(params), weight, reduction, avg_factor, loss_weight, axis)
+    return _Eager.apply(loss, variant, arguments, with_grad, *tensors)
+
+
+def can_run_eagerly(tensors):
+    """Whether a call may skip the custom op: eager, no dispatch mode, plain tensors."""
+    return not torch.compiler.is_compiling() and _dispatch_mode() is None and all(
+        type(t) is torch.Tensor and t.device.type != "meta" for t in tensors)
+
+
+class _Eager(torch.autograd.Function):
+    """The custom op's eager twin (see :func:`eager`)."""
+
+    @staticmethod
+    def forward(ctx, loss, variant, arguments, with_grad, *tensors):
+        outputs = _run(loss, variant, *arguments, with_grad)
+        ctx.loss, ctx.variant, ctx.arguments, ctx.saved = loss, variant, arguments, outputs[1:]
+        return outputs[0]
+
+    @staticmethod
+    def backward(ctx, upstream):
+        def kernel(*args):
+            return _run(ctx.loss, ctx.variant, *args)
+
+        result = input_gradients(ctx.loss, ctx.variant, kernel, ctx.arguments, ctx.saved, upstream)
+        return (None, None, None, None, *result)
 
 
 def _is_one(factor):
