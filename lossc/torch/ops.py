@@ -115,7 +115,9 @@ class _Eager(torch.autograd.Function):
         def kernel(*args):
             return _run(ctx.loss, ctx.variant, *args)
 
-        result = input_gradients(ctx.loss, ctx.variant, kernel, ctx.arguments, ctx.saved, upstream)
+        saved, ctx.saved = ctx.saved, None  # the only reference left is the result: autograd takes it, no copy
+        result = input_gradients(ctx.loss, ctx.variant, kernel, ctx.arguments, saved, upstream)
+        del saved
         return (None, None, None, None, *result)
 
 
