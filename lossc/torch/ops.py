@@ -115,7 +115,11 @@ class _Eager(torch.autograd.Function):
         def kernel(*args):
             return _run(ctx.loss, ctx.variant, *args)
 
-        saved, ctx.saved = ctx.saved, None  # the only reference left is the result: autograd takes it, no copy
+        # Autograd takes a gradient without copying it when the result holds the only reference; a
+        # second backward (retain_graph) recomputes the same bits with the forward's fused pass.
+        saved, ctx.saved = ctx.saved, None
+        if saved is None:
+            saved = _run(ctx.loss, ctx.variant, *ctx.arguments, True)[1:]
         result = input_gradients(ctx.loss, ctx.variant, kernel, ctx.arguments, saved, upstream)
         del saved
         return (None, None, None, None, *result)
