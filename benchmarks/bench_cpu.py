@@ -160,6 +160,14 @@ def raw_kernel(loss, x, y):
     return run
 
 
+def torch_step(fn, xt, yt):
+    """One forward + backward of ``fn`` on the leaf tensor ``xt``."""
+    def run():
+        xt.grad = None
+        fn(xt, yt).backward()
+    return run
+
+
 def public_api(rng, sizes, repeat, torch_info):
     """Element-wise losses fwd+bwd, reduction 'sum', float32, as users call them, one run:
     ``lossc.get(name).value_and_grad`` vs its raw kernel, torch eager, torch.compile and
@@ -184,15 +192,8 @@ def public_api(rng, sizes, repeat, torch_info):
                 fn = torch_loss_functions(torch)[name]
                 compiled.setdefault(name, torch.compile(lambda a, b, fn=fn: fn(a, b).sum()))
                 xt, yt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
-
-                def step(f):
-                    def run():
-                        xt.grad = None
-                        f(xt, yt).backward()
-                    return run
-
-                t_eager = timed(step(lambda a, b: fn(a, b).sum()), repeat)
-                t_compile = timed(step(compiled[name]), repeat)
+                t_eager = timed(torch_step(lambda a, b: fn(a, b).sum(), xt, yt), repeat)
+                t_compile = timed(torch_step(compiled[name], xt, yt), repeat)
             if jax_info:
                 jax, optax_fns = jax_info
                 grad_fn = jax.jit(jax.value_and_grad(lambda a, b, f=optax_fns[name]: f(a, b).sum()))
@@ -224,15 +225,8 @@ def public_softmax_ce(rng, shapes, repeat, torch_info):
             F = torch.nn.functional
             compiled = compiled or torch.compile(lambda a, b: F.cross_entropy(a, b, reduction="sum"))
             xt, yt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
-
-            def step(f):
-                def run():
-                    xt.grad = None
-                    f(xt, yt).backward()
-                return run
-
-            t_eager = timed(step(lambda a, b: F.cross_entropy(a, b, reduction="sum")), repeat)
-            t_compile = timed(step(compiled), repeat)
+            t_eager = timed(torch_step(lambda a, b: F.cross_entropy(a, b, reduction="sum"), xt, yt), repeat)
+            t_compile = timed(torch_step(compiled, xt, yt), repeat)
         if jax_info:
             jax = jax_info[0]
             import optax

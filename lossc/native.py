@@ -455,9 +455,10 @@ def _remove_stale_builds(folder):
             continue
 
 
-class NativeModule:
-    """A generated NumPy module whose forward / forward_backward run the native library when
-    they can (float32/float64, flat inputs), else the module's NumPy kernels."""
+class NativeKernels:
+    """A generated NumPy module whose forward / forward_backward run native kernels where
+    ``_run`` can (it returns None elsewhere), else the module's NumPy kernels; every other
+    attribute is the module's."""
 
     def __init__(self, numpy_module, load_device_module):
         self.numpy_module = numpy_module
@@ -469,7 +470,7 @@ class NativeModule:
         return getattr(self.numpy_module, name)
 
     def forward(self, *args, **kwargs):
-        """Element-wise loss, as the NumPy module's ``forward``."""
+        """The loss, as the NumPy module's ``forward``."""
         outputs = self._run("forward", args, kwargs)
         return self.numpy_module.forward(*args, **kwargs) if outputs is None else outputs[0]
 
@@ -479,6 +480,11 @@ class NativeModule:
         if outputs is None:
             return self.numpy_module.forward_backward(*args, **kwargs)
         return outputs[0], tuple(outputs[1:])
+
+
+class NativeModule(NativeKernels):
+    """An element-wise loss's module on the native library where it can run (float32/float64,
+    flat inputs)."""
 
     def _run(self, kind, args, kwargs):
         """The native kernel's outputs, or None where the NumPy kernels must run."""

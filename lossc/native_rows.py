@@ -18,7 +18,7 @@ import ctypes
 import numpy as np
 
 from . import native
-from .native import GROUP, _DTYPES, _C_TYPES, _Binder
+from .native import GROUP, _DTYPES, _C_TYPES
 
 ROW_MIN_CHUNK = 1 << 14  # elements per thread at least: a row kernel does several passes per element
 REDUCE = {"sum": "{a} + {b}", "max": "(({a}) != ({a}) || ({a}) > ({b})) ? ({a}) : ({b})"}
@@ -192,30 +192,9 @@ def wrappers(device_module):
     return [row_wrapper(device_module, kind, precision) for kind in device_module.STAGES for precision in _C_TYPES]
 
 
-class NativeRowModule:
-    """A generated NumPy module with reductions whose forward / forward_backward run the native
-    row kernels when they can (float32/float64 (rows, classes) predictions), else its NumPy kernels."""
-
-    def __init__(self, numpy_module, load_device_module):
-        self.numpy_module = numpy_module
-        self._load_device_module = load_device_module
-        self._functions = None
-        self._binders = {kind: _Binder(getattr(numpy_module, kind)) for kind in ("forward", "forward_backward")}
-
-    def __getattr__(self, name):
-        return getattr(self.numpy_module, name)
-
-    def forward(self, *args, **kwargs):
-        """Loss of (rows, classes) inputs, as the NumPy module's ``forward``."""
-        outputs = self._run("forward", args, kwargs)
-        return self.numpy_module.forward(*args, **kwargs) if outputs is None else outputs[0]
-
-    def forward_backward(self, *args, **kwargs):
-        """(loss, grads), as the NumPy module's ``forward_backward``."""
-        outputs = self._run("forward_backward", args, kwargs)
-        if outputs is None:
-            return self.numpy_module.forward_backward(*args, **kwargs)
-        return outputs[0], tuple(outputs[1:])
+class NativeRowModule(native.NativeKernels):
+    """A module with reductions on the native row kernels where they can run (float32/float64
+    (rows, classes) predictions)."""
 
     def _run(self, kind, args, kwargs):
         """The native kernel's outputs, or None where the NumPy kernels must run."""

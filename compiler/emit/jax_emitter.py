@@ -14,7 +14,7 @@ from sympy.core.numbers import equal_valued
 from sympy.printing.str import StrPrinter
 
 from ..derive import GRAD_OUTPUT
-from ..reductions import CLASS_INDEX, CLASSES, rmax, rsum
+from ..reductions import CLASS_INDEX, CLASSES
 from . import code_name, module_docstring, python_signature, template
 from .cuda_printer import is_indicator
 

@@ -16,7 +16,6 @@ float loss_weight, int axis, bool with_grad) -> Tensor[]``: the spec's inputs in
 runtime parameters in order, MMDetection's pipeline arguments, the class axis, and whether
 to return [loss, *gradients] or [loss].
 """
-import numpy as np
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
