@@ -11,6 +11,7 @@ checks are not sure of — returns None here and takes the general path, which r
 errors.
 """
 import ctypes
+import math
 
 import numpy as np
 
@@ -39,8 +40,8 @@ class FastPath:
         """(value, grads) — value only without ``with_grad`` — or None for the general path."""
         if reduction not in ("sum", "mean") or len(args) > self.n_inputs or not native.enabled():
             return None
-        if type(loss_weight) not in (float, int):
-            return None
+        if type(loss_weight) not in (float, int) or not math.isfinite(loss_weight):
+            return None  # the general path says what is wrong
         pred = args[0] if args else None
         if type(pred) is not np.ndarray or pred.dtype not in _C_SCALARS or not pred.flags.c_contiguous:
             return None

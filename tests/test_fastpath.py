@@ -93,6 +93,7 @@ def test_calls_it_is_not_sure_of_take_the_general_path(monkeypatch):
         ((x, y), {"unknown": 1.0}, "sum", 1.0),
         ((x, y), {"rho": [1.0]}, "sum", 1.0),
         ((x, y), {}, "sum", np.float64(2.0)),
+        ((x, y), {}, "sum", float("nan")),
         ((x[:0], y[:0]), {}, "mean", 1.0),
     ]:
         assert fast.run(args, kwargs, reduction, loss_weight, True) is None
