@@ -152,6 +152,11 @@ class Spec:
         return SpecError(self.path, _line_of(self.lines, field_path), _field_text(field_path), message)
 
 
+FLOW_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # what a field name in a {...} mapping looks like
+FLOW_HINT = ("; inside a {...} or [...] value, text with commas, brackets or colons must be quoted, "
+             "e.g. doc: \"see [1], eq. 3\"")
+
+
 def load_spec(path):
     """Read and validate the spec file at ``path``; its file name must be plain
     (letters, digits, '_', '.', '-', ending .yaml or .yml): it is recorded in generated files."""
@@ -184,7 +189,8 @@ def _compose_yaml(text, path):
         node = loader.get_single_node()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise SpecError(path, mark.line + 1 if mark else 0, "yaml", f"not valid YAML: {err.problem}") from None
+        hint = FLOW_HINT if "expected ',' or '}'" in str(err.problem) or "expected ',' or ']'" in str(err.problem) else ""
+        raise SpecError(path, mark.line + 1 if mark else 0, "yaml", f"not valid YAML: {err.problem}{hint}") from None
     finally:
         loader.dispose()
     if node is None:
@@ -217,6 +223,11 @@ class _NodeReader:
         out = {}
         for key_node, value_node in node.value:
             key = self.scalar(key_node, at)
+            if node.flow_style and isinstance(key, str) and not FLOW_KEY.match(key):
+                raise SpecError(self.path, key_node.start_mark.line + 1, _field_text(at),
+                                f"{key!r} is not a field name: the {{...}} mapping split a value at a comma. "
+                                "Quote values that contain commas, brackets or colons, e.g. "
+                                "{name: log_py, expr: \"pick(log_softmax(pred), label)\"}")
             if not isinstance(key, str):
                 raise SpecError(self.path, key_node.start_mark.line + 1, _field_text(at), f"key {key!r} is not a string")
             if key in out:

@@ -524,3 +524,17 @@ def test_messages_about_parameter_types_read_as_english(tmp_path):
         load_spec(path)
     with pytest.raises(ValueError, match=r"'rho' must be at least 1e-30 \(no upper limit\), got 0.0"):
         lossc.get("huber")(np.ones(3), np.ones(3), rho=0.0, reduction="none")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("  - {name: log_py, expr: pick(log_softmax(pred), label)}", r"'label\)' is not a field name.*Quote values"),
+    ("  - {name: d, expr: label - pred, doc: see [1] here}", r"expected ',' or '\}'.*must be quoted"),
+])
+def test_flow_mappings_that_split_a_value_say_to_quote_it(line, expected, tmp_path):
+    """The README's {name: …, expr: …} style splits an unquoted expression at its comma (or
+    fails at a bracket): the error says to quote the value instead of naming a bogus field."""
+    text = re.sub(r"definitions:\n(    .*\n|  - .*\n)*", f"definitions:\n{line}\n", spec_text())
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=expected):
+        load_spec(path)
