@@ -1,8 +1,9 @@
-"""lossc: losses declared once as SymPy formulas, compiled to stable NumPy/CuPy kernels.
+"""lossc: losses declared once as SymPy formulas, compiled to stable NumPy, CuPy and JAX kernels.
 
 ``lossc.get(name)`` returns a loss; call it with arrays, or use ``.value_and_grad``.
 The Gluon, MMDetection and Paddle layers live in ``lossc.gluon``, ``lossc.mmdet``
-(also ``lossc.build_loss``) and ``lossc.paddle``.
+(also ``lossc.build_loss``) and ``lossc.paddle``; the training bridges ``lossc.torch``,
+``lossc.jax`` and ``lossc.paddle`` (on Paddle tensors) import their framework only when used.
 """
 from .ctc import ctc_loss
 from .loss import Loss
