@@ -204,11 +204,12 @@ class JaxKernels:
         self.module = module
         self.DIFFERENTIABLE = module.DIFFERENTIABLE
 
-    def _arguments(self, arrays):
+    def _arguments(self, kwargs):
+        """The call's arrays as JAX arrays (row inputs as (rows, 1)); parameters as they are."""
         import jax.numpy as jnp
 
         return {name: jnp.asarray(a.reshape(-1, 1) if name in self.module.ROW_INPUTS else a)
-                for name, a in arrays.items()}
+                if isinstance(a, np.ndarray) else a for name, a in kwargs.items()}
 
     def _host(self, value):
         value = np.asarray(value)
@@ -216,15 +217,11 @@ class JaxKernels:
 
     def forward(self, **kwargs):
         """The loss, as the NumPy kernels' forward."""
-        arrays = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
-        params = {k: v for k, v in kwargs.items() if k not in arrays}
-        return self._host(self.module.forward(**self._arguments(arrays), **params))
+        return self._host(self.module.forward(**self._arguments(kwargs)))
 
     def forward_backward(self, **kwargs):
         """(loss, gradients), as the NumPy kernels' forward_backward."""
-        arrays = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
-        params = {k: v for k, v in kwargs.items() if k not in arrays}
-        loss, grads = self.module.forward_backward(**self._arguments(arrays), **params)
+        loss, grads = self.module.forward_backward(**self._arguments(kwargs))
         return self._host(loss), tuple(np.asarray(g) for g in grads)
 
 

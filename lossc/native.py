@@ -226,6 +226,34 @@ def _vector_declarations():
     return "\n".join(lines + ["}"]) + "\n"
 
 
+def _part_prologue(context, part, ctype, n_inputs, n_params, n_outputs, stored_from=0, extra_fields=()):
+    """(extern argument list, context initialiser values, C lines) shared by the element
+    kernels: the context struct of the inputs a_k (s_k: 1 = an array, 0 = one value),
+    parameters p_k, the stored outputs o_k (k ≥ ``stored_from``) and ``extra_fields``; the
+    opening of the per-thread ``part(context, first, last)``, its parameters, a GROUP buffer
+    per single-value input (c_k) and the padded tail buffers (t_k, u_k)."""
+    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
+                 + [f"{ctype} p{k}" for k in range(n_params)]
+                 + [f"{ctype}* o{k}" for k in range(stored_from, n_outputs)])
+    fields = [f"{a.replace(', ', '; ')};" for a in arguments] + [f"{f};" for f in extra_fields]
+    values = [", ".join(piece.split()[-1] for piece in a.split(", ")) for a in arguments]
+    lines = [f"struct {context} {{ {' '.join(fields)} }};",
+             f"static void {part}(const void* context, long first, long last)", "{",
+             f"    const {context}& c = *static_cast<const {context}*>(context);"]
+    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
+    for k in range(n_inputs):
+        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
+        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
+    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
+    return arguments, values, lines
+
+
+def _padded_call(n_inputs, n_params, n_outputs):
+    """The device function's arguments for a padded group: tail buffers in, u_k out."""
+    return ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
+                     + [f"&u{k}[j]" for k in range(n_outputs)])
+
+
 def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
     """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …, threads): the device function
     over n elements on up to ``threads`` threads, input k read from a_k (s_k = 1) or broadcast
@@ -236,24 +264,13 @@ def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
     differently from libmvec's), and a last partial group is copied into padded local
     buffers first. An element's bits therefore depend only on its inputs, never on its
     position, the array's size or the number of threads."""
-    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
-                 + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(n_outputs)])
-    fields = [f"{a.replace(', ', '; ')};" for a in arguments]
-    values = [", ".join(part.split()[-1] for part in a.split(", ")) for a in arguments]
+    arguments, values, lines = _part_prologue(f"lossc_context_{function}", f"lossc_part_{function}", ctype,
+                                              n_inputs, n_params, n_outputs)
     call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
                      + [f"&r{k}[j]" for k in range(n_outputs)])
-    lines = [f"struct lossc_context_{function} {{ {' '.join(fields)} }};",
-             f"static void lossc_part_{function}(const void* context, long begin, long end)", "{",
-             f"    const lossc_context_{function}& c = *static_cast<const lossc_context_{function}*>(context);"]
-    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
-    padded = ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
-                       + [f"&u{k}[j]" for k in range(n_outputs)])
-    for k in range(n_inputs):
-        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
-        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
-    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
-    lines.append(f"    for (long b = begin; b < end; b += {GROUP}) {{")
-    lines.append(f"        const long m = end - b < {GROUP} ? end - b : {GROUP};")
+    padded = _padded_call(n_inputs, n_params, n_outputs)
+    lines.append(f"    for (long b = first; b < last; b += {GROUP}) {{")
+    lines.append(f"        const long m = last - b < {GROUP} ? last - b : {GROUP};")
     lines += [f"        const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
     lines += [f"        {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(n_outputs)]
     lines += [f"        if (m == {GROUP}) {{", "#pragma omp simd",
@@ -276,22 +293,12 @@ def _sum_wrapper(function, ctype, n_inputs, n_params, n_outputs):
     fixed by n alone: each CHUNK of elements is summed in double, lane by lane over its
     groups, its GROUP lanes then added pairwise in a fixed order; the chunk sums are added in
     order after the threads finish (threads take whole chunks)."""
-    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
-                 + [f"{ctype} p{k}" for k in range(n_params)] + [f"{ctype}* o{k}" for k in range(1, n_outputs)])
-    fields = [f"{a.replace(', ', '; ')};" for a in arguments] + ["double* sums; long n;"]
-    values = [", ".join(part.split()[-1] for part in a.split(", ")) for a in arguments] + ["sums.data(), n"]
+    arguments, values, lines = _part_prologue(f"lossc_sum_context_{function}", f"lossc_sum_part_{function}", ctype,
+                                              n_inputs, n_params, n_outputs, 1, ("double* sums", "long n"))
+    values += ["sums.data()", "n"]
     call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
                      + ["&u0[j]"] + [f"&r{k}[j]" for k in range(1, n_outputs)])
-    padded = ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
-                       + [f"&u{k}[j]" for k in range(n_outputs)])
-    lines = [f"struct lossc_sum_context_{function} {{ {' '.join(fields)} }};",
-             f"static void lossc_sum_part_{function}(const void* context, long first, long last)", "{",
-             f"    const lossc_sum_context_{function}& c = *static_cast<const lossc_sum_context_{function}*>(context);"]
-    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
-    for k in range(n_inputs):
-        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
-        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
-    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
+    padded = _padded_call(n_inputs, n_params, n_outputs)
     lines += ["    for (long chunk = first; chunk < last; ++chunk) {",
               f"        alignas(64) double acc[{GROUP}] = {{}};",
               f"        const long end = (chunk + 1) * {SUM_CHUNK} < c.n ? (chunk + 1) * {SUM_CHUNK} : c.n;",
@@ -511,7 +518,7 @@ class NativeModule(NativeKernels):
         functions = self._native_functions()
         if functions is None or dtype not in _DTYPES:
             return None
-        device_module = self._load_device_module()
+        device_module = self._device
         n_inputs, n_params, n_outputs = kernel_counts(device_module, kind)
         function = getattr(self._library, f"lossc_sum_{device_module.FUNCTIONS[kind][dtype.name]}")
         function.restype = ctypes.c_double
@@ -528,6 +535,7 @@ class NativeModule(NativeKernels):
                 _failures.append(f"{self.numpy_module.__name__}: {error}")
                 self._functions = False
                 return None
+            self._device = device_module
             compiled = self._library = library(device_module)
             self._functions = False if compiled is None else {
                 (kind, dtype): (getattr(compiled, f"lossc_run_{functions[dtype.name]}"),

@@ -115,13 +115,11 @@ class CudaPrinter(StrPrinter):
 
     def _print_Mul(self, expr):
         """x·[c] as (c ? x : 0): a masked (−inf) logit times a one-hot 0 is 0, not NaN."""
-        for factor in expr.args:
-            if is_indicator(factor) or factor in self.indicators:
-                rest = sympy.Mul(*[a for a in expr.args if a is not factor])
-                cond = self._print(factor.args[0].cond) if is_indicator(factor) else \
-                    f"({self._print(factor)} != {self.literal(0)})"
-                return f"({cond} ? {self._print(rest)} : {self.literal(0)})"
-        return super()._print_Mul(expr)
+        masked = masked_product(expr, self.indicators)
+        if masked is None:
+            return super()._print_Mul(expr)
+        cond, rest = masked
+        return f"({self._print(cond)} ? {self._print(rest)} : {self.literal(0)})"
 
     def _print_Piecewise(self, expr):
         *pieces, (last_value, last_cond) = expr.args
@@ -153,3 +151,21 @@ def is_indicator(expr):
     """Whether ``expr`` is [c]: Piecewise((1, c), (0, True))."""
     return (isinstance(expr, sympy.Piecewise) and len(expr.args) == 2 and expr.args[0].expr == 1
             and expr.args[1].expr == 0 and expr.args[1].cond == True)  # noqa: E712
+
+
+def indicator_symbols(assignments):
+    """The temporaries of ``assignments`` that hold an indicator [c]."""
+    return frozenset(symbol for symbol, expr in assignments if is_indicator(expr))
+
+
+def masked_product(expr, indicators):
+    """(c, x) when ``expr`` is a product x·[c] — [c] an indicator or one of the ``indicators``
+    temporaries t (then c is t ≠ 0) — which every target prints as a selection, never a
+    multiplication (a masked −inf times 0 is 0, not NaN); None for any other expression."""
+    if not isinstance(expr, sympy.Mul):
+        return None
+    for factor in expr.args:
+        if is_indicator(factor) or factor in indicators:
+            cond = factor.args[0].cond if is_indicator(factor) else sympy.Ne(factor, 0, evaluate=False)
+            return cond, sympy.Mul(*[a for a in expr.args if a is not factor])
+    return None

@@ -17,7 +17,7 @@ from sympy.core.numbers import equal_valued
 from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
 from .numpy_emitter import ROWS_NOTE
-from .cuda_printer import CudaPrinter, is_indicator
+from .cuda_printer import CudaPrinter, indicator_symbols, masked_product
 from .row_stages import element_names, row_invariant_split, stages
 
 PRECISIONS = ("float32", "float64")
@@ -49,8 +49,7 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     the first multiplied by grad_output when ``scale_gradients``). ``indicators`` given: the
     code is already speculated and those symbols hold indicators."""
     if indicators is None:
-        indicators = frozenset(s for s, e in assignments if is_indicator(e))
-        assignments, outputs = speculated(assignments, outputs, indicators)
+        indicators, assignments, outputs = speculated(assignments, outputs)
     printer = CudaPrinter(precision, indicators)
     statements = [f"const {printer.type} {printer.doprint(s)} = {printer.doprint(e)};" for s, e in assignments]
     parameters = [f"{printer.type} {printer.doprint(a)}" for a in arguments]
@@ -65,12 +64,14 @@ def device_function(precision, name, arguments, assignments, outputs, returns_va
     return DeviceFunction("void", name, ", ".join(parameters), statements)
 
 
-def speculated(assignments, outputs, indicators):
-    """The statements with every math call inside a ternary's branch (a Piecewise value, the x
-    of x·[c]) lifted into an unconditional temporary _h0, _h1, … just before its statement.
+def speculated(assignments, outputs):
+    """(indicator temporaries, statements, outputs): the code with every math call inside a
+    ternary's branch (a Piecewise value, the x of x·[c]) lifted into an unconditional
+    temporary _h0, _h1, … just before its statement.
     The host's SIMD loops cannot vectorise a call under a condition (glibc's vector exp/log
     have no masked forms), and computing a value that is then not selected changes nothing:
     no FP traps, no errno, the ternary still picks the same value."""
+    indicators = indicator_symbols(assignments)
     names = (sympy.Symbol(f"_h{k}") for k in itertools.count())
     statements = []
     for symbol, expr in assignments:
@@ -79,7 +80,7 @@ def speculated(assignments, outputs, indicators):
         statements += lifted + [(symbol, expr)]
     lifted = []
     outputs = [_lift(e, False, lifted, names, indicators) for e in outputs]
-    return statements + lifted, outputs
+    return indicators, statements + lifted, outputs
 
 
 def _lift(expr, in_branch, lifted, names, indicators):
@@ -91,7 +92,7 @@ def _lift(expr, in_branch, lifted, names, indicators):
         return sympy.Piecewise(*[(_lift(value, True, lifted, names, indicators),
                                   _lift(cond, in_branch, lifted, names, indicators)) for value, cond in expr.args],
                                evaluate=False)
-    masked = isinstance(expr, sympy.Mul) and any(is_indicator(f) or f in indicators for f in expr.args)
+    masked = masked_product(expr, indicators) is not None
     args = [_lift(a, in_branch or masked, lifted, names, indicators) for a in expr.args]
     if any(new is not old for new, old in zip(args, expr.args)):
         expr = expr.func(*args, evaluate=False)
@@ -158,8 +159,7 @@ def _split_final(stage, outputs, element, prefix, functions):
     element value, run once per row, its results stored through pointers) and an element
     function taking those results as extra arguments. None when nothing is row-invariant.
     Appends both functions (both precisions) to ``functions``."""
-    indicators = frozenset(s for s, e in stage.assignments if is_indicator(e))
-    assignments, outputs = speculated(stage.assignments, outputs, indicators)
+    indicators, assignments, outputs = speculated(stage.assignments, outputs)
     row_part, invariants, element_part = row_invariant_split(assignments, outputs, element)
     if not invariants:
         return None

@@ -16,7 +16,7 @@ from sympy.printing.str import StrPrinter
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASS_INDEX, CLASSES
 from . import code_name, module_docstring, python_signature, template
-from .cuda_printer import is_indicator
+from .cuda_printer import indicator_symbols, masked_product
 
 NOTES = ("forward / forward_backward are jax.numpy programs for lossc.jax's custom_vjp; the gradients",
          "are d Σ(grad_output·loss)/d input.")
@@ -104,12 +104,11 @@ class JaxPrinter(StrPrinter):
 
     def _print_Mul(self, expr):
         """x·[c] as where(c, x, 0): a masked (−inf) logit times a one-hot 0 is 0, not NaN."""
-        for factor in expr.args:
-            if is_indicator(factor) or factor in self.indicators:
-                rest = self._print(sympy.Mul(*[a for a in expr.args if a is not factor]))
-                cond = self._print(factor.args[0].cond) if is_indicator(factor) else f"({self._print(factor)} != 0)"
-                return f"_jnp.where({cond}, {rest}, 0.0)"
-        return super()._print_Mul(expr)
+        masked = masked_product(expr, self.indicators)
+        if masked is None:
+            return super()._print_Mul(expr)
+        cond, rest = masked
+        return f"_jnp.where({self._print(cond)}, {self._print(rest)}, 0.0)"
 
     def _print_Piecewise(self, expr):
         *pieces, (last_value, last_cond) = expr.args
@@ -145,7 +144,7 @@ class JaxPrinter(StrPrinter):
 
 def _body(kernel, scale_gradients):
     """Lines of one kernel: its assignments, then ``return loss`` or ``return loss, (grads...)``."""
-    printer = JaxPrinter(frozenset(s for s, e in kernel.assignments if is_indicator(e)))
+    printer = JaxPrinter(indicator_symbols(kernel.assignments))
     lines = [f"{printer.doprint(s)} = {printer.doprint(e)}" for s, e in kernel.assignments]
     codes = [printer.doprint(e) for e in kernel.outputs]
     if len(codes) == 1:

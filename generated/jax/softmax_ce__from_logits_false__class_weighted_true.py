@@ -28,7 +28,7 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _t3 = _jnp.floor(_t2)
     _t4 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True))
     _t5 = _jnp.where((_j == s_label), 1.0, 0.0)
-    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t4 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0), _t1, 0.0), _shape), axis=-1, keepdims=True))*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where((s_label_smoothing > 0.0), s_label_smoothing*(-_jnp.sum(_jnp.broadcast_to(s_class_weight*s_pred, _shape), axis=-1, keepdims=True) + (_t0 + _t4)*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True))/_classes, 0.0))
+    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t4 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0.0), _t1, 0.0), _shape), axis=-1, keepdims=True))*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where((s_label_smoothing > 0.0), s_label_smoothing*(-_jnp.sum(_jnp.broadcast_to(s_class_weight*s_pred, _shape), axis=-1, keepdims=True) + (_t0 + _t4)*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True))/_classes, 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -48,8 +48,8 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _t9 = (s_label_smoothing > 0.0)
     _t10 = (_j == s_label)
     _t11 = _jnp.where(_t10, 1.0, 0.0)
-    _t12 = _t7 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0), _t3, 0.0), _shape), axis=-1, keepdims=True)
-    _t13 = (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True)
+    _t12 = _t7 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0.0), _t3, 0.0), _shape), axis=-1, keepdims=True)
+    _t13 = (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True)
     _t14 = _jnp.where(_t0, 0.0, _jnp.where(_t9, -_t8, 0.0))
     _t15 = _jnp.where(_t0, 0.0, _t13)
     _t16 = -_t12
