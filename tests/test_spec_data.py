@@ -99,6 +99,16 @@ CHILD = textwrap.dedent("""\
         arrays = [np.full(5, 0.25 * (k + 1)) for k in range(len(loss.manifest["inputs"]))]
         value, grads = loss.value_and_grad(*arrays, reduction="sum")
         results[name] = [float(value)] + [float(np.sum(g)) for g in grads]
+        try:  # the JAX target too, where JAX is installed and the loss is in it
+            import jax
+            import lossc.jax
+        except ImportError:
+            continue
+        jax.config.update("jax_enable_x64", True)
+        if not loss.pair_inputs:
+            function = lossc.jax.get(name)
+            value, grad = jax.value_and_grad(lambda x: function(x, *arrays[1:], reduction="sum"))(arrays[0])
+            results[name + "@jax"] = [float(value), float(np.sum(grad))]
     print(json.dumps(results))
     """)
 
@@ -131,6 +141,8 @@ def code_outside_strings(source):
 def test_hostile_string_reaches_generated_code_only_as_a_literal(field, payload, tmp_path):
     out, results = build_and_run(tmp_path, {"demo.yaml": spec_text(**{field: payload})})
     assert results["demo"][0] == pytest.approx(0.5 * sum((0.5 - 0.25) ** 2 for _ in range(5)))
+    if "demo@jax" in results:
+        assert results["demo@jax"][0] == pytest.approx(results["demo"][0], rel=1e-12)
     for path in sorted(out.glob("*/*.py")):
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
@@ -224,6 +236,8 @@ def test_names_that_collide_with_generated_identifiers_build_and_compute(tmp_pat
     pred, extras = values[0], values[1:]
     assert results["collide"][0] == pytest.approx(5 * sum(e * pred**2 for e in extras), rel=1e-12)
     assert results["collide"][1] == pytest.approx(5 * sum(2 * e * pred for e in extras), rel=1e-12)
+    if "collide@jax" in results:  # the JAX kernels compute with those names too
+        assert results["collide@jax"] == pytest.approx(results["collide"], rel=1e-12)
     for path in sorted(out.glob("*/collide.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         kernels = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("_")]
