@@ -1,4 +1,5 @@
-"""Lowering: the stable special functions → overflow-free primitives shared by all targets.
+"""Stage 5: lowering, the ``lower`` rules of :mod:`rules`, each applied once in order: the
+stable special functions → overflow-free primitives shared by all targets.
 
 Reductions: logsumexp(e) = m + log1p(excess(e)) with m = max_j e_j and excess(e) =
 Σ_j exp(e_j − m) − 1 summed from nonnegative terms, and the softmax exp(e − logsumexp(e)) =
@@ -19,21 +20,10 @@ import functools
 import sympy
 
 from . import dag
-
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus, unit_clip
+from .rules import enabled, register_lower
 from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
                          rlog_softmax_at, rlogsumexp, rmax, rsum)
-
-
-def lower_sigmoid(u):
-    """sigmoid(u) as (u ≥ 0 ? 1 : e) / (1 + e), e = exp(−|u|)."""
-    e = sympy.exp(-sympy.Abs(u))
-    return one_if_nonneg(u, e) / (1 + e)
-
-
-def lower_softplus(u):
-    """softplus(u) as max(u, 0) + log1p(exp(−|u|))."""
-    return relu(u) + log1p(sympy.exp(-sympy.Abs(u)))
 
 
 def excess(e):
@@ -51,28 +41,10 @@ def stable_softmax(e):
     return sympy.exp(e - rmax(e)) / (1 + excess(e))
 
 
-def lower_softmax(node):
-    """exp(e − logsumexp(e)) → stable_softmax(e); other nodes unchanged."""
-    e = _softmax_argument(node)
-    return None if e is None else stable_softmax(e)
-
-
-def lower_logsumexp(e):
-    """logsumexp(e) as max e + log1p(excess(e))."""
-    return rmax(e) + log1p(excess(e))
-
-
-def lower_log_softmax_at(e, label):
+def stable_log_softmax_at(e, label):
     """e_y − logsumexp(e) as (e_y − max e) − log1p(excess(e)): exactly 0 − log1p(tiny) for a
     confident prediction, where e_y + ... − logsumexp would cancel."""
     return rsum((e - rmax(e)) * one_hot(label)) - log1p(excess(e))
-
-
-def lower_onehot_minus_softmax(e, label):
-    """[j = y] − softmax_j: −expm1(log p_y) = 1 − p_y at the label (no 1 − p cancellation),
-    −stable_softmax(e) elsewhere."""
-    at_label = expm1(lower_log_softmax_at(e, label))
-    return -sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (stable_softmax(e), True))
 
 
 def _softmax_argument(term):
@@ -88,6 +60,26 @@ def _without(product, factor):
     return sympy.Mul(*factors)
 
 
+@register_lower
+def clip_of_where(node):
+    """where(|u| < r, k·u/r, k·sign(u)) → k·clip(u/r, −1, 1) for a positive r (Huber's gradient):
+    one pass instead of a sign and a blend; equal at |u| = r, where both sides are ±k."""
+    if not (isinstance(node, sympy.Piecewise) and len(node.args) == 2 and node.args[1][1] == True):  # noqa: E712
+        return None
+    (inside, cond), (outside, _) = node.args
+    if not isinstance(cond, (sympy.StrictLessThan, sympy.StrictGreaterThan)) or not isinstance(cond.lts, sympy.Abs):
+        return None
+    u, r = cond.lts.args[0], cond.gts
+    if not r.is_positive:
+        return None
+    k = sympy.simplify(outside / sympy.sign(u))
+    if k.has(sympy.sign) or k.has(u) or sympy.simplify(inside - k * u / r) != 0:
+        return None
+    return unit_clip(-u / r) if k == -1 else k * unit_clip(u / r)  # clip is odd: fold a −1 into its argument
+
+
+
+@register_lower
 def lower_label_gradient(node):
     """A·([j = y] − softmax(e)) + B·softmax(e) + C with A, B, C one value per row (softmax CE's
     and softmax focal's gradients) → one where(j = y, ..., ...): at the label
@@ -115,45 +107,73 @@ def lower_label_gradient(node):
     c = sympy.Add(*c)
     if any(element_level(x, elements) or x.has(onehot_minus_softmax) for x in (a, b, c)):
         return None
-    log_py = lower_log_softmax_at(e, label)
+    log_py = stable_log_softmax_at(e, label)
     at_label = -a * expm1(log_py) + b * sympy.exp(log_py) + c
     elsewhere = (b - a) * stable_softmax(e) + c
     return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
 
 
-def clip_of_where(node):
-    """where(|u| < r, k·u/r, k·sign(u)) → k·clip(u/r, −1, 1) for a positive r (Huber's gradient):
-    one pass instead of a sign and a blend; equal at |u| = r, where both sides are ±k."""
-    if not (isinstance(node, sympy.Piecewise) and len(node.args) == 2 and node.args[1][1] == True):  # noqa: E712
+@register_lower
+def lower_onehot_minus_softmax(node):
+    """onehot_minus_softmax(e, y) = [j = y] − softmax_j → −expm1(log p_y) = −(p_y − 1) at the
+    label (no 1 − p cancellation), −stable_softmax(e) elsewhere."""
+    if not isinstance(node, onehot_minus_softmax):
         return None
-    (inside, cond), (outside, _) = node.args
-    if not isinstance(cond, (sympy.StrictLessThan, sympy.StrictGreaterThan)) or not isinstance(cond.lts, sympy.Abs):
+    e, label = node.args
+    at_label = expm1(stable_log_softmax_at(e, label))
+    return -sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (stable_softmax(e), True))
+
+
+@register_lower
+def lower_log_softmax_at(node):
+    """rlog_softmax_at(e, y) → (e_y − max e) − log1p(excess(e)) (stable_log_softmax_at)."""
+    return stable_log_softmax_at(*node.args) if isinstance(node, rlog_softmax_at) else None
+
+
+@register_lower
+def lower_softmax(node):
+    """exp(e − logsumexp(e)) → exp(e − max e)/(1 + excess(e)) (stable_softmax)."""
+    e = _softmax_argument(node)
+    return None if e is None else stable_softmax(e)
+
+
+@register_lower
+def lower_logsumexp(node):
+    """logsumexp(e) → max e + log1p(excess(e))."""
+    return rmax(node.args[0]) + log1p(excess(node.args[0])) if isinstance(node, rlogsumexp) else None
+
+
+@register_lower
+def lower_sigmoid(node):
+    """sigmoid(u) → (u ≥ 0 ? 1 : e)/(1 + e), e = exp(−|u|) (never overflows)."""
+    if not isinstance(node, sigmoid):
         return None
-    u, r = cond.lts.args[0], cond.gts
-    if not r.is_positive:
+    e = sympy.exp(-sympy.Abs(node.args[0]))
+    return one_if_nonneg(node.args[0], e) / (1 + e)
+
+
+@register_lower
+def lower_softplus(node):
+    """softplus(u) → max(u, 0) + log1p(exp(−|u|))."""
+    if not isinstance(node, softplus):
         return None
-    k = sympy.simplify(outside / sympy.sign(u))
-    if k.has(sympy.sign) or k.has(u) or sympy.simplify(inside - k * u / r) != 0:
-        return None
-    return unit_clip(-u / r) if k == -1 else k * unit_clip(u / r)  # clip is odd: fold a −1 into its argument
+    return relu(node.args[0]) + log1p(sympy.exp(-sympy.Abs(node.args[0])))
+
+
+def lower(expr):
+    """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form:
+    the enabled ``lower`` rules (:mod:`rules`), each once over the whole expression, in order."""
+    return _lowered(expr, tuple(rule.name for rule in enabled("lower")))
 
 
 @functools.lru_cache(maxsize=4096)
-def lower(expr):
-    """Replace every sigmoid/softplus/softmax/logsumexp in ``expr`` by its primitive, stable form
-    (a pure function of ``expr``, cached: a graph's nodes are lowered once for both kernels)."""
-    expr = replace_shared(expr, clip_of_where)
-    expr = replace_shared(expr, lower_label_gradient)
-    expr = replace_shared(expr, _of(onehot_minus_softmax, lower_onehot_minus_softmax))
-    expr = replace_shared(expr, _of(rlog_softmax_at, lower_log_softmax_at))
-    expr = replace_shared(expr, lower_softmax)
-    expr = replace_shared(expr, _of(rlogsumexp, lower_logsumexp))
-    return replace_shared(replace_shared(expr, _of(sigmoid, lower_sigmoid)), _of(softplus, lower_softplus))
-
-
-def _of(kind, rule):
-    """``rule(*node.args)`` for nodes of class ``kind``, None for the others."""
-    return lambda node: rule(*node.args) if isinstance(node, kind) else None
+def _lowered(expr, names):
+    """``lower`` for the rules ``names`` (a pure function of both, cached: a graph's nodes are
+    lowered once for both kernels)."""
+    rules = {rule.name: rule for rule in enabled("lower")}
+    for name in names:
+        expr = replace_shared(expr, rules[name].apply)
+    return expr
 
 
 def replace_shared(expr, rule):

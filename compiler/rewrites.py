@@ -1,18 +1,25 @@
 """Stage 3: numerical-stability rewrites, as small named rules.
 
-Each rule looks at one node and returns its replacement, or None. :func:`stabilize` applies
-them bottom-up until nothing changes. They run before differentiation and again on every
+Each rule looks at one node and returns its replacement, or None; each is registered in the
+``stabilize`` phase of :mod:`rules` under its name. :func:`stabilize` applies them, after the
+``canonicalize`` rules of :mod:`canonicalize`, bottom-up until nothing changes. They run before differentiation and again on every
 derived gradient, so neither the loss nor its gradients is ever emitted in a naive form
 such as ``log(1 - sigmoid(x))`` or ``exp(x) - 1``.
 """
+import itertools
+import warnings
+
 import sympy
 
+from . import canonicalize  # noqa: F401  (registers the canonicalize rules, which run first)
 from .functions import expm1, grouped, log1p, sigmoid, softplus
 from .reductions import log_softmax_argument, one_hot_label, rlog_softmax_at, rsum
+from .rules import enabled, note_fired, register_stabilize
 
 ONE = sympy.S.One
 
 
+@register_stabilize
 def one_minus_sigmoid(node):
     """1 − sigmoid(x) → sigmoid(−x)   (no cancellation for large x)."""
     if node.is_Add and ONE in node.args:
@@ -23,6 +30,7 @@ def one_minus_sigmoid(node):
     return None
 
 
+@register_stabilize
 def log_of_sigmoid(node):
     """log(sigmoid(x)) → −softplus(−x); with the rule above, log(1−sigmoid(x)) → −softplus(x)."""
     if isinstance(node, sympy.log) and isinstance(node.args[0], sigmoid):
@@ -30,6 +38,7 @@ def log_of_sigmoid(node):
     return None
 
 
+@register_stabilize
 def power_of_sigmoid(node):
     """sigmoid(x)**g → exp(−g·softplus(−x)); so (1−sigmoid(x))**g → exp(−g·softplus(x))."""
     if node.is_Pow and isinstance(node.base, sigmoid) and node.exp != ONE:
@@ -37,6 +46,7 @@ def power_of_sigmoid(node):
     return None
 
 
+@register_stabilize
 def one_minus_plus_eps(node):
     """1 − x + e, e ≥ 0 a parameter (an ε added to a complement) → (1 − x) + e, summed in that
     order, as MXNet and GluonCV write it: 1 − x is exact for x in [½, 2], so at x = 1 the
@@ -45,6 +55,7 @@ def one_minus_plus_eps(node):
     return None if found is None else grouped(1 - found[0]) + found[1]
 
 
+@register_stabilize
 def log_complement_plus_eps(node):
     """log((1 − x) + e) → log((1 − x) + e) where x > ½, log1p(e − x) elsewhere (where 1 − x
     would round away a small x's digits)."""
@@ -59,6 +70,7 @@ def log_complement_plus_eps(node):
     return sympy.Piecewise((exact, sympy.StrictGreaterThan(x, sympy.Rational(1, 2))), (log1p(e - x), True))
 
 
+@register_stabilize
 def log_near_one_plus_eps(node):
     """log(x + e), e ≥ 0 a parameter → log1p((x − 1) + e) where x > ½ (x − 1 is exact there, so
     log(1 + 1e-12) keeps its digits), log(x + e) elsewhere."""
@@ -91,6 +103,7 @@ def _complement_plus_eps(node):
     return -rest[0], eps[0]
 
 
+@register_stabilize
 def log_one_plus(node):
     """log(1 + u) → log1p(u)."""
     if isinstance(node, sympy.log) and node.args[0].is_Add and ONE in node.args[0].args:
@@ -98,6 +111,7 @@ def log_one_plus(node):
     return None
 
 
+@register_stabilize
 def exp_minus_one(node):
     """exp(u) − 1 (+ rest) → expm1(u) (+ rest)."""
     if node.is_Add and -ONE in node.args:
@@ -108,6 +122,7 @@ def exp_minus_one(node):
     return None
 
 
+@register_stabilize
 def one_minus_exp(node):
     """1 − exp(u) (+ rest) → −expm1(u) (+ rest)."""
     if node.is_Add and ONE in node.args:
@@ -118,22 +133,9 @@ def one_minus_exp(node):
     return None
 
 
-def log1p_of_exp(node):
-    """log1p(exp(u)) → softplus(u)   (exp(u) may overflow; softplus does not)."""
-    if isinstance(node, log1p) and isinstance(node.args[0], sympy.exp):
-        return softplus(node.args[0].args[0])
-    return None
 
 
-def reciprocal_one_plus_exp(node):
-    """1 / (1 + exp(u)) → sigmoid(−u)."""
-    if node.is_Pow and node.exp == -ONE and node.base.is_Add and len(node.base.args) == 2 and ONE in node.base.args:
-        other = node.base.args[0] if node.base.args[1] is ONE else node.base.args[1]
-        if isinstance(other, sympy.exp):
-            return sigmoid(-other.args[0])
-    return None
-
-
+@register_stabilize
 def power_over_base(node):
     """u**g / u → u**(g − 1), u**g / (−u) → −u**(g − 1): no 0/0 where u = 0 (d u**g = g·u**g/u·du)."""
     if not node.is_Mul:
@@ -149,6 +151,7 @@ def power_over_base(node):
     return None
 
 
+@register_stabilize
 def pick_of_log_softmax(node):
     """Σ_j w_j·(e_j − logsumexp(e))·[j = y] → (Σ_j w_j·[j = y])·rlog_softmax_at(e, y): the
     label's log-probability as one node, which lowering keeps exact for a confident prediction
@@ -165,44 +168,215 @@ def pick_of_log_softmax(node):
     return weight * rlog_softmax_at(log_softmax_argument(log_softmax[0]), labels[0])
 
 
-RULES = (
-    one_minus_sigmoid,
-    log_of_sigmoid,
-    power_of_sigmoid,
-    one_minus_plus_eps,
-    log_complement_plus_eps,
-    log_near_one_plus_eps,
-    log_one_plus,
-    exp_minus_one,
-    one_minus_exp,
-    log1p_of_exp,
-    reciprocal_one_plus_exp,
-    power_over_base,
-    pick_of_log_softmax,
-)
 
 
-def stabilize(expr, rules=RULES):
-    """Apply ``rules`` bottom-up to a fixed point and return the rewritten expression."""
-    for _ in range(20):
-        rewritten = _rewrite(expr, rules)
+@register_stabilize
+def function_of_where(node):
+    """f(c + k·where(cond, a, b)) → where(cond, f(c + k·a), f(c + k·b)) for f = log, log1p or a
+    non-integer power and a nonzero c: the rules then see each branch's sum, so max/min/clip
+    keep their terms' stable forms (log(1 − max(p − m, 0)) with p = sigmoid(x) reaches
+    log(sigmoid(−x) + m)). f(where(...)) itself is left alone: there f sees the branch values."""
+    if isinstance(node, (sympy.log, log1p)):
+        argument, rebuild = node.args[0], node.func
+    elif node.is_Pow and not node.exp.is_Integer:
+        argument, rebuild = node.base, lambda base: base**node.exp
+    else:
+        return None
+    inner = _linear_where(argument)
+    if inner is None:
+        return None
+    return sympy.Piecewise(*((rebuild(argument.xreplace({inner: value})), cond) for value, cond in inner.args))
+
+
+def _linear_where(argument):
+    """The where() of ``argument`` when it is c + w or c + k·w for one where w, else None."""
+    if not argument.is_Add:
+        return None
+    found = []
+    for term in sympy.Add.make_args(argument):
+        found += [f for f in sympy.Mul.make_args(term) if isinstance(f, sympy.Piecewise)]
+    return found[0] if len(found) == 1 and not any(a.has(found[0]) for a in _others(argument, found[0])) else None
+
+
+def _others(argument, inner):
+    """The factors and terms of ``argument`` besides ``inner``."""
+    return [f for term in sympy.Add.make_args(argument) for f in sympy.Mul.make_args(term) if f is not inner]
+
+
+@register_stabilize
+def conjugate_of_sqrt(node):
+    """k·sqrt(X) − k·Y → k·(X − Y²)/(sqrt(X) + Y) for a nonnegative Y where X − Y² cancels:
+    sqrt(1 + u) − 1 → u/(sqrt(1 + u) + 1) (pseudo-Huber), sqrt(d² + ε²) − ε → d²/(sqrt(d² + ε²) + ε)."""
+    if not node.is_Add:
+        return None
+    for term in node.args:
+        k, root = _coefficient(term, lambda f: f.is_Pow and f.exp == sympy.S.Half)
+        if root is None:
+            continue
+        for other in node.args:
+            y = -other / k
+            if other is term or not y.is_nonnegative or y.has(root):
+                continue
+            difference = sympy.expand(root.base - y**2)
+            if sympy.count_ops(difference) < sympy.count_ops(sympy.expand(root.base)):
+                rest = [a for a in node.args if a is not term and a is not other]
+                return sympy.Add(k * difference / (root + y), *rest)
+    return None
+
+
+@register_stabilize
+def power_minus_one(node):
+    """k·(1 + u)^a − k → k·expm1(a·log1p(u)); for a whole a from 2 to 8, k·u·Σ_{i<a} (1 + u)^i
+    (neither cancels when (1 + u)^a is near 1)."""
+    if not node.is_Add:
+        return None
+    for term in node.args:
+        k, power = _coefficient(term, lambda f: f.is_Pow and f.base.is_Add and ONE in f.base.args and f.exp != ONE)
+        if power is None:
+            continue
+        for other in node.args:
+            if other is term or sympy.expand(other + k) != 0:
+                continue
+            u, a = power.base - 1, power.exp
+            if a.is_Integer and 2 <= a <= 8:
+                difference = u * sympy.Add(*(grouped(power.base) ** i for i in range(int(a))))
+            else:
+                difference = expm1(a * log1p(u))
+            rest = [t for t in node.args if t is not term and t is not other]
+            return sympy.Add(k * difference, *rest)
+    return None
+
+
+def _coefficient(term, is_factor):
+    """(k, f) when ``term`` is k·f for exactly one factor f with ``is_factor(f)``, else (None, None)."""
+    found = [f for f in sympy.Mul.make_args(term) if is_factor(f)]
+    if len(found) != 1:
+        return None, None
+    return sympy.Mul(*[f for f in sympy.Mul.make_args(term) if f is not found[0]]), found[0]
+
+
+@register_stabilize
+def complement_of_mixture(node):
+    """1 − a·b − c·d with a + c = 1 and b + d = 1 → a·d + c·b: 1 − p_t of a binary prediction,
+    p_t = p·y + (1 − p)·(1 − y), without cancelling when p_t is near 1 (Poly-1)."""
+    if not (node.is_Add and ONE in node.args):
+        return None
+    products = [t for t in node.args if t.is_Mul and len(t.args) == 3 and t.args[0] == -ONE]
+    for first, second in itertools.combinations(products, 2):
+        for a, b in (first.args[1:], first.args[:0:-1]):
+            for c, d in (second.args[1:], second.args[:0:-1]):
+                if _complements(a, c) and _complements(b, d):
+                    rest = [t for t in node.args if t is not ONE and t is not first and t is not second]
+                    return sympy.Add(a * d, c * b, *rest)
+    return None
+
+
+def _complements(a, b):
+    """Whether a + b = 1 (sigmoid(x) + sigmoid(−x) included)."""
+    if isinstance(a, sigmoid) and isinstance(b, sigmoid):
+        return sympy.expand(a.args[0] + b.args[0]) == 0
+    return sympy.expand(a + b - 1) == 0
+
+
+@register_stabilize
+def softplus_minus_linear(node):
+    """softplus(x) − x·y → y·softplus(−x) + (1 − y)·softplus(x): binary cross-entropy written
+    log(1 + exp(x)) − x·y, without cancelling two large terms at a confident prediction."""
+    if not node.is_Add:
+        return None
+    for term in node.args:
+        if not isinstance(term, softplus):
+            continue
+        x = term.args[0]
+        for other in node.args:
+            y = -other / x
+            if other is term or not other.has(*x.free_symbols) or not y.free_symbols.isdisjoint(x.free_symbols):
+                continue
+            rest = [t for t in node.args if t is not term and t is not other]
+            return sympy.Add(y * softplus(-x), (1 - y) * term, *rest)
+    return None
+
+
+@register_stabilize
+def difference_of_log1p(node):
+    """log1p(a) − log1p(b) → log1p((a − b)/(1 + b)): log(1 + a) − log(1 + b) (the squared log
+    error) without cancelling when a ≈ b."""
+    if not node.is_Add:
+        return None
+    for term in node.args:
+        if not isinstance(term, log1p):
+            continue
+        for other in node.args:
+            if other.is_Mul and len(other.args) == 2 and other.args[0] == -ONE and isinstance(other.args[1], log1p):
+                a, b = term.args[0], other.args[1].args[0]
+                rest = [t for t in node.args if t is not term and t is not other]
+                return sympy.Add(log1p(grouped(a - b) / (1 + b)), *rest)
+    return None
+
+
+@register_stabilize
+def log_of_exp_mixture(node):
+    """log(a·exp(u) + b·exp(v)), a, b > 0 → u + log a + softplus(v − u + log(b/a)) where u ≥ v,
+    the same with the terms swapped elsewhere: a regime split, so neither exponential overflows
+    (log cosh d = log((exp(d) + exp(−d))/2) → |d| − log 2 + softplus(−2|d|))."""
+    if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
+        return None
+    terms = [_scaled_exp(t) for t in node.args[0].args]
+    if None in terms:
+        return None
+    (a, u), (b, v) = terms
+    first = u + sympy.log(a) + softplus(v - u + sympy.log(b / a))
+    second = v + sympy.log(b) + softplus(u - v + sympy.log(a / b))
+    return sympy.Piecewise((first, sympy.GreaterThan(u, v)), (second, True))
+
+
+def _scaled_exp(term):
+    """(c, u) when ``term`` is c·exp(u) with c > 0, else None."""
+    c, found = _coefficient(term, lambda f: isinstance(f, sympy.exp))
+    return (c, found.args[0]) if found is not None and c.is_positive else None
+
+
+MAX_PASSES = 20
+
+
+class RewriteLimitWarning(UserWarning):
+    """The rules did not reach a fixed point: the form reached so far is used (still equal to
+    the declared one, every rule being an identity), but a rule pair may undo each other."""
+
+
+def stabilize(expr):
+    """Apply the enabled canonicalize and stabilize rules (:mod:`rules`) bottom-up to a fixed
+    point and return the rewritten expression; a :class:`RewriteLimitWarning` when
+    :data:`MAX_PASSES` passes do not reach one."""
+    active = enabled("canonicalize", "stabilize")
+    for _ in range(MAX_PASSES):
+        rewritten = _rewrite(expr, active)
         if rewritten == expr:
             return rewritten
         expr = rewritten
+    _limit_reached(expr)
     return expr
 
 
-def _rewrite(node, rules):
+def _limit_reached(expr):
+    text = str(expr)
+    warnings.warn(RewriteLimitWarning(f"the rewrite rules did not reach a fixed point in {MAX_PASSES} passes; "
+                                      f"using {text[:200]}{'…' if len(text) > 200 else ''}"), stacklevel=3)
+
+
+def _rewrite(node, active):
     if node.args:
-        args = tuple(_rewrite(a, rules) for a in node.args)
+        args = tuple(_rewrite(a, active) for a in node.args)
         if args != node.args:
             node = node.func(*args)
-    for _ in range(20):
-        for rule in rules:
-            replaced = rule(node) if isinstance(node, sympy.Basic) else None
+    for _ in range(MAX_PASSES):
+        for rule in active:
+            replaced = rule.apply(node) if isinstance(node, sympy.Basic) else None
             if replaced is not None:
-                node = _rewrite(replaced, rules) if replaced.args else replaced
+                note_fired(rule)
+                node = _rewrite(replaced, active) if replaced.args else replaced
                 break
         else:
             return node
+    _limit_reached(node)
     return node
