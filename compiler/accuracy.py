@@ -16,9 +16,12 @@ evaluation in the same precision; the tests cover those places with absolute bou
 Bounds: float64 ≤ 1e-12, float32 ≤ 4e-6, and never NaN/Inf where
 the truth is finite.
 """
+import functools
 import importlib
 import itertools
-from dataclasses import dataclass
+import math
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ import numpy as np
 from .derive import declared_program
 from .ir import build_ir, variants
 from .mp_eval import NotReal, truth
+from .reductions import element_level
 from .spec import load_spec
 
 BOUNDS = {np.float32: 4e-6, np.float64: 1e-12}
@@ -43,11 +47,17 @@ class AccuracyRow:
     worst_inputs: dict
     nonfinite: int
     points: int
+    undefined_at: list = field(default_factory=list)
 
     @property
     def ok(self):
         """Within the dtype's bound and never non-finite where the truth is finite."""
         return self.nonfinite == 0 and self.max_error <= BOUNDS[np.dtype(self.dtype).type]
+
+    @property
+    def score(self):
+        """The worst error as a multiple of the dtype's bound (inf where non-finite)."""
+        return math.inf if self.nonfinite else self.max_error / BOUNDS[np.dtype(self.dtype).type]
 
 
 def grid_points(spec):
@@ -71,26 +81,35 @@ def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy"):
             if spec.pair_inputs:
                 continue
             module = JaxKernels(importlib.import_module(f"lossc.generated.jax.{ir.module_name}"))
-        steps, gradients = declared_program(ir)
-        truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in gradients.items()}, "steps": steps}
-        for dtype in dtypes:
-            measure_one = _measure_rows if ir.has_reductions else _measure_variant
-            rows += measure_one(spec, ir, module, truths, dtype)
+        rows += measure_kernels(ir, module, dtypes)
     return rows
 
 
-def _measure_rows(spec, ir, module, truths, dtype):
-    """Accuracy of a loss with reductions, over the row layouts of ``row_layouts``; each
-    output's row reports the worst error over all of them."""
+def measure_kernels(ir, module, dtypes=(np.float32, np.float64), samples=0):
+    """AccuracyRows of one variant's kernels ``module`` against the declared formula's truth,
+    on the accuracy grid plus ``samples`` log-uniform draws from the inputs' domains
+    (:func:`sampled_points`, :func:`sampled_layouts`)."""
+    steps, gradients = declared_program(ir)
+    truths = {"loss": ir.loss, **{f"d/d{k}": g for k, g in gradients.items()}, "steps": steps}
+    rows = []
+    for dtype in dtypes:
+        measure_one = _measure_rows if ir.has_reductions else _measure_variant
+        rows += measure_one(ir.spec, ir, module, truths, dtype, samples)
+    return rows
+
+
+def _measure_rows(spec, ir, module, truths, dtype, samples=0):
+    """Accuracy of a loss with reductions, over the row layouts of ``row_layouts`` (and
+    ``sampled_layouts``); each output's row reports the worst error over all of them."""
     per_output = {}
-    for vectors, row_points in row_layouts(spec):
+    for vectors, row_points in row_layouts(spec) + sampled_layouts(spec, samples):
         for row in _measure_layout(spec, ir, module, truths, dtype, vectors, row_points):
             seen = per_output.setdefault(row.output, row)
             if seen is not row:
                 worst = row if row.max_error > seen.max_error or (row.nonfinite and not seen.nonfinite) else seen
                 per_output[row.output] = AccuracyRow(row.loss, row.variant, row.output, row.dtype, worst.max_error,
                                                      worst.worst_inputs, seen.nonfinite + row.nonfinite,
-                                                     seen.points + row.points)
+                                                     seen.points + row.points, seen.undefined_at + row.undefined_at)
     return list(per_output.values())
 
 
@@ -132,12 +151,45 @@ def _measure_layout(spec, ir, module, truths, dtype, vectors, row_points):
             for j in range(classes) if per_element else [None]:
                 points.append({**point, **elements, **({"class": j} if j is not None else {})})
                 values.append((scalars, j, got[r, j] if per_element else got[r]))
-        rows.append(_compare(spec, ir, output, dtype, expr, elements, points, values, truths["steps"]))
+        rows.append(_compare(spec, ir, output, dtype, expr, elements, points, values, truths))
     return rows
 
 
-def _measure_variant(spec, ir, module, truths, dtype):
-    points = grid_points(spec)
+def _domain_draw(inp, rng):
+    """One value of ``inp``'s domain: a magnitude log-uniform between the smallest non-zero and
+    the largest magnitude of its accuracy grid, with a sign its grid has (a class index, or a
+    grid of one magnitude such as labels 0 and 1, draws from the grid itself)."""
+    grid = inp.accuracy_grid
+    magnitudes = [abs(v) for v in grid if v != 0]
+    if inp.class_index or not magnitudes or min(magnitudes) == max(magnitudes):
+        return rng.choice(grid)
+    low, high = math.log10(min(magnitudes)), math.log10(max(magnitudes))
+    sign = rng.choice(sorted({math.copysign(1.0, v) for v in grid if v != 0}))
+    return sign * 10 ** rng.uniform(low, high)
+
+
+def sampled_points(spec, count, seed=0):
+    """``count`` points drawn from the inputs' domains (:func:`_domain_draw`), the same for a
+    given seed on every machine."""
+    rng = random.Random(seed)
+    return [{i.name: _domain_draw(i, rng) for i in spec.inputs} for _ in range(count)]
+
+
+def sampled_layouts(spec, count, seed=0):
+    """Row layouts as :func:`row_layouts` gives them, with rows of three classes drawn from
+    the element inputs' domains: one layout per 8 of ``count``."""
+    rng = random.Random(seed)
+    layouts = []
+    for _ in range(count // 8):
+        vectors = {i.name: [_domain_draw(i, rng) for _ in range(3)] for i in spec.inputs if i.per == "element"}
+        grids = [list(range(3)) if i.class_index else i.accuracy_grid for i in spec.inputs if i.per == "row"]
+        names = [i.name for i in spec.inputs if i.per == "row"]
+        layouts.append((vectors, [dict(zip(names, combo)) for combo in itertools.product(*grids)]))
+    return layouts
+
+
+def _measure_variant(spec, ir, module, truths, dtype, samples=0):
+    points = grid_points(spec) + sampled_points(spec, samples)
     arrays = {name: np.array([p[name] for p in points], dtype=dtype) for name in points[0]}
     params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
     outputs = _outputs(module, arrays, params)
@@ -148,7 +200,7 @@ def _measure_variant(spec, ir, module, truths, dtype):
         expr = truths["loss" if output.startswith("loss") else output]
         got = np.broadcast_to(got, shape)
         values = [({**inputs, **params}, None, got[i]) for i, inputs in enumerate(exact_inputs)]
-        rows.append(_compare(spec, ir, output, dtype, expr, None, exact_inputs, values, truths["steps"]))
+        rows.append(_compare(spec, ir, output, dtype, expr, None, exact_inputs, values, truths))
     return rows
 
 
@@ -160,17 +212,22 @@ def _outputs(module, arrays, params):
     return outputs
 
 
-def _compare(spec, ir, output, dtype, expr, elements, points, values, steps=()):
+def _compare(spec, ir, output, dtype, expr, elements, points, values, truths):
     """Worst error of the kernel values vs the mpmath truth: ``values`` holds one
-    (scalar inputs, class index or None, kernel value) per point of ``points``."""
+    (scalar inputs, class index or None, kernel value) per point of ``points``. A gradient
+    whose truth is not a finite real number where the loss's is records the point in
+    ``undefined_at`` as (point, scalar inputs, element rows, class index)."""
     info = np.finfo(dtype)
-    worst, worst_at, nonfinite, used = 0.0, {}, 0, 0
+    worst, worst_at, nonfinite, used, undefined = 0.0, {}, 0, 0, []
     for where, (scalars, index, got) in zip(points, values):
-        try:
-            value = float(truth(expr, scalars, elements, index, steps))
-        except NotReal:
+        value = finite_truth(expr, scalars, elements, index, truths["steps"])
+        if value is None:
+            loss_index = index if element_level(truths["loss"], ir.element_symbols) else None
+            if expr is not truths["loss"] and finite_truth(truths["loss"], scalars, elements, loss_index,
+                                                            truths["steps"]) is not None:
+                undefined.append((where, scalars, elements, index))
             continue
-        if not np.isfinite(value) or abs(value) > info.max:
+        if abs(value) > info.max:
             continue
         used += 1
         g = float(got)
@@ -183,7 +240,25 @@ def _compare(spec, ir, output, dtype, expr, elements, points, values, steps=()):
             error = 0.0
         if error > worst:
             worst, worst_at = error, where
-    return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used)
+    return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used,
+                       undefined)
+
+
+def finite_truth(expr, scalars, elements, index, steps):
+    """The truth as a float, or None where it is not a finite real number."""
+    try:
+        value = _truth(expr, tuple(sorted(scalars.items())),
+                       tuple((k, tuple(v)) for k, v in sorted((elements or {}).items())), index, tuple(steps))
+    except NotReal:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _truth(expr, scalars, elements, index, steps):
+    """mp_eval's truth as a float, cached: the loss's outputs and the candidate forms of one
+    formula share their points."""
+    return float(truth(expr, dict(scalars), dict(elements) or None, index, steps))
 
 
 def native_module(module, module_name, rows=False):

@@ -3,9 +3,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
+from .rewrites import RewriteLimitWarning
 from .spec import SpecError
+from .verify import AccuracyError, AccuracyWarning
 
 GENERATED_DIR = Path(__file__).resolve().parent.parent / "generated"
 
@@ -28,13 +31,26 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except SpecError as err:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            status = args.run(args)
+        _print_warnings(caught)
+        return status
+    except (SpecError, AccuracyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _print_warnings(caught):
+    """The compiler's warnings (accuracy findings, rewrite limits) as ``warning:`` lines."""
+    for item in caught:
+        if issubclass(item.category, (AccuracyWarning, RewriteLimitWarning)):
+            print(f"warning: {item.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(item.message, item.category, item.filename, item.lineno)
 
 
 def _parser():
@@ -45,10 +61,14 @@ def _parser():
     p.add_argument("specs", nargs="*", help="spec files (default: every specs/*.yaml)")
     p.add_argument("--out", help="output folder (default: the lossc.generated package)")
     p.add_argument("--check", action="store_true", help="fail, listing files, if the output is not up to date")
+    p.add_argument("--no-measure", action="store_true",
+                   help="skip measuring the kernels against 50-digit truth (faster; keeps the first stable form)")
+    p.add_argument("--strict", action="store_true", help="a kernel that misses its accuracy bound is an error")
     p.set_defaults(run=_build)
 
-    p = sub.add_parser("check", help="validate one spec and print its loss and gradients")
+    p = sub.add_parser("check", help="validate one spec, print its loss and gradients and measure its kernels")
     p.add_argument("spec")
+    p.add_argument("--strict", action="store_true", help="a kernel that misses its accuracy bound is an error")
     p.set_defaults(run=_check)
 
     p = sub.add_parser("list", help="list the built losses")
@@ -79,7 +99,8 @@ def _build(args):
         print(f"error: no specs found in {default_specs_dir()}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else generated_dir()
-    problems = build(paths, out, check=args.check, full=not args.specs)
+    problems = build(paths, out, check=args.check, full=not args.specs, measure=not args.no_measure,
+                     strict=args.strict)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     if problems:
@@ -88,21 +109,30 @@ def _build(args):
 
 
 def _check(args):
-    from .derive import derive
-    from .ir import build_ir, variants
-    from .spec import load_spec
+    from .build import compile_spec
 
-    spec = load_spec(args.spec)
+    compiled = compile_spec(args.spec, measure=True)
+    spec = compiled.spec
     print(f"{spec.name}: {spec.summary}")
-    for variant in variants(spec):
-        derived = derive(build_ir(spec, variant))
-        label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "(no variants)"
+    for verdict in compiled.verdicts:
+        derived = verdict.derived
+        label = ", ".join(f"{k}={v}" for k, v in derived.ir.variant.items()) or "(no variants)"
         print(f"variant {label}")
         print(f"  loss            = {derived.ir.loss}")
         print(f"  stable loss     = {derived.loss}")
         for name, grad in derived.gradients.items():
             print(f"  d loss / d {name} = {grad}")
+        print(f"  rules applied   = {', '.join(derived.rules_applied) or 'none'}"
+              + (f" (the form without {verdict.switched_off} measured better)" if verdict.switched_off else ""))
+        for row in verdict.rows:
+            print(f"  measured {row.output:16s} {row.dtype:8s} max relative error {row.max_error:.2e} "
+                  f"over {row.points} points  {'ok' if row.ok else 'MISSES THE BOUND'}")
     _check_pair_terms(spec)
+    if args.strict and compiled.findings:
+        raise AccuracyError("the compiled kernels miss their accuracy bounds (--strict):\n  "
+                            + "\n  ".join(compiled.findings))
+    for finding in compiled.findings:
+        warnings.warn(AccuracyWarning(finding))
     return 0
 
 

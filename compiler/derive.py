@@ -18,6 +18,7 @@ import sympy
 from .lowering import lower
 from .reductions import element_level, reductions_in, row_sum, split_row_sums
 from .rewrites import stabilize
+from .rules import recording
 
 GRAD_OUTPUT = sympy.Symbol("grad_output", real=True)
 
@@ -46,6 +47,7 @@ class DerivedLoss:
     forward: Kernel
     forward_backward: Kernel
     steps: list = field(default_factory=list)
+    rules_applied: list = field(default_factory=list)
 
     @property
     def loss_is_row_level(self):
@@ -54,7 +56,14 @@ class DerivedLoss:
 
 
 def derive(ir):
-    """Stabilize, differentiate, lower and CSE one variant's loss."""
+    """Stabilize, differentiate, lower and CSE one variant's loss (with the rules enabled now,
+    see :func:`rules.disabled`); ``rules_applied`` names the canonicalize and stabilize
+    rules that fired."""
+    with recording() as fired:
+        return _derive(ir, fired)
+
+
+def _derive(ir, fired):
     loss = stabilize(ir.loss)
     nodes = [(symbol, stabilize(expr)) for symbol, expr in ir.nodes]
     finish = lambda e: stabilize(_drop_distributions(e))  # noqa: E731
@@ -79,6 +88,7 @@ def derive(ir):
         forward=fuse(kernel_exprs[:1], nodes),
         forward_backward=fuse(kernel_exprs, nodes + adjoints),
         steps=nodes + adjoints,
+        rules_applied=fired,
     )
 
 

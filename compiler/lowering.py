@@ -22,6 +22,8 @@ import sympy
 from . import dag
 from .functions import expm1, grouped, log1p, one_if_nonneg, relu, sigmoid, softplus, unit_clip
 from .rules import enabled, register_lower
+
+ONE = sympy.S.One
 from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
                          rlog_softmax_at, rlogsumexp, rmax, rsum)
 
@@ -135,6 +137,24 @@ def lower_softmax(node):
     """exp(e − logsumexp(e)) → exp(e − max e)/(1 + excess(e)) (stable_softmax)."""
     e = _softmax_argument(node)
     return None if e is None else stable_softmax(e)
+
+
+@register_lower
+def lower_log_softmax(node):
+    """k·(e − logsumexp(e)) + rest, k = ±1 → k·((e − max e) − log1p(excess(e))) + rest: the
+    log-probabilities without adding a large logit to a large logsumexp."""
+    if not node.is_Add:
+        return None
+    terms = list(node.args)
+    for term in node.args:
+        for k in (ONE, -ONE):
+            if isinstance(-k * term, rlogsumexp):
+                e = (-k * term).args[0]
+                own = list(sympy.Add.make_args(sympy.expand(k * e)))
+                if all(t in terms for t in own):
+                    rest = [t for t in terms if t is not term and t not in own]
+                    return sympy.Add(k * (grouped(e - rmax(e)) - log1p(excess(e))), *rest)
+    return None
 
 
 @register_lower

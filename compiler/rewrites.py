@@ -31,6 +31,17 @@ def one_minus_sigmoid(node):
 
 
 @register_stabilize
+def sigmoid_minus_one(node):
+    """sigmoid(x) − 1 → −sigmoid(−x)   (log1p(p − 1 + ε) near p = 1 keeps its digits)."""
+    if node.is_Add and -ONE in node.args:
+        for term in node.args:
+            if isinstance(term, sigmoid):
+                rest = [a for a in node.args if a is not term and a is not -ONE]
+                return sympy.Add(-sigmoid(-term.args[0]), *rest)
+    return None
+
+
+@register_stabilize
 def log_of_sigmoid(node):
     """log(sigmoid(x)) → −softplus(−x); with the rule above, log(1−sigmoid(x)) → −softplus(x)."""
     if isinstance(node, sympy.log) and isinstance(node.args[0], sigmoid):
@@ -173,9 +184,9 @@ def pick_of_log_softmax(node):
 @register_stabilize
 def function_of_where(node):
     """f(c + k·where(cond, a, b)) → where(cond, f(c + k·a), f(c + k·b)) for f = log, log1p or a
-    non-integer power and a nonzero c: the rules then see each branch's sum, so max/min/clip
-    keep their terms' stable forms (log(1 − max(p − m, 0)) with p = sigmoid(x) reaches
-    log(sigmoid(−x) + m)). f(where(...)) itself is left alone: there f sees the branch values."""
+    non-integer power: the rules then see each branch, so max/min/clip keep their terms'
+    stable forms (log(1 − max(p − m, 0)) with p = sigmoid(x) reaches log(sigmoid(−x) + m),
+    log(min(p + ε, 1)) reaches log1p(p − 1 + ε) near p = 1)."""
     if isinstance(node, (sympy.log, log1p)):
         argument, rebuild = node.args[0], node.func
     elif node.is_Pow and not node.exp.is_Integer:
@@ -189,9 +200,7 @@ def function_of_where(node):
 
 
 def _linear_where(argument):
-    """The where() of ``argument`` when it is c + w or c + k·w for one where w, else None."""
-    if not argument.is_Add:
-        return None
+    """The where() of ``argument`` when it is w, c + w or c + k·w for one where w, else None."""
     found = []
     for term in sympy.Add.make_args(argument):
         found += [f for f in sympy.Mul.make_args(term) if isinstance(f, sympy.Piecewise)]

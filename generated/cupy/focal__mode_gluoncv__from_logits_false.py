@@ -37,11 +37,15 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd
     const float _t3 = _t2*((s_pred) >= 0 ? 1.0f : (_t0));
     const float _t4 = _t3 + s_eps;
     const float _t5 = -s_pred;
-    const float _h0 = expf(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0f : (s_pred))));
-    const float _h1 = logf(((_t4 > 1.0f) ? 1.0f : _t4));
-    const float _h2 = expf(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0f : (_t5))));
-    const float _h3 = logf(((_t3 - s_eps < 0.0f) ? 1.0f : _t2*((_t5) >= 0 ? 1.0f : (_t0)) + s_eps));
-    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0f));
+    const float _t6 = _t2*((_t5) >= 0 ? 1.0f : (_t0));
+    const float _t7 = -_t3;
+    const float _h0 = log1pf(s_eps + (-_t6));
+    const float _h1 = logf((_t4));
+    const float _h2 = expf(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0f : (s_pred))));
+    const float _h3 = log1pf(s_eps + (_t7));
+    const float _h4 = logf((_t6 + s_eps));
+    const float _h5 = expf(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0f : (_t5))));
+    *out0 = ((_j == s_label) ? -_h2*s_alpha*((_t4 > 1.0f) ? 0.0f : ((_t3 > 0.5f) ? _h0 : _h1)) : _h5*(s_alpha - 1.0f)*((_t7 + s_eps > 0.0f) ? 0.0f : ((_t6 > 0.5f) ? _h3 : _h4)));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
@@ -51,11 +55,15 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fwd
     const double _t3 = _t2*((s_pred) >= 0 ? 1.0 : (_t0));
     const double _t4 = _t3 + s_eps;
     const double _t5 = -s_pred;
-    const double _h0 = exp(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0 : (s_pred))));
-    const double _h1 = log(((_t4 > 1.0) ? 1.0 : _t4));
-    const double _h2 = exp(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0 : (_t5))));
-    const double _h3 = log(((_t3 - s_eps < 0.0) ? 1.0 : _t2*((_t5) >= 0 ? 1.0 : (_t0)) + s_eps));
-    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0));
+    const double _t6 = _t2*((_t5) >= 0 ? 1.0 : (_t0));
+    const double _t7 = -_t3;
+    const double _h0 = log1p(s_eps + (-_t6));
+    const double _h1 = log((_t4));
+    const double _h2 = exp(-s_gamma*(_t1 + ((s_pred) < 0 ? 0.0 : (s_pred))));
+    const double _h3 = log1p(s_eps + (_t7));
+    const double _h4 = log((_t6 + s_eps));
+    const double _h5 = exp(-s_gamma*(_t1 + ((_t5) < 0 ? 0.0 : (_t5))));
+    *out0 = ((_j == s_label) ? -_h2*s_alpha*((_t4 > 1.0) ? 0.0 : ((_t3 > 0.5) ? _h0 : _h1)) : _h5*(s_alpha - 1.0)*((_t7 + s_eps > 0.0) ? 0.0 : ((_t6 > 0.5) ? _h3 : _h4)));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
@@ -66,20 +74,30 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fb_
     const float _t4 = _t1*_t3;
     const float _t5 = _t4 + s_eps;
     const float _t6 = (_t5 > 1.0f);
-    const float _t7 = logf((_t6 ? 1.0f : _t5));
-    const float _t8 = log1pf(_t0);
-    const float _t9 = s_alpha*expf(-s_gamma*(_t8 + ((s_pred) < 0 ? 0.0f : (s_pred))));
-    const float _t10 = (_j == s_label);
-    const float _t11 = (-_t4 + s_eps > 0.0f);
-    const float _t12 = -s_pred;
-    const float _t13 = ((_t12) >= 0 ? 1.0f : (_t0));
-    const float _t14 = _t13*_t3;
-    const float _t15 = _t14 + s_eps;
-    const float _t16 = logf((_t11 ? 1.0f : _t15));
-    const float _t17 = (s_alpha - 1.0f)*expf(-s_gamma*(_t8 + ((_t12) < 0 ? 0.0f : (_t12))));
-    const float _t18 = _t1*_t13/(_t2*_t2);
-    *out0 = (_t10 ? -_t7*_t9 : _t16*_t17);
-    *out1 = s_grad_output*(_t10 ? _t9*(_t4*_t7*s_gamma - (_t6 ? 0.0f : _t18)*(_t6 ? 1.0f : (1.0f/_t5))) : _t17*(_t14*_t16*s_gamma + (_t11 ? 0.0f : -_t18)*(_t11 ? 1.0f : (1.0f/_t15))));
+    const float _t7 = -s_pred;
+    const float _t8 = ((_t7) >= 0 ? 1.0f : (_t0));
+    const float _t9 = _t3*_t8;
+    const float _t10 = s_eps + (-_t9);
+    const float _t11 = (_t4 > 0.5f);
+    const float _t12 = (_t5);
+    const float _h0 = log1pf(_t10);
+    const float _h1 = logf(_t12);
+    const float _t13 = (_t6 ? 0.0f : (_t11 ? _h0 : _h1));
+    const float _t14 = log1pf(_t0);
+    const float _t15 = s_alpha*expf(-s_gamma*(_t14 + ((s_pred) < 0 ? 0.0f : (s_pred))));
+    const float _t16 = (_j == s_label);
+    const float _t17 = -_t4;
+    const float _t18 = (_t17 + s_eps > 0.0f);
+    const float _t19 = s_eps + (_t17);
+    const float _t20 = (_t9 > 0.5f);
+    const float _t21 = (_t9 + s_eps);
+    const float _h2 = log1pf(_t19);
+    const float _h3 = logf(_t21);
+    const float _t22 = (_t18 ? 0.0f : (_t20 ? _h2 : _h3));
+    const float _t23 = (s_alpha - 1.0f)*expf(-s_gamma*(_t14 + ((_t7) < 0 ? 0.0f : (_t7))));
+    const float _t24 = _t1*_t8/(_t2*_t2);
+    *out0 = (_t16 ? -_t13*_t15 : _t22*_t23);
+    *out1 = s_grad_output*(_t16 ? _t15*(_t13*_t4*s_gamma - (_t6 ? 0.0f : (_t11 ? _t24/(_t10 + 1.0f) : _t24/_t12))) : _t23*(_t22*_t9*s_gamma + (_t18 ? 0.0f : (_t20 ? -_t24/(_t19 + 1.0f) : -_t24/_t21))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
@@ -90,20 +108,30 @@ __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_false_fb_
     const double _t4 = _t1*_t3;
     const double _t5 = _t4 + s_eps;
     const double _t6 = (_t5 > 1.0);
-    const double _t7 = log((_t6 ? 1.0 : _t5));
-    const double _t8 = log1p(_t0);
-    const double _t9 = s_alpha*exp(-s_gamma*(_t8 + ((s_pred) < 0 ? 0.0 : (s_pred))));
-    const double _t10 = (_j == s_label);
-    const double _t11 = (-_t4 + s_eps > 0.0);
-    const double _t12 = -s_pred;
-    const double _t13 = ((_t12) >= 0 ? 1.0 : (_t0));
-    const double _t14 = _t13*_t3;
-    const double _t15 = _t14 + s_eps;
-    const double _t16 = log((_t11 ? 1.0 : _t15));
-    const double _t17 = (s_alpha - 1.0)*exp(-s_gamma*(_t8 + ((_t12) < 0 ? 0.0 : (_t12))));
-    const double _t18 = _t1*_t13/(_t2*_t2);
-    *out0 = (_t10 ? -_t7*_t9 : _t16*_t17);
-    *out1 = s_grad_output*(_t10 ? _t9*(_t4*_t7*s_gamma - (_t6 ? 0.0 : _t18)*(_t6 ? 1.0 : (1.0/_t5))) : _t17*(_t14*_t16*s_gamma + (_t11 ? 0.0 : -_t18)*(_t11 ? 1.0 : (1.0/_t15))));
+    const double _t7 = -s_pred;
+    const double _t8 = ((_t7) >= 0 ? 1.0 : (_t0));
+    const double _t9 = _t3*_t8;
+    const double _t10 = s_eps + (-_t9);
+    const double _t11 = (_t4 > 0.5);
+    const double _t12 = (_t5);
+    const double _h0 = log1p(_t10);
+    const double _h1 = log(_t12);
+    const double _t13 = (_t6 ? 0.0 : (_t11 ? _h0 : _h1));
+    const double _t14 = log1p(_t0);
+    const double _t15 = s_alpha*exp(-s_gamma*(_t14 + ((s_pred) < 0 ? 0.0 : (s_pred))));
+    const double _t16 = (_j == s_label);
+    const double _t17 = -_t4;
+    const double _t18 = (_t17 + s_eps > 0.0);
+    const double _t19 = s_eps + (_t17);
+    const double _t20 = (_t9 > 0.5);
+    const double _t21 = (_t9 + s_eps);
+    const double _h2 = log1p(_t19);
+    const double _h3 = log(_t21);
+    const double _t22 = (_t18 ? 0.0 : (_t20 ? _h2 : _h3));
+    const double _t23 = (s_alpha - 1.0)*exp(-s_gamma*(_t14 + ((_t7) < 0 ? 0.0 : (_t7))));
+    const double _t24 = _t1*_t8/(_t2*_t2);
+    *out0 = (_t16 ? -_t13*_t15 : _t22*_t23);
+    *out1 = s_grad_output*(_t16 ? _t15*(_t13*_t4*s_gamma - (_t6 ? 0.0 : (_t11 ? _t24/(_t10 + 1.0) : _t24/_t12))) : _t23*(_t22*_t9*s_gamma + (_t18 ? 0.0 : (_t20 ? -_t24/(_t19 + 1.0) : -_t24/_t21))));
 }
 """
 

@@ -25,7 +25,7 @@ STAGES = {
     'forward_backward': (
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', 'eps'), "outputs": 2,
          "functions": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'alpha', 'gamma', 'eps'), "invariants": ('_t7', '_t11'),
+         "split": {"row_arguments": ('label', 'alpha', 'gamma', 'eps'), "invariants": ('_t11', '_t17'),
                    "row": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f64'},
                    "element": {"float32": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f32', "float64": 'lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f64'}}},
     ),
@@ -34,109 +34,159 @@ STAGES = {
 DEVICE_CODE = r"""
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f32(float s_pred, float s_label, float _j, float s_alpha, float s_gamma, float s_eps, float* out0)
 {
-    const float _t0 = -s_pred + 1.0f;
-    const float _t1 = s_eps + s_pred;
-    const float _h0 = powf(_t0, s_gamma);
-    const float _h1 = logf(((_t1 > 1.0f) ? 1.0f : _t1));
-    const float _h2 = powf(s_pred, s_gamma);
-    const float _h3 = logf(((s_eps - s_pred > 0.0f) ? 1.0f : s_eps + (_t0)));
-    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0f));
+    const float _t0 = s_pred - 1.0f;
+    const float _t1 = -_t0;
+    const float _t2 = s_eps + s_pred;
+    const float _t3 = (s_pred > 0.5f);
+    const float _t4 = s_eps - s_pred;
+    const float _h0 = powf(_t1, s_gamma);
+    const float _h1 = log1pf(s_eps + (_t0));
+    const float _h2 = logf((_t2));
+    const float _h3 = powf(s_pred, s_gamma);
+    const float _h4 = logf((s_eps + (_t1)));
+    const float _h5 = log1pf(_t4);
+    *out0 = ((_j == s_label) ? -_h0*s_alpha*((_t2 > 1.0f) ? 0.0f : (_t3 ? _h1 : _h2)) : _h3*(s_alpha - 1.0f)*((_t4 > 0.0f) ? 0.0f : (_t3 ? _h4 : _h5)));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fwd_out_f64(double s_pred, double s_label, double _j, double s_alpha, double s_gamma, double s_eps, double* out0)
 {
-    const double _t0 = -s_pred + 1.0;
-    const double _t1 = s_eps + s_pred;
-    const double _h0 = pow(_t0, s_gamma);
-    const double _h1 = log(((_t1 > 1.0) ? 1.0 : _t1));
-    const double _h2 = pow(s_pred, s_gamma);
-    const double _h3 = log(((s_eps - s_pred > 0.0) ? 1.0 : s_eps + (_t0)));
-    *out0 = ((_j == s_label) ? -_h0*_h1*s_alpha : _h2*_h3*(s_alpha - 1.0));
+    const double _t0 = s_pred - 1.0;
+    const double _t1 = -_t0;
+    const double _t2 = s_eps + s_pred;
+    const double _t3 = (s_pred > 0.5);
+    const double _t4 = s_eps - s_pred;
+    const double _h0 = pow(_t1, s_gamma);
+    const double _h1 = log1p(s_eps + (_t0));
+    const double _h2 = log((_t2));
+    const double _h3 = pow(s_pred, s_gamma);
+    const double _h4 = log((s_eps + (_t1)));
+    const double _h5 = log1p(_t4);
+    *out0 = ((_j == s_label) ? -_h0*s_alpha*((_t2 > 1.0) ? 0.0 : (_t3 ? _h1 : _h2)) : _h3*(s_alpha - 1.0)*((_t4 > 0.0) ? 0.0 : (_t3 ? _h4 : _h5)));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
-    const float _t0 = -s_pred + 1.0f;
-    const float _t1 = powf(_t0, s_gamma);
-    const float _t2 = s_eps + s_pred;
-    const float _t3 = (_t2 > 1.0f);
-    const float _t4 = logf((_t3 ? 1.0f : _t2));
-    const float _t5 = (_j == s_label);
-    const float _t6 = powf(s_pred, s_gamma);
-    const float _t7 = s_alpha - 1.0f;
-    const float _t8 = (s_eps - s_pred > 0.0f);
-    const float _t9 = s_eps + (_t0);
-    const float _t10 = logf((_t8 ? 1.0f : _t9));
-    const float _t11 = s_gamma - 1.0f;
-    const float _h0 = powf(_t0, _t11);
-    const float _h1 = powf(s_pred, _t11);
-    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
+    const float _t0 = s_pred - 1.0f;
+    const float _t1 = -_t0;
+    const float _t2 = powf(_t1, s_gamma);
+    const float _t3 = s_eps + s_pred;
+    const float _t4 = (_t3 > 1.0f);
+    const float _t5 = s_eps + (_t0);
+    const float _t6 = (s_pred > 0.5f);
+    const float _t7 = (_t3);
+    const float _h0 = log1pf(_t5);
+    const float _h1 = logf(_t7);
+    const float _t8 = (_t4 ? 0.0f : (_t6 ? _h0 : _h1));
+    const float _t9 = (_j == s_label);
+    const float _t10 = powf(s_pred, s_gamma);
+    const float _t11 = s_alpha - 1.0f;
+    const float _t12 = s_eps - s_pred;
+    const float _t13 = (_t12 > 0.0f);
+    const float _t14 = s_eps + (_t1);
+    const float _t15 = (_t14);
+    const float _h2 = logf(_t15);
+    const float _h3 = log1pf(_t12);
+    const float _t16 = (_t13 ? 0.0f : (_t6 ? _h2 : _h3));
+    const float _t17 = s_gamma - 1.0f;
+    const float _h4 = powf(_t1, _t17);
+    const float _h5 = powf(s_pred, _t17);
+    *out0 = (_t9 ? -_t2*_t8*s_alpha : _t10*_t11*_t16);
+    *out1 = s_grad_output*(_t9 ? s_alpha*(_h4*_t8*s_gamma - _t2*(_t4 ? 0.0f : (_t6 ? (1.0f/(_t5 + 1.0f)) : (1.0f/_t7)))) : _t11*(_h5*_t16*s_gamma + _t10*(_t13 ? 0.0f : (_t6 ? -1.0f/_t15 : -1.0f/_t14))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
-    const double _t0 = -s_pred + 1.0;
-    const double _t1 = pow(_t0, s_gamma);
-    const double _t2 = s_eps + s_pred;
-    const double _t3 = (_t2 > 1.0);
-    const double _t4 = log((_t3 ? 1.0 : _t2));
-    const double _t5 = (_j == s_label);
-    const double _t6 = pow(s_pred, s_gamma);
-    const double _t7 = s_alpha - 1.0;
-    const double _t8 = (s_eps - s_pred > 0.0);
-    const double _t9 = s_eps + (_t0);
-    const double _t10 = log((_t8 ? 1.0 : _t9));
-    const double _t11 = s_gamma - 1.0;
-    const double _h0 = pow(_t0, _t11);
-    const double _h1 = pow(s_pred, _t11);
-    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
+    const double _t0 = s_pred - 1.0;
+    const double _t1 = -_t0;
+    const double _t2 = pow(_t1, s_gamma);
+    const double _t3 = s_eps + s_pred;
+    const double _t4 = (_t3 > 1.0);
+    const double _t5 = s_eps + (_t0);
+    const double _t6 = (s_pred > 0.5);
+    const double _t7 = (_t3);
+    const double _h0 = log1p(_t5);
+    const double _h1 = log(_t7);
+    const double _t8 = (_t4 ? 0.0 : (_t6 ? _h0 : _h1));
+    const double _t9 = (_j == s_label);
+    const double _t10 = pow(s_pred, s_gamma);
+    const double _t11 = s_alpha - 1.0;
+    const double _t12 = s_eps - s_pred;
+    const double _t13 = (_t12 > 0.0);
+    const double _t14 = s_eps + (_t1);
+    const double _t15 = (_t14);
+    const double _h2 = log(_t15);
+    const double _h3 = log1p(_t12);
+    const double _t16 = (_t13 ? 0.0 : (_t6 ? _h2 : _h3));
+    const double _t17 = s_gamma - 1.0;
+    const double _h4 = pow(_t1, _t17);
+    const double _h5 = pow(s_pred, _t17);
+    *out0 = (_t9 ? -_t2*_t8*s_alpha : _t10*_t11*_t16);
+    *out1 = s_grad_output*(_t9 ? s_alpha*(_h4*_t8*s_gamma - _t2*(_t4 ? 0.0 : (_t6 ? (1.0/(_t5 + 1.0)) : (1.0/_t7)))) : _t11*(_h5*_t16*s_gamma + _t10*(_t13 ? 0.0 : (_t6 ? -1.0/_t15 : -1.0/_t14))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f32(float s_label, float s_alpha, float s_gamma, float s_eps, float* out0, float* out1)
 {
-    const float _t7 = s_alpha - 1.0f;
-    const float _t11 = s_gamma - 1.0f;
-    *out0 = _t7;
-    *out1 = _t11;
+    const float _t11 = s_alpha - 1.0f;
+    const float _t17 = s_gamma - 1.0f;
+    *out0 = _t11;
+    *out1 = _t17;
 }
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float _t7, float _t11, float* out0, float* out1)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float s_eps, float _t11, float _t17, float* out0, float* out1)
 {
-    const float _t0 = -s_pred + 1.0f;
-    const float _t1 = powf(_t0, s_gamma);
-    const float _t2 = s_eps + s_pred;
-    const float _t3 = (_t2 > 1.0f);
-    const float _t4 = logf((_t3 ? 1.0f : _t2));
-    const float _t5 = (_j == s_label);
-    const float _t6 = powf(s_pred, s_gamma);
-    const float _t8 = (s_eps - s_pred > 0.0f);
-    const float _t9 = s_eps + (_t0);
-    const float _t10 = logf((_t8 ? 1.0f : _t9));
-    const float _h0 = powf(_t0, _t11);
-    const float _h1 = powf(s_pred, _t11);
-    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0f : 1.0f)*(_t3 ? 1.0f : (1.0f/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0f : -1.0f)*(_t8 ? 1.0f : (1.0f/_t9))));
+    const float _t0 = s_pred - 1.0f;
+    const float _t1 = -_t0;
+    const float _t2 = powf(_t1, s_gamma);
+    const float _t3 = s_eps + s_pred;
+    const float _t4 = (_t3 > 1.0f);
+    const float _t5 = s_eps + (_t0);
+    const float _t6 = (s_pred > 0.5f);
+    const float _t7 = (_t3);
+    const float _h0 = log1pf(_t5);
+    const float _h1 = logf(_t7);
+    const float _t8 = (_t4 ? 0.0f : (_t6 ? _h0 : _h1));
+    const float _t9 = (_j == s_label);
+    const float _t10 = powf(s_pred, s_gamma);
+    const float _t12 = s_eps - s_pred;
+    const float _t13 = (_t12 > 0.0f);
+    const float _t14 = s_eps + (_t1);
+    const float _t15 = (_t14);
+    const float _h2 = logf(_t15);
+    const float _h3 = log1pf(_t12);
+    const float _t16 = (_t13 ? 0.0f : (_t6 ? _h2 : _h3));
+    const float _h4 = powf(_t1, _t17);
+    const float _h5 = powf(s_pred, _t17);
+    *out0 = (_t9 ? -_t2*_t8*s_alpha : _t10*_t11*_t16);
+    *out1 = s_grad_output*(_t9 ? s_alpha*(_h4*_t8*s_gamma - _t2*(_t4 ? 0.0f : (_t6 ? (1.0f/(_t5 + 1.0f)) : (1.0f/_t7)))) : _t11*(_h5*_t16*s_gamma + _t10*(_t13 ? 0.0f : (_t6 ? -1.0f/_t15 : -1.0f/_t14))));
 }
 __device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_row_f64(double s_label, double s_alpha, double s_gamma, double s_eps, double* out0, double* out1)
 {
-    const double _t7 = s_alpha - 1.0;
-    const double _t11 = s_gamma - 1.0;
-    *out0 = _t7;
-    *out1 = _t11;
+    const double _t11 = s_alpha - 1.0;
+    const double _t17 = s_gamma - 1.0;
+    *out0 = _t11;
+    *out1 = _t17;
 }
-__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double _t7, double _t11, double* out0, double* out1)
+__device__ __forceinline__ void lossc_focal__mode_gluoncv__from_logits_true_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double s_eps, double _t11, double _t17, double* out0, double* out1)
 {
-    const double _t0 = -s_pred + 1.0;
-    const double _t1 = pow(_t0, s_gamma);
-    const double _t2 = s_eps + s_pred;
-    const double _t3 = (_t2 > 1.0);
-    const double _t4 = log((_t3 ? 1.0 : _t2));
-    const double _t5 = (_j == s_label);
-    const double _t6 = pow(s_pred, s_gamma);
-    const double _t8 = (s_eps - s_pred > 0.0);
-    const double _t9 = s_eps + (_t0);
-    const double _t10 = log((_t8 ? 1.0 : _t9));
-    const double _h0 = pow(_t0, _t11);
-    const double _h1 = pow(s_pred, _t11);
-    *out0 = (_t5 ? -_t1*_t4*s_alpha : _t10*_t6*_t7);
-    *out1 = s_grad_output*(_t5 ? s_alpha*(_h0*_t4*s_gamma - _t1*(_t3 ? 0.0 : 1.0)*(_t3 ? 1.0 : (1.0/_t2))) : _t7*(_h1*_t10*s_gamma + _t6*(_t8 ? 0.0 : -1.0)*(_t8 ? 1.0 : (1.0/_t9))));
+    const double _t0 = s_pred - 1.0;
+    const double _t1 = -_t0;
+    const double _t2 = pow(_t1, s_gamma);
+    const double _t3 = s_eps + s_pred;
+    const double _t4 = (_t3 > 1.0);
+    const double _t5 = s_eps + (_t0);
+    const double _t6 = (s_pred > 0.5);
+    const double _t7 = (_t3);
+    const double _h0 = log1p(_t5);
+    const double _h1 = log(_t7);
+    const double _t8 = (_t4 ? 0.0 : (_t6 ? _h0 : _h1));
+    const double _t9 = (_j == s_label);
+    const double _t10 = pow(s_pred, s_gamma);
+    const double _t12 = s_eps - s_pred;
+    const double _t13 = (_t12 > 0.0);
+    const double _t14 = s_eps + (_t1);
+    const double _t15 = (_t14);
+    const double _h2 = log(_t15);
+    const double _h3 = log1p(_t12);
+    const double _t16 = (_t13 ? 0.0 : (_t6 ? _h2 : _h3));
+    const double _h4 = pow(_t1, _t17);
+    const double _h5 = pow(s_pred, _t17);
+    *out0 = (_t9 ? -_t2*_t8*s_alpha : _t10*_t11*_t16);
+    *out1 = s_grad_output*(_t9 ? s_alpha*(_h4*_t8*s_gamma - _t2*(_t4 ? 0.0 : (_t6 ? (1.0/(_t5 + 1.0)) : (1.0/_t7)))) : _t11*(_h5*_t16*s_gamma + _t10*(_t13 ? 0.0 : (_t6 ? -1.0/_t15 : -1.0/_t14))));
 }
 """
 

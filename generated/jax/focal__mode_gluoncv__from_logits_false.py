@@ -28,7 +28,9 @@ def _forward(s_pred, s_label, s_alpha, s_gamma, s_eps):
     _t3 = _t2*_jnp.where(s_pred >= 0, 1.0, _t0)
     _t4 = _t3 + s_eps
     _t5 = -s_pred
-    return _jnp.where((_j == s_label), -s_alpha*_jnp.exp(-s_gamma*(_t1 + _jnp.where(s_pred < 0, 0.0, s_pred)))*_jnp.log(_jnp.where((_t4 > 1.0), 1.0, _t4)), (-1.0 + s_alpha)*_jnp.exp(-s_gamma*(_t1 + _jnp.where(_t5 < 0, 0.0, _t5)))*_jnp.log(_jnp.where((_t3 - s_eps < 0.0), 1.0, s_eps + _t2*_jnp.where(_t5 >= 0, 1.0, _t0))))
+    _t6 = _t2*_jnp.where(_t5 >= 0, 1.0, _t0)
+    _t7 = -_t3
+    return _jnp.where((_j == s_label), -s_alpha*_jnp.where((_t4 > 1.0), 0.0, _jnp.where((_t3 > 0.5), _jnp.log1p(s_eps + (-_t6)), _jnp.log((_t4))))*_jnp.exp(-s_gamma*(_t1 + _jnp.where(s_pred < 0, 0.0, s_pred))), (-1.0 + s_alpha)*_jnp.where((_t7 + s_eps > 0.0), 0.0, _jnp.where((_t6 > 0.5), _jnp.log1p(s_eps + (_t7)), _jnp.log((_t6 + s_eps))))*_jnp.exp(-s_gamma*(_t1 + _jnp.where(_t5 < 0, 0.0, _t5))))
 
 
 def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
@@ -43,19 +45,25 @@ def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
     _t4 = _t1*_t3
     _t5 = _t4 + s_eps
     _t6 = (_t5 > 1.0)
-    _t7 = _jnp.log(_jnp.where(_t6, 1.0, _t5))
-    _t8 = _jnp.log1p(_t0)
-    _t9 = s_alpha*_jnp.exp(-s_gamma*(_t8 + _jnp.where(s_pred < 0, 0.0, s_pred)))
-    _t10 = (_j == s_label)
-    _t11 = (s_eps - _t4 > 0.0)
-    _t12 = -s_pred
-    _t13 = _jnp.where(_t12 >= 0, 1.0, _t0)
-    _t14 = _t13*_t3
-    _t15 = _t14 + s_eps
-    _t16 = _jnp.log(_jnp.where(_t11, 1.0, _t15))
-    _t17 = (-1.0 + s_alpha)*_jnp.exp(-s_gamma*(_t8 + _jnp.where(_t12 < 0, 0.0, _t12)))
-    _t18 = _t1*_t13/((_t2)*(_t2))
-    return _jnp.where(_t10, -_t7*_t9, _t16*_t17), (s_grad_output*_jnp.where(_t10, _t9*(-_jnp.where(_t6, 0.0, _t18)*_jnp.where(_t6, 1.0, (1.0/(_t5))) + _t4*_t7*s_gamma), _t17*(_jnp.where(_t11, 0.0, -_t18)*_jnp.where(_t11, 1.0, (1.0/(_t15))) + _t14*_t16*s_gamma)),)
+    _t7 = -s_pred
+    _t8 = _jnp.where(_t7 >= 0, 1.0, _t0)
+    _t9 = _t3*_t8
+    _t10 = s_eps + (-_t9)
+    _t11 = (_t4 > 0.5)
+    _t12 = (_t5)
+    _t13 = _jnp.where(_t6, 0.0, _jnp.where(_t11, _jnp.log1p(_t10), _jnp.log(_t12)))
+    _t14 = _jnp.log1p(_t0)
+    _t15 = s_alpha*_jnp.exp(-s_gamma*(_t14 + _jnp.where(s_pred < 0, 0.0, s_pred)))
+    _t16 = (_j == s_label)
+    _t17 = -_t4
+    _t18 = (_t17 + s_eps > 0.0)
+    _t19 = s_eps + (_t17)
+    _t20 = (_t9 > 0.5)
+    _t21 = (_t9 + s_eps)
+    _t22 = _jnp.where(_t18, 0.0, _jnp.where(_t20, _jnp.log1p(_t19), _jnp.log(_t21)))
+    _t23 = (-1.0 + s_alpha)*_jnp.exp(-s_gamma*(_t14 + _jnp.where(_t7 < 0, 0.0, _t7)))
+    _t24 = _t1*_t8/((_t2)*(_t2))
+    return _jnp.where(_t16, -_t13*_t15, _t22*_t23), (s_grad_output*_jnp.where(_t16, _t15*(-_jnp.where(_t6, 0.0, _jnp.where(_t11, _t24/(1.0 + _t10), _t24/_t12)) + _t13*_t4*s_gamma), _t23*(_t22*_t9*s_gamma + _jnp.where(_t18, 0.0, _jnp.where(_t20, -_t24/(1.0 + _t19), -_t24/_t21)))),)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):

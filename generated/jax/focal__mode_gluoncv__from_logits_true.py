@@ -22,9 +22,12 @@ def _forward(s_pred, s_label, s_alpha, s_gamma, s_eps):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = 1.0 - s_pred
-    _t1 = s_pred + s_eps
-    return _jnp.where((_j == s_label), -s_alpha*_jnp.power(_t0, s_gamma)*_jnp.log(_jnp.where((_t1 > 1.0), 1.0, _t1)), _jnp.power(s_pred, s_gamma)*(-1.0 + s_alpha)*_jnp.log(_jnp.where((s_eps - s_pred > 0.0), 1.0, s_eps + (_t0))))
+    _t0 = -1.0 + s_pred
+    _t1 = -_t0
+    _t2 = s_pred + s_eps
+    _t3 = (s_pred > 0.5)
+    _t4 = s_eps - s_pred
+    return _jnp.where((_j == s_label), -s_alpha*_jnp.power(_t1, s_gamma)*_jnp.where((_t2 > 1.0), 0.0, _jnp.where(_t3, _jnp.log1p(s_eps + (_t0)), _jnp.log((_t2)))), _jnp.power(s_pred, s_gamma)*(-1.0 + s_alpha)*_jnp.where((_t4 > 0.0), 0.0, _jnp.where(_t3, _jnp.log((s_eps + (_t1))), _jnp.log1p(_t4))))
 
 
 def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
@@ -32,19 +35,25 @@ def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_eps, s_grad_output):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = 1.0 - s_pred
-    _t1 = _jnp.power(_t0, s_gamma)
-    _t2 = s_pred + s_eps
-    _t3 = (_t2 > 1.0)
-    _t4 = _jnp.log(_jnp.where(_t3, 1.0, _t2))
-    _t5 = (_j == s_label)
-    _t6 = _jnp.power(s_pred, s_gamma)
-    _t7 = -1.0 + s_alpha
-    _t8 = (s_eps - s_pred > 0.0)
-    _t9 = s_eps + (_t0)
-    _t10 = _jnp.log(_jnp.where(_t8, 1.0, _t9))
-    _t11 = -1.0 + s_gamma
-    return _jnp.where(_t5, -_t1*_t4*s_alpha, _t10*_t6*_t7), (s_grad_output*_jnp.where(_t5, s_alpha*(_t4*s_gamma*_jnp.power(_t0, _t11) - _t1*_jnp.where(_t3, 0.0, 1.0)*_jnp.where(_t3, 1.0, (1.0/(_t2)))), _t7*(_t10*s_gamma*_jnp.power(s_pred, _t11) + _t6*_jnp.where(_t8, 0.0, -1.0)*_jnp.where(_t8, 1.0, (1.0/(_t9))))),)
+    _t0 = -1.0 + s_pred
+    _t1 = -_t0
+    _t2 = _jnp.power(_t1, s_gamma)
+    _t3 = s_pred + s_eps
+    _t4 = (_t3 > 1.0)
+    _t5 = s_eps + (_t0)
+    _t6 = (s_pred > 0.5)
+    _t7 = (_t3)
+    _t8 = _jnp.where(_t4, 0.0, _jnp.where(_t6, _jnp.log1p(_t5), _jnp.log(_t7)))
+    _t9 = (_j == s_label)
+    _t10 = _jnp.power(s_pred, s_gamma)
+    _t11 = -1.0 + s_alpha
+    _t12 = s_eps - s_pred
+    _t13 = (_t12 > 0.0)
+    _t14 = s_eps + (_t1)
+    _t15 = (_t14)
+    _t16 = _jnp.where(_t13, 0.0, _jnp.where(_t6, _jnp.log(_t15), _jnp.log1p(_t12)))
+    _t17 = -1.0 + s_gamma
+    return _jnp.where(_t9, -_t2*_t8*s_alpha, _t10*_t11*_t16), (s_grad_output*_jnp.where(_t9, s_alpha*(-_t2*_jnp.where(_t4, 0.0, _jnp.where(_t6, (1.0/(1.0 + _t5)), (1.0/(_t7)))) + _t8*s_gamma*_jnp.power(_t1, _t17)), _t11*(_t10*_jnp.where(_t13, 0.0, _jnp.where(_t6, -1.0/_t15, -1.0/_t14)) + _t16*s_gamma*_jnp.power(s_pred, _t17))),)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0, eps=1e-12):

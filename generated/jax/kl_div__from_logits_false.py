@@ -22,10 +22,10 @@ def _forward(s_pred, s_label):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = _jnp.exp(s_pred - _t0)
+    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t1 = _jnp.exp(_t0)
     _t2 = _jnp.floor(_t1)
-    return _jnp.where((s_label > 0.0), s_label*(_t0 - s_pred + _jnp.log(s_label) + _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))), 0.0)
+    return _jnp.where((s_label > 0.0), s_label*(-(_t0) + _jnp.log(s_label) + _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))), 0.0)
 
 
 def _forward_backward(s_pred, s_label, s_grad_output):
@@ -33,12 +33,12 @@ def _forward_backward(s_pred, s_label, s_grad_output):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = _jnp.exp(s_pred - _t0)
+    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t1 = _jnp.exp(_t0)
     _t2 = _jnp.floor(_t1)
     _t3 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True)
     _t4 = (s_label > 0.0)
-    return _jnp.where(_t4, s_label*(_t0 - s_pred + _jnp.log(s_label) + _jnp.log1p(_t3)), 0.0), (s_grad_output*_jnp.where(_t4, -s_label, 0.0) + _t1*_jnp.sum(_jnp.broadcast_to(s_grad_output*_jnp.where(_t4, s_label, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t3),)
+    return _jnp.where(_t4, s_label*(-(_t0) + _jnp.log(s_label) + _jnp.log1p(_t3)), 0.0), (s_grad_output*_jnp.where(_t4, -s_label, 0.0) + _t1*_jnp.sum(_jnp.broadcast_to(s_grad_output*_jnp.where(_t4, s_label, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t3),)
 
 
 def forward(pred, label):

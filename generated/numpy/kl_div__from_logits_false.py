@@ -21,76 +21,74 @@ LOSS_LEVEL = 'element'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, = _s[0]
     _i0, _i1, = _s[2]
-    _rf0, _rf1, _rf2, _rf3, = _s[3]
+    _rf0, _rf1, _rf2, = _s[3]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f0)
+    np.floor(_f1, out=_f2)
     np.greater(s_label, 0, out=_i0)
     np.negative(_i0, out=_i0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f1, _f0, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf2, _rf1, out=_rf3)
-    np.log1p(_rf3, out=_rf1)
-    np.add(_rf0, _rf1, out=_rf3)
-    np.log(s_label, out=_f2)
-    np.add(_f2, _rf3, out=_f3)
-    np.subtract(_f3, s_pred, out=_f3)
-    np.multiply(s_label, _f3, out=_f2)
-    blend_into(_out0, _i0, _f2, 0, _i1)
+    np.log(s_label, out=_f3)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f1, _f2, out=_f4)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.log1p(_rf2, out=_rf0)
+    np.add(_f3, _rf0, out=_f4)
+    np.subtract(_f4, _f0, out=_f4)
+    np.multiply(s_label, _f4, out=_f3)
+    blend_into(_out0, _i0, _f3, 0, _i1)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
-    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
+    _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
     np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f1, _f0, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf2, _rf1, out=_rf3)
+    np.floor(_f1, out=_f2)
+    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f1, _f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
     np.greater(s_label, 0, out=_b0)
     mask_into(_i0, _b0)
-    np.log1p(_rf3, out=_rf1)
-    np.add(_rf0, _rf1, out=_rf4)
-    np.log(s_label, out=_f2)
-    np.add(_f2, _rf4, out=_f3)
-    np.subtract(_f3, s_pred, out=_f3)
-    np.multiply(s_label, _f3, out=_f2)
-    blend_into(_out0, _i0, _f2, 0, _i1)
-    np.negative(s_label, out=_f2)
-    blend_into(_f3, _i0, _f2, 0, _i1)
-    np.multiply(s_grad_output, _f3, out=_f2)
-    np.add(_rf3, 1, out=_rf1)
-    np.divide(1, _rf1, out=_rf4)
-    blend_into(_f3, _i0, s_label, 0, _i1)
-    np.multiply(s_grad_output, _f3, out=_f4)
-    np.sum(_f4, axis=-1, keepdims=True, out=_rf1)
-    np.multiply(_rf4, _rf1, out=_rf5)
-    np.multiply(_f1, _rf5, out=_f3)
-    np.add(_f2, _f3, out=_out1)
+    np.log(s_label, out=_f3)
+    np.log1p(_rf2, out=_rf0)
+    np.add(_f3, _rf0, out=_f4)
+    np.subtract(_f4, _f0, out=_f4)
+    np.multiply(s_label, _f4, out=_f3)
+    blend_into(_out0, _i0, _f3, 0, _i1)
+    np.negative(s_label, out=_f3)
+    blend_into(_f4, _i0, _f3, 0, _i1)
+    np.multiply(s_grad_output, _f4, out=_f3)
+    np.add(_rf2, 1, out=_rf0)
+    np.divide(1, _rf0, out=_rf3)
+    blend_into(_f4, _i0, s_label, 0, _i1)
+    np.multiply(s_grad_output, _f4, out=_f5)
+    np.sum(_f5, axis=-1, keepdims=True, out=_rf0)
+    np.multiply(_rf3, _rf0, out=_rf4)
+    np.multiply(_f1, _rf4, out=_f4)
+    np.add(_f3, _f4, out=_out1)
 
 
 def forward(pred, label):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (4, 0, 2, 4, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (), 1)[0]
+    return _run_rows(_forward, (5, 0, 2, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (), 1)[0]
 
 
 def forward_backward(pred, label, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (5, 1, 2, 6, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (6, 1, 2, 5, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (), 2
     )
     return _loss, (*_grads,)

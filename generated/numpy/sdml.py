@@ -30,20 +30,20 @@ def _forward(_s, _out, s_distance, s_position, _j, s_classes, s_smoothing_parame
     scatter_add_into(_f1, s_position, float(s_smoothing_parameter - 1))
     np.negative(s_distance, out=_f2)
     np.max(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(s_distance, _rf0, out=_f2)
-    np.negative(_f2, out=_f3)
-    np.exp(_f3, out=_f4)
-    np.floor(_f4, out=_f3)
+    np.negative(s_distance, out=_f3)
+    np.subtract(_f3, _rf0, out=_f3)
+    np.exp(_f3, out=_f2)
+    np.floor(_f2, out=_f4)
     np.subtract(1e-12, _f1, out=_f5)
     np.log(_f5, out=_f6)
-    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf0, -1, out=_rf1)
-    np.subtract(_f4, _f3, out=_f5)
+    np.subtract(_f2, _f4, out=_f5)
     np.sum(_f5, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf1, _rf0, out=_rf2)
     np.log1p(_rf2, out=_rf0)
-    np.add(_f2, _f6, out=_f5)
-    np.add(_f5, _rf0, out=_f5)
+    np.add(_f6, _rf0, out=_f5)
+    np.subtract(_f5, _f3, out=_f5)
     np.multiply(_f1, _f5, out=_f6)
     np.negative(_f6, out=_out0)
 
@@ -51,7 +51,7 @@ def _forward(_s, _out, s_distance, s_position, _j, s_classes, s_smoothing_parame
 def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_classes, s_smoothing_parameter):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
     _t0 = float(s_smoothing_parameter - 1)
     np.equal(_j, s_position, out=_f0)
@@ -65,21 +65,21 @@ def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_cla
     np.add(s_distance, _rf0, out=_f2)
     np.negative(_f2, out=_f3)
     np.exp(_f3, out=_f4)
-    np.floor(_f4, out=_f3)
-    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
-    np.add(_rf0, -1, out=_rf1)
-    np.subtract(_f4, _f3, out=_f5)
+    np.floor(_f4, out=_f5)
     np.sum(_f5, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f4, _f5, out=_f6)
+    np.sum(_f6, axis=-1, keepdims=True, out=_rf0)
     np.add(_rf1, _rf0, out=_rf2)
-    np.subtract(1e-12, _f1, out=_f5)
-    np.log(_f5, out=_f6)
+    np.subtract(1e-12, _f1, out=_f6)
+    np.log(_f6, out=_f7)
     np.log1p(_rf2, out=_rf0)
-    np.add(_f2, _f6, out=_f5)
-    np.add(_f5, _rf0, out=_f5)
-    np.multiply(_f1, _f5, out=_f6)
-    np.negative(_f6, out=_out0)
-    np.multiply(_f1, s_grad_output, out=_f5)
-    np.negative(_f5, out=_f5)
+    np.add(_f7, _rf0, out=_f6)
+    np.subtract(_f6, _f3, out=_f6)
+    np.multiply(_f1, _f6, out=_f7)
+    np.negative(_f7, out=_out0)
+    np.multiply(_f1, s_grad_output, out=_f6)
+    np.negative(_f6, out=_f6)
     np.add(_rf2, 1, out=_rf0)
     np.divide(1, _rf0, out=_rf3)
     np.sum(s_grad_output, axis=-1, keepdims=True, out=_rf0)
@@ -89,8 +89,9 @@ def _forward_backward(_s, _out, s_distance, s_position, s_grad_output, _j, s_cla
     np.add(_rf4, _rf5, out=_rf0)
     np.multiply(_rf3, _rf0, out=_rf4)
     np.negative(_rf4, out=_rf4)
-    np.multiply(_f4, _rf4, out=_f6)
-    np.add(_f5, _f6, out=_out1)
+    np.exp(_f3, out=_f7)
+    np.multiply(_f7, _rf4, out=_f8)
+    np.add(_f6, _f8, out=_out1)
 
 
 def forward(distance, position, *, smoothing_parameter=0.3):
@@ -101,7 +102,7 @@ def forward(distance, position, *, smoothing_parameter=0.3):
 def forward_backward(distance, position, *, smoothing_parameter=0.3, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (7, 0, 0, 6, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (9, 0, 0, 6, 0, 0), (distance, position,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (smoothing_parameter,), 2
     )
     return _loss, (*_grads,)
