@@ -22,25 +22,28 @@ ONE = sympy.S.One
 
 @register_canonicalize
 def reciprocal_one_plus_exp(node):
-    """1 / (1 + exp(u)) → sigmoid(−u)."""
-    if node.is_Pow and node.exp == -ONE and node.base.is_Add and len(node.base.args) == 2 and ONE in node.base.args:
+    """1 / (1 + exp(u)) → sigmoid(−u); (1 + exp(u))^−a → sigmoid(−u)^a (SymPy folds the power
+    of a reciprocal, (1/(1 + exp(−x)))^γ, into one power)."""
+    if node.is_Pow and node.exp.could_extract_minus_sign() and node.base.is_Add and len(node.base.args) == 2 \
+            and ONE in node.base.args:
         other = node.base.args[0] if node.base.args[1] is ONE else node.base.args[1]
         if isinstance(other, sympy.exp):
-            return sigmoid(-other.args[0])
+            return sigmoid(-other.args[0]) ** -node.exp
     return None
 
 
 @register_canonicalize
 def exp_over_one_plus_exp(node):
-    """exp(u) / (1 + exp(u)) → sigmoid(u)."""
+    """exp(u) / (1 + exp(u)) → sigmoid(u); so exp(u)·sigmoid(−u), which the rule above makes of
+    it bottom-up (and which overflows to inf·0), → sigmoid(u)."""
     if not node.is_Mul:
         return None
     for factor in node.args:
         if isinstance(factor, sympy.exp):
-            denominator = (1 + factor) ** -1
-            if denominator in node.args:
-                rest = [a for a in node.args if a is not factor and a != denominator]
-                return sympy.Mul(sigmoid(factor.args[0]), *rest)
+            for denominator in ((1 + factor) ** -1, sigmoid(-factor.args[0])):
+                if denominator in node.args:
+                    rest = [a for a in node.args if a is not factor and a != denominator]
+                    return sympy.Mul(sigmoid(factor.args[0]), *rest)
     return None
 
 

@@ -123,7 +123,7 @@ def _check(args):
         for name, grad in derived.gradients.items():
             print(f"  d loss / d {name} = {grad}")
         print(f"  rules applied   = {', '.join(derived.rules_applied) or 'none'}"
-              + (f" (the form without {verdict.switched_off} measured better)" if verdict.switched_off else ""))
+              + (f" (the form {verdict.alternative} measured better)" if verdict.alternative else ""))
         for row in verdict.rows:
             print(f"  measured {row.output:16s} {row.dtype:8s} max relative error {row.max_error:.2e} "
                   f"over {row.points} points  {'ok' if row.ok else 'MISSES THE BOUND'}")

@@ -55,18 +55,21 @@ class DerivedLoss:
         return self.ir.has_reductions and not element_level(self.loss, self.ir.element_symbols)
 
 
-def derive(ir):
+def derive(ir, together=False):
     """Stabilize, differentiate, lower and CSE one variant's loss (with the rules enabled now,
     see :func:`rules.disabled`); ``rules_applied`` names the canonicalize and stabilize
-    rules that fired."""
+    rules that fired. ``together`` puts each gradient over one denominator before it is
+    stabilized (SymPy's ``factor``): an alternative form for :mod:`verify`, which keeps it
+    where it measures better (the quotient rule's a/(u+4) − a·u/(u+4)² cancels at large u)."""
     with recording() as fired:
-        return _derive(ir, fired)
+        return _derive(ir, fired, together)
 
 
-def _derive(ir, fired):
+def _derive(ir, fired, together):
     loss = stabilize(ir.loss)
     nodes = [(symbol, stabilize(expr)) for symbol, expr in ir.nodes]
-    finish = lambda e: stabilize(_drop_distributions(e))  # noqa: E731
+    combine = sympy.factor if together else (lambda e: e)
+    finish = lambda e: stabilize(combine(_drop_distributions(e)))  # noqa: E731
     if nodes:
         adjoints, gradients = chain_rule(loss, nodes, _differentiable_symbols(ir), finish)
     else:

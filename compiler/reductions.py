@@ -194,11 +194,15 @@ def element_level(expr, element_symbols):
 
 def split_row_sums(expr, element_symbols):
     """Apply the linearity of Σ_j inside expr: row-level factors and terms move out of each
-    rsum (Σ_j (e_j − r)·[j = y] → Σ_j e_j·[j = y] − r), so fewer element passes remain."""
+    rsum (Σ_j (e_j − r)·[j = y] → Σ_j e_j·[j = y] − r), so fewer element passes remain. A
+    log-softmax e − logsumexp(e) stays whole (split, Σ e·p − logsumexp·Σ p would cancel)."""
     def split(node):
         if not isinstance(node, rsum):
             return node
-        return row_sum(sympy.expand_mul(node.args[0]), element_symbols)
+        kept = {s: sympy.Dummy(real=True) for s in sympy.preorder_traversal(node.args[0])
+                if isinstance(s, sympy.Expr) and log_softmax_argument(s) is not None}
+        expanded = sympy.expand_mul(node.args[0].xreplace(kept))
+        return row_sum(expanded.xreplace({d: s for s, d in kept.items()}), element_symbols)
     return _bottom_up(expr, split)
 
 

@@ -42,6 +42,21 @@ def sigmoid_minus_one(node):
 
 
 @register_stabilize
+def label_minus_sigmoid(node):
+    """y − sigmoid(x), y an input → y·sigmoid(−x) − (1 − y)·sigmoid(x): exact for a hard label
+    at a confident prediction (1 − sigmoid(50) is not 0). An input is a symbol without sign
+    assumptions (a parameter's symbol carries its range's)."""
+    if not (node.is_Add and len(node.args) == 2):
+        return None
+    for term, other in (node.args, node.args[::-1]):
+        if term.is_Mul and term.args[0] == -ONE and len(term.args) == 2 and isinstance(term.args[1], sigmoid) \
+                and other.is_Symbol and other.is_nonnegative is None:
+            x = term.args[1].args[0]
+            return other * sigmoid(-x) - (1 - other) * sigmoid(x)
+    return None
+
+
+@register_stabilize
 def log_of_sigmoid(node):
     """log(sigmoid(x)) → −softplus(−x); with the rule above, log(1−sigmoid(x)) → −softplus(x)."""
     if isinstance(node, sympy.log) and isinstance(node.args[0], sigmoid):
@@ -326,17 +341,29 @@ def difference_of_log1p(node):
 @register_stabilize
 def log_of_exp_mixture(node):
     """log(a·exp(u) + b·exp(v)), a, b > 0 → u + log a + softplus(v − u + log(b/a)) where u ≥ v,
-    the same with the terms swapped elsewhere: a regime split, so neither exponential overflows
-    (log cosh d = log((exp(d) + exp(−d))/2) → |d| − log 2 + softplus(−2|d|))."""
+    the same with the terms swapped elsewhere: a regime split, so neither exponential overflows.
+    For a = b and v = −u, log(2a) + log cosh u, itself split (:func:`_log_cosh`)."""
     if not (isinstance(node, sympy.log) and node.args[0].is_Add and len(node.args[0].args) == 2):
         return None
     terms = [_scaled_exp(t) for t in node.args[0].args]
     if None in terms:
         return None
     (a, u), (b, v) = terms
+    if a == b and sympy.expand(u + v) == 0:
+        return sympy.log(2 * a) + _log_cosh(u)
     first = u + sympy.log(a) + softplus(v - u + sympy.log(b / a))
     second = v + sympy.log(b) + softplus(u - v + sympy.log(a / b))
     return sympy.Piecewise((first, sympy.GreaterThan(u, v)), (second, True))
+
+
+def _log_cosh(u):
+    """log cosh(u) in two regimes: log1p(m²/(2(1 + m))), m = expm1(|u|), for |u| < 1 (cosh u − 1
+    without cancelling, so log cosh u ≈ u²/2 keeps its digits), |u| − log 2 + softplus(−2|u|)
+    above (no overflow)."""
+    m = expm1(sympy.Abs(u))
+    small = log1p(m**2 / (2 * (1 + m)))
+    large = sympy.Abs(u) - sympy.log(2) + softplus(-2 * sympy.Abs(u))
+    return sympy.Piecewise((small, sympy.StrictLessThan(sympy.Abs(u), 1)), (large, True))
 
 
 def _scaled_exp(term):
@@ -355,27 +382,35 @@ class RewriteLimitWarning(UserWarning):
 
 def stabilize(expr):
     """Apply the enabled canonicalize and stabilize rules (:mod:`rules`) bottom-up to a fixed
-    point and return the rewritten expression; a :class:`RewriteLimitWarning` when
-    :data:`MAX_PASSES` passes do not reach one."""
+    point and return the rewritten expression. Where rules undo each other (no fixed point
+    within :data:`MAX_PASSES` passes or replacements of one node), a
+    :class:`RewriteLimitWarning` says so and the form of the last complete pass is returned."""
     active = enabled("canonicalize", "stabilize")
     for _ in range(MAX_PASSES):
-        rewritten = _rewrite(expr, active)
+        try:
+            rewritten = _rewrite(expr, active)
+        except _Cycle:
+            break
         if rewritten == expr:
             return rewritten
         expr = rewritten
-    _limit_reached(expr)
+    text = str(expr)
+    warnings.warn(RewriteLimitWarning(f"the rewrite rules did not reach a fixed point within {MAX_PASSES} passes; "
+                                      f"using {text[:200]}{'…' if len(text) > 200 else ''}"), stacklevel=2)
     return expr
 
 
-def _limit_reached(expr):
-    text = str(expr)
-    warnings.warn(RewriteLimitWarning(f"the rewrite rules did not reach a fixed point in {MAX_PASSES} passes; "
-                                      f"using {text[:200]}{'…' if len(text) > 200 else ''}"), stacklevel=3)
+class _Cycle(Exception):
+    """Raised inside :func:`_rewrite` when one node keeps being replaced."""
 
 
-def _rewrite(node, active):
+def _rewrite(node, active, depth=0):
+    """``node`` with its arguments rewritten, then the first rule that applies, until none does
+    (``depth``: how many replacements led here; past MAX_PASSES it is a cycle)."""
+    if depth > MAX_PASSES:
+        raise _Cycle
     if node.args:
-        args = tuple(_rewrite(a, active) for a in node.args)
+        args = tuple(_rewrite(a, active, depth) for a in node.args)
         if args != node.args:
             node = node.func(*args)
     for _ in range(MAX_PASSES):
@@ -383,9 +418,8 @@ def _rewrite(node, active):
             replaced = rule.apply(node) if isinstance(node, sympy.Basic) else None
             if replaced is not None:
                 note_fired(rule)
-                node = _rewrite(replaced, active) if replaced.args else replaced
+                node = _rewrite(replaced, active, depth + 1) if replaced.args else replaced
                 break
         else:
             return node
-    _limit_reached(node)
-    return node
+    raise _Cycle

@@ -39,28 +39,36 @@ class AccuracyError(ValueError):
 
 @dataclass
 class Verdict:
-    """What measuring one variant decided: the form to emit, its measurements, the rule
-    switched off to reach it (None: every rule on) and the findings, as messages."""
+    """What measuring one variant decided: the form to emit, its measurements, how it differs
+    from the first form (None: it is the first form) and the findings, as messages."""
 
     derived: object
     rows: list
-    switched_off: str | None
+    alternative: str | None
     findings: list
 
 
 def verify(derived, spec_file, samples=SAMPLES):
     """The :class:`Verdict` for one derived variant: its kernel measured and, where it misses
-    a bound, the forms with each fired rule switched off in turn; the best one kept."""
+    a bound, the alternative forms (:func:`alternatives`); the most accurate one kept."""
     rows = measure_derived(derived, spec_file, samples)
     best = (_worst(rows), derived, rows, None)
-    for name in derived.rules_applied if best[0] > 1 else ():
-        with disabled(name):
-            alternative = derive(derived.ir)
+    for label, alternative in alternatives(derived) if best[0] > 1 else ():
         alternative_rows = measure_derived(alternative, spec_file, samples)
         if _worst(alternative_rows) < best[0]:
-            best = (_worst(alternative_rows), alternative, alternative_rows, name)
-    _, chosen, rows, switched_off = best
-    return Verdict(chosen, rows, switched_off, findings(chosen, rows, spec_file))
+            best = (_worst(alternative_rows), alternative, alternative_rows, label)
+    _, chosen, rows, label = best
+    return Verdict(chosen, rows, label, findings(chosen, rows, spec_file))
+
+
+def alternatives(derived):
+    """(label, derived form) pairs to try: each fired rule switched off in turn, then the
+    gradients put over one denominator (``derive(ir, together=True)``)."""
+    for name in derived.rules_applied:
+        with disabled(name):
+            yield f"without {name}", derive(derived.ir)
+    if not derived.ir.has_reductions and not derived.ir.nodes:
+        yield "gradients over one denominator", derive(derived.ir, together=True)
 
 
 def measure_derived(derived, spec_file, samples=SAMPLES):

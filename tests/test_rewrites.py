@@ -1,4 +1,6 @@
 """Each stability rule on its own, and the derived forms the compiler must produce."""
+from unittest import mock
+
 import pytest
 import sympy
 
@@ -6,6 +8,7 @@ from conftest import spec_paths
 from lossc.compiler import rewrites, rules
 from lossc.compiler.derive import derive
 from lossc.compiler.functions import expm1, log1p, sigmoid, softplus
+from lossc.compiler.reductions import rsum
 from lossc.compiler.ir import build_ir, variants
 from lossc.compiler.spec import load_spec
 
@@ -100,3 +103,72 @@ def test_huber_gradient_lowers_to_a_clip_only_for_a_positive_threshold():
     for value in (-3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 7.0):  # same values on both sides of the kink
         clipped = lower(where.subs(rho, positive)).subs({u: value, positive: 1.0})
         assert float(clipped) == float(where.subs({u: value, rho: 1.0}))
+
+
+y, m, q = sympy.symbols("y m q", real=True)
+eps = sympy.Symbol("eps", positive=True)
+NEW_RULE_CASES = [  # (rule that must fire, naive, a check on the stable form)
+    ("exp_over_one_plus_exp", sympy.exp(x) / (1 + sympy.exp(x)), lambda e: e == sigmoid(x)),
+    ("reciprocal_one_plus_exp", (1 + sympy.exp(-x)) ** -g, lambda e: not e.has(sympy.exp(-x))),
+    ("log1p_of_scaled_exp", log1p(2 * sympy.exp(x)), lambda e: e == softplus(x + sympy.log(2))),
+    ("conjugate_of_sqrt", sympy.sqrt(1 + u**2) - 1, lambda e: e == u**2 / (sympy.sqrt(1 + u**2) + 1)),
+    ("conjugate_of_sqrt", sympy.sqrt(u**2 + eps**2) - eps, lambda e: e == u**2 / (sympy.sqrt(u**2 + eps**2) + eps)),
+    ("power_minus_one", (1 + u) ** q - 1, lambda e: e == expm1(q * log1p(u))),
+    ("power_minus_one", 1 - (1 - u) ** 3, lambda e: sympy.expand(e.replace(lambda n: n.func.__name__ == "grouped",
+                                                                          lambda n: n.args[0]) - (1 - (1 - u) ** 3)) == 0
+     and not e.has((1 - u) ** 3)),
+    ("complement_of_mixture", 1 - (sigmoid(x) * y + sigmoid(-x) * (1 - y)),
+     lambda e: e == y * sigmoid(-x) + (1 - y) * sigmoid(x)),
+    ("softplus_minus_linear", softplus(x) - x * y, lambda e: e == y * softplus(-x) + (1 - y) * softplus(x)),
+    ("difference_of_log1p", sympy.log(1 + x) - sympy.log(1 + y), lambda e: isinstance(e, log1p)),
+    ("label_minus_sigmoid", y - sigmoid(x), lambda e: e == y * sigmoid(-x) - (1 - y) * sigmoid(x)),
+    ("sigmoid_minus_one", sigmoid(x) - 1, lambda e: e == -sigmoid(-x)),
+    ("log_of_exp_mixture", sympy.log(sympy.exp(x) + 3 * sympy.exp(u)),
+     lambda e: isinstance(e, sympy.Piecewise) and not e.has(sympy.log(sympy.exp(x) + 3 * sympy.exp(u)))),
+    ("log_of_exp_mixture", sympy.log((sympy.exp(x) + sympy.exp(-x)) / 2), lambda e: e.has(expm1(sympy.Abs(x)))),
+    ("function_of_where", sympy.log(1 - sympy.Max(sigmoid(x) - m, 0).rewrite(sympy.Piecewise)),
+     lambda e: isinstance(e, sympy.Piecewise) and e.has(sigmoid(-x))),
+]
+
+
+@pytest.mark.parametrize("name, naive, check", NEW_RULE_CASES, ids=[c[0] for c in NEW_RULE_CASES])
+def test_new_rule_fires_and_switching_it_off_keeps_the_naive_form(name, naive, check):
+    with rules.recording() as fired:
+        stable = rewrites.stabilize(naive)
+    assert name in fired and check(stable), stable
+    with rules.disabled(name), rules.recording() as fired_without:
+        rewrites.stabilize(naive)
+    assert name not in fired_without
+
+
+def test_softmax_spelt_out_reaches_the_labels_log_probability():
+    from lossc.compiler.reductions import one_hot, rlog_softmax_at, rlogsumexp
+    probability = rsum(sympy.exp(x) / rsum(sympy.exp(x)) * one_hot(y))
+    assert rewrites.stabilize(sympy.log(probability)) == rlog_softmax_at(x, y)
+    assert rewrites.stabilize(probability**q) == sympy.exp(q * rlog_softmax_at(x, y))
+    assert rewrites.stabilize(sympy.log(rsum(sympy.exp(x)))) == rlogsumexp(x)
+
+
+def test_unknown_rule_names_are_an_error_naming_them():
+    with pytest.raises(ValueError, match="no rule named not_a_rule"):
+        with rules.disabled("not_a_rule"):
+            pass
+
+
+def test_the_fixed_point_loop_warns_at_its_limit():
+    flip = rules.Rule("stabilize", "flip", lambda n: -n.args[0] if isinstance(n, sigmoid) else None)
+    flop = rules.Rule("stabilize", "flop", lambda n: sigmoid(-n) if n.is_Symbol else None)
+    with pytest.raises(rewrites._Cycle):
+        rewrites._rewrite(sigmoid(x), (flip, flop))
+    with pytest.warns(rewrites.RewriteLimitWarning, match="did not reach a fixed point"):
+        with mock.patch.object(rewrites, "enabled", lambda *phases: (flip, flop)):
+            assert rewrites.stabilize(sigmoid(x)) == sigmoid(x)
+
+
+def test_lowering_rules_are_in_the_registry_and_switch_off():
+    from lossc.compiler.lowering import lower
+    names = [r.name for r in rules.all_rules("lower")]
+    assert names[-2:] == ["lower_sigmoid", "lower_softplus"] and "lower_log_softmax" in names
+    assert not lower(sigmoid(x)).has(sigmoid)
+    with rules.disabled("lower_sigmoid"):
+        assert lower(sigmoid(x)) == sigmoid(x)

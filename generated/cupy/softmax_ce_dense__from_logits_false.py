@@ -43,7 +43,7 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'},
-         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t1', '_t4', '_t6'),
+         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t5'),
                    "row": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64'}}},
     ),
@@ -60,47 +60,45 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r1_f32(float s_pred, float _r0)
 {
-    const float _t1 = _r0;
-    const float _t2 = expf(-_t1 + s_pred);
+    const float _t1 = -_r0 + s_pred;
+    const float _t2 = expf(_t1);
     const float _t3 = floorf(_t2);
     return _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r1_f64(double s_pred, double _r0)
 {
-    const double _t1 = _r0;
-    const double _t2 = exp(-_t1 + s_pred);
+    const double _t1 = -_r0 + s_pred;
+    const double _t2 = exp(_t1);
     const double _t3 = floor(_t2);
     return _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r2_f32(float s_pred, float _r0)
 {
-    const float _t1 = _r0;
-    const float _t2 = expf(-_t1 + s_pred);
+    const float _t1 = -_r0 + s_pred;
+    const float _t2 = expf(_t1);
     const float _t3 = floorf(_t2);
     return _t2 - _t3;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r2_f64(double s_pred, double _r0)
 {
-    const double _t1 = _r0;
-    const double _t2 = exp(-_t1 + s_pred);
+    const double _t1 = -_r0 + s_pred;
+    const double _t2 = exp(_t1);
     const double _t3 = floor(_t2);
     return _t2 - _t3;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fwd_r3_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2)
 {
-    const float _t0 = (1.0f/s_classes);
-    const float _t1 = _r0;
-    const float _t4 = _t1 + log1pf(_r2 + (_r1 - 1.0f));
-    const float _t5 = _t0*s_label_smoothing;
-    return ((_t5 - s_label*s_label_smoothing + s_label != 0.0f) ? _t0*s_label_smoothing*s_pred - _t4*_t5 + _t4*s_label*s_label_smoothing - _t4*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0f);
+    const float _t0 = -s_label*s_label_smoothing + s_label + s_label_smoothing/s_classes;
+    const float _t1 = -_r0 + s_pred;
+    const float _h0 = log1pf(_r2 + (_r1 - 1.0f));
+    return ((_t0 != 0.0f) ? _t0*(-_h0 + (_t1)) : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fwd_r3_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2)
 {
-    const double _t0 = (1.0/s_classes);
-    const double _t1 = _r0;
-    const double _t4 = _t1 + log1p(_r2 + (_r1 - 1.0));
-    const double _t5 = _t0*s_label_smoothing;
-    return ((_t5 - s_label*s_label_smoothing + s_label != 0.0) ? _t0*s_label_smoothing*s_pred - _t4*_t5 + _t4*s_label*s_label_smoothing - _t4*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0);
+    const double _t0 = -s_label*s_label_smoothing + s_label + s_label_smoothing/s_classes;
+    const double _t1 = -_r0 + s_pred;
+    const double _h0 = log1p(_r2 + (_r1 - 1.0));
+    return ((_t0 != 0.0) ? _t0*(-_h0 + (_t1)) : 0.0);
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fwd_out_f32(float _r3, float* out0)
 {
@@ -120,125 +118,115 @@ __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r1_f32(float s_pred, float _r0)
 {
-    const float _t1 = _r0;
-    const float _t2 = expf(-_t1 + s_pred);
-    const float _t3 = floorf(_t2);
-    return _t3;
+    const float _t2 = -_r0 + s_pred;
+    const float _t3 = expf(_t2);
+    const float _t4 = floorf(_t3);
+    return _t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r1_f64(double s_pred, double _r0)
 {
-    const double _t1 = _r0;
-    const double _t2 = exp(-_t1 + s_pred);
-    const double _t3 = floor(_t2);
-    return _t3;
+    const double _t2 = -_r0 + s_pred;
+    const double _t3 = exp(_t2);
+    const double _t4 = floor(_t3);
+    return _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r2_f32(float s_pred, float _r0)
 {
-    const float _t1 = _r0;
-    const float _t2 = expf(-_t1 + s_pred);
-    const float _t3 = floorf(_t2);
-    return _t2 - _t3;
+    const float _t2 = -_r0 + s_pred;
+    const float _t3 = expf(_t2);
+    const float _t4 = floorf(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r2_f64(double s_pred, double _r0)
 {
-    const double _t1 = _r0;
-    const double _t2 = exp(-_t1 + s_pred);
-    const double _t3 = floor(_t2);
-    return _t2 - _t3;
+    const double _t2 = -_r0 + s_pred;
+    const double _t3 = exp(_t2);
+    const double _t4 = floor(_t3);
+    return _t3 - _t4;
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r3_f32(float s_pred, float s_label, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2)
 {
-    const float _t0 = (1.0f/s_classes);
-    const float _t1 = _r0;
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = _t1 + log1pf(_t4);
-    const float _t6 = _t0*s_label_smoothing;
-    const float _t7 = _t6 - s_label*s_label_smoothing + s_label;
-    const float _t8 = (_t7 != 0.0f);
-    return (_t8 ? _t0*s_label_smoothing*s_pred - _t5*_t6 + _t5*s_label*s_label_smoothing - _t5*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0f);
+    const float _t0 = s_label_smoothing/s_classes;
+    const float _t1 = _t0 - s_label*s_label_smoothing + s_label;
+    const float _t2 = -_r0 + s_pred;
+    const float _t5 = _r2 + (_r1 - 1.0f);
+    const float _t6 = (_t1 != 0.0f);
+    const float _h0 = log1pf(_t5);
+    return (_t6 ? _t1*(-_h0 + (_t2)) : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r3_f64(double s_pred, double s_label, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2)
 {
-    const double _t0 = (1.0/s_classes);
-    const double _t1 = _r0;
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = _t1 + log1p(_t4);
-    const double _t6 = _t0*s_label_smoothing;
-    const double _t7 = _t6 - s_label*s_label_smoothing + s_label;
-    const double _t8 = (_t7 != 0.0);
-    return (_t8 ? _t0*s_label_smoothing*s_pred - _t5*_t6 + _t5*s_label*s_label_smoothing - _t5*s_label - s_label*s_label_smoothing*s_pred + s_label*s_pred : 0.0);
+    const double _t0 = s_label_smoothing/s_classes;
+    const double _t1 = _t0 - s_label*s_label_smoothing + s_label;
+    const double _t2 = -_r0 + s_pred;
+    const double _t5 = _r2 + (_r1 - 1.0);
+    const double _t6 = (_t1 != 0.0);
+    const double _h0 = log1p(_t5);
+    return (_t6 ? _t1*(-_h0 + (_t2)) : 0.0);
 }
 __device__ __forceinline__ float lossc_softmax_ce_dense__from_logits_false_fb_r4_f32(float s_label, float s_classes, float s_label_smoothing)
 {
-    const float _t0 = (1.0f/s_classes);
-    const float _t6 = _t0*s_label_smoothing;
-    const float _t7 = _t6 - s_label*s_label_smoothing + s_label;
-    const float _t8 = (_t7 != 0.0f);
-    return (_t8 ? -_t7 : 0.0f);
+    const float _t0 = s_label_smoothing/s_classes;
+    const float _t1 = _t0 - s_label*s_label_smoothing + s_label;
+    const float _t6 = (_t1 != 0.0f);
+    return (_t6 ? -_t1 : 0.0f);
 }
 __device__ __forceinline__ double lossc_softmax_ce_dense__from_logits_false_fb_r4_f64(double s_label, double s_classes, double s_label_smoothing)
 {
-    const double _t0 = (1.0/s_classes);
-    const double _t6 = _t0*s_label_smoothing;
-    const double _t7 = _t6 - s_label*s_label_smoothing + s_label;
-    const double _t8 = (_t7 != 0.0);
-    return (_t8 ? -_t7 : 0.0);
+    const double _t0 = s_label_smoothing/s_classes;
+    const double _t1 = _t0 - s_label*s_label_smoothing + s_label;
+    const double _t6 = (_t1 != 0.0);
+    return (_t6 ? -_t1 : 0.0);
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
-    const float _t0 = (1.0f/s_classes);
-    const float _t1 = _r0;
-    const float _t2 = expf(-_t1 + s_pred);
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t6 = _t0*s_label_smoothing;
-    const float _t9 = -_t6 + s_label*(s_label_smoothing - 1.0f);
+    const float _t0 = s_label_smoothing/s_classes;
+    const float _t2 = -_r0 + s_pred;
+    const float _t3 = expf(_t2);
+    const float _t5 = _r2 + (_r1 - 1.0f);
+    const float _t7 = -_t0 + s_label*(s_label_smoothing - 1.0f);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0f) + ((_t9 != 0.0f) ? -_t9 : 0.0f));
+    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0f) + ((_t7 != 0.0f) ? -_t7 : 0.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
-    const double _t0 = (1.0/s_classes);
-    const double _t1 = _r0;
-    const double _t2 = exp(-_t1 + s_pred);
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t6 = _t0*s_label_smoothing;
-    const double _t9 = -_t6 + s_label*(s_label_smoothing - 1.0);
+    const double _t0 = s_label_smoothing/s_classes;
+    const double _t2 = -_r0 + s_pred;
+    const double _t3 = exp(_t2);
+    const double _t5 = _r2 + (_r1 - 1.0);
+    const double _t7 = -_t0 + s_label*(s_label_smoothing - 1.0);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0) + ((_t9 != 0.0) ? -_t9 : 0.0));
+    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0) + ((_t7 != 0.0) ? -_t7 : 0.0));
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32(float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32(float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
 {
-    const float _t0 = (1.0f/s_classes);
-    const float _t1 = _r0;
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t6 = _t0*s_label_smoothing;
-    *out0 = _t1;
-    *out1 = _t4;
-    *out2 = _t6;
+    const float _t0 = s_label_smoothing/s_classes;
+    const float _t5 = _r2 + (_r1 - 1.0f);
+    *out0 = _t0;
+    *out1 = _t5;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _t1, float _t4, float _t6, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t5, float* out0, float* out1)
 {
-    const float _t2 = expf(-_t1 + s_pred);
-    const float _t9 = -_t6 + s_label*(s_label_smoothing - 1.0f);
+    const float _t2 = -_r0 + s_pred;
+    const float _t3 = expf(_t2);
+    const float _t7 = -_t0 + s_label*(s_label_smoothing - 1.0f);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0f) + ((_t9 != 0.0f) ? -_t9 : 0.0f));
+    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0f) + ((_t7 != 0.0f) ? -_t7 : 0.0f));
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64(double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64(double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
-    const double _t0 = (1.0/s_classes);
-    const double _t1 = _r0;
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t6 = _t0*s_label_smoothing;
-    *out0 = _t1;
-    *out1 = _t4;
-    *out2 = _t6;
+    const double _t0 = s_label_smoothing/s_classes;
+    const double _t5 = _r2 + (_r1 - 1.0);
+    *out0 = _t0;
+    *out1 = _t5;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _t1, double _t4, double _t6, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t5, double* out0, double* out1)
 {
-    const double _t2 = exp(-_t1 + s_pred);
-    const double _t9 = -_t6 + s_label*(s_label_smoothing - 1.0);
+    const double _t2 = -_r0 + s_pred;
+    const double _t3 = exp(_t2);
+    const double _t7 = -_t0 + s_label*(s_label_smoothing - 1.0);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t2/(_t4 + 1.0) + ((_t9 != 0.0) ? -_t9 : 0.0));
+    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0) + ((_t7 != 0.0) ? -_t7 : 0.0));
 }
 """
 

@@ -22,13 +22,12 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = s_pred - _t0
-    _t2 = _jnp.exp(_t1)
-    _t3 = _jnp.floor(_t2)
-    _t4 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True))
-    _t5 = _jnp.where((_j == s_label), 1.0, 0.0)
-    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t4 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0.0), _t1, 0.0), _shape), axis=-1, keepdims=True))*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where((s_label_smoothing > 0.0), s_label_smoothing*(-_jnp.sum(_jnp.broadcast_to(s_class_weight*s_pred, _shape), axis=-1, keepdims=True) + (_t0 + _t4)*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True))/_classes, 0.0))
+    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t1 = _jnp.exp(_t0)
+    _t2 = _jnp.floor(_t1)
+    _t3 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))
+    _t4 = _jnp.where((_j == s_label), 1.0, 0.0)
+    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t3 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t4 != 0.0), _t0, 0.0), _shape), axis=-1, keepdims=True))*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t4 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True) + _jnp.where((s_label_smoothing > 0.0), -s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t3 + (_t0)), _shape), axis=-1, keepdims=True)/_classes, 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -37,24 +36,22 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     _t0 = (s_ignore_index == s_label)
-    _t1 = _jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True)
-    _t2 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t3 = s_pred - _t2
-    _t4 = _jnp.exp(_t3)
-    _t5 = _jnp.floor(_t4)
-    _t6 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t5, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t4 - _t5, _shape), axis=-1, keepdims=True)
-    _t7 = _jnp.log1p(_t6)
-    _t8 = s_label_smoothing/_classes
-    _t9 = (s_label_smoothing > 0.0)
-    _t10 = (_j == s_label)
-    _t11 = _jnp.where(_t10, 1.0, 0.0)
-    _t12 = _t7 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0.0), _t3, 0.0), _shape), axis=-1, keepdims=True)
-    _t13 = (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t11 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True)
-    _t14 = _jnp.where(_t0, 0.0, _jnp.where(_t9, -_t8, 0.0))
-    _t15 = _jnp.where(_t0, 0.0, _t13)
-    _t16 = -_t12
-    _t17 = _t1*_t14
-    return _jnp.where(_t0, 0.0, -_t12*_t13 + _jnp.where(_t9, _t8*(-_jnp.sum(_jnp.broadcast_to(s_class_weight*s_pred, _shape), axis=-1, keepdims=True) + _t1*(_t2 + _t7)), 0.0)), (_jnp.where(_t10, s_grad_output*(_t14*s_class_weight - _t15*_jnp.expm1(_t16) - _t17*_jnp.exp(_t16)), s_grad_output*(_t14*s_class_weight - _t4*(_t15 + _t17)/(1.0 + _t6))),)
+    _t1 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t2 = _jnp.exp(_t1)
+    _t3 = _jnp.floor(_t2)
+    _t4 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True)
+    _t5 = _jnp.log1p(_t4)
+    _t6 = s_label_smoothing/_classes
+    _t7 = (s_label_smoothing > 0.0)
+    _t8 = (_j == s_label)
+    _t9 = _jnp.where(_t8, 1.0, 0.0)
+    _t10 = _t5 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t9 != 0.0), _t1, 0.0), _shape), axis=-1, keepdims=True)
+    _t11 = (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t9 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True)
+    _t12 = _jnp.where(_t0, 0.0, _jnp.where(_t7, -_t6, 0.0))
+    _t13 = _jnp.where(_t0, 0.0, _t11)
+    _t14 = -_t10
+    _t15 = _t12*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True)
+    return _jnp.where(_t0, 0.0, -_t10*_t11 + _jnp.where(_t7, -_t6*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t5 + (_t1)), _shape), axis=-1, keepdims=True), 0.0)), (_jnp.where(_t8, s_grad_output*(_t12*s_class_weight - _t13*_jnp.expm1(_t14) - _t15*_jnp.exp(_t14)), s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(1.0 + _t4))),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

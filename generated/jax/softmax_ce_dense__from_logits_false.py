@@ -22,13 +22,11 @@ def _forward(s_pred, s_label, s_label_smoothing):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = (1.0/(_classes))
-    _t1 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t2 = _jnp.exp(s_pred - _t1)
+    _t0 = s_label + s_label_smoothing/_classes - s_label*s_label_smoothing
+    _t1 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t2 = _jnp.exp(_t1)
     _t3 = _jnp.floor(_t2)
-    _t4 = _t1 + _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True))
-    _t5 = _t0*s_label_smoothing
-    return -_jnp.sum(_jnp.broadcast_to(_jnp.where((_t5 + s_label - s_label*s_label_smoothing != 0.0), s_label*s_pred - _t4*_t5 - _t4*s_label + _t0*s_pred*s_label_smoothing + _t4*s_label*s_label_smoothing - s_label*s_pred*s_label_smoothing, 0.0), _shape), axis=-1, keepdims=True)
+    return -_jnp.sum(_jnp.broadcast_to(_jnp.where((_t0 != 0.0), _t0*(-_jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True)) + (_t1)), 0.0), _shape), axis=-1, keepdims=True)
 
 
 def _forward_backward(s_pred, s_label, s_label_smoothing, s_grad_output):
@@ -36,17 +34,15 @@ def _forward_backward(s_pred, s_label, s_label_smoothing, s_grad_output):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = (1.0/(_classes))
-    _t1 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t2 = _jnp.exp(s_pred - _t1)
-    _t3 = _jnp.floor(_t2)
-    _t4 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True)
-    _t5 = _t1 + _jnp.log1p(_t4)
-    _t6 = _t0*s_label_smoothing
-    _t7 = _t6 + s_label - s_label*s_label_smoothing
-    _t8 = (_t7 != 0.0)
-    _t9 = -_t6 + s_label*(-1.0 + s_label_smoothing)
-    return -_jnp.sum(_jnp.broadcast_to(_jnp.where(_t8, s_label*s_pred - _t5*_t6 - _t5*s_label + _t0*s_pred*s_label_smoothing + _t5*s_label*s_label_smoothing - s_label*s_pred*s_label_smoothing, 0.0), _shape), axis=-1, keepdims=True), (-s_grad_output*(_t2*_jnp.sum(_jnp.broadcast_to(_jnp.where(_t8, -_t7, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t4) + _jnp.where((_t9 != 0.0), -_t9, 0.0)),)
+    _t0 = s_label_smoothing/_classes
+    _t1 = _t0 + s_label - s_label*s_label_smoothing
+    _t2 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t3 = _jnp.exp(_t2)
+    _t4 = _jnp.floor(_t3)
+    _t5 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t4, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t3 - _t4, _shape), axis=-1, keepdims=True)
+    _t6 = (_t1 != 0.0)
+    _t7 = -_t0 + s_label*(-1.0 + s_label_smoothing)
+    return -_jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, _t1*(-_jnp.log1p(_t5) + (_t2)), 0.0), _shape), axis=-1, keepdims=True), (-s_grad_output*(_t3*_jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, -_t1, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t5) + _jnp.where((_t7 != 0.0), -_t7, 0.0)),)
 
 
 def forward(pred, label, *, label_smoothing=0.0):

@@ -21,115 +21,86 @@ LOSS_LEVEL = 'row'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_label_smoothing):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, = _s[0]
     _i0, _i1, = _s[2]
-    _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
-    _t0 = float((1/(s_classes)))
+    _rf0, _rf1, _rf2, = _s[3]
+    np.multiply(s_label, float(-s_label_smoothing), out=_f0)
+    np.add(s_label, _f0, out=_f1)
+    np.add(_f1, float(s_label_smoothing/s_classes), out=_f1)
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
-    np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f1, _f0, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf2, _rf1, out=_rf3)
-    np.log1p(_rf3, out=_rf1)
-    np.add(_rf0, _rf1, out=_rf3)
-    _t5 = float(_t0*s_label_smoothing)
-    np.multiply(s_label, float(-s_label_smoothing), out=_f2)
-    np.add(s_label, _f2, out=_f3)
-    np.add(_f3, _t5, out=_f3)
-    np.not_equal(_f3, 0, out=_i0)
+    np.exp(_f0, out=_f2)
+    np.floor(_f2, out=_f3)
+    np.not_equal(_f1, 0, out=_i0)
     np.negative(_i0, out=_i0)
-    np.multiply(s_label, s_pred, out=_f2)
-    np.multiply(_rf3, float(-_t5), out=_rf1)
-    np.negative(_rf3, out=_rf4)
-    np.multiply(s_label, _rf4, out=_f3)
-    np.multiply(s_pred, float(_t0*s_label_smoothing), out=_f4)
-    np.multiply(_rf3, s_label_smoothing, out=_rf4)
-    np.multiply(s_label, _rf4, out=_f5)
-    np.multiply(s_label, s_pred, out=_f6)
-    np.multiply(_f6, float(-s_label_smoothing), out=_f6)
-    np.add(_f2, _rf1, out=_f7)
-    np.add(_f7, _f3, out=_f7)
-    np.add(_f7, _f4, out=_f7)
-    np.add(_f7, _f5, out=_f7)
-    np.add(_f7, _f6, out=_f7)
-    blend_into(_f2, _i0, _f7, 0, _i1)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.negative(_rf1, out=_out0)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f2, _f3, out=_f4)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.log1p(_rf2, out=_rf0)
+    np.subtract(_f0, _rf0, out=_f4)
+    np.multiply(_f1, _f4, out=_f5)
+    blend_into(_f4, _i0, _f5, 0, _i1)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
+    np.negative(_rf0, out=_out0)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_label_smoothing):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, _f8, _f9, = _s[0]
+    _f0, _f1, _f2, _f3, _f4, _f5, _f6, _f7, = _s[0]
     _b0, = _s[1]
     _i0, _i1, = _s[2]
-    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, = _s[3]
-    _t0 = float((1/(s_classes)))
+    _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, = _s[3]
+    _t0 = float(s_label_smoothing/s_classes)
+    np.multiply(s_label, float(-s_label_smoothing), out=_f0)
+    np.add(s_label, _f0, out=_f1)
+    np.add(_f1, _t0, out=_f1)
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
     np.subtract(s_pred, _rf0, out=_f0)
-    np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f0)
-    np.sum(_f0, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf1, -1, out=_rf2)
-    np.subtract(_f1, _f0, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.add(_rf2, _rf1, out=_rf3)
-    np.log1p(_rf3, out=_rf1)
-    np.add(_rf0, _rf1, out=_rf4)
-    _t6 = float(_t0*s_label_smoothing)
-    np.multiply(s_label, float(-s_label_smoothing), out=_f2)
-    np.add(s_label, _f2, out=_f3)
-    np.add(_f3, _t6, out=_f3)
-    np.multiply(s_label, float(s_label_smoothing - 1), out=_f2)
-    np.add(_f2, float(-_t6), out=_f4)
-    np.not_equal(_f3, 0, out=_b0)
+    np.exp(_f0, out=_f2)
+    np.floor(_f2, out=_f3)
+    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf0, -1, out=_rf1)
+    np.subtract(_f2, _f3, out=_f4)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
+    np.add(_rf1, _rf0, out=_rf2)
+    np.multiply(s_label, float(s_label_smoothing - 1), out=_f4)
+    np.add(_f4, float(-_t0), out=_f5)
+    np.not_equal(_f1, 0, out=_b0)
     mask_into(_i0, _b0)
-    np.multiply(s_label, s_pred, out=_f2)
-    np.multiply(_rf4, float(-_t6), out=_rf1)
-    np.negative(_rf4, out=_rf5)
-    np.multiply(s_label, _rf5, out=_f5)
-    np.multiply(s_pred, float(_t0*s_label_smoothing), out=_f6)
-    np.multiply(_rf4, s_label_smoothing, out=_rf5)
-    np.multiply(s_label, _rf5, out=_f7)
-    np.multiply(s_label, s_pred, out=_f8)
-    np.multiply(_f8, float(-s_label_smoothing), out=_f8)
-    np.add(_f2, _rf1, out=_f9)
-    np.add(_f9, _f5, out=_f9)
-    np.add(_f9, _f6, out=_f9)
-    np.add(_f9, _f7, out=_f9)
-    np.add(_f9, _f8, out=_f9)
-    blend_into(_f2, _i0, _f9, 0, _i1)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf1)
-    np.negative(_rf1, out=_out0)
-    np.negative(s_grad_output, out=_rf1)
-    np.add(_rf3, 1, out=_rf5)
-    np.divide(1, _rf5, out=_rf6)
-    np.negative(_f3, out=_f2)
-    blend_into(_f5, _i0, _f2, 0, _i1)
-    np.sum(_f5, axis=-1, keepdims=True, out=_rf5)
-    np.multiply(_rf6, _rf5, out=_rf7)
-    np.multiply(_f1, _rf7, out=_f2)
-    np.not_equal(_f4, 0, out=_i0)
+    np.log1p(_rf2, out=_rf0)
+    np.subtract(_f0, _rf0, out=_f4)
+    np.multiply(_f1, _f4, out=_f6)
+    blend_into(_f4, _i0, _f6, 0, _i1)
+    np.sum(_f4, axis=-1, keepdims=True, out=_rf0)
+    np.negative(_rf0, out=_out0)
+    np.negative(s_grad_output, out=_rf0)
+    np.add(_rf2, 1, out=_rf3)
+    np.divide(1, _rf3, out=_rf4)
+    np.negative(_f1, out=_f4)
+    blend_into(_f6, _i0, _f4, 0, _i1)
+    np.sum(_f6, axis=-1, keepdims=True, out=_rf3)
+    np.multiply(_rf4, _rf3, out=_rf5)
+    np.multiply(_f2, _rf5, out=_f4)
+    np.not_equal(_f5, 0, out=_i0)
     np.negative(_i0, out=_i0)
-    np.negative(_f4, out=_f5)
-    blend_into(_f6, _i0, _f5, 0, _i1)
-    np.add(_f2, _f6, out=_f5)
-    np.multiply(_f5, _rf1, out=_out1)
+    np.negative(_f5, out=_f6)
+    blend_into(_f7, _i0, _f6, 0, _i1)
+    np.add(_f4, _f7, out=_f6)
+    np.multiply(_f6, _rf0, out=_out1)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (8, 0, 2, 5, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
+    return _run_rows(_forward, (6, 0, 2, 3, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (label_smoothing,), 1)[0]
 
 
 def forward_backward(pred, label, *, label_smoothing=0.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (10, 1, 2, 8, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (8, 1, 2, 6, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (label_smoothing,), 2
     )
     return _loss, (*_grads,)
