@@ -303,6 +303,23 @@ def _complements(a, b):
 
 
 @register_stabilize
+def softplus_minus_half_argument(node):
+    """softplus(w) − w/2 → log 2 + log cosh(w/2) (:func:`_log_cosh`): log(1 + exp(2d)) − d − log 2,
+    log cosh written with a softplus, without cancelling near d = 0."""
+    if not node.is_Add:
+        return None
+    for term in node.args:
+        if not isinstance(term, softplus):
+            continue
+        half = term.args[0] / 2
+        own = sympy.Add.make_args(sympy.expand(-half))
+        if all(t in node.args for t in own):
+            rest = [t for t in node.args if t is not term and t not in own]
+            return sympy.Add(sympy.log(2), _log_cosh(half), *rest)
+    return None
+
+
+@register_stabilize
 def softplus_minus_linear(node):
     """softplus(x) − x·y → y·softplus(−x) + (1 − y)·softplus(x): binary cross-entropy written
     log(1 + exp(x)) − x·y, without cancelling two large terms at a confident prediction."""
@@ -362,7 +379,7 @@ def _log_cosh(u):
     above (no overflow)."""
     m = expm1(sympy.Abs(u))
     small = log1p(m**2 / (2 * (1 + m)))
-    large = sympy.Abs(u) - sympy.log(2) + softplus(-2 * sympy.Abs(u))
+    large = grouped(sympy.Abs(u) - sympy.log(2)) + softplus(-2 * sympy.Abs(u))  # grouped: not softplus − w/2 again
     return sympy.Piecewise((small, sympy.StrictLessThan(sympy.Abs(u), 1)), (large, True))
 
 

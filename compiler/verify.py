@@ -1,4 +1,4 @@
-"""Stage 7: measured, not hoped: each variant's freshly emitted NumPy kernel against the
+"""Stage 6a, inside the build: measured, not hoped: each variant's freshly emitted NumPy kernel against the
 50-digit truth of the formula *as declared*.
 
 ``lossc build`` and ``lossc check`` measure every variant's loss and gradients, float32 and

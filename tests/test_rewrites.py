@@ -120,6 +120,7 @@ NEW_RULE_CASES = [  # (rule that must fire, naive, a check on the stable form)
     ("complement_of_mixture", 1 - (sigmoid(x) * y + sigmoid(-x) * (1 - y)),
      lambda e: e == y * sigmoid(-x) + (1 - y) * sigmoid(x)),
     ("softplus_minus_linear", softplus(x) - x * y, lambda e: e == y * softplus(-x) + (1 - y) * softplus(x)),
+    ("softplus_minus_half_argument", softplus(2 * x) - x - sympy.log(2), lambda e: e.has(expm1(sympy.Abs(x)))),
     ("difference_of_log1p", sympy.log(1 + x) - sympy.log(1 + y), lambda e: isinstance(e, log1p)),
     ("label_minus_sigmoid", y - sigmoid(x), lambda e: e == y * sigmoid(-x) - (1 - y) * sigmoid(x)),
     ("sigmoid_minus_one", sigmoid(x) - 1, lambda e: e == -sigmoid(-x)),
