@@ -63,6 +63,7 @@ def _parser():
     p.add_argument("--check", action="store_true", help="fail, listing files, if the output is not up to date")
     p.add_argument("--no-measure", action="store_true",
                    help="skip measuring the kernels against 50-digit truth (faster; keeps the first stable form)")
+    p.add_argument("--measure", action="store_true", help="with --check: measure too (a check skips it by default)")
     p.add_argument("--strict", action="store_true", help="a kernel that misses its accuracy bound is an error")
     p.set_defaults(run=_build)
 
@@ -99,8 +100,8 @@ def _build(args):
         print(f"error: no specs found in {default_specs_dir()}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else generated_dir()
-    problems = build(paths, out, check=args.check, full=not args.specs, measure=not args.no_measure,
-                     strict=args.strict)
+    measure = not args.no_measure and (args.measure or not args.check)
+    problems = build(paths, out, check=args.check, full=not args.specs, measure=measure, strict=args.strict)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     if problems:
