@@ -25,7 +25,7 @@ def one_minus_sigmoid(node):
     if node.is_Add and ONE in node.args:
         for term in node.args:
             if term.is_Mul and term.args == (-ONE, term.args[1]) and isinstance(term.args[1], sigmoid):
-                rest = [a for a in node.args if a is not term and a is not ONE]
+                rest = _other_args(node, term, ONE)
                 return sympy.Add(sigmoid(-term.args[1].args[0]), *rest)
     return None
 
@@ -36,7 +36,7 @@ def sigmoid_minus_one(node):
     if node.is_Add and -ONE in node.args:
         for term in node.args:
             if isinstance(term, sigmoid):
-                rest = [a for a in node.args if a is not term and a is not -ONE]
+                rest = _other_args(node, term, -ONE)
                 return sympy.Add(-sigmoid(-term.args[0]), *rest)
     return None
 
@@ -143,7 +143,7 @@ def exp_minus_one(node):
     if node.is_Add and -ONE in node.args:
         for term in node.args:
             if isinstance(term, sympy.exp):
-                rest = [a for a in node.args if a is not term and a is not -ONE]
+                rest = _other_args(node, term, -ONE)
                 return sympy.Add(expm1(term.args[0]), *rest)
     return None
 
@@ -154,7 +154,7 @@ def one_minus_exp(node):
     if node.is_Add and ONE in node.args:
         for term in node.args:
             if term.is_Mul and term.args == (-ONE, term.args[1]) and isinstance(term.args[1], sympy.exp):
-                rest = [a for a in node.args if a is not term and a is not ONE]
+                rest = _other_args(node, term, ONE)
                 return sympy.Add(-expm1(term.args[1].args[0]), *rest)
     return None
 
@@ -172,7 +172,7 @@ def power_over_base(node):
         for divisor in node.args:
             if divisor.is_Pow and divisor.exp == -1 and divisor.base in (power.base, -power.base):
                 sign = 1 if divisor.base == power.base else -1
-                rest = [a for a in node.args if a is not power and a is not divisor]
+                rest = _other_args(node, power, divisor)
                 return sympy.Mul(sign, power.base ** (power.exp - 1), *rest)
     return None
 
@@ -243,7 +243,7 @@ def conjugate_of_sqrt(node):
                 continue
             difference = sympy.expand(root.base - y**2)
             if sympy.count_ops(difference) < sympy.count_ops(sympy.expand(root.base)):
-                rest = [a for a in node.args if a is not term and a is not other]
+                rest = _other_args(node, term, other)
                 return sympy.Add(k * difference / (root + y), *rest)
     return None
 
@@ -266,7 +266,7 @@ def power_minus_one(node):
                 difference = u * sympy.Add(*(grouped(power.base) ** i for i in range(int(a))))
             else:
                 difference = expm1(a * log1p(u))
-            rest = [t for t in node.args if t is not term and t is not other]
+            rest = _other_args(node, term, other)
             return sympy.Add(k * difference, *rest)
     return None
 
@@ -290,7 +290,7 @@ def complement_of_mixture(node):
         for a, b in (first.args[1:], first.args[:0:-1]):
             for c, d in (second.args[1:], second.args[:0:-1]):
                 if _complements(a, c) and _complements(b, d):
-                    rest = [t for t in node.args if t is not ONE and t is not first and t is not second]
+                    rest = _other_args(node, ONE, first, second)
                     return sympy.Add(a * d, c * b, *rest)
     return None
 
@@ -333,7 +333,7 @@ def softplus_minus_linear(node):
             y = -other / x
             if other is term or not other.has(*x.free_symbols) or not y.free_symbols.isdisjoint(x.free_symbols):
                 continue
-            rest = [t for t in node.args if t is not term and t is not other]
+            rest = _other_args(node, term, other)
             return sympy.Add(y * softplus(-x), (1 - y) * term, *rest)
     return None
 
@@ -350,7 +350,7 @@ def difference_of_log1p(node):
         for other in node.args:
             if other.is_Mul and len(other.args) == 2 and other.args[0] == -ONE and isinstance(other.args[1], log1p):
                 a, b = term.args[0], other.args[1].args[0]
-                rest = [t for t in node.args if t is not term and t is not other]
+                rest = _other_args(node, term, other)
                 return sympy.Add(log1p(grouped(a - b) / (1 + b)), *rest)
     return None
 
@@ -387,6 +387,11 @@ def _scaled_exp(term):
     """(c, u) when ``term`` is c·exp(u) with c > 0, else None."""
     c, found = _coefficient(term, lambda f: isinstance(f, sympy.exp))
     return (c, found.args[0]) if found is not None and c.is_positive else None
+
+
+def _other_args(node, *dropped):
+    """``node``'s arguments other than the ``dropped`` objects (compared by identity)."""
+    return [a for a in node.args if not any(a is d for d in dropped)]
 
 
 MAX_PASSES = 20
