@@ -17,12 +17,10 @@ Bounds: float64 ≤ 1e-12, float32 ≤ 4e-6, and never NaN/Inf where
 the truth is finite.
 """
 import functools
-import importlib
 import itertools
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -66,21 +64,27 @@ def grid_points(spec):
     return [dict(zip(names, combo)) for combo in itertools.product(*(i.accuracy_grid for i in spec.inputs))]
 
 
-def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy"):
+def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy", folder=None):
     """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of its
     NumPy kernels, (``kernels='native'``) its native CPU kernels, or (``kernels='jax'``)
-    its JAX kernels (not for losses over pair inputs)."""
+    its JAX kernels (not for losses over pair inputs), as built in ``folder`` (default: the
+    installed ``lossc.generated`` package)."""
+    from lossc.registry import folder_loader
+
+    from .workspace import package_folder
+
+    load = folder_loader(folder or package_folder())
     spec = load_spec(spec_path)
     rows = []
     for variant in variants(spec):
         ir = build_ir(spec, variant)
-        module = importlib.import_module(f"lossc.generated.numpy.{ir.module_name}")
+        module = load(ir.module_name)
         if kernels == "native":
-            module = native_module(module, ir.module_name, ir.has_reductions)
+            module = native_module(module, lambda name=ir.module_name: load(name, "cupy"), ir.has_reductions)
         elif kernels == "jax":
             if spec.pair_inputs:
                 continue
-            module = JaxKernels(importlib.import_module(f"lossc.generated.jax.{ir.module_name}"))
+            module = JaxKernels(load(ir.module_name, "jax"))
         rows += measure_kernels(ir, module, dtypes)
     return rows
 
@@ -131,7 +135,16 @@ def row_layouts(spec):
     return layouts
 
 
+def _representable(values, dtype):
+    """Whether every value is a finite number of ``dtype`` (an input beyond its range cannot be
+    given in that dtype, so it is not measured there)."""
+    return all(abs(v) <= np.finfo(dtype).max for v in values)
+
+
 def _measure_layout(spec, ir, module, truths, dtype, vectors, row_points):
+    row_points = [p for p in row_points if _representable(p.values(), dtype)]
+    if not row_points or not all(_representable(v, dtype) for v in vectors.values()):
+        return []
     classes = len(next(iter(vectors.values())))
     vectors = {name: np.array(v, dtype=dtype) for name, v in vectors.items()}
     row_names = list(row_points[0])
@@ -189,7 +202,9 @@ def sampled_layouts(spec, count, seed=0):
 
 
 def _measure_variant(spec, ir, module, truths, dtype, samples=0):
-    points = grid_points(spec) + sampled_points(spec, samples)
+    points = [p for p in grid_points(spec) + sampled_points(spec, samples) if _representable(p.values(), dtype)]
+    if not points:
+        return []
     arrays = {name: np.array([p[name] for p in points], dtype=dtype) for name in points[0]}
     params = {p.name: float(dtype(p.default)) for p in spec.runtime_params}
     outputs = _outputs(module, arrays, params)
@@ -239,7 +254,8 @@ def _compare(spec, ir, output, dtype, expr, elements, points, values, truths):
         if abs(value) < info.tiny and abs(g - value) <= info.tiny:
             error = 0.0
         if error > worst:
-            worst, worst_at = error, where
+            worst = error
+            worst_at = worst_at if nonfinite else where  # a non-finite value is the worse finding
     return AccuracyRow(spec.name, ir.variant, output, np.dtype(dtype).name, worst, worst_at, nonfinite, used,
                        undefined)
 
@@ -261,14 +277,15 @@ def _truth(expr, scalars, elements, index, steps):
     return float(truth(expr, dict(scalars), dict(elements) or None, index, steps))
 
 
-def native_module(module, module_name, rows=False):
+def native_module(module, load_device_module, rows=False):
     """The generated NumPy ``module`` running its native CPU kernels (lossc.native; the row
-    kernels of lossc.native_rows for a loss over a class axis)."""
+    kernels of lossc.native_rows for a loss over a class axis); ``load_device_module()``
+    returns the CuPy module whose device code they compile."""
     from lossc.native import NativeModule
     from lossc.native_rows import NativeRowModule
 
     wrapper = NativeRowModule if rows else NativeModule
-    return wrapper(module, lambda: importlib.import_module(f"lossc.generated.cupy.{module_name}"))
+    return wrapper(module, load_device_module)
 
 
 class JaxKernels:
@@ -310,23 +327,22 @@ def _jax_available():
     return True
 
 
-def accuracy_report(names, specs_dir, log=print):
-    """Print the accuracy table for the named specs (all when None), NumPy kernels and, where
-    they run here, native CPU kernels and JAX kernels; True if all pass."""
+def accuracy_report(selected, log=print):
+    """Print the accuracy table of the :class:`workspace.Selected` losses: their NumPy kernels
+    and, where they run here, native CPU kernels and JAX kernels; True if all pass. A row
+    that fails says why: the error beyond the bound, or the non-finite values, and where."""
     from lossc import native
 
-    paths = sorted(Path(specs_dir).glob("*.yaml"))
-    if names:
-        paths = [p for p in paths if p.stem in names]
     kinds = ["numpy"] + (["native"] if native.available() else []) + (["jax"] if _jax_available() else [])
     log(f"kernels: NumPy; {native.status()}; " + ("JAX" if "jax" in kinds else "no JAX (pip install jax)"))
     ok = True
     header = " ".join(f"{k[:6] + d[-2:]:>10s}" for k in kinds for d in ("float32", "float64"))
     log(f"{'loss':16s} {'variant':40s} {'output':16s} {header}  status")
-    for path in paths:
+    for chosen in selected:
         rows = {}
         for kind in kinds:
-            rows.update({(r.loss, str(r.variant), r.output, kind, r.dtype): r for r in measure(path, kernels=kind)})
+            measured = measure(chosen.spec_path, kernels=kind, folder=chosen.folder)
+            rows.update({(r.loss, str(r.variant), r.output, kind, r.dtype): r for r in measured})
         for key in dict.fromkeys(k[:3] for k in rows):
             found = {k[3:]: r for k, r in rows.items() if k[:3] == key}
             good = all(r.ok for r in found.values())
@@ -335,5 +351,12 @@ def accuracy_report(names, specs_dir, log=print):
             errors = [f"{found[k, d].max_error:10.2e}" if (k, d) in found else f"{'-':>10s}"
                       for k in kinds for d in ("float32", "float64")]
             log(f"{key[0]:16s} {variant:40s} {key[2]:16s} {' '.join(errors)}  {'ok' if good else 'FAIL'}"
-                + "".join(f" ({k} {d} worst at {r.worst_inputs})" for (k, d), r in found.items() if not r.ok))
+                + "".join(f" ({k} {d}: {_why(r)})" for (k, d), r in found.items() if not r.ok))
     return ok
+
+
+def _why(row):
+    """Why an AccuracyRow fails, in words."""
+    if row.nonfinite:
+        return (f"{row.nonfinite} non-finite value(s) where the truth is finite, e.g. at {row.worst_inputs}")
+    return f"error {row.max_error:.2e} above the bound {BOUNDS[np.dtype(row.dtype).type]:.0e} at {row.worst_inputs}"

@@ -1,4 +1,4 @@
-"""The ``lossc`` command: build, check, list, show, accuracy."""
+"""The ``lossc`` command: build, check, list, show, docs, accuracy, new."""
 import argparse
 import json
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 from .rewrites import RewriteLimitWarning
 from .spec import SpecError
 from .verify import AccuracyError, AccuracyWarning
+from .workspace import SelectionError, manifests, package_folder, selection
 
 GENERATED_DIR = Path(__file__).resolve().parent.parent / "generated"
 
@@ -17,13 +18,6 @@ def default_specs_dir():
     """``specs/`` beside ``generated/`` in a source checkout, else ``./specs``."""
     beside = GENERATED_DIR.parent / "specs"
     return beside if beside.is_dir() else Path.cwd() / "specs"
-
-
-def generated_dir():
-    """The folder of the ``lossc.generated`` package."""
-    import lossc.generated
-
-    return Path(lossc.generated.__file__).resolve().parent
 
 
 def main(argv=None):
@@ -36,8 +30,9 @@ def main(argv=None):
             status = args.run(args)
         _print_warnings(caught)
         return status
-    except (SpecError, AccuracyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SpecError, AccuracyError, SelectionError) as err:
+        for line in getattr(err, "errors", [err]):
+            print(f"error: {line}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -73,23 +68,47 @@ def _parser():
     p.set_defaults(run=_check)
 
     p = sub.add_parser("list", help="list the built losses")
+    _built_folder_option(p)
     p.set_defaults(run=_list)
 
-    p = sub.add_parser("show", help="formulas, variants and files of one built loss")
-    p.add_argument("name")
+    p = sub.add_parser("show", help="formulas, variants and files of built losses or spec files")
+    p.add_argument("names", nargs="+", metavar="NAME|SPEC", help="loss names or spec files (NAME.yaml)")
+    _selection_options(p)
     p.set_defaults(run=_show)
 
     p = sub.add_parser("docs", help="export formula documentation (md, html or latex)")
-    p.add_argument("names", nargs="*", help="losses to document (default: all)")
+    p.add_argument("names", nargs="*", metavar="NAME|SPEC",
+                   help="loss names or spec files (default: every loss of the built folder)")
     p.add_argument("--format", choices=("md", "html", "latex"), default="html")
     p.add_argument("--out", default="lossc-docs", help="output folder (default: ./lossc-docs)")
     p.add_argument("--no-accuracy", action="store_true", help="skip measuring the accuracy figures")
+    _built_folder_option(p)
     p.set_defaults(run=_docs)
 
     p = sub.add_parser("accuracy", help="max relative error vs 50-digit mpmath, float32 and float64")
-    p.add_argument("names", nargs="*")
+    p.add_argument("names", nargs="*", metavar="NAME|SPEC",
+                   help="loss names or spec files (default: every loss of the built folder)")
+    _selection_options(p)
     p.set_defaults(run=_accuracy)
+
+    p = sub.add_parser("new", help="write a commented spec skeleton NAME.yaml and its test stub test_NAME.py")
+    p.add_argument("name", help="the new loss's name (an identifier)")
+    p.add_argument("--class-axis", action="store_true", help="a loss over a class axis (softmax-style rows)")
+    p.add_argument("--dir", default=".", help="folder to write into (default: the current folder)")
+    p.set_defaults(run=_new)
     return parser
+
+
+def _built_folder_option(p):
+    p.add_argument("--generated", metavar="DIR",
+                   help="a folder built with `lossc build --out DIR` (default: the lossc.generated package)")
+
+
+def _selection_options(p):
+    _built_folder_option(p)
+    p.add_argument("--out", metavar="DIR", help="build spec files given here into DIR (default: a temporary folder)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="build spec files without measuring (as `lossc build --no-measure`)")
 
 
 def _build(args):
@@ -99,7 +118,7 @@ def _build(args):
     if not paths:
         print(f"error: no specs found in {default_specs_dir()}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else generated_dir()
+    out = Path(args.out) if args.out else package_folder()
     measure = not args.no_measure and (args.measure or not args.check)
     problems = build(paths, out, check=args.check, full=not args.specs, measure=measure, strict=args.strict)
     for problem in problems:
@@ -150,58 +169,61 @@ def _check_pair_terms(spec):
             print(f"  d summand / d {name} = {grad}")
 
 
-def _manifests():
-    folder = generated_dir() / "losses"
-    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))}
-
-
 def _list(args):
-    for name, data in _manifests().items():
+    for name, data in manifests(args.generated or package_folder()).items():
         print(f"{name:24s} {data['summary']}")
     return 0
 
 
 def _show(args):
-    manifests = _manifests()
-    if args.name not in manifests:
-        print(f"error: unknown loss '{args.name}' (known: {', '.join(manifests)})", file=sys.stderr)
-        return 1
-    data = manifests[args.name]
-    print(f"{data['name']}: {data['summary']}  (spec {data['spec_file']})")
+    with selection(args.names, args.generated, args.out, measure=not args.no_measure) as selected:
+        for chosen in selected:
+            _show_one(chosen)
+    return 0
+
+
+def _show_one(chosen):
+    """Print one selected loss: summary, and per variant its files and formulas."""
+    data = chosen.manifest
+    print(f"{data['name']}: {data['summary']}  (spec {chosen.folder / 'specs' / data['spec_file']})")
     for v in data["variants"]:
         label = ", ".join(f"{k}={val}" for k, val in v["values"].items()) or "(no variants)"
-        files = [f"generated/numpy/{v['numpy_module']}.py"]
+        files = [str(chosen.folder / "numpy" / f"{v['numpy_module']}.py")]
         if v.get("cupy_module"):
-            files.append(f"generated/cupy/{v['cupy_module']}.py"
+            files.append(str(chosen.folder / "cupy" / f"{v['cupy_module']}.py")
                          + ("" if data.get("class_axis") else " (also the native CPU kernels' source)"))
         print(f"variant {label}: {', '.join(files)}")
         print(f"  loss        = {v['loss']}")
         print(f"  stable loss = {v['stable_loss']}")
         for name, grad in v["gradients"].items():
             print(f"  d/d{name:8s}  = {grad}")
-    return 0
 
 
 def _docs(args):
     from .build import compile_spec
     from .docs import export
 
-    paths = sorted(default_specs_dir().glob("*.yaml"))
-    if args.names:
-        unknown = sorted(set(args.names) - {p.stem for p in paths})
-        if unknown:
-            print(f"error: no spec named {', '.join(unknown)} in {default_specs_dir()}", file=sys.stderr)
-            return 1
-        paths = [p for p in paths if p.stem in args.names]
-    export([compile_spec(p) for p in paths], args.format, args.out, with_accuracy=not args.no_accuracy)
+    with selection(args.names, args.generated, measure=not args.no_accuracy) as selected:
+        compiled = [compile_spec(chosen.spec_path) for chosen in selected]
+        export(compiled, args.format, args.out, with_accuracy=not args.no_accuracy,
+               built={chosen.name: chosen.folder for chosen in selected})
     return 0
 
 
 def _accuracy(args):
     from .accuracy import accuracy_report
 
-    ok = accuracy_report(args.names or None, default_specs_dir())
+    with selection(args.names, args.generated, args.out, measure=not args.no_measure) as selected:
+        ok = accuracy_report(selected)
     return 0 if ok else 1
+
+
+def _new(args):
+    from .skeleton import write_skeleton
+
+    for path in write_skeleton(args.name, Path(args.dir), class_axis=args.class_axis):
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

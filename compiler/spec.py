@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from lossc import exposure
+
 from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -46,7 +48,6 @@ TOP_FIELDS = ("name", "summary", "doc", "references", "inputs", "parameters", "d
 PAIR_SIDES = ("row", "column")
 CLASS_AXES = ("parameter", "last", "non_batch")
 PER = ("element", "row")
-LAYERS = ("gluon", "mmdet", "paddle")
 
 
 class SpecError(ValueError):
@@ -131,6 +132,7 @@ class Spec:
     lines: dict = field(default_factory=dict, repr=False)
     class_axis: str | None = None
     pair_inputs: list = field(default_factory=list)
+    text: str = field(default="", repr=False)  # the YAML it was read from
 
     @property
     def variant_params(self):
@@ -180,7 +182,9 @@ def load_spec(path):
 def parse_spec_text(text, path="<spec>"):
     """Validate spec YAML given as text; ``path`` only labels errors."""
     data, lines = _compose_yaml(text, path)
-    return _Validator(path, lines).spec(data)
+    spec = _Validator(path, lines).spec(data)
+    spec.text = text
+    return spec
 
 
 def _compose_yaml(text, path):
@@ -308,7 +312,7 @@ class _Validator:
             parameters=self.parameters(data),
             definitions=self.definitions(data),
             loss=self.get(data, "loss", "str", ()),
-            exposed_as=self.exposed_as(data),
+            exposed_as=self.exposed_as(data, name),
             path=self.path,
             lines=self.lines,
             class_axis=self.class_axis(data),
@@ -527,13 +531,16 @@ class _Validator:
             out.append(Definition(name, self.get(item, "expr", "str", at)))
         return out
 
-    def exposed_as(self, data):
+    def exposed_as(self, data, spec_name):
         names = self.get(data, "exposed_as", "dict", (), required=False, default={})
         for layer, cls in names.items():
-            if layer not in LAYERS:
-                self.fail(("exposed_as", layer), f"unknown layer (known: {', '.join(LAYERS)})")
+            if layer not in exposure.LAYERS:
+                self.fail(("exposed_as", layer), f"unknown layer (known: {', '.join(exposure.LAYERS)})")
             if not isinstance(cls, str) or not CLASS_NAME.match(cls):
                 self.fail(("exposed_as", layer), f"expected a class or function name, got {_show(cls)}")
+            problem = exposure.conflict(layer, cls, spec_name)
+            if problem:
+                self.fail(("exposed_as", layer), problem)
         return dict(names)
 
     def only(self, item, allowed, at):

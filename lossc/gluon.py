@@ -8,13 +8,16 @@ MXNet's ``nd.mean``). The label is reshaped to pred's shape when the sizes agree
 gluon's ``_reshape_like`` does. Unlike MXNet, a sample_weight that would *enlarge* the
 loss by broadcasting is an error. ``value_and_grad`` returns the output and the
 gradients of its sum w.r.t. each differentiable input. All of them run through the
-shared pipeline (:class:`lossc.Pipeline`).
+shared pipeline (:class:`lossc.Pipeline`). A spec of one's own that says
+``exposed_as: {gluon: Name}`` is ``lossc.gluon.<Name>`` once registered.
 """
+import functools
+
 import numpy as np
 
 from .backend import array_module, as_arrays
 from .pipeline import Pipeline
-from .registry import get
+from .registry import exposed, get
 
 __all__ = [
     "L2Loss", "L1Loss", "SigmoidBinaryCrossEntropyLoss", "SigmoidBCELoss", "HuberLoss", "HingeLoss",
@@ -48,12 +51,17 @@ class _GluonLoss:
         return self._run(pred, label, sample_weight, inputs, with_grad=True)
 
     def _run(self, pred, label, sample_weight, inputs, with_grad):
-        loss = get(self._spec)
         xp = array_module(pred, label, sample_weight)  # NumPy or CuPy, never an implicit copy
         pred = xp.asarray(pred)
         label = _reshape_like(xp.asarray(label), pred)
-        call = loss.bind((pred, label), {**self._params, **{k: v for k, v in inputs.items() if v is not None}})
-        ndim = pred.ndim
+        params = {**self._params, **{k: v for k, v in inputs.items() if v is not None}}
+        return self._element_run(self._spec, (pred, label), params, sample_weight, with_grad)
+
+    def _element_run(self, spec, inputs, params, sample_weight, with_grad):
+        """gluon's output for the element-wise ``spec``'s ``inputs`` (pred first)."""
+        loss = get(spec)
+        call = loss.bind(tuple(inputs), params)
+        ndim = inputs[0].ndim
         batch = _batch_axis_of(self._batch_axis, ndim)
         axes = None if self._whole_batch_mean else tuple(a for a in range(ndim) if a != batch)
         pipeline = Pipeline(sample_weight, "mean", None, 1.0 if self._weight is None else self._weight, axes)
@@ -407,3 +415,43 @@ class CTCLoss(_GluonLoss):
         return run(pred, label, pred_lengths, label_lengths, blank="last", layout=self._layout,
                    label_layout=self._label_layout, weight=sample_weight, reduction="none",
                    loss_weight=1.0 if self._weight is None else self._weight)
+
+
+class _ExposedLoss(_GluonAxisLoss):
+    """The gluon loss of a spec that says ``exposed_as: {gluon: Name}``: its inputs in the
+    spec's order (later inputs reshaped like pred where the sizes agree, as gluon does for
+    labels), its parameters as constructor keywords, gluon's mean over the non-batch axes."""
+
+    def __init__(self, weight=None, batch_axis=0, **params):
+        unknown = sorted(set(params) - set(get(self._spec).parameters))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: weight, batch_axis, {', '.join(get(self._spec).parameters)}")
+        super().__init__(weight, batch_axis, **params)
+
+    def __call__(self, *inputs, sample_weight=None):
+        return self._run_exposed(inputs, sample_weight, False)
+
+    def value_and_grad(self, *inputs, sample_weight=None):
+        """(output, grads): grads of output.sum() w.r.t. the differentiable inputs."""
+        return self._run_exposed(inputs, sample_weight, True)
+
+    def _run_exposed(self, inputs, sample_weight, with_grad):
+        pred, *rest = as_arrays(*inputs)
+        rest = [_reshape_like(x, pred) if x.size == pred.size else x for x in rest]
+        run = self._axis_run if get(self._spec).class_axis else self._element_run
+        return run(self._spec, (pred, *rest), self._params, sample_weight, with_grad)
+
+
+@functools.lru_cache(maxsize=None)
+def _exposed_class(name, loss_name):
+    """The gluon class ``name`` over the registered loss ``loss_name`` (one class per pair)."""
+    return type(name, (_ExposedLoss,), {"_spec": loss_name, "__doc__": f"gluon loss over lossc's '{loss_name}'."})
+
+
+def __getattr__(name):
+    """``lossc.gluon.<Name>`` for a registered loss whose spec says ``exposed_as: {gluon: Name}``."""
+    loss_name = exposed("gluon").get(name)
+    if loss_name is None:
+        raise AttributeError(f"module 'lossc.gluon' has no attribute {name!r}")
+    return _exposed_class(name, loss_name)

@@ -5,7 +5,8 @@ reduction_override=None)`` and runs MMDetection's pipeline — element loss → 
 weight → reduction ('none' | 'mean' | 'sum', 'mean' divided by avg_factor + eps when
 given) → loss_weight — through lossc's shared :class:`~lossc.Pipeline`. Besides the
 MMDetection names, every spec (and every user spec registered with
-``lossc.register_generated``) is buildable by its own name.
+``lossc.register_generated``) is buildable by its own name, and by the name its spec's
+``exposed_as: {mmdet: Name}`` gives it.
 """
 import inspect
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .backend import array_module
 from .pipeline import REDUCTIONS, Pipeline
-from .registry import get, list_losses
+from .registry import exposed, get, list_losses
 
 _LOSSES = {}
 
@@ -29,9 +30,10 @@ def build_loss(cfg):
     name, kwargs = config_type(cfg)
     if name in _LOSSES:
         return build_class(_LOSSES[name], name, kwargs)
-    if name in list_losses():
-        return SpecLoss(name, **kwargs)
-    known = sorted(_LOSSES) + list_losses()
+    adapters = exposed("mmdet")
+    if name in adapters or name in list_losses():
+        return SpecLoss(adapters.get(name, name), **kwargs)
+    known = sorted(_LOSSES) + sorted(adapters) + list_losses()
     raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(known)}")
 
 

@@ -5,10 +5,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+from . import exposure
 from .loss import Loss
 
 _losses = {}
+_origins = {}  # name → the built folder it was registered from
 _builtin_loaded = False
+_hooks = []
 
 
 def _builtin_dir():
@@ -21,28 +24,59 @@ def _load_builtin():
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        _register_folder(_builtin_dir(),
-                         lambda module, backend="numpy": importlib.import_module(f"lossc.generated.{backend}.{module}"))
+        _register_folder(_builtin_dir(), folder_loader(_builtin_dir()))
 
 
 def _register_folder(folder, load_module, replace=False):
+    """Register every loss of the built ``folder``. Registering a folder again (after rebuilding
+    it, or twice in one session) refreshes its losses; a name another folder registered is an
+    error unless ``replace``."""
     names = []
     for path in sorted(Path(folder, "losses").glob("*.json")):
         manifest = json.loads(path.read_text(encoding="utf-8"))
         name = manifest["name"]
-        if name in _losses and not replace:
-            raise ValueError(f"a loss named '{name}' is already registered; pass replace=True to override it")
-        _losses[name] = Loss(manifest, load_module)
+        if name in _losses and _origins[name] != folder and not replace:
+            raise ValueError(f"a loss named '{name}' is already registered from {_origins[name]}; pass "
+                             "replace=True to override it")
+        _check_exposure(manifest)
+        _losses[name], _origins[name] = Loss(manifest, load_module), folder
         names.append(name)
+    for hook in _hooks:
+        hook()
     return names
 
 
-def register_generated(folder, replace=False):
-    """Register the losses a ``lossc build SPEC --out FOLDER`` wrote; returns their names."""
+def _check_exposure(manifest):
+    """A loss's ``exposed_as`` names fit the layers: no handwritten API of another spec, no
+    adapter name another registered loss has."""
+    for layer, exposed in manifest.get("exposed_as", {}).items():
+        problem = exposure.conflict(layer, exposed, manifest["name"])
+        taken = exposure.adapters([loss.manifest for loss in _losses.values()], layer).get(exposed)
+        if problem is None and taken not in (None, manifest["name"]):
+            problem = f"lossc.{layer}.{exposed} is already the registered loss '{taken}'"
+        if problem:
+            raise ValueError(f"{manifest['name']}: exposed_as {layer}: {exposed}: {problem}")
+
+
+def exposed(layer):
+    """{Name: loss name}: the generic adapters ``layer`` offers for the registered losses'
+    ``exposed_as`` (:mod:`lossc.exposure`)."""
     _load_builtin()
+    return exposure.adapters([loss.manifest for loss in _losses.values()], layer)
+
+
+def on_register(hook):
+    """Call ``hook()`` after every registration (a layer that keeps its own registry, such as
+    mmengine's, adds the new adapters)."""
+    _hooks.append(hook)
+
+
+def folder_loader(folder):
+    """``load(module, backend='numpy')`` for the generated modules of the built ``folder``: the
+    installed ``lossc.generated`` package by import, any other folder from its files."""
     folder = Path(folder).resolve()
-    if not (folder / "losses").is_dir():
-        raise FileNotFoundError(f"{folder} has no losses/ folder: build into it with `lossc build SPEC --out {folder}`")
+    if folder == _builtin_dir():
+        return lambda module, backend="numpy": importlib.import_module(f"lossc.generated.{backend}.{module}")
     tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
 
     def load_module(module, backend="numpy"):
@@ -52,7 +86,18 @@ def register_generated(folder, replace=False):
         spec.loader.exec_module(loaded)
         return loaded
 
-    return _register_folder(folder, load_module, replace)
+    return load_module
+
+
+def register_generated(folder, replace=False):
+    """Register the losses a ``lossc build SPEC --out FOLDER`` wrote; returns their names.
+    The package's own folder (``lossc build SPEC`` without --out) is registered already: its
+    names are returned."""
+    _load_builtin()
+    folder = Path(folder).resolve()
+    if not (folder / "losses").is_dir():
+        raise FileNotFoundError(f"{folder} has no losses/ folder: build into it with `lossc build SPEC --out {folder}`")
+    return _register_folder(folder, folder_loader(folder), replace)
 
 
 def list_losses():

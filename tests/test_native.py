@@ -39,7 +39,7 @@ def module_names():
 
 def numpy_and_native(name):
     numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
-    return numpy_module, native_module(numpy_module, name)
+    return numpy_module, native_module(numpy_module, lambda: importlib.import_module(f"lossc.generated.cupy.{name}"))
 
 
 def sample_inputs(module, rng, size, dtype):

@@ -5,6 +5,7 @@ covers them; they hold nothing machine-dependent. ``lossc docs`` exports Markdow
 HTML (static, no JavaScript, native presentation MathML) or one LaTeX document, adding
 the measured accuracy figures and, with matplotlib installed, plots.
 """
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from . import plots
 from .mathml import mathml
 
 FORMATS = ("md", "html", "latex")
+DOCS_RECORD = "lossc-docs.json"  # in a docs folder: the losses documented there, for its index
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -88,6 +90,15 @@ class LossDoc:
     plot_file: str | None = None
 
 
+@dataclass
+class IndexEntry:
+    """One line of a docs index."""
+
+    name: str
+    summary: str
+    variants: int
+
+
 def readable_gradient(ir, name):
     """d loss/d input of the loss as declared, lightly factored for reading."""
     return sympy.factor_terms(declared_gradients(ir)[name])
@@ -115,7 +126,8 @@ def markdown_files(compiled_losses):
     """``{relative path: text}`` of the checked-in Markdown pages (one per loss + index)."""
     docs = [loss_doc(c) for c in compiled_losses]
     files = {f"docs/{d.spec.name}.md": render("loss.md.j2", d, plots_note=True) for d in docs}
-    files["docs/index.md"] = template("index.md.j2").render(docs=docs)
+    files["docs/index.md"] = template("index.md.j2").render(
+        docs=[IndexEntry(d.spec.name, d.spec.summary, len(d.variants)) for d in docs])
     return files
 
 
@@ -124,22 +136,31 @@ def render(name, doc, **extra):
     return template(name).render(doc=doc, spec=doc.spec, pipeline=PIPELINE_TEXT, **extra)
 
 
-def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print):
-    """Write ``fmt`` pages for the compiled losses into ``out_dir``; returns written paths."""
+def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print, built=None):
+    """Write ``fmt`` pages for the compiled losses into ``out_dir``; returns written paths.
+    Accuracy figures and plots run the kernels of the built folder ``built[name]`` (default:
+    the installed ``lossc.generated`` package). The index lists every loss documented in
+    ``out_dir`` so far, not only this call's."""
+    from lossc.registry import folder_loader
+
+    from ..workspace import package_folder
+
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     docs = [loss_doc(c) for c in compiled_losses]
     for doc, compiled in zip(docs, compiled_losses):
+        folder = (built or {}).get(compiled.spec.name, package_folder())
         if with_accuracy:
             from ..accuracy import measure
 
-            doc.accuracy = measure(compiled.spec.path)
+            doc.accuracy = measure(compiled.spec.path, folder=folder)
         if plots.available() and fmt != "md":
             kind = "svg" if fmt == "html" else "pdf"
             doc.plot_file = f"{doc.spec.name}.{kind}"
-            (out_dir / doc.plot_file).write_bytes(plots.plot(compiled.derived[0], kind))
+            module = folder_loader(folder)(compiled.derived[0].ir.module_name)
+            (out_dir / doc.plot_file).write_bytes(plots.plot(compiled.derived[0], module, kind))
     written = []
     if fmt == "latex":
         path = out_dir / "losses.tex"
@@ -152,7 +173,25 @@ def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print):
             path.write_text(render(f"loss.{suffix}.j2", doc, plots_note=not plots.available()), encoding="utf-8")
             written.append(path)
         index = out_dir / f"index.{suffix}"
-        index.write_text(template(f"index.{suffix}.j2").render(docs=docs), encoding="utf-8")
+        index.write_text(template(f"index.{suffix}.j2").render(docs=_documented(out_dir, docs, suffix)),
+                         encoding="utf-8")
         written.append(index)
     log(f"wrote {len(written)} {fmt} file(s) to {out_dir}" + ("" if plots.available() else " (no plots: matplotlib is not installed)"))
     return written
+
+
+def _documented(out_dir, docs, suffix):
+    """Index entries (name, summary, variant count) of every loss with a page in ``out_dir``:
+    this call's ``docs`` merged into the record earlier calls left (``DOCS_RECORD``)."""
+    record_path = out_dir / DOCS_RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    record.update({d.spec.name: {"summary": d.spec.summary, "variants": len(d.variants)} for d in docs})
+    record_path.write_text(json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return [IndexEntry(name, str(entry.get("summary", "")), int(entry.get("variants", 1)))
+            for name, entry in sorted(record.items())
+            if isinstance(entry, dict) and (out_dir / f"{name}.{suffix}").is_file()]

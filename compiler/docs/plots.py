@@ -10,8 +10,9 @@ def available():
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def plot(derived, fmt="svg"):
-    """Loss and d loss/d prediction of the default variant over the prediction, as bytes."""
+def plot(derived, module, fmt="svg"):
+    """Loss and d loss/d prediction of the default variant over the prediction, as bytes;
+    ``module`` is the variant's generated NumPy module."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,6 @@ def plot(derived, fmt="svg"):
 
     matplotlib.rcParams["svg.hashsalt"] = "lossc"
     spec = derived.ir.spec
-    module = importlib.import_module(f"lossc.generated.numpy.{derived.ir.module_name}")
     pred_input = spec.inputs[0]
     low, high = max(min(pred_input.accuracy_grid), -6.0), min(max(pred_input.accuracy_grid), 6.0)
     x = np.linspace(low if low < high else -6.0, high if low < high else 6.0, 400)

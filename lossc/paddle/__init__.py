@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from ..pipeline import REDUCTIONS, Pipeline
+from ..registry import exposed
 from ..registry import get as _get_loss
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "get", "kl_div", "l1_loss", "Loss",
@@ -39,8 +40,13 @@ def get(name):
 
 
 def __getattr__(name):
+    """``Loss``, and ``lossc.paddle.<Name>`` for a registered loss whose spec says
+    ``exposed_as: {paddle: Name}`` (its :func:`get` function)."""
     if name == "Loss":
         return _ops().Loss
+    loss_name = exposed("paddle").get(name)
+    if loss_name is not None:
+        return get(loss_name)
     raise AttributeError(f"module 'lossc.paddle' has no attribute {name!r}")
 
 

@@ -12,12 +12,16 @@ float64 input in float64 (MMDetection computes it in float32).
 Importing this module with mmengine installed registers every class in the child registry
 ``Registry('model', parent=mmengine.registry.MODELS, scope='lossc')``, so an MMDetection
 config builds them with ``custom_imports=dict(imports=['lossc.torch.mmdet'])`` and
-``type='lossc.FocalLoss'``.
+``type='lossc.FocalLoss'``. A registered spec that says ``exposed_as: {mmdet: Name}`` is
+built by ``type='lossc.Name'`` too.
 """
+import functools
+
 import torch
 
 from ..mmdet import build_class, config_type
 from ..pipeline import REDUCTIONS
+from ..registry import exposed, on_register
 from . import get
 
 _MODULES = {}
@@ -29,11 +33,16 @@ def _register(cls):
 
 
 def build_loss(cfg):
-    """Build a loss module from ``dict(type=NAME, **kwargs)`` (an optional 'lossc.' prefix is accepted)."""
+    """Build a loss module from ``dict(type=NAME, **kwargs)`` (an optional 'lossc.' prefix is
+    accepted): the MMDetection modules, and the names registered specs' ``exposed_as: {mmdet:
+    Name}`` give (their parameters as keywords)."""
     name, kwargs = config_type(cfg)
-    if name not in _MODULES:
-        raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(sorted(_MODULES))}")
-    return build_class(_MODULES[name], name, kwargs)
+    if name in _MODULES:
+        return build_class(_MODULES[name], name, kwargs)
+    if name in exposed("mmdet"):
+        return _exposed_module(name, exposed("mmdet")[name])(**kwargs)
+    known = sorted(_MODULES) + sorted(exposed("mmdet"))
+    raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(known)}")
 
 
 class _MMDetLoss(torch.nn.Module):
@@ -160,8 +169,30 @@ class MSELoss(_MMDetLoss):
         super().__init__("mse", reduction, loss_weight)
 
 
+class _ExposedModule(_MMDetLoss):
+    """The module of a spec that says ``exposed_as: {mmdet: Name}``: MMDetection's forward with
+    the spec's inputs (pred, target), its parameters as constructor keywords."""
+
+    loss_name = None
+
+    def __init__(self, reduction="mean", loss_weight=1.0, **params):
+        allowed = get(self.loss_name).loss.parameters
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: reduction, loss_weight, {', '.join(allowed)}")
+        super().__init__(self.loss_name, reduction, loss_weight, **params)
+
+
+@functools.lru_cache(maxsize=None)
+def _exposed_module(name, loss_name):
+    """The module class ``name`` over the registered loss ``loss_name`` (one class per pair)."""
+    return type(name, (_ExposedModule,), {"loss_name": loss_name, "__doc__": f"MMDetection loss over '{loss_name}'."})
+
+
 def _register_in_mmengine():
-    """The mmengine child registry with every module, or None without mmengine."""
+    """The mmengine child registry with every module, or None without mmengine; the names of
+    losses registered later are added as they come (:func:`lossc.registry.on_register`)."""
     try:
         from mmengine.registry import MODELS, Registry
     except ImportError:
@@ -169,6 +200,13 @@ def _register_in_mmengine():
     registry = Registry("model", parent=MODELS, scope="lossc")
     for name, cls in _MODULES.items():
         registry.register_module(name=name, module=cls, force=True)
+
+    def add_exposed():
+        for name, loss_name in exposed("mmdet").items():
+            registry.register_module(name=name, module=_exposed_module(name, loss_name), force=True)
+
+    add_exposed()
+    on_register(add_exposed)
     return registry
 
 
