@@ -138,7 +138,7 @@ def row_layouts(spec):
 def _representable(values, dtype):
     """Whether every value is a finite number of ``dtype`` (an input beyond its range cannot be
     given in that dtype, so it is not measured there)."""
-    return all(abs(v) <= np.finfo(dtype).max for v in values)
+    return all(abs(v) <= float(np.finfo(dtype).max) for v in values)
 
 
 def _measure_layout(spec, ir, module, truths, dtype, vectors, row_points):

@@ -5,6 +5,7 @@ constructed (no tags, no anchors/aliases), and every value keeps the line it cam
 errors read ``file:line: field: what was expected``. Expressions are only checked for the
 names they mention here; :mod:`ir` parses them.
 """
+import contextlib
 import keyword
 import math
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from lossc import exposure
+from lossc.loss import range_text
 
 from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
 
@@ -51,11 +53,13 @@ PER = ("element", "row")
 
 
 class SpecError(ValueError):
-    """A spec that does not validate: carries the file, the line and the field."""
+    """A spec that does not validate: carries the file, the line and the field of the first
+    problem, and in ``errors`` every problem found (one line each)."""
 
-    def __init__(self, path, line, field_name, message):
+    def __init__(self, path, line, field_name, message, others=()):
         self.path, self.line, self.field, self.message = str(path), line, field_name, message
-        super().__init__(f"{self.path}:{line}: {field_name}: {message}")
+        self.errors = [f"{self.path}:{line}: {field_name}: {message}"] + [e for o in others for e in o.errors]
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass
@@ -272,10 +276,12 @@ def _line_of(lines, at):
 
 
 class _Validator:
-    """Checks each field's type and value; raises SpecError at the first problem."""
+    """Checks each field's type and value; a SpecError lists every problem, section by section."""
 
     def __init__(self, path, lines):
         self.path, self.lines = path, lines
+        self.errors = []  # what sections found (see section)
+        self.declared = set()  # every name an entry declares, valid or not (no follow-on 'undefined')
 
     def fail(self, at, message):
         raise SpecError(self.path, _line_of(self.lines, at), _field_text(at), message)
@@ -293,53 +299,72 @@ class _Validator:
             self.fail(at + (key,), f"{len(value)} entries; at most {limit} are accepted")
         return value
 
+    @contextlib.contextmanager
+    def section(self):
+        """Check one independent part of the spec: its problem is recorded and checking goes on."""
+        try:
+            yield
+        except SpecError as err:
+            self.errors.append(err)
+
+    def checked(self, check, *args, fallback=None):
+        """``check(*args)`` in its own :meth:`section`; ``fallback`` where it fails."""
+        with self.section():
+            return check(*args)
+        return fallback
+
     def spec(self, data):
+        """The validated :class:`Spec`, or a SpecError listing every problem found."""
         if not isinstance(data, dict):
             self.fail((), f"expected a mapping of spec fields, got {_show(data)}")
         for key in data:
-            if key not in TOP_FIELDS:
-                self.fail((key,), f"unknown field (known fields: {', '.join(TOP_FIELDS)})")
-        name = self.identifier(self.get(data, "name", "str", ()), ("name",))
+            with self.section():
+                if key not in TOP_FIELDS:
+                    self.fail((key,), f"unknown field (known fields: {', '.join(TOP_FIELDS)})")
+        name = self.checked(lambda: self.identifier(self.get(data, "name", "str", ()), ("name",)))
+        spec = Spec(
+            name=name,
+            summary=self.checked(self.summary, data, fallback=""),
+            doc=self.checked(lambda: self.get(data, "doc", "str", (), required=False, default="").strip(), fallback=""),
+            references=self.checked(self.references, data, fallback=[]),
+            inputs=self.checked(self.inputs, data, fallback=[]),
+            parameters=self.checked(self.parameters, data, fallback=[]),
+            definitions=self.checked(self.definitions, data, fallback=[]),
+            loss=self.checked(self.get, data, "loss", "str", (), fallback=""),
+            exposed_as=self.checked(self.exposed_as, data, name, fallback={}),
+            path=self.path,
+            lines=self.lines,
+            class_axis=self.checked(self.class_axis, data),
+            pair_inputs=self.checked(self.pair_inputs, data, fallback=[]),
+        )
+        for check in (self.unique_names, self.check_variant_count, self.check_references, self.check_levels,
+                      self.check_pairs):
+            self.checked(check, spec)
+        if self.errors:
+            first, *others = sorted(self.errors, key=lambda err: err.line)
+            raise SpecError(first.path, first.line, first.field, first.message, others)
+        return spec
+
+    def summary(self, data):
         summary = self.get(data, "summary", "str", ()).strip()
         if not summary or "\n" in summary:
             self.fail(("summary",), "expected a one-line summary")
-        spec = Spec(
-            name=name,
-            summary=summary,
-            doc=self.get(data, "doc", "str", (), required=False, default="").strip(),
-            references=self.references(data),
-            inputs=self.inputs(data),
-            parameters=self.parameters(data),
-            definitions=self.definitions(data),
-            loss=self.get(data, "loss", "str", ()),
-            exposed_as=self.exposed_as(data, name),
-            path=self.path,
-            lines=self.lines,
-            class_axis=self.class_axis(data),
-            pair_inputs=self.pair_inputs(data),
-        )
-        self.unique_names(spec)
-        self.check_variant_count(spec)
-        self.check_references(spec)
-        self.check_levels(spec)
-        self.check_pairs(spec)
-        return spec
+        return summary
 
     def pair_inputs(self, data):
         items = self.get(data, "pair_inputs", "list", (), required=False, default=[])
-        pairs = []
-        for i, item in enumerate(items):
-            at = ("pair_inputs", i)
-            if not isinstance(item, dict):
-                self.fail(at, f"expected a mapping with name, side, differentiable, got {_show(item)}")
-            self.only(item, ("name", "side", "differentiable", "doc"), at)
-            side = self.get(item, "side", "str", at)
-            if side not in PAIR_SIDES:
-                self.fail(at + ("side",), f"expected one of {', '.join(PAIR_SIDES)}, got '{side}'")
-            pairs.append(PairInputSpec(self.identifier(self.get(item, "name", "str", at), at + ("name",)), side,
-                                       self.get(item, "differentiable", "bool", at),
-                                       self.get(item, "doc", "str", at, required=False, default="")))
-        return pairs
+        return self.entries(items, "pair_inputs", self.pair_input)
+
+    def pair_input(self, item, at):
+        if not isinstance(item, dict):
+            self.fail(at, f"expected a mapping with name, side, differentiable, got {_show(item)}")
+        self.only(item, ("name", "side", "differentiable", "doc"), at)
+        side = self.get(item, "side", "str", at)
+        if side not in PAIR_SIDES:
+            self.fail(at + ("side",), f"expected one of {', '.join(PAIR_SIDES)}, got '{side}'")
+        return PairInputSpec(self.identifier(self.get(item, "name", "str", at), at + ("name",)), side,
+                             self.get(item, "differentiable", "bool", at),
+                             self.get(item, "doc", "str", at, required=False, default=""))
 
     def check_pairs(self, spec):
         """With pair_inputs, every input is built from them (from_pairs) over class_axis 'last'."""
@@ -412,7 +437,9 @@ class _Validator:
         items = self.get(data, "inputs", "list", ())
         if not items:
             self.fail(("inputs",), "expected at least one input")
-        inputs = [self.input(item, ("inputs", i)) for i, item in enumerate(items)]
+        inputs = self.entries(items, "inputs", self.input)
+        if len(inputs) < len(items):
+            return inputs  # whether a prediction is declared is unknown: say nothing of it
         if not any(i.role == "prediction" for i in inputs):
             self.fail(("inputs",), "expected an input with role 'prediction'")
         if not any(i.differentiable for i in inputs):
@@ -455,7 +482,19 @@ class _Validator:
 
     def parameters(self, data):
         items = self.get(data, "parameters", "list", (), required=False, default=[])
-        return [self.parameter(item, ("parameters", i)) for i, item in enumerate(items)]
+        return self.entries(items, "parameters", self.parameter)
+
+    def entries(self, items, group, read):
+        """``read(item, at)`` of every entry of a list field, each in its own section (an entry
+        that fails is left out); every name an entry declares is noted in ``declared``."""
+        read_entries = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                self.declared.add(item["name"])
+            entry = self.checked(read, item, (group, i))
+            if entry is not None:
+                read_entries.append(entry)
+        return read_entries
 
     def parameter(self, item, at):
         if not isinstance(item, dict):
@@ -515,21 +554,20 @@ class _Validator:
             self.fail(at, f"'{value}' is not one of the choices {', '.join(param.choices)}")
         low, high = param.range
         if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(at, f"default {value} is outside the range [{low}, {high}]")
+            self.fail(at, f"default {value} is outside the range: it must be {range_text(low, high)}")
         if ptype == "float":
             param.default = float(value)
 
     def definitions(self, data):
         items = self.get(data, "definitions", "list", (), required=False, default=[])
-        out = []
-        for i, item in enumerate(items):
-            at = ("definitions", i)
-            if not isinstance(item, dict):
-                self.fail(at, f"expected a mapping with name and expr, got {_show(item)}")
-            self.only(item, ("name", "expr", "doc"), at)
-            name = self.identifier(self.get(item, "name", "str", at), at + ("name",))
-            out.append(Definition(name, self.get(item, "expr", "str", at)))
-        return out
+        return self.entries(items, "definitions", self.definition)
+
+    def definition(self, item, at):
+        if not isinstance(item, dict):
+            self.fail(at, f"expected a mapping with name and expr, got {_show(item)}")
+        self.only(item, ("name", "expr", "doc"), at)
+        name = self.identifier(self.get(item, "name", "str", at), at + ("name",))
+        return Definition(name, self.get(item, "expr", "str", at))
 
     def exposed_as(self, data, spec_name):
         names = self.get(data, "exposed_as", "dict", (), required=False, default={})
@@ -559,25 +597,36 @@ class _Validator:
                 seen[item.name] = group
 
     def check_references(self, spec):
-        """Every expression parses and names only known symbols; definitions are acyclic."""
+        """Every expression parses and names only known symbols (each expression its own
+        section, every unknown name reported); definitions are acyclic."""
         defined = {d.name for d in spec.definitions}
-        known = {i.name for i in spec.inputs} | {p.name for p in spec.parameters} | defined | set(CONSTANTS)
+        known = self.declared | {i.name for i in spec.inputs} | {p.name for p in spec.parameters} | set(CONSTANTS)
         graph = {}
         texts = [(("definitions", i, "expr"), d.name, d.expr) for i, d in enumerate(spec.definitions)]
-        for at, owner, text in texts + [(("loss",), None, spec.loss)]:
-            try:
-                names = referenced_names(text)
-            except ExprError as err:
-                self.fail(at, str(err))
-            unknown = sorted(names - known)
-            if unknown:
-                self.fail(at, f"undefined symbol '{unknown[0]}'{did_you_mean(unknown[0], sorted(known))}")
-            if owner is not None:
-                graph[owner] = sorted(names & defined)
+        for at, owner, text in texts + ([(("loss",), None, spec.loss)] if spec.loss else []):
+            with self.section():
+                try:
+                    names = referenced_names(text)
+                except ExprError as err:
+                    self.fail(at, str(err))
+                if owner is not None:
+                    graph[owner] = sorted(names & defined)
+                unknown = sorted(names - known - defined)
+                if unknown:
+                    self.fail(at, "; ".join(_undefined(name, sorted(known | defined)) for name in unknown))
         cycle = _find_cycle(graph)
         if cycle:
             index = [d.name for d in spec.definitions].index(cycle[0])
             self.fail(("definitions", index, "expr"), "cyclic definitions: " + " -> ".join(cycle))
+
+
+def _undefined(name, known):
+    """The message for an undefined symbol: a near miss, or where to declare it."""
+    near = did_you_mean(name, known)
+    if near:
+        return f"undefined symbol '{name}'{near}"
+    return (f"undefined symbol '{name}': declare it under parameters: (a constant of the loss, e.g. "
+            f"- {{name: {name}, type: float, default: 1.0}}) or under inputs: (an array the loss is called with)")
 
 
 def _find_cycle(graph):
@@ -633,8 +682,23 @@ def _is_kind(value, kind):
 
 
 def _show(value):
+    """A value as an error shows it: its type and (shortened) repr, and for text that reads as
+    a number in exponent form the YAML rule that made it text."""
     text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    shown = f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    if isinstance(value, str) and _EXPONENT_TEXT.match(value.strip()):
+        shown += f" (YAML reads an exponent without a decimal point as text: write {_with_point(value.strip())})"
+    return shown
+
+
+_EXPONENT_TEXT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+\Z")
+
+
+def _with_point(text):
+    """'1e20' as YAML reads it as a number: '1.0e+20'."""
+    mantissa, exponent = re.split("[eE]", text)
+    sign = "-" if exponent.startswith("-") else "+"
+    return f"{mantissa}.0e{sign}{exponent.lstrip('+-')}"
 
 
 def _article(word):

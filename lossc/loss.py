@@ -313,7 +313,7 @@ class Loss:
             raise ValueError(f"{self.name}: parameter '{name}' must be an integer, got {value!r}")
         low, high = p["range"]
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"{self.name}: parameter '{name}' must be {_range_text(low, high)}, got {value!r}")
+            raise ValueError(f"{self.name}: parameter '{name}' must be {range_text(low, high)}, got {value!r}")
         return int(value) if kind == "int" else float(value)
 
     def _module(self, xp, variant):
@@ -339,7 +339,7 @@ class Loss:
         return self._modules[backend, key]
 
 
-def _range_text(low, high):
+def range_text(low, high):
     """A parameter's range in words: 'in [0, 1]', 'at least 0' (no upper limit), 'at most 1'."""
     if low is not None and high is not None:
         return f"in [{low}, {high}]"

@@ -114,7 +114,7 @@ BAD_SPECS = {
     "upper-case name": (with_loss("pred").replace("name: alpha", "name: Alpha"), "is not an identifier"),
     "dunder name": (with_loss("pred").replace("name: alpha", "name: __class__"), "reserved for generated code"),
     "default wrong type": (with_loss("pred").replace("default: 0.5", "default: yes please"), "expected a number"),
-    "default outside range": (with_loss("pred").replace("default: 0.5", "default: 2.5"), "outside the range [0, 1]"),
+    "default outside range": (with_loss("pred").replace("default: 0.5", "default: 2.5"), "outside the range: it must be in [0, 1]"),
     "bool default not bool": (
         with_loss("pred").replace("type: float\n    default: 0.5\n    range: [0, 1]", "type: bool\n    default: 1"),
         "expected true or false",
