@@ -107,7 +107,7 @@ class onehot_minus_softmax(sympy.Function):
 
     def _latex(self, printer, exp=None):
         e, label = (printer._print(a) for a in self.args)
-        return _power(r"[j = %s] - \frac{e^{%s}}{\sum_{k} e^{%s}}" % (label, e, e), exp)
+        return r"\left([j = %s] - \frac{e^{%s}}{\sum_{k} e^{%s}}\right)%s" % (label, e, e, "" if exp is None else f"^{{{exp}}}")
 
 
 def _power(tex, exp):

@@ -195,3 +195,43 @@ def test_browser_lays_out_mathml_and_loads_the_plot(tmp_path):
         assert all(w > 0 and h > 0 for w, h in result["maths"]), result
         if page != "index.html" and importlib.util.find_spec("matplotlib"):
             assert result["imgs"] == [True], result
+
+
+def test_the_softmax_gradient_keeps_its_difference_in_parentheses():
+    """[j = y] − softmax_j multiplies a coefficient: printed bare it would read as a wrong formula."""
+    from lossc.compiler.reductions import onehot_minus_softmax
+
+    pred, label, c = sympy.symbols("pred label c", real=True)
+    expr = c * onehot_minus_softmax(pred, label)
+    from lossc.compiler.docs import Formula
+
+    shown = Formula.of(expr)
+    assert r"c \cdot \left([j = \mathrm{label}] - \frac{e^{\mathrm{pred}}}{\sum_{k} e^{\mathrm{pred}}}\right)" in shown.latex
+    assert "<mi>c</mi><mo>&#xB7;</mo><mrow><mo>(</mo><mrow><mrow><mo>[</mo>" in shown.mathml
+    page = (GENERATED / "docs" / "softmax_ce.md").read_text()
+    assert r"\cdot [j = \mathrm{label}] - \frac" not in page
+
+
+def test_pages_show_names_whole_and_products_with_a_dot():
+    from lossc.compiler.docs import Formula
+
+    eps, x = sympy.symbols("eps x", real=True)
+    shown = Formula.of(-eps * expm1(x) * sympy.Symbol("log_py"))
+    assert "<mi>log_py</mi>" in shown.mathml and "<msub>" not in shown.mathml  # not log with subscript py
+    assert "&InvisibleTimes;" not in shown.mathml and "<mi>expm1</mi>" in shown.mathml
+    assert r"\operatorname{expm1}\left(x\right)" in shown.latex  # not expm with subscript 1
+    for page in (GENERATED / "docs").glob("*.md"):
+        assert "grad\\_output" not in page.read_text(), page.name  # the kernels' upstream factor is not shown
+
+
+@pytest.mark.parametrize("name, words", [
+    ("huber", "The element loss has the broadcast shape of the inputs"),
+    ("softmax_ce", "one value per row: the prediction's shape without the class axis"),
+    ("kl_div", "one value per element of the prediction, classes along the class axis"),
+    ("sdml", "one value per row of the row-side pair inputs"),
+    ("triplet", "without every axis but the first (the batch axis)"),
+])
+def test_output_and_reduction_describe_the_loss_level(name, words):
+    page = (GENERATED / "docs" / f"{name}.md").read_text()
+    section = page.split("## Output and reduction", 1)[1].split("##", 1)[0]
+    assert words in section, section

@@ -14,8 +14,8 @@ from markupsafe import Markup
 
 from sympy.printing.latex import LatexPrinter
 
-from ..derive import declared_gradients
-from ..reductions import CLASS_INDEX
+from ..derive import GRAD_OUTPUT, declared_gradients
+from ..reductions import CLASS_INDEX, element_level
 from ..emit import template as _template
 from . import plots
 from .mathml import mathml
@@ -54,6 +54,17 @@ class Formula:
 class DocLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with one-hots [j = y] written as Iverson brackets."""
 
+    def _print_expm1(self, expr, exp=None):
+        return self._named_function("expm1", expr, exp)
+
+    def _print_log1p(self, expr, exp=None):
+        return self._named_function("log1p", expr, exp)
+
+    def _named_function(self, name, expr, exp):
+        """``\\operatorname{name}(x)`` (SymPy would print expm1 as expm with subscript 1)."""
+        tex = r"\operatorname{%s}\left(%s\right)" % (name, self._print(expr.args[0]))
+        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+
     def _print_Piecewise(self, expr):
         pieces = expr.args
         if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[1].cond == True:  # noqa: E712
@@ -85,6 +96,7 @@ class LossDoc:
 
     spec: object
     variants: list
+    row_level: bool = False  # one loss per row (a class axis reduced), not per element
     accuracy: list = field(default_factory=list)
     plot_svg: str | None = None
     plot_file: str | None = None
@@ -117,9 +129,11 @@ def loss_doc(compiled):
             loss=Formula.of(ir.readable_loss),
             gradients=[(n, tex_name(n), Formula.of(readable_gradient(ir, n))) for n in names],
             stable_loss=Formula.of(derived.loss),
-            stable_gradients=[(n, tex_name(n), Formula.of(derived.gradients[n])) for n in names],
+            stable_gradients=[(n, tex_name(n), Formula.of(derived.gradients[n].subs(GRAD_OUTPUT, 1))) for n in names],
         ))
-    return LossDoc(compiled.spec, variants)
+    first = compiled.derived[0].ir
+    row_level = bool(first.spec.class_axis) and not element_level(first.loss, first.element_symbols)
+    return LossDoc(compiled.spec, variants, row_level=row_level)
 
 
 def markdown_files(compiled_losses):
@@ -131,9 +145,30 @@ def markdown_files(compiled_losses):
     return files
 
 
+_AXIS_WORDS = {"parameter": "the class axis (the call's `axis`, default −1)", "last": "the last axis",
+               "non_batch": "every axis but the first (the batch axis)"}
+
+
+def output_text(doc):
+    """What one loss value is, by the loss's level: one per element, per row, or per pair row."""
+    spec = doc.spec
+    if spec.pair_inputs:
+        return ("The loss has one value per row of the row-side pair inputs, shape (batch,): row i is "
+                "compared with every row j of the column side, the pair terms reduced over the features.")
+    if not spec.class_axis:
+        return ("The element loss has the broadcast shape of the inputs and the prediction's dtype (float16 is "
+                "computed in float32).")
+    axis = _AXIS_WORDS[spec.class_axis]
+    if doc.row_level:
+        return (f"The loss has one value per row: the prediction's shape without {axis}, which it reduces "
+                "(float16 is computed in float32).")
+    return (f"The loss has one value per element of the prediction, classes along {axis} included (float16 is "
+            "computed in float32).")
+
+
 def render(name, doc, **extra):
     """Render one loss page template."""
-    return template(name).render(doc=doc, spec=doc.spec, pipeline=PIPELINE_TEXT, **extra)
+    return template(name).render(doc=doc, spec=doc.spec, pipeline=PIPELINE_TEXT, output=output_text(doc), **extra)
 
 
 def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print, built=None):

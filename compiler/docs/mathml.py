@@ -1,6 +1,8 @@
 """Presentation MathML for the docs: SymPy's printer with cases for where() and escaped relations."""
 from sympy.printing.mathml import MathMLPresentationPrinter
 
+from ..reductions import CLASS_INDEX
+
 # SymPy's MathML writer does not escape text (so its entities survive): escape here.
 _RELATIONS = {"<": "&lt;", "<=": "&#x2264;", ">": "&gt;", ">=": "&#x2265;", "==": "=", "!=": "&#x2260;"}
 
@@ -57,15 +59,32 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
         logits, label = expr.args
         bracket = self._element("mrow", self._element("mo", text="["), self._element("mi", text="j"),
                                 self._element("mo", text="="), self._print(label), self._element("mo", text="]"))
-        return self._element("mrow", bracket, self._element("mo", text="\u2212"),
-                             self._softmax(logits, self._element("mi", text="j")))
+        difference = self._element("mrow", bracket, self._element("mo", text="\u2212"),
+                                   self._softmax(logits, self._element("mi", text="j")))
+        return self._element("mrow", self._element("mo", text="("), difference, self._element("mo", text=")"))
 
     def _print_Relational(self, expr):
         return self._element("mrow", self._print(expr.lhs), self._element("mo", text=_RELATIONS[expr.rel_op]),
                              self._print(expr.rhs))
 
 
+    def _print_Symbol(self, sym, style="plain"):
+        """A name as one identifier (SymPy would make ``log_py`` log with subscript py); the
+        class index as j."""
+        return self._element("mi", text="j" if sym == CLASS_INDEX else sym.name)
+
+    def _print_expm1(self, expr):
+        return self._named_function("expm1", expr.args[0])
+
+    def _print_log1p(self, expr):
+        return self._named_function("log1p", expr.args[0])
+
+    def _named_function(self, name, argument):
+        return self._element("mrow", self._element("mi", text=name), self._parenthesized(argument))
+
+
 def mathml(expr):
-    """A complete ``<math display="block">`` element for ``expr``."""
-    body = DocMathMLPrinter({"mat_delim": "("}).doprint(expr)
+    """A complete ``<math display="block">`` element for ``expr``; products are written with a
+    dot, so that names never run together."""
+    body = DocMathMLPrinter({"mat_delim": "(", "mul_symbol": "dot"}).doprint(expr)
     return f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>'
