@@ -295,6 +295,44 @@ def complement_of_mixture(node):
     return None
 
 
+@register_stabilize
+def power_of_mixture(node):
+    """m**q → exp(q·log m) for a binary mixture m = a·b + c·d (a + c = 1, b + d = 1, such as
+    p_t = y·σ(x) + (1 − y)·σ(−x)) and q not an integer: log_of_mixture then keeps log m exact
+    near m = 1, where 1 − m**q (generalized cross-entropy, focal terms) would cancel. (An
+    integer power stays: SymPy folds exp(k·log m) back, and 1/m is exact.)"""
+    if node.is_Pow and node.exp.is_integer is not True and _mixture_complement(node.base) is not None:
+        return sympy.exp(node.exp * sympy.log(node.base))
+    return None
+
+
+@register_stabilize
+def log_of_mixture(node):
+    """log m of a binary mixture (see power_of_mixture) → log1p(−(a·d + c·b)) where m > ½
+    (the complement summed from its non-negative terms, not rounded from 1 − m), log m
+    elsewhere (where m itself is small and exact)."""
+    if not isinstance(node, sympy.log):
+        return None
+    complement = _mixture_complement(node.args[0])
+    if complement is None:
+        return None
+    mixture = node.args[0]
+    return sympy.Piecewise((log1p(-complement), mixture > sympy.Rational(1, 2)), (sympy.log(grouped(mixture)), True))
+
+
+def _mixture_complement(node):
+    """a·d + c·b, the complement 1 − node of a mixture node = a·b + c·d with a + c = 1 and
+    b + d = 1; None for anything else."""
+    if not (node.is_Add and len(node.args) == 2 and all(t.is_Mul and len(t.args) == 2 for t in node.args)):
+        return None
+    first, second = node.args
+    for a, b in (first.args, first.args[::-1]):
+        for c, d in (second.args, second.args[::-1]):
+            if _complements(a, c) and _complements(b, d):
+                return a * d + c * b
+    return None
+
+
 def _complements(a, b):
     """Whether a + b = 1 (sigmoid(x) + sigmoid(−x) included)."""
     if isinstance(a, sigmoid) and isinstance(b, sigmoid):

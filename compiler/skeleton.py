@@ -82,11 +82,11 @@ definitions:                  # named subexpressions, used by later definitions 
 loss: (1 - exp(q * log_p_label)) / q
 """
 
-ELEMENT_TEST = '''\
+TEST_HEAD = '''\
 """Tests of the NAME loss against a 50-digit mpmath reference (written by `lossc new`).
 
 Edit `reference` together with the spec's formula; the test builds NAME.yaml, then checks
-the loss and its gradient at the points below (add the inputs your loss is used at).
+the loss and its gradient at the POINTS below.
 """
 from pathlib import Path
 
@@ -98,16 +98,9 @@ import lossc
 from lossc.compiler.build import build
 
 SPEC = Path(__file__).with_name("NAME.yaml")
-POINTS = [(-30.0, 1.0), (-3.0, 0.0), (-0.5, 1.0), (0.0, 0.0), (0.7, 1.0), (4.0, 0.0), (25.0, 1.0)]
-Q = 0.7
+'''
 
-
-def reference(pred, label, q=Q):
-    """The loss at one point, in mpmath: edit together with the spec's formula."""
-    p = 1 / (1 + mpmath.exp(-pred))
-    p_t = label * p + (1 - label) * (1 - p)
-    return (1 - p_t**q) / q
-
+TEST_FIXTURE = '''
 
 @pytest.fixture(scope="module")
 def loss(tmp_path_factory):
@@ -117,6 +110,19 @@ def loss(tmp_path_factory):
     return lossc.get("NAME")
 
 
+'''
+
+ELEMENT_TEST = ('''\
+POINTS = [(-30.0, 1.0), (-3.0, 0.0), (-0.5, 1.0), (0.0, 0.0), (0.7, 1.0), (4.0, 0.0), (25.0, 1.0)]
+Q = 0.7
+
+
+def reference(pred, label, q=Q):
+    """The loss at one point, in mpmath: edit together with the spec's formula."""
+    p = 1 / (1 + mpmath.exp(-pred))
+    p_t = label * p + (1 - label) * (1 - p)
+    return (1 - p_t**q) / q
+''', '''\
 def test_loss_and_gradient_match_mpmath(loss):
     pred = np.array([p for p, _ in POINTS])
     label = np.array([y for _, y in POINTS])
@@ -127,24 +133,9 @@ def test_loss_and_gradient_match_mpmath(loss):
             slope = mpmath.diff(lambda x: reference(x, mpmath.mpf(y)), mpmath.mpf(p))
             assert abs(value[i] - want) <= 1e-12 * abs(want) + 1e-300, (p, y, value[i], want)
             assert abs(d_pred[i] - slope) <= 1e-12 * abs(slope) + 1e-300, (p, y, d_pred[i], slope)
-'''
+''')
 
-CLASS_AXIS_TEST = '''\
-"""Tests of the NAME loss against a 50-digit mpmath reference (written by `lossc new`).
-
-Edit `reference` together with the spec's formula; the test builds NAME.yaml, then checks
-the loss and its gradient on the rows below (add the rows your loss is used on).
-"""
-from pathlib import Path
-
-import mpmath
-import numpy as np
-import pytest
-
-import lossc
-from lossc.compiler.build import build
-
-SPEC = Path(__file__).with_name("NAME.yaml")
+CLASS_AXIS_TEST = ('''\
 ROWS = [([2.0, -1.0, 0.5], 0), ([-20.0, 3.0, 3.5], 2), ([0.0, 0.0, 0.0], 1), ([30.0, -30.0, 1.0], 1)]
 Q = 0.7
 
@@ -154,16 +145,7 @@ def reference(row, label, q=Q):
     top = max(row)
     log_p_label = row[label] - top - mpmath.log(sum(mpmath.exp(x - top) for x in row))
     return (1 - mpmath.exp(q * log_p_label)) / q
-
-
-@pytest.fixture(scope="module")
-def loss(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("built")
-    build([SPEC], folder, full=False, log=lambda *_: None)
-    lossc.register_generated(folder)
-    return lossc.get("NAME")
-
-
+''', '''\
 def test_loss_and_gradient_match_mpmath(loss):
     pred = np.array([row for row, _ in ROWS])
     label = np.array([y for _, y in ROWS])
@@ -179,7 +161,7 @@ def test_loss_and_gradient_match_mpmath(loss):
 
                 slope = mpmath.diff(along_j, exact[j])
                 assert abs(d_pred[r, j] - slope) <= 1e-12 * abs(slope) + 1e-300, (row, y, j, d_pred[r, j], slope)
-'''
+''')
 
 
 def write_skeleton(name, folder, class_axis=False):
@@ -195,5 +177,8 @@ def write_skeleton(name, folder, class_axis=False):
             raise SpecError(path, 0, "file", "already exists; `lossc new` does not overwrite files")
     Path(folder).mkdir(parents=True, exist_ok=True)
     spec_path.write_text(spec_text, encoding="utf-8")
-    test_path.write_text((CLASS_AXIS_TEST if class_axis else ELEMENT_TEST).replace("NAME", name), encoding="utf-8")
+    references, test = CLASS_AXIS_TEST if class_axis else ELEMENT_TEST
+    points = "ROWS" if class_axis else "POINTS"
+    text = TEST_HEAD.replace("POINTS", points) + references + TEST_FIXTURE + test
+    test_path.write_text(text.replace("NAME", name), encoding="utf-8")
     return [spec_path, test_path]

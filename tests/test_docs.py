@@ -163,23 +163,30 @@ def test_cli_docs_exports_html_with_accuracy(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 MEASURE = """<script>
 window.addEventListener('load', () => {
-const maths = [...document.querySelectorAll('math')].map(m => m.getBoundingClientRect());
+const maths = [...document.querySelectorAll('math')].map(m => {
+  const r = m.getBoundingClientRect(); return [r.width, r.height, m.scrollWidth - m.clientWidth]; });
 const imgs = [...document.querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0);
 const out = document.createElement('pre'); out.id = 'measure';
-out.textContent = JSON.stringify({maths: maths.map(r => [r.width, r.height]), imgs});
+out.textContent = JSON.stringify({maths, imgs, scroll: document.documentElement.scrollWidth,
+                                  width: document.documentElement.clientWidth});
 document.body.appendChild(out);
 });
 </script>"""
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                 "--window-size=1000,1400", "--virtual-time-budget=5000", "--allow-file-access-from-files"]
 
 
 def rendered_measurements(page, tmp_path):
-    """Render ``page`` headless with a measuring script appended to a copy; return its JSON."""
+    """Render ``page`` headless at 1000 px with a measuring script appended to a copy; return
+    its JSON. A screenshot of the page itself is saved beside it (``<name>.png``)."""
     probe = page.with_name(page.stem + "_probe.html")
     probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=5000", "--allow-file-access-from-files", "--dump-dom", probe.as_uri()]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    dom = subprocess.run([CHROMIUM, *BROWSER_FLAGS, profile, "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([CHROMIUM, *BROWSER_FLAGS, profile, f"--screenshot={page.with_suffix('.png')}", page.as_uri()],
+                   capture_output=True, timeout=120)
     match = re.search(r'<pre id="measure">(.*?)</pre>', dom, re.S)
     assert match, dom[-2000:]
     return json.loads(match.group(1).replace("&quot;", '"'))
@@ -187,14 +194,26 @@ def rendered_measurements(page, tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
-def test_browser_lays_out_mathml_and_loads_the_plot(tmp_path):
-    export([COMPILED["sigmoid_focal"], COMPILED["huber"]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
-    for page in ("index.html", "sigmoid_focal.html"):
-        result = rendered_measurements(tmp_path / page, tmp_path)
-        assert result["maths"], page
-        assert all(w > 0 and h > 0 for w, h in result["maths"]), result
-        if page != "index.html" and importlib.util.find_spec("matplotlib"):
-            assert result["imgs"] == [True], result
+@pytest.mark.parametrize("name", ["sigmoid_focal", "softmax_ce", "sdml"])  # element-wise, class axis, pairs
+def test_browser_lays_out_every_formula_within_1000px(name, tmp_path):
+    export([COMPILED[name]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
+    result = rendered_measurements(tmp_path / f"{name}.html", tmp_path)
+    assert result["maths"] and all(w > 0 and h > 0 for w, h, _ in result["maths"]), result
+    assert result["scroll"] <= result["width"], result  # the page never scrolls sideways
+    wide = [k for k, (_, _, overflow) in enumerate(result["maths"]) if overflow > 1]
+    assert not wide, (wide, len(result["maths"]))  # nor does a formula
+    if importlib.util.find_spec("matplotlib"):
+        assert result["imgs"] == [True], result
+    assert (tmp_path / f"{name}.png").stat().st_size > 10000  # the screenshot
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+def test_browser_index_links_every_page(tmp_path):
+    export([COMPILED["huber"], COMPILED["l1"]], "html", tmp_path, with_accuracy=False, log=lambda *_: None)
+    dom = subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          (tmp_path / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'href="huber.html"' in dom and 'href="l1.html"' in dom
 
 
 def test_the_softmax_gradient_keeps_its_difference_in_parentheses():

@@ -1,4 +1,7 @@
 """Presentation MathML for the docs: SymPy's printer with cases for where() and escaped relations."""
+import re
+
+import sympy
 from sympy.printing.mathml import MathMLPresentationPrinter
 
 from ..reductions import CLASS_INDEX
@@ -28,7 +31,8 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
                 condition = self._element("mtext", text="otherwise")
             else:
                 condition = self._element("mrow", self._element("mtext", text="if\u00a0"), self._print(cond))
-            rows.append(self._element("mtr", self._element("mtd", self._print(value)), self._element("mtd", condition)))
+            shown = self.broken(value) or self._print(value)  # a long branch breaks inside its cell
+            rows.append(self._element("mtr", self._element("mtd", shown), self._element("mtd", condition)))
         return self._element("mrow", self._element("mo", text="{"), self._element("mtable", *rows, columnalign="left"))
 
     def _under(self, operator, index="j"):
@@ -83,8 +87,48 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
         return self._element("mrow", self._element("mi", text=name), self._parenthesized(argument))
 
 
+    def broken(self, expr):
+        """``expr`` written over several lines where it is long, or None: a long sum one
+        top-level term per line (each after its sign, each term broken the same way), a
+        product with a long sum as factor with that sum so broken inside its parentheses."""
+        if not self._is_long(expr):
+            return None
+        if isinstance(expr, sympy.Piecewise):
+            return self._print(expr)  # its branches break inside their cells
+        if isinstance(expr, sympy.Add):
+            rows = []
+            for k, term in enumerate(self._as_ordered_terms(expr)):
+                negative = term.could_extract_minus_sign()
+                shown = self.broken(-term if negative else term) or self._print(-term if negative else term)
+                if k or negative:
+                    shown = self._element("mrow", self._element("mo", text="\u2212" if negative else "+"), shown)
+                rows.append(self._element("mtr", self._element("mtd", shown)))
+            return self._element("mtable", *rows, columnalign="left")
+        if isinstance(expr, sympy.Mul):
+            sums = [f for f in expr.args if isinstance(f, sympy.Add) and self._is_long(f)]
+            if sums:
+                parts = [self._print(expr.func(*[f for f in expr.args if f not in sums]))]
+                for factor in sums:
+                    parts += [self._element("mo", text="\u00b7"), self._element("mo", text="("), self.broken(factor),
+                              self._element("mo", text=")")]
+                return self._element("mrow", *parts)
+        if isinstance(expr, sympy.log) and self.broken(expr.args[0]) is not None:
+            return self._element("mrow", self._element("mi", text="log"), self._element("mo", text="("),
+                                 self.broken(expr.args[0]), self._element("mo", text=")"))
+        return None
+
+    def _is_long(self, expr):
+        return len(re.sub("<[^>]*>", "", self._print(expr).toxml())) > BREAK_AT
+
+
+BREAK_AT = 90  # characters of text: a longer top-level sum is written one term per line
+
+
 def mathml(expr):
     """A complete ``<math display="block">`` element for ``expr``; products are written with a
-    dot, so that names never run together."""
-    body = DocMathMLPrinter({"mat_delim": "(", "mul_symbol": "dot"}).doprint(expr)
+    dot, so that names never run together, and a long sum breaks after each top-level term
+    (a page never scrolls sideways to show a formula)."""
+    printer = DocMathMLPrinter({"mat_delim": "(", "mul_symbol": "dot"})
+    broken = printer.broken(expr)
+    body = printer.doprint(expr) if broken is None else broken.toxml()
     return f'<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">{body}</math>'

@@ -1,0 +1,140 @@
+"""Read the docs' LaTeX back into SymPy with SymPy's own LaTeX parser (``parse_latex``'s lark
+backend), its grammar extended by the notation the formula pages use and nothing else:
+upright names (\\mathrm{label\\_smoothing}), \\operatorname{softplus}(…), σ(…), cases, the class
+axis (Σ_j, max_j, a value picked at j = y), Iverson brackets [j = y] and 𝟙[u > 0].
+
+A formula that parses back to the expression it was printed from shows that the page says
+what the kernels compute: a dropped parenthesis, names run together or a leaked internal
+name would parse to something else, or not at all.
+"""
+import tempfile
+from pathlib import Path
+
+import sympy
+
+from lossc.compiler.functions import expm1, log1p, sigmoid, softplus, unit_clip
+from lossc.compiler.reductions import CLASS_INDEX, rmax, rsum
+
+LATEX_GRAMMAR = None  # the extended grammar's text, built on first use
+
+EXTENSION = r"""
+CMD_MATHRM: "\\mathrm"
+CMD_OPERATORNAME: "\\operatorname"
+CMD_MATHBB_ONE: "\\mathbb{1}"
+CMD_TEXT_FOR: "\\text{for}"
+CMD_TEXT_OTHERWISE: "\\text{otherwise}"
+CMD_BEGIN_CASES: "\\begin{cases}"
+CMD_END_CASES: "\\end{cases}"
+CMD_WEDGE: "\\wedge"
+CMD_VEE: "\\vee"
+UPRIGHT_NAME: /[A-Za-z][A-Za-z0-9]*(\\_[A-Za-z0-9]+)*/
+OPERATOR_NAME: /[a-z][a-z0-9]*/
+CLIP_RANGE: "_{[-1, 1]}"
+
+upright_symbol: CMD_MATHRM L_BRACE UPRIGHT_NAME R_BRACE
+named_function: CMD_OPERATORNAME L_BRACE OPERATOR_NAME R_BRACE (group_round_parentheses | group_curly_parentheses)
+clip: CMD_OPERATORNAME L_BRACE OPERATOR_NAME R_BRACE CLIP_RANGE group_round_parentheses
+iverson: L_BRACKET _condition R_BRACKET
+indicator: CMD_MATHBB_ONE L_BRACKET _condition R_BRACKET
+class_sum: FUNC_SUM UNDERSCORE L_BRACE SYMBOL R_BRACE _expression_power
+class_max: FUNC_MAX UNDERSCORE L_BRACE SYMBOL R_BRACE _expression_power
+picked: group_round_parentheses UNDERSCORE L_BRACE SYMBOL EQUAL _expression R_BRACE
+cases: CMD_BEGIN_CASES case_row (MATRIX_ROW_DELIM case_row)* CMD_END_CASES
+case_row: _expression MATRIX_COL_DELIM CMD_TEXT_FOR _condition
+    | _expression MATRIX_COL_DELIM CMD_TEXT_OTHERWISE
+    | _expression MATRIX_COL_DELIM _condition
+_condition: _relation | conjunction | disjunction
+conjunction: _relation (CMD_WEDGE _relation)+
+disjunction: _relation (CMD_VEE _relation)+
+"""
+
+NAMED_FUNCTIONS = {"softplus": softplus, "expm1": expm1, "log1p": log1p, "sign": sympy.sign}
+
+
+def _grammar():
+    """SymPy's LaTeX grammar with the docs' notation added as atoms and functions."""
+    global LATEX_GRAMMAR
+    if LATEX_GRAMMAR is None:
+        import sympy.parsing.latex.lark as lark_parser
+
+        base = (Path(lark_parser.__file__).parent / "grammar" / "latex.lark").read_text(encoding="utf-8")
+        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol\n"),
+                         ("_function: function_applied\n", "_function: function_applied\n    | named_function | clip"
+                          " | iverson | indicator | class_sum | class_max | picked | cases\n")):
+            assert old in base, old
+            base = base.replace(old, new)
+        LATEX_GRAMMAR = base + EXTENSION
+    return LATEX_GRAMMAR
+
+
+def _transformer():
+    from sympy.parsing.latex.lark.transformer import TransformToSymPyExpr
+
+    class DocsToSymPy(TransformToSymPyExpr):
+        """SymPy's transformer plus the docs' notation, mapped to lossc's nodes."""
+
+        def upright_symbol(self, tokens):
+            return sympy.Symbol(str(tokens[2]).replace("\\_", "_"))
+
+        def named_function(self, tokens):
+            return NAMED_FUNCTIONS[str(tokens[2])](tokens[4])
+
+        def clip(self, tokens):
+            assert str(tokens[2]) == "clip", tokens
+            return unit_clip(tokens[5])
+
+        def iverson(self, tokens):
+            return sympy.Piecewise((1, tokens[1]), (0, True))
+
+        def indicator(self, tokens):
+            return sympy.Piecewise((1, tokens[2]), (0, True))
+
+        def class_sum(self, tokens):
+            return rsum(tokens[5])
+
+        def class_max(self, tokens):
+            return rmax(tokens[5])
+
+        def picked(self, tokens):
+            return rsum(tokens[0] * sympy.Piecewise((1, sympy.Eq(sympy.Symbol(str(tokens[3])), tokens[5])), (0, True)))
+
+        def cases(self, tokens):
+            return sympy.Piecewise(*[t for t in tokens if isinstance(t, tuple)])
+
+        def case_row(self, tokens):
+            if str(tokens[2]) == r"\text{otherwise}":
+                return (tokens[0], True)
+            return (tokens[0], tokens[-1])
+
+        def conjunction(self, tokens):
+            return sympy.And(*tokens[::2])
+
+        def disjunction(self, tokens):
+            return sympy.Or(*tokens[::2])
+
+        def _ambig(self, options):
+            raise ValueError(f"ambiguous LaTeX: {options}")
+
+    return DocsToSymPy
+
+
+_PARSER = None
+
+
+def parse_docs_latex(tex, like):
+    """``tex`` (a formula as the docs print it) as a SymPy expression, its names the symbols of
+    ``like`` (the expression it was printed from); j is the class index, e is Euler's number."""
+    global _PARSER
+    if _PARSER is None:
+        from sympy.parsing.latex.lark import LarkLaTeXParser
+
+        grammar_file = Path(tempfile.mkdtemp(prefix="lossc-latex-")) / "docs_latex.lark"
+        grammar_file.write_text(_grammar(), encoding="utf-8")
+        _PARSER = LarkLaTeXParser(grammar_file=str(grammar_file), transformer=_transformer())
+    parsed = _PARSER.doparse(tex)
+    names = {s.name: s for s in like.free_symbols}
+    names["j"] = CLASS_INDEX
+    return parsed.xreplace({s: names.get(s.name, sympy.E if s.name == "e" else s) for s in parsed.free_symbols
+                            if isinstance(s, sympy.Symbol)}).replace(
+        lambda n: isinstance(n, sympy.core.function.AppliedUndef) and n.func.__name__ == "sigma",
+        lambda n: sigmoid(*n.args))
