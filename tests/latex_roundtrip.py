@@ -12,13 +12,15 @@ from pathlib import Path
 
 import sympy
 
-from lossc.compiler.functions import expm1, log1p, sigmoid, softplus, unit_clip
+from lossc.compiler.functions import expm1, log1p, relu, sigmoid, softplus, unit_clip
 from lossc.compiler.reductions import CLASS_INDEX, rmax, rsum
 
 LATEX_GRAMMAR = None  # the extended grammar's text, built on first use
 
 EXTENSION = r"""
 CMD_MATHRM: "\\mathrm"
+CMD_SIGMA: "\\sigma"
+CMD_PI: "\\pi"
 CMD_OPERATORNAME: "\\operatorname"
 CMD_MATHBB_ONE: "\\mathbb{1}"
 CMD_TEXT_FOR: "\\text{for}"
@@ -32,6 +34,8 @@ OPERATOR_NAME: /[a-z][a-z0-9]*/
 CLIP_RANGE: "_{[-1, 1]}"
 
 upright_symbol: CMD_MATHRM L_BRACE UPRIGHT_NAME R_BRACE
+pi_constant: CMD_PI
+sigmoid_function: CMD_SIGMA group_round_parentheses
 named_function: CMD_OPERATORNAME L_BRACE OPERATOR_NAME R_BRACE (group_round_parentheses | group_curly_parentheses)
 clip: CMD_OPERATORNAME L_BRACE OPERATOR_NAME R_BRACE CLIP_RANGE group_round_parentheses
 iverson: L_BRACKET _condition R_BRACKET
@@ -58,9 +62,15 @@ def _grammar():
         import sympy.parsing.latex.lark as lark_parser
 
         base = (Path(lark_parser.__file__).parent / "grammar" / "latex.lark").read_text(encoding="utf-8")
-        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol\n"),
-                         ("_function: function_applied\n", "_function: function_applied\n    | named_function | clip"
-                          " | iverson | indicator | class_sum | class_max | picked | cases\n")):
+        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol | pi_constant\n"),
+                         ("_function: function_applied\n", "_function: function_applied\n    | named_function | sigmoid_function | clip"
+                          " | iverson | indicator | picked | cases\n"),
+                         # Σ_j and max_j take what follows as their operand, like SymPy's \sum: no
+                         # superscript applies to them (Σ_j e^x is never (Σ_j e)^x); a product may end in one
+                         ("    | summation | product\n", "    | summation | product | class_sum | class_max\n"),
+                         ("mul: _expression_mul MUL_SYMBOL _expression_power\n",
+                          "mul: _expression_mul MUL_SYMBOL _expression_power\n"
+                          "    | _expression_mul MUL_SYMBOL (class_sum | class_max)\n")):
             assert old in base, old
             base = base.replace(old, new)
         LATEX_GRAMMAR = base + EXTENSION
@@ -75,6 +85,19 @@ def _transformer():
 
         def upright_symbol(self, tokens):
             return sympy.Symbol(str(tokens[2]).replace("\\_", "_"))
+
+        def max(self, tokens):
+            """max(u, 0) is how the pages print relu(u)."""
+            arguments = list(tokens[2])
+            if len(arguments) == 2 and arguments[1] == 0:
+                return relu(arguments[0])
+            return sympy.Max(*arguments)
+
+        def pi_constant(self, tokens):
+            return sympy.pi
+
+        def sigmoid_function(self, tokens):
+            return sigmoid(tokens[1])
 
         def named_function(self, tokens):
             return NAMED_FUNCTIONS[str(tokens[2])](tokens[4])
@@ -113,7 +136,23 @@ def _transformer():
             return sympy.Or(*tokens[::2])
 
         def _ambig(self, options):
-            raise ValueError(f"ambiguous LaTeX: {options}")
+            """Where SymPy's grammar allows several readings, the one a reader takes: a
+            superscript binds to what stands just before it (log Σ_j e^x is log(Σ_j e^x), not
+            (log Σ_j e)^x), and a function applies to the least that follows it (log{(a)} + b
+            is log(a) + b). Readings that still differ are an error."""
+            def reading(option):
+                wide_powers = sum(1 for n in sympy.preorder_traversal(option)
+                                  if isinstance(n, sympy.Pow) and isinstance(n.base, (sympy.log, rsum, rmax)))
+                swallowed = sum(sympy.count_ops(n.args[0]) for n in sympy.preorder_traversal(option)
+                                if isinstance(n, (sympy.log, rsum, rmax)))
+                return wide_powers, swallowed
+
+            options = [o for o in options if not o.has(sympy.zoo, sympy.nan)] or options  # 1/0 is no reading
+            best = min(reading(o) for o in options)
+            chosen = [o for o in options if reading(o) == best]
+            if any(o != chosen[0] for o in chosen):
+                raise ValueError(f"ambiguous LaTeX: {chosen}")
+            return chosen[0]
 
     return DocsToSymPy
 
@@ -135,6 +174,4 @@ def parse_docs_latex(tex, like):
     names = {s.name: s for s in like.free_symbols}
     names["j"] = CLASS_INDEX
     return parsed.xreplace({s: names.get(s.name, sympy.E if s.name == "e" else s) for s in parsed.free_symbols
-                            if isinstance(s, sympy.Symbol)}).replace(
-        lambda n: isinstance(n, sympy.core.function.AppliedUndef) and n.func.__name__ == "sigma",
-        lambda n: sigmoid(*n.args))
+                            if isinstance(s, sympy.Symbol)})

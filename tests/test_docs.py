@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import sympy
@@ -254,3 +255,62 @@ def test_output_and_reduction_describe_the_loss_level(name, words):
     page = (GENERATED / "docs" / f"{name}.md").read_text()
     section = page.split("## Output and reduction", 1)[1].split("##", 1)[0]
     assert words in section, section
+
+
+def _inlined(expr, ir):
+    """``expr`` with the spec's definitions substituted (latest first), so that it reads only inputs."""
+    for name, definition in reversed(ir.definitions):
+        expr = expr.xreplace({s: definition for s in expr.free_symbols if s.name == name})
+    return expr
+
+
+def _printed_formulas(derived):
+    """(what, expression) of every formula a page prints for one variant."""
+    from lossc.compiler.derive import GRAD_OUTPUT
+
+    ir = derived.ir
+    names = [i.name for i in ir.spec.differentiable_inputs]
+    return ([(f"definition {n}", e) for n, e in ir.definitions] + [("loss as declared", ir.readable_loss)]
+            + [(f"gradient {n}", readable_gradient(ir, n)) for n in names] + [("stable loss", derived.loss)]
+            + [(f"stable gradient {n}", derived.gradients[n].subs(GRAD_OUTPUT, 1)) for n in names])
+
+
+NAIVE_SPECS = sorted((Path(__file__).parent / "naive_specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED) + [p.stem for p in NAIVE_SPECS])
+def test_every_printed_formula_reads_back_as_what_the_kernels_compute(name):
+    """The LaTeX of each formula on the page, parsed back by SymPy's LaTeX parser (lark; the
+    pages' notation added to its grammar, tests/latex_roundtrip.py), equals the expression
+    it was printed from at 30 digits, at points on both sides of every branch: for every
+    built-in spec and the tests' user specs (naive_specs/)."""
+    pytest.importorskip("lark")
+    from latex_roundtrip import parse_docs_latex
+    from lossc.compiler.docs import Formula
+    from lossc.compiler.mp_eval import NotReal, truth
+
+    compiled = COMPILED.get(name) or compile_spec(next(p for p in NAIVE_SPECS if p.stem == name))
+    for derived in compiled.derived:
+        ir, spec = derived.ir, derived.ir.spec
+        for what, expr in _printed_formulas(derived):
+            parsed = parse_docs_latex(Formula.of(expr).latex, expr)
+            want, got = _inlined(expr, ir), _inlined(parsed, ir)
+            checked = 0
+            for k, (value, label) in enumerate(BRANCH_POINTS):
+                scalars = {p.name: float(p.default) for p in spec.runtime_params}
+                scalars.update({i.name: (float(k % 3) if i.class_index else label) for i in spec.inputs
+                                if i.per == "row"})
+                elements = {i.name: [value, -0.4 * value + 0.3, 0.25 + 0.1 * k] for i in spec.inputs
+                            if i.per == "element"}
+                if not spec.class_axis:
+                    scalars.update({i: row[0] for i, row in elements.items()})
+                    scalars.update({i.name: label for i in spec.inputs if not i.differentiable})
+                    elements = None
+                for index in ([None] if elements is None else [0, 2]):
+                    try:
+                        a, b = truth(want, scalars, elements, index), truth(got, scalars, elements, index)
+                    except (NotReal, KeyError, TypeError, ValueError):
+                        continue
+                    assert abs(a - b) <= 1e-30 * max(1, abs(a)), (name, ir.variant, what, Formula.of(expr).latex)
+                    checked += 1
+            assert checked >= 2, (name, ir.variant, what, checked)
