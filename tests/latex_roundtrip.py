@@ -68,6 +68,12 @@ def _grammar():
                          # Σ_j and max_j take what follows as their operand, like SymPy's \sum: no
                          # superscript applies to them (Σ_j e^x is never (Σ_j e)^x); a product may end in one
                          ("    | summation | product\n", "    | summation | product | class_sum | class_max\n"),
+                         # a function's argument is what its braces hold, as the pages print it
+                         # (\log{(a)} + b is never log(a + b)); log Σ_j e^x is logsumexp's notation
+                         ("log: FUNC_LOG _expression\n", "log: FUNC_LOG group_curly_parentheses\n"
+                          "    | FUNC_LOG class_sum\n"),
+                         ("tanh: FUNC_TANH _expression\n", "tanh: FUNC_TANH group_curly_parentheses\n"),
+                         ("tan: FUNC_TAN _expression\n", "tan: FUNC_TAN group_curly_parentheses\n"),
                          ("mul: _expression_mul MUL_SYMBOL _expression_power\n",
                           "mul: _expression_mul MUL_SYMBOL _expression_power\n"
                           "    | _expression_mul MUL_SYMBOL (class_sum | class_max)\n")):

@@ -73,7 +73,7 @@ def test_docs_gradient_equals_the_kernels_gradient(name):
 
     for derived in COMPILED[name].derived:
         for inp in derived.ir.spec.differentiable_inputs:
-            shown = readable_gradient(derived.ir, inp.name)
+            shown = _inlined(readable_gradient(derived.ir, inp.name), derived.ir)  # it reads the definitions
             kernel = derived.gradients[inp.name]
             if kernel.has(sympy.Piecewise) or shown.has(sympy.Piecewise):
                 _equal_at_branch_points(shown, kernel.subs(GRAD_OUTPUT, 1), derived.ir)
@@ -101,7 +101,7 @@ def test_docs_gradient_of_reduction_losses_equals_the_kernels_gradient(name):
         scalars = {i.name: 1.0 for i in spec.inputs if i.per == "row"}
         scalars.update({p.name: float(p.default) for p in spec.runtime_params})
         for inp in spec.differentiable_inputs:
-            shown = readable_gradient(derived.ir, inp.name)
+            shown = _inlined(readable_gradient(derived.ir, inp.name), derived.ir)  # it reads the definitions
             kernel = derived.gradients[inp.name].subs(GRAD_OUTPUT, 1)
             for j in range(4):
                 try:

@@ -15,6 +15,7 @@ from markupsafe import Markup
 from sympy.printing.latex import LatexPrinter
 
 from ..derive import GRAD_OUTPUT, declared_gradients
+from ..functions import sigmoid
 from ..reductions import CLASS_INDEX, element_level
 from ..emit import template as _template
 from . import plots
@@ -111,9 +112,48 @@ class IndexEntry:
     variants: int
 
 
+SIMPLIFY_BUDGET = 80  # operations: a gradient up to this size is also tried through sympy.simplify
+
+
 def readable_gradient(ir, name):
-    """d loss/d input of the loss as declared, lightly factored for reading."""
-    return sympy.factor_terms(declared_gradients(ir)[name])
+    """d loss/d input of the loss as declared, written in the spec's own definitions (each
+    definition's expression replaced by its name, largest first, and σ(−u) by 1 − p where the
+    spec defines p = σ(u)), then the shortest of it factored and, within SIMPLIFY_BUDGET,
+    simplified: the gradient reads as the paper's, not as an expansion of every definition."""
+    gradient = declared_gradients(ir)[name]
+    for symbol, inlined in reversed(_inlined_definitions(ir)):
+        if inlined.is_Number or inlined.is_Symbol:
+            continue  # a constant or a renamed input: its name would only replace a 1 or an input
+        gradient = gradient.subs(inlined, symbol)
+        if isinstance(inlined, sigmoid):
+            gradient = gradient.subs(sigmoid(-inlined.args[0]), 1 - symbol)
+    candidates = [gradient, sympy.factor_terms(gradient)]
+    if sympy.count_ops(gradient) <= SIMPLIFY_BUDGET:
+        simplified = sympy.factor_terms(sympy.simplify(gradient))
+        if _functions(simplified) <= _functions(gradient):  # no tanh the spec never wrote
+            candidates.append(simplified)
+    return min(candidates, key=sympy.count_ops)
+
+
+def _functions(expr):
+    """The function classes ``expr`` applies."""
+    return {type(f) for f in expr.atoms(sympy.Function)}
+
+
+def _inlined_definitions(ir):
+    """(symbol, expression with every earlier definition inlined) of the spec's definitions."""
+    inlined = []
+    for name, expr in ir.definitions:
+        for symbol, value in inlined:
+            expr = expr.xreplace({symbol: value})
+        inlined.append((_definition_symbol(ir, name), expr))
+    return inlined
+
+
+def _definition_symbol(ir, name):
+    """The symbol the readable formulas use for the definition ``name``."""
+    return next((s for s in ir.readable_loss.free_symbols | set().union(*(e.free_symbols for _, e in ir.definitions))
+                 if s.name == name), sympy.Symbol(name, real=True))
 
 
 def loss_doc(compiled):
