@@ -1,7 +1,7 @@
 """Read the docs' LaTeX back into SymPy with SymPy's own LaTeX parser (``parse_latex``'s lark
 backend), its grammar extended by the notation the formula pages use and nothing else:
-upright names (\\mathrm{label\\_smoothing}), \\operatorname{softplus}(…), σ(…), cases, the class
-axis (Σ_j, max_j, a value picked at j = y), Iverson brackets [j = y] and 𝟙[u > 0].
+upright names (\\mathrm{label\\_smoothing}), \\operatorname{softplus}(…), σ(…), cases, a sum broken over
+aligned lines, the class axis (Σ_j, max_j, a value picked at j = y), Iverson brackets [j = y] and 𝟙[u > 0].
 
 A formula that parses back to the expression it was printed from shows that the page says
 what the kernels compute: a dropped parenthesis, names run together or a leaked internal
@@ -26,6 +26,8 @@ CMD_MATHBB_ONE: "\\mathbb{1}"
 CMD_TEXT_FOR: "\\text{for}"
 CMD_TEXT_OTHERWISE: "\\text{otherwise}"
 CMD_BEGIN_CASES: "\\begin{cases}"
+CMD_BEGIN_ALIGNED: "\\begin{aligned}"
+CMD_END_ALIGNED: "\\end{aligned}"
 CMD_END_CASES: "\\end{cases}"
 CMD_WEDGE: "\\wedge"
 CMD_VEE: "\\vee"
@@ -43,6 +45,7 @@ indicator: CMD_MATHBB_ONE L_BRACKET _condition R_BRACKET
 class_sum: FUNC_SUM UNDERSCORE L_BRACE SYMBOL R_BRACE _expression_power
 class_max: FUNC_MAX UNDERSCORE L_BRACE SYMBOL R_BRACE _expression_power
 picked: group_round_parentheses UNDERSCORE L_BRACE SYMBOL EQUAL _expression R_BRACE
+aligned: CMD_BEGIN_ALIGNED MATRIX_COL_DELIM _expression (MATRIX_ROW_DELIM MATRIX_COL_DELIM _expression)* CMD_END_ALIGNED
 cases: CMD_BEGIN_CASES case_row (MATRIX_ROW_DELIM case_row)* CMD_END_CASES
 case_row: _expression MATRIX_COL_DELIM CMD_TEXT_FOR _condition
     | _expression MATRIX_COL_DELIM CMD_TEXT_OTHERWISE
@@ -62,7 +65,7 @@ def _grammar():
         import sympy.parsing.latex.lark as lark_parser
 
         base = (Path(lark_parser.__file__).parent / "grammar" / "latex.lark").read_text(encoding="utf-8")
-        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol | pi_constant\n"),
+        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol | pi_constant | aligned\n"),
                          ("_function: function_applied\n", "_function: function_applied\n    | named_function | sigmoid_function | clip"
                           " | iverson | indicator | picked | cases\n"),
                          # Σ_j and max_j take what follows as their operand, like SymPy's \sum: no
@@ -126,6 +129,10 @@ def _transformer():
 
         def picked(self, tokens):
             return rsum(tokens[0] * sympy.Piecewise((1, sympy.Eq(sympy.Symbol(str(tokens[3])), tokens[5])), (0, True)))
+
+        def aligned(self, tokens):
+            """A sum written one term per line."""
+            return sympy.Add(*[t for t in tokens if isinstance(t, sympy.Basic)])
 
         def cases(self, tokens):
             return sympy.Piecewise(*[t for t in tokens if isinstance(t, tuple)])

@@ -242,6 +242,8 @@ def test_pages_show_names_whole_and_products_with_a_dot():
     assert r"\operatorname{expm1}\left(x\right)" in shown.latex  # not expm with subscript 1
     for page in (GENERATED / "docs").glob("*.md"):
         assert "grad\\_output" not in page.read_text(), page.name  # the kernels' upstream factor is not shown
+    long_sum = Formula.of(sympy.Add(*[sympy.Symbol(f"term_number_{k}") * x for k in range(12)]))
+    assert long_sum.latex.startswith(r"\begin{aligned} & ") and long_sum.latex.count(r"\\ & + ") == 11
 
 
 @pytest.mark.parametrize("name, words", [

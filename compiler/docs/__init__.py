@@ -48,8 +48,8 @@ class Formula:
         """Render ``expr`` as LaTeX, presentation MathML and plain text."""
         names = {s: tex_name(s.name) for s in expr.free_symbols}
         names[CLASS_INDEX] = "j"
-        return cls(DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"}).doprint(expr), Markup(mathml(expr)),
-                   str(expr))
+        printer = DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"})
+        return cls(printer.broken(expr), Markup(mathml(expr)), str(expr))
 
 
 class DocLatexPrinter(LatexPrinter):
@@ -65,6 +65,19 @@ class DocLatexPrinter(LatexPrinter):
         """``\\operatorname{name}(x)`` (SymPy would print expm1 as expm with subscript 1)."""
         tex = r"\operatorname{%s}\left(%s\right)" % (name, self._print(expr.args[0]))
         return tex if exp is None else r"%s^{%s}" % (tex, exp)
+
+    def broken(self, expr):
+        """``expr``'s LaTeX; a sum longer than LATEX_BREAK_AT characters as an ``aligned`` column,
+        one top-level term per line after its sign, so a page need not scroll sideways."""
+        tex = self.doprint(expr)
+        if not isinstance(expr, sympy.Add) or len(tex) <= LATEX_BREAK_AT:
+            return tex
+        rows = []
+        for k, term in enumerate(self._as_ordered_terms(expr)):
+            negative = term.could_extract_minus_sign()
+            sign = "- " if negative else ("+ " if k else "")
+            rows.append("& " + sign + self._print(-term if negative else term))
+        return r"\begin{aligned} " + r" \\ ".join(rows) + r" \end{aligned}"
 
     def _print_Piecewise(self, expr):
         pieces = expr.args
@@ -112,6 +125,7 @@ class IndexEntry:
     variants: int
 
 
+LATEX_BREAK_AT = 240  # characters: a longer top-level sum is written one term per line
 SIMPLIFY_BUDGET = 80  # operations: a gradient up to this size is also tried through sympy.simplify
 
 
