@@ -1,6 +1,5 @@
 """The ``lossc`` command: build, check, list, show, docs, accuracy, new."""
 import argparse
-import json
 import os
 import sys
 import warnings

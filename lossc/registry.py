@@ -31,31 +31,30 @@ def _register_folder(folder, load_module, replace=False):
     """Register every loss of the built ``folder``. Registering a folder again (after rebuilding
     it, or twice in one session) refreshes its losses; a name another folder registered is an
     error unless ``replace``."""
-    names = []
-    for path in sorted(Path(folder, "losses").glob("*.json")):
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifests = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(folder, "losses").glob("*.json"))]
+    for manifest in manifests:  # every loss checked before any is registered
         name = manifest["name"]
         if name in _losses and _origins[name] != folder and not replace:
             raise ValueError(f"a loss named '{name}' is already registered from {_origins[name]}; pass "
                              "replace=True to override it")
         _check_exposure(manifest)
-        _losses[name], _origins[name] = Loss(manifest, load_module), folder
-        names.append(name)
+    for manifest in manifests:
+        _losses[manifest["name"]], _origins[manifest["name"]] = Loss(manifest, load_module), folder
     for hook in _hooks:
         hook()
-    return names
+    return [manifest["name"] for manifest in manifests]
 
 
 def _check_exposure(manifest):
     """A loss's ``exposed_as`` names fit the layers: no handwritten API of another spec, no
     adapter name another registered loss has."""
-    for layer, exposed in manifest.get("exposed_as", {}).items():
-        problem = exposure.conflict(layer, exposed, manifest["name"])
-        taken = exposure.adapters([loss.manifest for loss in _losses.values()], layer).get(exposed)
+    for layer, layer_name in manifest.get("exposed_as", {}).items():
+        problem = exposure.conflict(layer, layer_name, manifest["name"])
+        taken = exposure.adapters([loss.manifest for loss in _losses.values()], layer).get(layer_name)
         if problem is None and taken not in (None, manifest["name"]):
-            problem = f"lossc.{layer}.{exposed} is already the registered loss '{taken}'"
+            problem = f"lossc.{layer}.{layer_name} is already the registered loss '{taken}'"
         if problem:
-            raise ValueError(f"{manifest['name']}: exposed_as {layer}: {exposed}: {problem}")
+            raise ValueError(f"{manifest['name']}: exposed_as {layer}: {layer_name}: {problem}")
 
 
 def exposed(layer):
