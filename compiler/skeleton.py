@@ -9,6 +9,16 @@ from pathlib import Path
 
 from .spec import SpecError, _Validator, parse_spec_text
 
+# The parameter and the start of the definitions, the same in both skeletons.
+PARAMETERS = """\
+parameters:
+  - name: q                   # a float parameter: a keyword argument at call time
+    type: float
+    default: 0.7
+    range: [0.01, 1]          # null for no limit
+    doc: Exponent; q -> 0 gives cross-entropy, q = 1 the mean absolute error.
+definitions:                  # named subexpressions, used by later definitions and the loss"""
+
 ELEMENT_SPEC = """\
 # A loss spec for lossc: `lossc check NAME.yaml` validates it and measures its kernels,
 # `lossc build NAME.yaml --out my_losses` builds it, `pytest test_NAME.py` tests it.
@@ -32,13 +42,7 @@ inputs:
     differentiable: false
     doc: Binary targets, 0 or 1.
     accuracy_grid: [0, 1]
-parameters:
-  - name: q                   # a float parameter: a keyword argument at call time
-    type: float
-    default: 0.7
-    range: [0.01, 1]          # null for no limit
-    doc: Exponent; q -> 0 gives cross-entropy, q = 1 the mean absolute error.
-definitions:                  # named subexpressions, used by later definitions and the loss
+PARAMETERS
   - name: p
     expr: sigmoid(pred)
 loss: label * (1 - p**q) / q + (1 - label) * (1 - (1 - p)**q) / q
@@ -70,13 +74,7 @@ inputs:
     class_index: true
     doc: Integer class per row.
     accuracy_grid: [0, 3, 6]
-parameters:
-  - name: q                   # a float parameter: a keyword argument at call time
-    type: float
-    default: 0.7
-    range: [0.01, 1]          # null for no limit
-    doc: Exponent; q -> 0 gives cross-entropy, q = 1 the mean absolute error.
-definitions:                  # named subexpressions, used by later definitions and the loss
+PARAMETERS
   - name: log_p_label
     expr: "pick(log_softmax(pred), label)"
 loss: (1 - exp(q * log_p_label)) / q
@@ -169,7 +167,7 @@ def write_skeleton(name, folder, class_axis=False):
     ``class_axis`` one over a class axis); returns their paths. Existing files are never
     overwritten; ``name`` must be a valid loss name."""
     _Validator("lossc new", {}).identifier(name, ("name",))  # before it is written anywhere
-    spec_text = (CLASS_AXIS_SPEC if class_axis else ELEMENT_SPEC).replace("NAME", name)
+    spec_text = (CLASS_AXIS_SPEC if class_axis else ELEMENT_SPEC).replace("PARAMETERS", PARAMETERS).replace("NAME", name)
     spec_path, test_path = Path(folder) / f"{name}.yaml", Path(folder) / f"test_{name}.py"
     parse_spec_text(spec_text, str(spec_path))
     for path in (spec_path, test_path):
