@@ -18,7 +18,7 @@ from pathlib import Path
 from lossc import exposure
 
 from .derive import derive
-from .docs import markdown_files
+from .docs import markdown_index, markdown_page
 from .emit.cupy_emitter import emit_cupy
 from .emit.jax_emitter import emit_jax
 from .emit.numpy_emitter import emit_numpy
@@ -148,12 +148,13 @@ def build(spec_paths, out_dir, check=False, full=True, log=print, measure=False,
                                                  "name, and no spec name may equal another's module name")
             writer[rel] = path
         files.update(compiled.files)
-        files.update({k: v for k, v in markdown_files([compiled]).items() if k != "docs/index.md"})
+        page, text = markdown_page(compiled)
+        files[page] = text
         log(f"{compiled.spec.name}: {len(compiled.derived)} variant(s), {time.perf_counter() - t0:.2f} s"
             + (", measured" if measure else ""))
     _report(compiled_losses, strict)
     if full:
-        files["docs/index.md"] = markdown_files(compiled_losses)["docs/index.md"]
+        files["docs/index.md"] = markdown_index(compiled_losses)
     owned = _owned_files(out_dir)
     stale = sorted(owned - set(files)) if full else []
     files[OWNED_LIST] = json.dumps(sorted(set(files) | (set() if full else owned)), indent=0) + "\n"

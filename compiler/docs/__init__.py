@@ -5,6 +5,7 @@ covers them; they hold nothing machine-dependent. ``lossc docs`` exports Markdow
 HTML (static, no JavaScript, native presentation MathML) or one LaTeX document, adding
 the measured accuracy figures and, with matplotlib installed, plots.
 """
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +38,25 @@ PIPELINE_TEXT = (
 
 @dataclass
 class Formula:
-    """One formula in every notation the pages need."""
+    """One formula in every notation the pages need (MathML printed only when a page asks:
+    the Markdown pages of every build never do)."""
 
+    expr: sympy.Expr
     latex: str
-    mathml: str
     text: str
 
     @classmethod
     def of(cls, expr):
-        """Render ``expr`` as LaTeX, presentation MathML and plain text."""
+        """Render ``expr`` as LaTeX and plain text; :attr:`mathml` on first use."""
         names = {s: tex_name(s.name) for s in expr.free_symbols}
         names[CLASS_INDEX] = "j"
         printer = DocLatexPrinter({"symbol_names": names, "mul_symbol": "dot"})
-        return cls(printer.broken(expr), Markup(mathml(expr)), str(expr))
+        return cls(expr, printer.broken(expr), str(expr))
+
+    @functools.cached_property
+    def mathml(self):
+        """Presentation MathML of the formula."""
+        return Markup(mathml(self.expr))
 
 
 class DocLatexPrinter(LatexPrinter):
@@ -160,14 +167,8 @@ def _inlined_definitions(ir):
     for name, expr in ir.definitions:
         for symbol, value in inlined:
             expr = expr.xreplace({symbol: value})
-        inlined.append((_definition_symbol(ir, name), expr))
+        inlined.append((sympy.Symbol(name, real=True), expr))  # as build_ir names a definition
     return inlined
-
-
-def _definition_symbol(ir, name):
-    """The symbol the readable formulas use for the definition ``name``."""
-    return next((s for s in ir.readable_loss.free_symbols | set().union(*(e.free_symbols for _, e in ir.definitions))
-                 if s.name == name), sympy.Symbol(name, real=True))
 
 
 def loss_doc(compiled):
@@ -190,13 +191,16 @@ def loss_doc(compiled):
     return LossDoc(compiled.spec, variants, row_level=row_level)
 
 
-def markdown_files(compiled_losses):
-    """``{relative path: text}`` of the checked-in Markdown pages (one per loss + index)."""
-    docs = [loss_doc(c) for c in compiled_losses]
-    files = {f"docs/{d.spec.name}.md": render("loss.md.j2", d, plots_note=True) for d in docs}
-    files["docs/index.md"] = template("index.md.j2").render(
-        docs=[IndexEntry(d.spec.name, d.spec.summary, len(d.variants)) for d in docs])
-    return files
+def markdown_page(compiled):
+    """``(relative path, text)`` of one loss's checked-in Markdown page."""
+    doc = loss_doc(compiled)
+    return f"docs/{doc.spec.name}.md", render("loss.md.j2", doc, plots_note=True)
+
+
+def markdown_index(compiled_losses):
+    """The text of the checked-in Markdown index of ``compiled_losses`` (no page is rendered)."""
+    return template("index.md.j2").render(
+        docs=[IndexEntry(c.spec.name, c.spec.summary, len(c.derived)) for c in compiled_losses])
 
 
 _AXIS_WORDS = {"parameter": "the class axis (the call's `axis`, default −1)", "last": "the last axis",

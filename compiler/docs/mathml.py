@@ -112,13 +112,19 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
                     parts += [self._element("mo", text="\u00b7"), self._element("mo", text="("), self.broken(factor),
                               self._element("mo", text=")")]
                 return self._element("mrow", *parts)
-        if isinstance(expr, sympy.log) and self.broken(expr.args[0]) is not None:
-            return self._element("mrow", self._element("mi", text="log"), self._element("mo", text="("),
-                                 self.broken(expr.args[0]), self._element("mo", text=")"))
+        argument = self.broken(expr.args[0]) if isinstance(expr, sympy.log) else None
+        if argument is not None:
+            return self._element("mrow", self._element("mi", text="log"), self._element("mo", text="("), argument,
+                                 self._element("mo", text=")"))
         return None
 
     def _is_long(self, expr):
-        return len(re.sub("<[^>]*>", "", self._print(expr).toxml())) > BREAK_AT
+        """Whether ``expr`` printed has more than BREAK_AT characters of text (each
+        subexpression printed once for this, however often a layout asks)."""
+        long = self.__dict__.setdefault("_long", {})
+        if expr not in long:
+            long[expr] = len(re.sub("<[^>]*>", "", self._print(expr).toxml())) > BREAK_AT
+        return long[expr]
 
 
 BREAK_AT = 90  # characters of text: a longer top-level sum is written one term per line
