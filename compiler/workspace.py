@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lossc.registry import builtin_folder as package_folder
+
 from .spec import SpecError, load_spec
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -37,13 +39,6 @@ class Selected:
             raise SelectionError(f"{self.folder} has no specs/{self.manifest['spec_file']} (built by an older lossc?): "
                                  f"rebuild it with `lossc build SPEC --out {self.folder}`")
         return path
-
-
-def package_folder():
-    """The folder of the installed ``lossc.generated`` package."""
-    import lossc.generated
-
-    return Path(lossc.generated.__file__).resolve().parent
 
 
 def manifests(folder):

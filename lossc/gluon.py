@@ -423,10 +423,7 @@ class _ExposedLoss(_GluonAxisLoss):
     labels), its parameters as constructor keywords, gluon's mean over the non-batch axes."""
 
     def __init__(self, weight=None, batch_axis=0, **params):
-        unknown = sorted(set(params) - set(get(self._spec).parameters))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; "
-                            f"allowed: weight, batch_axis, {', '.join(get(self._spec).parameters)}")
+        get(self._spec).check_parameters(params, type(self).__name__, ("weight", "batch_axis"))
         super().__init__(weight, batch_axis, **params)
 
     def __call__(self, *inputs, sample_weight=None):

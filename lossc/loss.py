@@ -86,6 +86,15 @@ class Loss:
         call = self.bind(args, kwargs)
         return self.evaluate(call, Pipeline(weight, reduction, avg_factor, loss_weight), True, grad_output)
 
+    def check_parameters(self, params, owner, others):
+        """A TypeError naming ``owner`` where ``params`` (a layer's constructor keywords) has a
+        keyword that is none of this loss's parameters; ``others`` are the layer's own keywords,
+        listed first among the allowed ones."""
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            raise TypeError(f"{owner} got unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join([*others, *self.parameters])}")
+
     def split_arguments(self, args, kwargs):
         """(input values in spec order — the pair inputs of a loss over pairs —, build-time variant,
         runtime parameters, class axis) of a call, defaults filled in and parameters validated;

@@ -212,9 +212,5 @@ class SpecLoss(_MMDetLoss):
     """Any registered spec by its own name: spec parameters plus reduction/loss_weight."""
 
     def __init__(self, name, reduction="mean", loss_weight=1.0, **params):
-        loss = get(name)
-        unknown = sorted(set(params) - set(loss.parameters))
-        if unknown:
-            raise TypeError(f"{name} got unknown argument(s) {', '.join(map(repr, unknown))}; "
-                            f"allowed: reduction, loss_weight, {', '.join(loss.parameters)}")
+        get(name).check_parameters(params, name, ("reduction", "loss_weight"))
         super().__init__(name, reduction, loss_weight, **params)

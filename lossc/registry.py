@@ -14,7 +14,8 @@ _builtin_loaded = False
 _hooks = []
 
 
-def _builtin_dir():
+def builtin_folder():
+    """The folder of the installed ``lossc.generated`` package (the built-in losses)."""
     import lossc.generated
 
     return Path(lossc.generated.__file__).resolve().parent
@@ -24,7 +25,7 @@ def _load_builtin():
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        _register_folder(_builtin_dir(), folder_loader(_builtin_dir()))
+        _register_folder(builtin_folder(), folder_loader(builtin_folder()))
 
 
 def _register_folder(folder, load_module, replace=False):
@@ -74,7 +75,7 @@ def folder_loader(folder):
     """``load(module, backend='numpy')`` for the generated modules of the built ``folder``: the
     installed ``lossc.generated`` package by import, any other folder from its files."""
     folder = Path(folder).resolve()
-    if folder == _builtin_dir():
+    if folder == builtin_folder():
         return lambda module, backend="numpy": importlib.import_module(f"lossc.generated.{backend}.{module}")
     tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
 

@@ -1,4 +1,6 @@
 """Shared fixtures: repository paths and optional oracles (torch) that skip cleanly."""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,12 @@ def cupy():
     except Exception as err:  # noqa: BLE001 - no driver means no device
         pytest.skip(f"no CUDA device: {err}")
     return cupy
+
+
+def run_cli(*args, env=None, cwd=ROOT):
+    """``lossc ARGS`` in a fresh interpreter (its output captured as text)."""
+    return subprocess.run([sys.executable, "-m", "lossc.compiler.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd)
 
 
 def spec_paths():

@@ -7,6 +7,7 @@ A formula that parses back to the expression it was printed from shows that the 
 what the kernels compute: a dropped parenthesis, names run together or a leaked internal
 name would parse to something else, or not at all.
 """
+import functools
 import tempfile
 from pathlib import Path
 
@@ -14,8 +15,6 @@ import sympy
 
 from lossc.compiler.functions import expm1, log1p, relu, sigmoid, softplus, unit_clip
 from lossc.compiler.reductions import CLASS_INDEX, rmax, rsum
-
-LATEX_GRAMMAR = None  # the extended grammar's text, built on first use
 
 EXTENSION = r"""
 CMD_MATHRM: "\\mathrm"
@@ -58,32 +57,33 @@ disjunction: _relation (CMD_VEE _relation)+
 NAMED_FUNCTIONS = {"softplus": softplus, "expm1": expm1, "log1p": log1p, "sign": sympy.sign}
 
 
-def _grammar():
-    """SymPy's LaTeX grammar with the docs' notation added as atoms and functions."""
-    global LATEX_GRAMMAR
-    if LATEX_GRAMMAR is None:
-        import sympy.parsing.latex.lark as lark_parser
+# The rules of SymPy's grammar the pages' notation extends or narrows (old text → new text).
+GRAMMAR_CHANGES = (
+    ("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol | pi_constant | aligned\n"),
+    ("_function: function_applied\n", "_function: function_applied\n    | named_function | sigmoid_function | clip"
+     " | iverson | indicator | picked | cases\n"),
+    # Σ_j and max_j take what follows as their operand, like SymPy's \sum: no superscript
+    # applies to them (Σ_j e^x is never (Σ_j e)^x); a product may end in one
+    ("    | summation | product\n", "    | summation | product | class_sum | class_max\n"),
+    # a function's argument is what its braces hold, as the pages print it (\log{(a)} + b is
+    # never log(a + b)); log Σ_j e^x is logsumexp's notation
+    ("log: FUNC_LOG _expression\n", "log: FUNC_LOG group_curly_parentheses\n    | FUNC_LOG class_sum\n"),
+    ("tanh: FUNC_TANH _expression\n", "tanh: FUNC_TANH group_curly_parentheses\n"),
+    ("tan: FUNC_TAN _expression\n", "tan: FUNC_TAN group_curly_parentheses\n"),
+    ("mul: _expression_mul MUL_SYMBOL _expression_power\n",
+     "mul: _expression_mul MUL_SYMBOL _expression_power\n    | _expression_mul MUL_SYMBOL (class_sum | class_max)\n"),
+)
 
-        base = (Path(lark_parser.__file__).parent / "grammar" / "latex.lark").read_text(encoding="utf-8")
-        for old, new in (("_atomic_expr: _one_letter_symbol\n", "_atomic_expr: _one_letter_symbol\n    | upright_symbol | pi_constant | aligned\n"),
-                         ("_function: function_applied\n", "_function: function_applied\n    | named_function | sigmoid_function | clip"
-                          " | iverson | indicator | picked | cases\n"),
-                         # Σ_j and max_j take what follows as their operand, like SymPy's \sum: no
-                         # superscript applies to them (Σ_j e^x is never (Σ_j e)^x); a product may end in one
-                         ("    | summation | product\n", "    | summation | product | class_sum | class_max\n"),
-                         # a function's argument is what its braces hold, as the pages print it
-                         # (\log{(a)} + b is never log(a + b)); log Σ_j e^x is logsumexp's notation
-                         ("log: FUNC_LOG _expression\n", "log: FUNC_LOG group_curly_parentheses\n"
-                          "    | FUNC_LOG class_sum\n"),
-                         ("tanh: FUNC_TANH _expression\n", "tanh: FUNC_TANH group_curly_parentheses\n"),
-                         ("tan: FUNC_TAN _expression\n", "tan: FUNC_TAN group_curly_parentheses\n"),
-                         ("mul: _expression_mul MUL_SYMBOL _expression_power\n",
-                          "mul: _expression_mul MUL_SYMBOL _expression_power\n"
-                          "    | _expression_mul MUL_SYMBOL (class_sum | class_max)\n")):
-            assert old in base, old
-            base = base.replace(old, new)
-        LATEX_GRAMMAR = base + EXTENSION
-    return LATEX_GRAMMAR
+
+def _grammar():
+    """SymPy's LaTeX grammar with GRAMMAR_CHANGES made and the EXTENSION rules added."""
+    import sympy.parsing.latex.lark as lark_parser
+
+    grammar = (Path(lark_parser.__file__).parent / "grammar" / "latex.lark").read_text(encoding="utf-8")
+    for old, new in GRAMMAR_CHANGES:
+        assert old in grammar, old
+        grammar = grammar.replace(old, new)
+    return grammar + EXTENSION
 
 
 def _transformer():
@@ -170,20 +170,20 @@ def _transformer():
     return DocsToSymPy
 
 
-_PARSER = None
+@functools.cache
+def _parser():
+    """The lark parser of the extended grammar, built once."""
+    from sympy.parsing.latex.lark import LarkLaTeXParser
+
+    grammar_file = Path(tempfile.mkdtemp(prefix="lossc-latex-")) / "docs_latex.lark"
+    grammar_file.write_text(_grammar(), encoding="utf-8")
+    return LarkLaTeXParser(grammar_file=str(grammar_file), transformer=_transformer())
 
 
 def parse_docs_latex(tex, like):
     """``tex`` (a formula as the docs print it) as a SymPy expression, its names the symbols of
     ``like`` (the expression it was printed from); j is the class index, e is Euler's number."""
-    global _PARSER
-    if _PARSER is None:
-        from sympy.parsing.latex.lark import LarkLaTeXParser
-
-        grammar_file = Path(tempfile.mkdtemp(prefix="lossc-latex-")) / "docs_latex.lark"
-        grammar_file.write_text(_grammar(), encoding="utf-8")
-        _PARSER = LarkLaTeXParser(grammar_file=str(grammar_file), transformer=_transformer())
-    parsed = _PARSER.doparse(tex)
+    parsed = _parser().doparse(tex)
     names = {s.name: s for s in like.free_symbols}
     names["j"] = CLASS_INDEX
     return parsed.xreplace({s: names.get(s.name, sympy.E if s.name == "e" else s) for s in parsed.free_symbols

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import GENERATED, SPECS, run_cli
 
 import lossc
 from lossc import exposure
@@ -32,10 +32,6 @@ def gce_reference(pred, label, q):
     """The generalized cross-entropy written directly in NumPy (float64, moderate logits)."""
     p = 1 / (1 + np.exp(-pred))
     return label * (1 - p**q) / q + (1 - label) * (1 - (1 - p) ** q) / q
-
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "lossc.compiler.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def write_gce(folder, name="my_gce", extra=""):
@@ -115,7 +111,7 @@ def test_register_generated_of_the_same_folder_again_refreshes_it(tmp_path):
 
 def test_register_generated_of_the_package_folder_returns_its_losses():
     """`lossc build SPEC` (into the package) then register_generated of that folder works."""
-    package = ROOT / "generated"
+    package = GENERATED
     assert lossc.register_generated(package) == sorted(p.stem for p in (package / "losses").glob("*.json"))
 
 
@@ -310,5 +306,5 @@ def test_the_handwritten_table_matches_the_layers():
 
 
 def test_manifests_record_what_specs_expose():
-    manifest = json.loads((ROOT / "generated" / "losses" / "sigmoid_bce.json").read_text())
+    manifest = json.loads((GENERATED / "losses" / "sigmoid_bce.json").read_text())
     assert manifest["exposed_as"] == {"gluon": "SigmoidBinaryCrossEntropyLoss", "mmdet": "CrossEntropyLoss"}

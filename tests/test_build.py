@@ -2,18 +2,12 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 
-from conftest import GENERATED, ROOT, SPECS
+from conftest import GENERATED, SPECS, run_cli
 
 import lossc
-
-
-def run_cli(*args, env=None, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "lossc.compiler.cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def test_check_passes_on_the_checked_in_tree():

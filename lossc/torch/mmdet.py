@@ -39,9 +39,10 @@ def build_loss(cfg):
     name, kwargs = config_type(cfg)
     if name in _MODULES:
         return build_class(_MODULES[name], name, kwargs)
-    if name in exposed("mmdet"):
-        return _exposed_module(name, exposed("mmdet")[name])(**kwargs)
-    known = sorted(_MODULES) + sorted(exposed("mmdet"))
+    adapters = exposed("mmdet")
+    if name in adapters:
+        return _exposed_module(name, adapters[name])(**kwargs)
+    known = sorted(_MODULES) + sorted(adapters)
     raise KeyError(f"unknown loss type {name!r}; known types: {', '.join(known)}")
 
 
@@ -176,11 +177,7 @@ class _ExposedModule(_MMDetLoss):
     loss_name = None
 
     def __init__(self, reduction="mean", loss_weight=1.0, **params):
-        allowed = get(self.loss_name).loss.parameters
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; "
-                            f"allowed: reduction, loss_weight, {', '.join(allowed)}")
+        get(self.loss_name).loss.check_parameters(params, type(self).__name__, ("reduction", "loss_weight"))
         super().__init__(self.loss_name, reduction, loss_weight, **params)
 
 
