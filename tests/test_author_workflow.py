@@ -81,6 +81,20 @@ def test_a_command_that_selects_nothing_fails_with_a_message(tmp_path):
     assert missing.returncode == 1 and "no such spec file" in missing.stderr
 
 
+def test_docs_index_shows_a_hostile_summary_as_text(tmp_path):
+    """A spec's summary reaches the index through the docs folder's record: escaped there too."""
+    spec = write_gce(tmp_path).read_text().replace("summary: Generalized cross-entropy on a sigmoid.",
+                                                   'summary: "<script>alert(1)</script> | & </td>"')
+    (tmp_path / "hostile_gce.yaml").write_text(spec.replace("name: my_gce", "name: hostile_gce"))
+    for fmt in ("html", "md"):
+        result = run_cli("docs", str(tmp_path / "hostile_gce.yaml"), "--format", fmt, "--no-accuracy",
+                         "--out", str(tmp_path / fmt))
+        assert result.returncode == 0, result.stderr
+        index = (tmp_path / fmt / f"index.{fmt}").read_text()
+        assert "<script>" not in index and "&lt;script&gt;" in index and "</td>\"" not in index, index
+    assert "\\| &amp;" in (tmp_path / "md" / "index.md").read_text()  # no table break in Markdown
+
+
 def test_docs_index_lists_every_loss_documented_in_the_folder(tmp_path):
     out = str(tmp_path / "d")
     for name in ("huber", "l1"):
@@ -134,9 +148,14 @@ def test_new_writes_a_spec_that_checks_and_a_test_that_passes_and_can_fail(class
     assert failed.returncode == 1, failed.stdout
 
 
-def test_new_refuses_bad_names_and_existing_files(tmp_path):
-    bad = run_cli("new", "Not-A-Name", "--dir", str(tmp_path))
+@pytest.mark.parametrize("name", ["Not-A-Name", 'x")\nimport os\nos.system("touch pwned")\n#', "a\nloss: pred"])
+def test_new_refuses_bad_names_and_writes_nothing(name, tmp_path):
+    """The name reaches a YAML spec and a Python test: anything but a loss name is refused first."""
+    bad = run_cli("new", name, "--dir", str(tmp_path))
     assert bad.returncode == 1 and "is not an identifier" in bad.stderr and not list(tmp_path.iterdir())
+
+
+def test_new_refuses_existing_files(tmp_path):
     assert run_cli("new", "twice", "--dir", str(tmp_path)).returncode == 0
     again = run_cli("new", "twice", "--dir", str(tmp_path))
     assert again.returncode == 1 and "already exists" in again.stderr
