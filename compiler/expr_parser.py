@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from .functions import expm1, log1p, relu, sigmoid, softplus
-from .reductions import CLASSES, one_hot, rlogsumexp, rmax, rsum
+from .primitives import REDUCING_FORMS, SPEC_FUNCTIONS
+from .reductions import CLASSES
 
 MAX_TEXT_LENGTH = 4000
 MAX_NODES = 1500
@@ -46,55 +46,7 @@ class Scope:
 CONSTANTS = {"pi": sympy.pi, "classes": CLASSES}
 
 
-def _where(cond, if_true, if_false):
-    if cond is sympy.true:
-        return if_true
-    if cond is sympy.false:
-        return if_false
-    return sympy.Piecewise((if_true, cond), (if_false, True))
-
-
-def _max(a, b):
-    """max(a, b); at a tie it follows its first argument (so d max(0, z)/dz = 0 at z = 0)."""
-    return _where(sympy.StrictGreaterThan(b, a), b, a)
-
-
-def _min(a, b):
-    """min(a, b); at a tie it follows its first argument."""
-    return _where(sympy.StrictLessThan(b, a), b, a)
-
-
-# name → (number of arguments, builder); the first argument of `where` is a condition.
-FUNCTIONS = {
-    "exp": (1, sympy.exp),
-    "log": (1, sympy.log),
-    "log1p": (1, log1p),
-    "expm1": (1, expm1),
-    "sqrt": (1, sympy.sqrt),
-    "abs": (1, sympy.Abs),
-    "sign": (1, sympy.sign),
-    "relu": (1, relu),
-    "sigmoid": (1, sigmoid),
-    "softplus": (1, softplus),
-    "log_sigmoid": (1, lambda x: -softplus(-x)),
-    "lgamma": (1, sympy.loggamma),
-    "min": (2, _min),
-    "max": (2, _max),
-    "clip": (3, lambda x, lo, hi: _min(_max(x, lo), hi)),
-    "where": (3, _where),
-    # reductions along the class axis (see reductions.py)
-    "sum": (1, rsum),
-    "mean": (1, lambda e: rsum(e) / CLASSES),
-    "logsumexp": (1, rlogsumexp),
-    "softmax": (1, lambda e: sympy.exp(e - rlogsumexp(e))),
-    "log_softmax": (1, lambda e: e - rlogsumexp(e)),
-    "norm": (1, lambda e: sympy.sqrt(rsum(e**2))),
-    "dot": (2, lambda a, b: rsum(a * b)),
-    "pick": (2, lambda e, label: rsum(e * one_hot(label))),
-    "one_hot": (1, one_hot),
-}
-# one argument: the reduction over the class axis; two: the element-wise max/min
-REDUCING_FORMS = {"max": rmax, "min": lambda e: -rmax(-e)}
+FUNCTIONS = SPEC_FUNCTIONS  # name → (number of arguments, builder)
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,

@@ -1,4 +1,5 @@
-"""SymPy functions of the spec language that SymPy lacks, each with its own derivative.
+"""SymPy functions of the spec language that SymPy lacks, each with its own derivative
+(how each is evaluated, printed and rendered lives in :mod:`primitives`).
 
 ``sigmoid`` and ``softplus`` stay opaque through differentiation so gradients come out in
 stable form (d softplus = sigmoid, d sigmoid = sigmoid(x)·sigmoid(−x)); the printers emit
@@ -8,11 +9,8 @@ PyTorch convention for kinks: the derivative of max(0, x) at x = 0 is 0.
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-def _with_power(tex, exp):
-    return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
-
-
-__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "grouped", "unit_clip", "log1p", "expm1"]
+__all__ = ["sigmoid", "softplus", "relu", "step", "one_if_nonneg", "grouped", "unit_clip", "lgamma", "digamma",
+           "log1p", "expm1"]
 
 
 class sigmoid(sympy.Function):
@@ -33,8 +31,6 @@ class sigmoid(sympy.Function):
     def _eval_rewrite_as_exp(self, x, **kwargs):
         return 1 / (1 + sympy.exp(-x))
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\sigma\left(%s\right)" % printer._print(self.args[0]), exp)
 
 
 class softplus(sympy.Function):
@@ -54,8 +50,6 @@ class softplus(sympy.Function):
     def _eval_is_positive(self):
         return self.args[0].is_real
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0]), exp)
 
 
 class relu(sympy.Function):
@@ -72,8 +66,6 @@ class relu(sympy.Function):
     def _eval_is_nonnegative(self):
         return self.args[0].is_real
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\max\left(%s, 0\right)" % printer._print(self.args[0]), exp)
 
 
 class step(sympy.Function):
@@ -87,8 +79,6 @@ class step(sympy.Function):
     def _eval_is_real(self):
         return self.args[0].is_real
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0]), exp)
 
 
 class one_if_nonneg(sympy.Function):
@@ -100,9 +90,6 @@ class one_if_nonneg(sympy.Function):
 
     nargs = 2
 
-    def _latex(self, printer, exp=None):
-        u, e = (printer._print(a) for a in self.args)
-        return r"\begin{cases} 1 & %s \geq 0 \\ %s & \text{otherwise} \end{cases}" % (u, e)
 
 
 class grouped(sympy.Function):
@@ -124,8 +111,6 @@ class grouped(sympy.Function):
     def fdiff(self, argindex=1):
         return sympy.S.One
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\left(%s\right)" % printer._print(self.args[0]), exp)
 
 
 class unit_clip(sympy.Function):
@@ -145,5 +130,28 @@ class unit_clip(sympy.Function):
     def fdiff(self, argindex=1):
         return sympy.Piecewise((sympy.S.One, sympy.Abs(self.args[0]) < 1), (sympy.S.Zero, True))
 
-    def _latex(self, printer, exp=None):
-        return _with_power(r"\operatorname{clip}_{[-1, 1]}\left(%s\right)" % printer._print(self.args[0]), exp)
+
+class lgamma(sympy.Function):
+    """log |Γ(x)|; derivative digamma(x). Its own class rather than SymPy's loggamma, whose
+    derivative and simplifications are those of the complex log Γ."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return digamma(self.args[0])
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class digamma(sympy.Function):
+    """ψ(x) = d/dx log Γ(x), the derivative of lgamma; differentiating it again is an error
+    (no target has the trigamma function)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        raise NotImplementedError("the derivative of digamma (trigamma) is not a lossc primitive")
+
+    def _eval_is_real(self):
+        return self.args[0].is_real

@@ -8,7 +8,7 @@ precision until two evaluations agree to 40 significant digits.
 import mpmath
 import sympy
 
-from .functions import expm1, grouped, log1p, relu, sigmoid, softplus, step
+from . import primitives
 from .reductions import CLASS_INDEX, CLASSES, onehot_minus_softmax, rlog_softmax_at, rlogsumexp, rmax, rsum
 
 GUARD_BITS = 160  # bits beyond the worst absorption/cancellation: ≥ 40 correct digits
@@ -20,24 +20,6 @@ class NotReal(ValueError):
     """The expression has no real value at this point (e.g. the log of a negative number)."""
 
 
-def _sigmoid(x):
-    return 1 / (1 + mpmath.exp(-x))
-
-
-_FUNCTIONS = {
-    sympy.exp: mpmath.exp,
-    sympy.log: mpmath.log,
-    log1p: mpmath.log1p,
-    expm1: mpmath.expm1,
-    sympy.Abs: abs,
-    sympy.sign: mpmath.sign,
-    sympy.loggamma: mpmath.loggamma,
-    sigmoid: _sigmoid,
-    softplus: lambda x: mpmath.log1p(mpmath.exp(x)),
-    relu: lambda x: max(x, 0),
-    step: lambda x: mpmath.mpf(1) if x > 0 else mpmath.mpf(0),
-    grouped: lambda x: x,  # only fixes the order of a floating-point sum
-}
 _COMPARE = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
             ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
 
@@ -98,10 +80,9 @@ class _Evaluator:
                 if self.condition(cond):
                     return self.value(value)
             raise NotReal("no branch of a where() applies")
-        if isinstance(expr, sympy.polygamma) and expr.args[0] == 0:
-            return mpmath.digamma(self.value(expr.args[1]))
-        if expr.func in _FUNCTIONS:
-            return _real(_FUNCTIONS[expr.func](*(self.value(a) for a in expr.args)))
+        primitive = primitives.of(expr)
+        if primitive is not None:
+            return _real(primitive.mpmath(*(self.value(a) for a in expr.args)))
         raise TypeError(f"mp_eval cannot evaluate {expr.func.__name__}")
 
     def reduce(self, node):

@@ -19,6 +19,10 @@ CLASS_INDEX = sympy.Symbol("_j", integer=True, nonnegative=True)
 CLASSES = sympy.Symbol("classes", positive=True, integer=True)
 
 
+class NotDifferentiable(TypeError):
+    """SymPy was asked to differentiate a node that only :mod:`derive` differentiates."""
+
+
 class Reduction(sympy.Function):
     """A row value computed from an element-level argument along the class axis."""
 
@@ -28,7 +32,7 @@ class Reduction(sympy.Function):
         return True
 
     def fdiff(self, argindex=1):
-        raise TypeError("reductions are differentiated by lossc.compiler.derive, not by SymPy")
+        raise NotDifferentiable("reductions are differentiated by lossc.compiler.derive, not by SymPy")
 
     def local_derivative(self):
         """∂ self / ∂ argument_j, an element-level expression."""
@@ -98,7 +102,7 @@ class onehot_minus_softmax(sympy.Function):
         return True
 
     def fdiff(self, argindex=1):
-        raise TypeError("onehot_minus_softmax is a derivative rule's result, not differentiated further")
+        raise NotDifferentiable("onehot_minus_softmax is a derivative rule's result, not differentiated further")
 
     def definition(self):
         """The plain form: [j = y] − exp(e − logsumexp(e))."""

@@ -16,6 +16,29 @@ COMMON_DEVICE_CODE = r"""
 #ifndef LOSSC_COMMON_DEVICE_CODE
 #define LOSSC_COMMON_DEVICE_CODE
 __device__ __forceinline__ double lossc_negative_infinity() { return -__longlong_as_double(0x7ff0000000000000LL); }
+#ifdef __CUDACC__
+__device__ __forceinline__ double lossc_lgamma(double x) { return lgamma(x); }
+__device__ __forceinline__ float lossc_lgammaf(float x) { return lgammaf(x); }
+#else
+inline double lossc_lgamma(double x) { int sign; return lgamma_r(x, &sign); }  /* lgamma writes a global */
+inline float lossc_lgammaf(float x) { int sign; return lgammaf_r(x, &sign); }
+#endif
+/* digamma as lossc.special.digamma computes it: reflect, shift by 10, asymptotic series */
+__device__ __forceinline__ double lossc_digamma(double x)
+{
+    const bool reflect = x < 0.5;
+    double z = reflect ? 1.0 - x : x, shift = 0.0, series = 0.0;
+    for (int k = 0; k < 10; ++k) shift = shift + 1.0 / (z + k);
+    z = z + 10;
+    const double w = 1.0 / (z * z);
+    const double coefficients[7] = {1.0 / 12, -1.0 / 120, 1.0 / 252, -1.0 / 240, 1.0 / 132, -691.0 / 32760, 1.0 / 12};
+    for (int k = 6; k >= 0; --k) series = (series + coefficients[k]) * w;
+    double value = log(z) - 0.5 / z - series - shift;
+    if (reflect) value = x == floor(x) ? __longlong_as_double(0x7ff8000000000000LL)
+                                       : value - 3.141592653589793 / tan(3.141592653589793 * x);
+    return value;
+}
+__device__ __forceinline__ float lossc_digammaf(float x) { return (float)lossc_digamma((double)x); }
 #endif
 """
 # Row statistics: op → (reduce_expr over a and b, identity). max propagates NaN as NumPy does.

@@ -69,13 +69,14 @@ def _stage_wrapper(stage, precision):
             f"{{ long i = (long)blockIdx.x * blockDim.x + threadIdx.x; if (i < n) {call} }}\n")
 
 
-def nvcc_source():
-    """All device code plus one __global__ kernel calling each device function."""
+def nvcc_source(cupy_modules=None):
+    """The device code of ``cupy_modules`` (default: every generated one, and CTC's) plus one
+    __global__ kernel calling each device function."""
     from lossc.ctc_cuda import SOURCE as CTC_SOURCE
 
-    parts = [COMMON_DEVICE_CODE, CTC_SOURCE,
+    parts = [COMMON_DEVICE_CODE, CTC_SOURCE if cupy_modules is None else "",
              'extern "C" __global__ void lossc_identity(double* o) { o[0] = lossc_negative_infinity(); }\n']
-    for module in modules():
+    for module in modules() if cupy_modules is None else cupy_modules:
         parts.append(module.DEVICE_CODE)
         if not hasattr(module, "FUNCTIONS"):
             for plan in module.STAGES.values():
@@ -86,6 +87,15 @@ def nvcc_source():
                 loop = "long i = (long)blockIdx.x * blockDim.x + threadIdx.x; if (i < n)"
                 parts.append(_wrapper(module, kind, precision, "__global__", loop))
     return "\n".join(parts)
+
+
+def nvcc_compile(source, folder, name="all_losses"):
+    """Compile CUDA ``source`` with nvcc for sm_80 and sm_90 into ``folder``; (result, object path)."""
+    path, obj = Path(folder) / f"{name}.cu", Path(folder) / f"{name}.o"
+    path.write_text(source)
+    command = ["nvcc", "-c", str(path), "-o", str(obj),
+               "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+    return subprocess.run(command, capture_output=True, text=True), obj
 
 
 def host_library(folder):

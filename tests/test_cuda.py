@@ -5,7 +5,6 @@ import importlib
 import inspect
 import itertools
 import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -30,13 +29,9 @@ def host(tmp_path_factory):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_all_generated_cuda_compiles_with_nvcc_for_sm80_and_sm90(tmp_path):
-    source = tmp_path / "all_losses.cu"
-    source.write_text(cuda_harness.nvcc_source())
-    command = ["nvcc", "-c", str(source), "-o", str(tmp_path / "all_losses.o"),
-               "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result, obj = cuda_harness.nvcc_compile(cuda_harness.nvcc_source(), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "all_losses.o").stat().st_size > 0
+    assert obj.stat().st_size > 0
 
 
 def grid(spec, dtype):

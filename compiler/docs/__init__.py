@@ -15,9 +15,10 @@ from markupsafe import Markup
 
 from sympy.printing.latex import LatexPrinter
 
+from .. import primitives
 from ..derive import GRAD_OUTPUT, declared_gradients
 from ..functions import sigmoid
-from ..reductions import CLASS_INDEX, element_level
+from ..reductions import CLASS_INDEX, NotDifferentiable, element_level
 from ..emit import template as _template
 from . import plots
 from .mathml import mathml
@@ -62,16 +63,14 @@ class Formula:
 class DocLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with one-hots [j = y] written as Iverson brackets."""
 
-    def _print_expm1(self, expr, exp=None):
-        return self._named_function("expm1", expr, exp)
-
-    def _print_log1p(self, expr, exp=None):
-        return self._named_function("log1p", expr, exp)
-
-    def _named_function(self, name, expr, exp):
-        """``\\operatorname{name}(x)`` (SymPy would print expm1 as expm with subscript 1)."""
-        tex = r"\operatorname{%s}\left(%s\right)" % (name, self._print(expr.args[0]))
-        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+    def _print_Function(self, expr, exp=None):
+        """A primitive in its ``latex`` form of :mod:`..primitives` (SymPy's own where it has
+        none; SymPy would print expm1 as expm with subscript 1)."""
+        primitive = primitives.of(expr)
+        if primitive is None or primitive.latex is None:
+            return super()._print_Function(expr, exp)
+        tex = primitive.latex % tuple(self._print(a) for a in expr.args)
+        return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
     def broken(self, expr):
         """``expr``'s LaTeX; a sum longer than LATEX_BREAK_AT characters as an ``aligned`` column,
@@ -150,7 +149,10 @@ def readable_gradient(ir, name):
             gradient = gradient.subs(sigmoid(-inlined.args[0]), 1 - symbol)
     candidates = [gradient, sympy.factor_terms(gradient)]
     if sympy.count_ops(gradient) <= SIMPLIFY_BUDGET:
-        simplified = sympy.factor_terms(sympy.simplify(gradient))
+        try:
+            simplified = sympy.factor_terms(sympy.simplify(gradient))
+        except NotDifferentiable:  # some of simplify's tactics differentiate; a reduction refuses
+            simplified = gradient
         if _functions(simplified) <= _functions(gradient):  # no tanh the spec never wrote
             candidates.append(simplified)
     return min(candidates, key=sympy.count_ops)

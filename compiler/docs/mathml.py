@@ -4,6 +4,7 @@ import re
 import sympy
 from sympy.printing.mathml import MathMLPresentationPrinter
 
+from .. import primitives
 from ..reductions import CLASS_INDEX
 
 # SymPy's MathML writer does not escape text (so its entities survive): escape here.
@@ -77,11 +78,13 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
         class index as j."""
         return self._element("mi", text="j" if sym == CLASS_INDEX else sym.name)
 
-    def _print_expm1(self, expr):
-        return self._named_function("expm1", expr.args[0])
-
-    def _print_log1p(self, expr):
-        return self._named_function("log1p", expr.args[0])
+    def _print_Function(self, expr):
+        """A primitive written ``name(x)`` with its ``mathml`` name of :mod:`..primitives`
+        (SymPy's own rendering where it has none)."""
+        primitive = primitives.of(expr)
+        if primitive is None or primitive.mathml is None:
+            return super()._print_Function(expr)
+        return self._named_function(primitive.mathml, expr.args[0])
 
     def _named_function(self, name, argument):
         return self._element("mrow", self._element("mi", text=name), self._parenthesized(argument))

@@ -9,16 +9,15 @@ loops vectorise them.
 import numpy as np
 import sympy
 from sympy.core.numbers import equal_valued
-from sympy.printing.str import StrPrinter
 
 from . import code_name
-
-MATH = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "Abs": "fabs", "sqrt": "sqrt", "pow": "pow",
-        "loggamma": "lgamma", "floor": "floor"}
+from .strict import StrictPrinter
 
 
-class CudaPrinter(StrPrinter):
+class CudaPrinter(StrictPrinter):
     """Prints lowered, CSE'd loss expressions as CUDA C++ for ``float`` or ``double``."""
+
+    column, target = "c", "CUDA"
 
     def __init__(self, precision, indicators=frozenset()):
         super().__init__({"order": "lex"})
@@ -27,9 +26,11 @@ class CudaPrinter(StrPrinter):
         self.indicators = indicators  # temporaries that hold an indicator [c] (0 or 1)
 
     def function(self, name):
-        """The C math function for ``name`` in this precision (expf vs exp)."""
-        base = MATH[name]
-        return base + "f" if self.single else base
+        """The C math function ``name`` in this precision (expf vs exp)."""
+        return name + "f" if self.single else name
+
+    def fields(self):
+        return {"f": "f" if self.single else "", "T": self.type, "zero": self.literal(0), "one": self.literal(1)}
 
     def literal(self, value):
         """A literal of this precision: float32-rounded with an f suffix, or a full double."""
@@ -56,62 +57,15 @@ class CudaPrinter(StrPrinter):
 
     def _print_Pow(self, expr, rational=False):
         base = self._print(expr.base) if expr.base.is_Atom else f"({self._print(expr.base)})"
-        if expr.exp == 2:
+        if equal_valued(expr.exp, 2):
             return f"({base}*{base})"
-        if expr.exp == -1:
+        if equal_valued(expr.exp, -1):
             return f"({self.literal(1)}/{base})"
         if equal_valued(expr.exp, 0.5):
             return f"{self.function('sqrt')}({base})"
         if equal_valued(expr.exp, -0.5):
             return f"({self.literal(1)}/{self.function('sqrt')}({base}))"
         return f"{self.function('pow')}({base}, {self._print(expr.exp)})"
-
-    def _call(self, name, expr):
-        return f"{self.function(name)}({', '.join(self._print(a) for a in expr.args)})"
-
-    def _print_exp(self, expr):
-        return self._call("exp", expr)
-
-    def _print_log(self, expr):
-        return self._call("log", expr)
-
-    def _print_log1p(self, expr):
-        return self._call("log1p", expr)
-
-    def _print_expm1(self, expr):
-        return self._call("expm1", expr)
-
-    def _print_floor(self, expr):
-        return self._call("floor", expr)
-
-    def _print_Abs(self, expr):
-        return self._call("Abs", expr)
-
-    def _print_loggamma(self, expr):
-        return self._call("loggamma", expr)
-
-    def _print_grouped(self, expr):
-        return f"({self._print(expr.args[0])})"
-
-    def _print_sign(self, expr):
-        x = self._print(expr.args[0])
-        return f"(({self.type})(({x}) > 0) - ({self.type})(({x}) < 0))"
-
-    def _print_relu(self, expr):
-        x = self._print(expr.args[0])
-        return f"(({x}) < 0 ? {self.literal(0)} : ({x}))"
-
-    def _print_unit_clip(self, expr):
-        x = self._print(expr.args[0])
-        one = self.literal(1)
-        return f"(({x}) < -{one} ? -{one} : (({x}) > {one} ? {one} : ({x})))"
-
-    def _print_step(self, expr):
-        return f"(({self._print(expr.args[0])}) > 0 ? {self.literal(1)} : {self.literal(0)})"
-
-    def _print_one_if_nonneg(self, expr):
-        u, e = (self._print(a) for a in expr.args)
-        return f"(({u}) >= 0 ? {self.literal(1)} : ({e}))"
 
     def _print_Mul(self, expr):
         """x·[c] as (c ? x : 0): a masked (−inf) logit times a one-hot 0 is 0, not NaN."""

@@ -11,9 +11,9 @@ import itertools
 from dataclasses import dataclass
 
 import sympy
-from sympy.codegen.cfunctions import expm1, log1p
 from sympy.core.numbers import equal_valued
 
+from .. import primitives
 from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
 from .numpy_emitter import ROWS_NOTE
@@ -104,10 +104,12 @@ def _lift(expr, in_branch, lifted, names, indicators):
 
 
 def _is_call(expr):
-    """Whether the printer emits ``expr`` as a libm call (exp, log, log1p, expm1, lgamma, pow)."""
+    """Whether the printer emits ``expr`` as a math-library call (a pow, or a ``libm``
+    primitive: exp, log, log1p, expm1, lgamma, digamma)."""
     if isinstance(expr, sympy.Pow):
         return not any(equal_valued(expr.exp, e) for e in (2, -1, 0.5, -0.5))
-    return isinstance(expr, (sympy.exp, sympy.log, sympy.loggamma, log1p, expm1))
+    primitive = primitives.of(expr)
+    return primitive is not None and primitive.libm
 
 
 def elementwise_functions(derived, kind, kernel, n_outputs):

@@ -8,33 +8,28 @@ along the last axis. Conditions are ``jnp.where``: both branches are evaluated, 
 lossc's custom_vjp (``lossc.jax``) never differentiates this code, a non-finite value in
 the unselected branch never reaches a gradient.
 """
-import sympy
-from sympy.codegen.cfunctions import expm1, log1p
 from sympy.core.numbers import equal_valued
-from sympy.printing.str import StrPrinter
 
+from .. import primitives
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASS_INDEX, CLASSES
 from . import code_name, module_docstring, python_signature, template
 from .cuda_printer import indicator_symbols, masked_product
+from .strict import StrictPrinter
 
 NOTES = ("forward / forward_backward are jax.numpy programs for lossc.jax's custom_vjp; the gradients",
          "are d Σ(grad_output·loss)/d input.")
 ROWS_NOTE = "Inputs are laid out as (rows, classes) with the class axis last; row inputs are (rows, 1)."
-FUNCTIONS = {sympy.exp: "_jnp.exp", sympy.log: "_jnp.log", log1p: "_jnp.log1p", expm1: "_jnp.expm1",
-             sympy.Abs: "_jnp.abs", sympy.floor: "_jnp.floor", sympy.sign: "_jnp.sign", sympy.loggamma: "_gammaln"}
 
 
-class JaxPrinter(StrPrinter):
-    """Prints lowered, CSE'd loss expressions as jax.numpy code (``_jnp`` is jax.numpy);
-    an unsupported node is an error, never silently printed text."""
+class JaxPrinter(StrictPrinter):
+    """Prints lowered, CSE'd loss expressions as jax.numpy code (``_jnp`` is jax.numpy)."""
+
+    column, target = "jax", "JAX"
 
     def __init__(self, indicators=frozenset()):
         super().__init__({"order": "none"})
         self.indicators = indicators  # temporaries holding an indicator [c] (0 or 1)
-
-    def emptyPrinter(self, expr):
-        raise NotImplementedError(f"the JAX target cannot print {type(expr).__name__}: {expr}")
 
     def _print_Symbol(self, expr):
         if expr == CLASS_INDEX:
@@ -58,43 +53,17 @@ class JaxPrinter(StrPrinter):
     def _print_Exp1(self, expr):
         return "_jnp.e"
 
-    def _print_Function(self, expr):
-        name = FUNCTIONS.get(expr.func)
-        if name is None:
-            return self.emptyPrinter(expr)
-        return f"{name}({', '.join(self._print(a) for a in expr.args)})"
-
-    _print_exp = _print_log = _print_log1p = _print_expm1 = _print_Abs = _print_floor = _print_Function
-    _print_sign = _print_loggamma = _print_Function
-
     def _print_Pow(self, expr, rational=False):
         base = self.parenthesize(expr.base, 1000)
-        if expr.exp == 2:
+        if equal_valued(expr.exp, 2):
             return f"({base}*{base})"
-        if expr.exp == -1:
+        if equal_valued(expr.exp, -1):
             return f"(1.0/{base})"
         if equal_valued(expr.exp, 0.5):
             return f"_jnp.sqrt({self._print(expr.base)})"
         if equal_valued(expr.exp, -0.5):
             return f"(1.0/_jnp.sqrt({self._print(expr.base)}))"
         return f"_jnp.power({self._print(expr.base)}, {self._print(expr.exp)})"
-
-    def _print_grouped(self, expr):
-        return f"({self._print(expr.args[0])})"
-
-    def _print_relu(self, expr):
-        x = self._print(expr.args[0])
-        return f"_jnp.where({x} < 0, 0.0, {x})"
-
-    def _print_unit_clip(self, expr):
-        return f"_jnp.clip({self._print(expr.args[0])}, -1.0, 1.0)"
-
-    def _print_step(self, expr):
-        return f"_jnp.where({self._print(expr.args[0])} > 0, 1.0, 0.0)"
-
-    def _print_one_if_nonneg(self, expr):
-        u, e = (self._print(a) for a in expr.args)
-        return f"_jnp.where({u} >= 0, 1.0, {e})"
 
     def _print_rsum(self, expr):
         return f"_jnp.sum(_jnp.broadcast_to({self._print(expr.args[0])}, _shape), axis=-1, keepdims=True)"
@@ -142,9 +111,8 @@ class JaxPrinter(StrPrinter):
         return "False"
 
 
-def _body(kernel, scale_gradients):
+def _body(kernel, scale_gradients, printer):
     """Lines of one kernel: its assignments, then ``return loss`` or ``return loss, (grads...)``."""
-    printer = JaxPrinter(indicator_symbols(kernel.assignments))
     lines = [f"{printer.doprint(s)} = {printer.doprint(e)}" for s, e in kernel.assignments]
     codes = [printer.doprint(e) for e in kernel.outputs]
     if len(codes) == 1:
@@ -165,7 +133,10 @@ def emit_jax(derived, spec_file):
     forward_backward = type(forward)(derived.forward_backward.assignments,
                                      derived.forward_backward.outputs[:1 + n_grads])
     names = [i.name for i in spec.inputs] + [p.name for p in spec.runtime_params]
-    bodies = {"forward": _body(forward, False), "forward_backward": _body(forward_backward, not rows)}
+    printers = {"forward": JaxPrinter(indicator_symbols(forward.assignments)),
+                "forward_backward": JaxPrinter(indicator_symbols(forward_backward.assignments))}
+    bodies = {"forward": _body(forward, False, printers["forward"]),
+              "forward_backward": _body(forward_backward, not rows, printers["forward_backward"])}
     return template("jax_module.py.j2").render(
         module_doc=module_docstring(spec, ir.variant, spec_file, target="JAX",
                                     notes=list(NOTES) + ([ROWS_NOTE] if rows else [])),
@@ -182,5 +153,5 @@ def emit_jax(derived, spec_file):
         rows=rows,
         forward=bodies["forward"],
         forward_backward=bodies["forward_backward"],
-        uses_gammaln=any("_gammaln(" in line for body in bodies.values() for line in body),
+        imports=primitives.imports("jax", printers["forward"].used | printers["forward_backward"].used),
     )

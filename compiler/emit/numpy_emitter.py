@@ -1,6 +1,7 @@
 """NumPy emitter: a DerivedLoss → the source of one module in ``generated/numpy/``."""
 from dataclasses import dataclass
 
+from .. import primitives
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASSES
 from . import code_name, module_docstring, python_signature, template
@@ -21,6 +22,7 @@ class KernelCode:
     unpack: list
     lines: list
     scratch: tuple
+    used: frozenset
 
 
 def emit_numpy(derived, spec_file):
@@ -49,6 +51,7 @@ def emit_numpy(derived, spec_file):
         differentiable=differentiable,
         params=params,
         kernels=kernels,
+        imports=primitives.imports("numpy", set().union(*(k.used for k in kernels))),
         signature=python_signature(spec),
         input_names=", ".join(inputs),
         param_names="".join(f"{p}, " for p in params).rstrip(" "),
@@ -67,7 +70,8 @@ def _kernel(name, doc, kernel, ir, args, n_outputs, scale):
         for slot, (prefix, count) in enumerate(zip(POOLS.values(), program.counts))
         if count
     ]
-    return KernelCode(name, doc, ", ".join(code_name(a) for a in args), ", ".join(targets) + ",", unpack, program.lines, program.counts)
+    return KernelCode(name, doc, ", ".join(code_name(a) for a in args), ", ".join(targets) + ",", unpack, program.lines, program.counts,
+                      program.used)
 
 
 def _element_loss(ir, kernel):

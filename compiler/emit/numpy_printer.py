@@ -6,15 +6,15 @@ Python scalars: under NumPy's promotion rules (NEP 50) those are "weak" and neve
 float32 or float16 array to float64. Numbers print as plain Python literals.
 """
 from sympy.core.numbers import equal_valued
-from sympy.printing.str import StrPrinter
 
 from . import code_name
+from .strict import StrictPrinter
 
 
-class NumPyPrinter(StrPrinter):
+class NumPyPrinter(StrictPrinter):
     """Prints scalar (parameter-only) loss sub-expressions as Python code (``np`` is numpy)."""
 
-    printmethod = "_lossc_numpy"
+    column, target = "python", "NumPy"
 
     def _print_Symbol(self, expr):
         return code_name(expr.name)
@@ -45,45 +45,6 @@ class NumPyPrinter(StrPrinter):
         if expr.exp.is_Integer and expr.exp < 0:
             return f"(1/{base}**{-expr.exp.p})"
         return f"{base}**{self.parenthesize(expr.exp, 1000)}"
-
-    def _call(self, fname, expr):
-        return f"{fname}({', '.join(self._print(a) for a in expr.args)})"
-
-    def _print_exp(self, expr):
-        return self._call("np.exp", expr)
-
-    def _print_log(self, expr):
-        return self._call("np.log", expr)
-
-    def _print_log1p(self, expr):
-        return self._call("np.log1p", expr)
-
-    def _print_expm1(self, expr):
-        return self._call("np.expm1", expr)
-
-    def _print_Abs(self, expr):
-        return self._call("np.abs", expr)
-
-    def _print_sign(self, expr):
-        return self._call("np.sign", expr)
-
-    def _print_relu(self, expr):
-        return f"max({self._print(expr.args[0])}, 0.0)"
-
-    def _print_step(self, expr):
-        return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
-
-    def _print_one_if_nonneg(self, expr):
-        u, e = (self._print(a) for a in expr.args)
-        return f"(1.0 if {u} >= 0 else {e})"
-
-    def _print_loggamma(self, expr):
-        return self._call("special.lgamma", expr)
-
-    def _print_polygamma(self, expr):
-        if expr.args[0] != 0:
-            raise NotImplementedError("only polygamma(0, x) (digamma) is supported")
-        return f"special.digamma({self._print(expr.args[1])})"
 
     def _print_Piecewise(self, expr):
         *pieces, (last_value, last_cond) = expr.args

@@ -11,20 +11,13 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ..functions import expm1, grouped, log1p, one_if_nonneg, relu, step, unit_clip
+from sympy.core.numbers import equal_valued
+
+from .. import primitives
 from ..reductions import CLASS_INDEX, Reduction, rmax, rsum
 from . import code_name
 from .numpy_printer import NumPyPrinter
 
-UNARY = {
-    sympy.exp: "np.exp",
-    sympy.log: "np.log",
-    log1p: "np.log1p",
-    expm1: "np.expm1",
-    sympy.Abs: "np.absolute",
-    sympy.sign: "np.sign",
-    sympy.floor: "np.floor",
-}
 COMPARE = {"<": "np.less", "<=": "np.less_equal", ">": "np.greater", ">=": "np.greater_equal",
            "==": "np.equal", "!=": "np.not_equal"}
 
@@ -78,10 +71,12 @@ LEVELS = {"s": 0, "r": 1, "e": 2}  # scalar < row < element
 
 @dataclass
 class Program:
-    """Lines of kernel code plus how many scratch buffers of each pool they use."""
+    """Lines of kernel code, how many scratch buffers of each pool they use and the
+    primitives they call (whose imports the module needs)."""
 
     lines: list = field(default_factory=list)
     counts: tuple = (0, 0, 0, 0, 0, 0)
+    used: frozenset = frozenset()
 
 
 class _Pool:
@@ -182,7 +177,7 @@ class _Linearizer:
         if expr in self.pending:
             self.names[expr] = self.value(self.pending.pop(expr))
             return self.names[expr]
-        if isinstance(expr, grouped):  # its own buffer already keeps it apart from the sum around it
+        if self.is_transparent(expr):
             return self.value(expr.args[0])
         if self.is_leaf(expr):
             return self.scalar(expr) if not expr.is_Symbol or expr in self.scalars else code_name(expr.name)
@@ -219,7 +214,9 @@ class _Linearizer:
             return self.label_select(expr, *selected, out)
         args = self.operands(expr)
         codes = [self.value(a) for a in args]
-        kind = "b" if expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not)) or isinstance(expr, step) else "f"
+        primitive = primitives.of(expr)
+        boolean = expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not))
+        kind = "b" if boolean or (primitive is not None and primitive.bool_result) else "f"
         kind = "i" if isinstance(expr, (Mask, CompareMask)) else kind
         target = out or self.pool(kind, expr).take(avoid=codes)
         self.emit(expr, codes, target)
@@ -412,32 +409,21 @@ class _Linearizer:
         line = self.lines.append
         if expr.is_Pow:
             base, exponent = codes
-            if expr.exp == 2:
+            if equal_valued(expr.exp, 2):
                 line(f"np.square({base}, out={out})")
-            elif expr.exp == -1:
+            elif equal_valued(expr.exp, -1):
                 line(f"np.divide(1, {base}, out={out})")
-            elif expr.exp == sympy.S.Half:
+            elif equal_valued(expr.exp, 0.5):
                 line(f"np.sqrt({base}, out={out})")
-            elif expr.exp == -sympy.S.Half:
+            elif equal_valued(expr.exp, -0.5):
                 root = self.pool("f", expr).take(avoid=codes)
                 line(f"np.sqrt({base}, out={root})")
                 line(f"np.divide(1, {root}, out={out})")
                 self.pool("f", expr).give(root)
             else:
                 line(f"np.power({base}, {exponent}, out={out})")
-        elif expr.func in UNARY:
-            line(f"{UNARY[expr.func]}({codes[0]}, out={out})")
-        elif isinstance(expr, relu):
-            line(f"np.maximum({codes[0]}, 0, out={out})")
-        elif isinstance(expr, unit_clip):
-            line(f"np.clip({codes[0]}, -1, 1, out={out})")
-        elif isinstance(expr, step):
-            line(f"np.greater({codes[0]}, 0, out={out})")
-        elif isinstance(expr, one_if_nonneg):
-            flag = self.pool("b", expr).take()
-            line(f"np.greater_equal({codes[0]}, 0, out={flag})")
-            line(f"np.maximum({codes[1]}, {flag}, out={out})")
-            self.pool("b", expr).give(flag)
+        elif primitives.of(expr) is not None:
+            self.primitive(primitives.of(expr), expr, codes, out)
         elif isinstance(expr, (rsum, rmax)):
             fname = "np.sum" if isinstance(expr, rsum) else "np.max"
             line(f"{fname}({codes[0]}, axis=-1, keepdims=True, out={out})")
@@ -465,6 +451,23 @@ class _Linearizer:
             self.piecewise(expr, codes, out)
         else:
             raise NotImplementedError(f"no NumPy ufunc for {expr.func.__name__}")
+
+    def is_transparent(self, expr):
+        """Whether expr's NumPy code is its argument's buffer (grouped: that buffer already
+        keeps it apart from the sum around it)."""
+        primitive = primitives.of(expr)
+        return primitive is not None and primitive.numpy == "{0}"
+
+    def primitive(self, primitive, expr, codes, out):
+        """The ``numpy`` lines of a primitive (a boolean scratch buffer for ``{flag}``)."""
+        form = primitive.numpy
+        if form is None:
+            raise NotImplementedError(f"no NumPy code for {expr.func.__name__}")
+        self.printer.used.add(primitive)
+        flag = self.pool("b", expr).take() if "{flag}" in form else None
+        self.lines.extend(form.format(*codes, out=out, flag=flag).split("\n"))
+        if flag is not None:
+            self.pool("b", expr).give(flag)
 
     def piecewise(self, expr, codes, out):
         """Nested where() as allocation-free bitwise blends, from the last piece back."""
@@ -528,4 +531,4 @@ def linearize(kernel, scalar_symbols, output_targets, scale_gradients, row_symbo
         elif code != target:
             lin.lines.append(f"np.copyto({target}, {code}, casting='unsafe')")
         lin.release(expr)
-    return Program(lin.lines, tuple(lin.pools[key].count for key in POOLS))
+    return Program(lin.lines, tuple(lin.pools[key].count for key in POOLS), frozenset(lin.printer.used))
