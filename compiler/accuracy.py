@@ -65,27 +65,26 @@ def grid_points(spec):
 
 
 def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy", folder=None):
-    """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of its
-    NumPy kernels, (``kernels='native'``) its native CPU kernels, or (``kernels='jax'``)
-    its JAX kernels (not for losses over pair inputs), as built in ``folder`` (default: the
-    installed ``lossc.generated`` package)."""
-    from lossc.registry import folder_loader
+    """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of the
+    kernels of one target of ``lossc.targets`` (``kernels``: 'numpy', 'native' — the NumPy
+    modules where native kernels cannot run — or 'jax', which has none for losses over pair
+    inputs), as built in ``folder`` (default: the installed ``lossc.generated`` package)."""
+    from lossc import targets
 
-    from .workspace import package_folder
+    from .workspace import manifests, package_folder
 
-    load = folder_loader(folder or package_folder())
+    folder = folder or package_folder()
+    load = targets.folder_loader(folder)
     spec = load_spec(spec_path)
+    manifest = manifests(folder)[spec.name]
     rows = []
     for variant in variants(spec):
         ir = build_ir(spec, variant)
-        module = load(ir.module_name)
-        if kernels == "native":
-            module = native_module(module, lambda name=ir.module_name: load(name, "cupy"), ir.has_reductions)
-        elif kernels == "jax":
-            if spec.pair_inputs:
-                continue
-            module = JaxKernels(load(ir.module_name, "jax"))
-        rows += measure_kernels(ir, module, dtypes)
+        entry = next(v for v in manifest["variants"] if v["values"] == variant)
+        if entry["modules"][kernels] is None:
+            continue
+        module = targets.TARGETS[kernels].load(load, entry)
+        rows += measure_kernels(ir, JaxKernels(module) if kernels == "jax" else module, dtypes)
     return rows
 
 
@@ -275,17 +274,6 @@ def _truth(expr, scalars, elements, index, steps):
     """mp_eval's truth as a float, cached: the loss's outputs and the candidate forms of one
     formula share their points."""
     return float(truth(expr, dict(scalars), dict(elements) or None, index, steps))
-
-
-def native_module(module, load_device_module, rows=False):
-    """The generated NumPy ``module`` running its native CPU kernels (lossc.native; the row
-    kernels of lossc.native_rows for a loss over a class axis); ``load_device_module()``
-    returns the CuPy module whose device code they compile."""
-    from lossc.native import NativeModule
-    from lossc.native_rows import NativeRowModule
-
-    wrapper = NativeRowModule if rows else NativeModule
-    return wrapper(module, load_device_module)
 
 
 class JaxKernels:

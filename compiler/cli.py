@@ -5,6 +5,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from lossc import targets
+
 from .rewrites import RewriteLimitWarning
 from .spec import SpecError
 from .verify import AccuracyError, AccuracyWarning
@@ -187,10 +189,9 @@ def _show_one(chosen):
     print(f"{data['name']}: {data['summary']}  (spec {chosen.folder / 'specs' / data['spec_file']})")
     for v in data["variants"]:
         label = ", ".join(f"{k}={val}" for k, val in v["values"].items()) or "(no variants)"
-        files = [str(chosen.folder / "numpy" / f"{v['numpy_module']}.py")]
-        if v.get("cupy_module"):
-            files.append(str(chosen.folder / "cupy" / f"{v['cupy_module']}.py")
-                         + ("" if data.get("class_axis") else " (also the native CPU kernels' source)"))
+        files = [str(chosen.folder / t.folder / f"{v['modules'][name]}.py")
+                 + (" (also the native CPU kernels' source)" if name == "cupy" else "")
+                 for name, t in targets.TARGETS.items() if t.folder and v["modules"][name]]
         print(f"variant {label}: {', '.join(files)}")
         print(f"  loss        = {v['loss']}")
         print(f"  stable loss = {v['stable_loss']}")

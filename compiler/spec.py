@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from lossc import exposure
-from lossc.loss import range_text
+from lossc.targets import range_text
 
 from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
 

@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lossc.registry import builtin_folder as package_folder
+from lossc import targets
+from lossc.targets import builtin_folder as package_folder
 
 from .spec import SpecError, load_spec
 
@@ -49,7 +50,7 @@ def manifests(folder):
                              f"`lossc build SPEC --out {folder}`")
     found = {}
     for path in sorted((folder / "losses").glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = targets.check_manifest(json.loads(path.read_text(encoding="utf-8")), path)
         found[data["name"]] = data
     return found
 

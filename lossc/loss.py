@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import targets
+from .targets import range_text
 from .backend import array_module, broadcasts_to, sum_to_shape
 from .elementwise import compute_dtype
 from .fastpath import FastPath
 from .layout import RowLayout
-from .native import NativeModule
-from .native_rows import NativeRowModule
 from .pairs import PairArrays, check_pair_arrays, pair_gradients, pair_matrix
 from .pipeline import Pipeline
 
@@ -53,7 +53,7 @@ class Loss:
         self.exposed_as = manifest.get("exposed_as", {})
         self.class_axis = manifest.get("class_axis")
         self.pair_inputs = manifest.get("pair_inputs", [])
-        self.pair_terms = {t["input"]: t["module"] for t in manifest.get("pair_terms", [])}
+        self.pair_terms = {t["input"]: t for t in manifest.get("pair_terms", [])}
         self._load_module = load_module
         self._modules = {}
         self._fast = FastPath(self) if self.class_axis is None and not self.pair_inputs else None
@@ -112,25 +112,25 @@ class Loss:
         runtime = {k: v for k, v in params.items() if not self.parameters[k]["variant"]}
         return variant, runtime
 
+    def variant_entry(self, variant):
+        """The manifest's entry of one build-time ``variant`` ({name: value}): its level and
+        its module per target (:mod:`lossc.targets`)."""
+        return next(v for v in self.manifest["variants"] if v["values"] == variant)
+
     def variant_module(self, variant):
-        """The name of the generated module of one build-time ``variant`` ({name: value})."""
-        return next(v for v in self.manifest["variants"] if v["values"] == variant)["numpy_module"]
+        """The name of the generated module of one build-time ``variant``."""
+        return self.variant_entry(variant)["modules"]["numpy"]
 
     def target_module(self, target, variant):
-        """The generated module of one build-time ``variant`` for another target (e.g. 'jax'),
-        loaded once; NotImplementedError where that target has none for this loss."""
-        key = (target, tuple(sorted(variant.items())))
-        if key not in self._modules:
-            entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
-            if entry.get(f"{target}_module") is None:
-                raise NotImplementedError(f"{self.name}: the {target} target has no kernels for this loss")
-            self._modules[key] = self._load_module(entry[f"{target}_module"], target)
-        return self._modules[key]
+        """The kernels of one build-time ``variant`` for ``target`` (a name of
+        ``lossc.targets.TARGETS``, e.g. 'jax'), loaded once; NotImplementedError where that
+        target has none for this loss."""
+        return self._kernels(target, tuple(sorted(variant.items())), self.variant_entry(variant))
 
     def loss_level(self, variant):
         """'element' when the loss has one value per element of the prediction, 'row' when a
-        loss over a class axis reduces that axis away."""
-        return getattr(self._module(np, variant), "LOSS_LEVEL", "element")
+        loss over a class axis reduces that axis away (declared by the manifest)."""
+        return self.variant_entry(variant)["level"]
 
     def bind(self, args, kwargs):
         """Match positional/keyword arguments to inputs and parameters; validate them."""
@@ -182,7 +182,7 @@ class Loss:
         return values
 
     def _pair_module(self, xp, name):
-        return self._cached_module(xp, ("pair", name), lambda backend: self.pair_terms[name])
+        return self._kernels(_target_of(xp), ("pair", name), self.pair_terms[name])
 
     def _bind_inputs(self, args, kwargs):
         values = self._match(args, kwargs, self.inputs)
@@ -326,34 +326,20 @@ class Loss:
         return int(value) if kind == "int" else float(value)
 
     def _module(self, xp, variant):
-        def module_name(backend):
-            entry = next(v for v in self.manifest["variants"] if v["values"] == variant)
-            module = entry.get(f"{backend}_module")
-            if module is None:
-                raise NotImplementedError(f"{self.name}: no {backend} kernels are generated for this loss yet; "
-                                          "pass NumPy arrays")
-            return module
+        """The kernels that run ``xp``'s arrays for one build-time ``variant``."""
+        return self.target_module(_target_of(xp), variant)
 
-        return self._cached_module(xp, tuple(sorted(variant.items())), module_name)
-
-    def _cached_module(self, xp, key, module_name):
-        """The generated module for ``key`` in xp's backend, loaded once (module_name(backend) names it)."""
-        backend = "numpy" if xp is np else "cupy"
-        if (backend, key) not in self._modules:
-            module = self._load_module(module_name(backend), backend)
-            if backend == "numpy":  # native kernels when they can run
-                wrapper = NativeRowModule if hasattr(module, "LOSS_LEVEL") else NativeModule
-                module = wrapper(module, lambda: self._load_module(module_name("cupy"), "cupy"))
-            self._modules[backend, key] = module
-        return self._modules[backend, key]
+    def _kernels(self, target, key, entry):
+        """``target``'s kernels of a manifest ``entry`` (a variant or a pair term), loaded once."""
+        if (target, key) not in self._modules:
+            try:
+                loaded = targets.TARGETS[target].load(self._load_module, entry)
+            except NotImplementedError as error:
+                raise NotImplementedError(f"{self.name}: {error}") from None
+            self._modules[target, key] = loaded
+        return self._modules[target, key]
 
 
-def range_text(low, high):
-    """A parameter's range in words: 'in [0, 1]', 'at least 0' (no upper limit), 'at most 1'."""
-    if low is not None and high is not None:
-        return f"in [{low}, {high}]"
-    if low is not None:
-        return f"at least {low} (no upper limit)"
-    if high is not None:
-        return f"at most {high} (no lower limit)"
-    return "a finite number"
+def _target_of(xp):
+    """The target that runs the arrays of ``xp`` (numpy or cupy)."""
+    return targets.DISPATCH["numpy" if xp is np else "cupy"]

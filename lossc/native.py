@@ -489,6 +489,19 @@ class NativeKernels:
         return outputs[0], tuple(outputs[1:])
 
 
+def load_kernels(load_module, entry):
+    """The 'native' target's kernels of a manifest ``entry`` (:mod:`lossc.targets`): its numpy
+    module running its cupy module's device code compiled for the host, as row kernels
+    (:mod:`lossc.native_rows`) for a loss over a class axis."""
+    from .native_rows import NativeRowModule
+
+    modules = entry["modules"]
+    if modules.get("native") is None:
+        raise NotImplementedError("the native target has no kernels for this loss")
+    wrapper = NativeRowModule if entry["rows"] else NativeModule
+    return wrapper(load_module(modules["numpy"], "numpy"), lambda: load_module(modules["cupy"], "cupy"))
+
+
 class NativeModule(NativeKernels):
     """An element-wise loss's module on the native library where it can run (float32/float64,
     flat inputs)."""

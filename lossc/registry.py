@@ -1,24 +1,15 @@
 """Which losses exist: the built-in ``lossc.generated`` ones plus folders users built."""
-import hashlib
-import importlib
-import importlib.util
 import json
 from pathlib import Path
 
-from . import exposure
+from . import exposure, targets
+from .targets import builtin_folder, folder_loader
 from .loss import Loss
 
 _losses = {}
 _origins = {}  # name → the built folder it was registered from
 _builtin_loaded = False
 _hooks = []
-
-
-def builtin_folder():
-    """The folder of the installed ``lossc.generated`` package (the built-in losses)."""
-    import lossc.generated
-
-    return Path(lossc.generated.__file__).resolve().parent
 
 
 def _load_builtin():
@@ -32,7 +23,8 @@ def _register_folder(folder, load_module, replace=False):
     """Register every loss of the built ``folder``. Registering a folder again (after rebuilding
     it, or twice in one session) refreshes its losses; a name another folder registered is an
     error unless ``replace``."""
-    manifests = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(folder, "losses").glob("*.json"))]
+    manifests = [targets.check_manifest(json.loads(p.read_text(encoding="utf-8")), p)
+                 for p in sorted(Path(folder, "losses").glob("*.json"))]
     for manifest in manifests:  # every loss checked before any is registered
         name = manifest["name"]
         if name in _losses and _origins[name] != folder and not replace:
@@ -69,24 +61,6 @@ def on_register(hook):
     """Call ``hook()`` after every registration (a layer that keeps its own registry, such as
     mmengine's, adds the new adapters)."""
     _hooks.append(hook)
-
-
-def folder_loader(folder):
-    """``load(module, backend='numpy')`` for the generated modules of the built ``folder``: the
-    installed ``lossc.generated`` package by import, any other folder from its files."""
-    folder = Path(folder).resolve()
-    if folder == builtin_folder():
-        return lambda module, backend="numpy": importlib.import_module(f"lossc.generated.{backend}.{module}")
-    tag = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
-
-    def load_module(module, backend="numpy"):
-        qualified = f"lossc_user_{tag}_{backend}_{module}"
-        spec = importlib.util.spec_from_file_location(qualified, folder / backend / f"{module}.py")
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
-        return loaded
-
-    return load_module
 
 
 def register_generated(folder, replace=False):

@@ -119,6 +119,7 @@ def test_list_and_show_name_the_losses_their_files_and_formulas():
     assert all("native CPU kernels' source" in v for v in variants)
     assert any(l.strip().startswith("d/dpred") for l in lines)
     rows = run_cli("show", "softmax_ce").stdout
-    assert "generated/cupy/softmax_ce__" in rows and "native" not in rows  # reductions: no native kernels
+    assert "generated/cupy/softmax_ce__" in rows and "native CPU kernels' source" in rows  # row kernels too
+    assert "generated/jax/softmax_ce__" in rows
     unknown = run_cli("show", "no_such_loss")
     assert unknown.returncode == 1 and "no loss named 'no_such_loss'" in unknown.stderr

@@ -18,7 +18,7 @@ import pytest
 
 import lossc
 from lossc import native
-from lossc.compiler.accuracy import native_module
+from lossc.native import NativeModule
 from lossc.compiler.derive import declared_gradients
 from lossc.compiler.ir import build_ir
 from lossc.compiler.mp_eval import NotReal, truth
@@ -39,7 +39,7 @@ def module_names():
 
 def numpy_and_native(name):
     numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
-    return numpy_module, native_module(numpy_module, lambda: importlib.import_module(f"lossc.generated.cupy.{name}"))
+    return numpy_module, NativeModule(numpy_module, lambda: importlib.import_module(f"lossc.generated.cupy.{name}"))
 
 
 def sample_inputs(module, rng, size, dtype):

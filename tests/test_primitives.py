@@ -22,7 +22,7 @@ from lossc.compiler.emit.numpy_printer import NumPyPrinter
 from lossc.compiler.emit.numpy_ufuncs import linearize
 from lossc.compiler.derive import Kernel
 from lossc.compiler.expr_parser import FUNCTIONS, Scope, parse_expression
-from lossc.registry import folder_loader
+from lossc.targets import folder_loader
 
 import cuda_harness
 
