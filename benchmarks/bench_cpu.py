@@ -26,7 +26,7 @@ import tracemalloc
 import numpy as np
 
 import lossc
-from lossc import native
+from lossc.kernels import native
 
 
 WARM_UP_SECONDS = 0.25  # an idle vCPU runs slow for ~50 ms after waking: every function warms up first
@@ -269,7 +269,7 @@ def softmax_ce(rng, repeat, torch_info, rows=10000, classes=1000):
 
 def ctc(rng, repeat, torch_info, batch=32, steps=200, alphabet=30, label_length=40):
     """CTC fwd+bwd (B=32, T=200, alphabet 30, label length 40) vs PyTorch CPU ctc_loss."""
-    from lossc.ctc import ctc_loss
+    from lossc.algorithms.ctc import ctc_loss
 
     x = rng.normal(0, 1, (batch, steps, alphabet)).astype(np.float32)
     labels = rng.integers(1, alphabet, (batch, label_length))

@@ -72,7 +72,7 @@ def main():
 
 def bench_ctc(cupy, torch, rng):
     """CTC fwd+bwd, B=32 T=200 C=30 L=40 float32: lossc's RawKernel vs torch CUDA ctc_loss."""
-    from lossc.ctc import ctc_loss
+    from lossc.algorithms.ctc import ctc_loss
 
     batch, steps, alphabet, length = 32, 200, 30, 40
     scores = rng.normal(0, 1, (batch, steps, alphabet)).astype(np.float32)

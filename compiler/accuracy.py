@@ -66,10 +66,10 @@ def grid_points(spec):
 
 def measure(spec_path, dtypes=(np.float32, np.float64), kernels="numpy", folder=None):
     """AccuracyRows for every variant, output and dtype of the spec at ``spec_path``, of the
-    kernels of one target of ``lossc.targets`` (``kernels``: 'numpy', 'native' — the NumPy
+    kernels of one target of ``lossc.core.targets`` (``kernels``: 'numpy', 'native' — the NumPy
     modules where native kernels cannot run — or 'jax', which has none for losses over pair
     inputs), as built in ``folder`` (default: the installed ``lossc.generated`` package)."""
-    from lossc import targets
+    from lossc.core import targets
 
     from .workspace import manifests, package_folder
 
@@ -319,7 +319,7 @@ def accuracy_report(selected, log=print):
     """Print the accuracy table of the :class:`workspace.Selected` losses: their NumPy kernels
     and, where they run here, native CPU kernels and JAX kernels; True if all pass. A row
     that fails says why: the error beyond the bound, or the non-finite values, and where."""
-    from lossc import native
+    from lossc.kernels import native
 
     kinds = ["numpy"] + (["native"] if native.available() else []) + (["jax"] if _jax_available() else [])
     log(f"kernels: NumPy; {native.status()}; " + ("JAX" if "jax" in kinds else "no JAX (pip install jax)"))

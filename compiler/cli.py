@@ -5,7 +5,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from lossc import targets
+from lossc.core import targets
 
 from .rewrites import RewriteLimitWarning
 from .spec import SpecError

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from lossc import exposure
-from lossc.targets import range_text
+from lossc.core import exposure
+from lossc.core.targets import range_text
 
 from .expr_parser import CONSTANTS, FUNCTIONS, ExprError, did_you_mean, referenced_names
 
@@ -275,8 +275,8 @@ def _line_of(lines, at):
     return lines.get(at, 0)
 
 
-class _Validator:
-    """Checks each field's type and value; a SpecError lists every problem, section by section."""
+class _FieldReader:
+    """Reading fields: their kinds, identifiers and lists of entries; a problem fails its :meth:`section`."""
 
     def __init__(self, path, lines):
         self.path, self.lines = path, lines
@@ -313,95 +313,10 @@ class _Validator:
             return check(*args)
         return fallback
 
-    def spec(self, data):
-        """The validated :class:`Spec`, or a SpecError listing every problem found."""
-        if not isinstance(data, dict):
-            self.fail((), f"expected a mapping of spec fields, got {_show(data)}")
-        for key in data:
-            with self.section():
-                if key not in TOP_FIELDS:
-                    self.fail((key,), f"unknown field (known fields: {', '.join(TOP_FIELDS)})")
-        name = self.checked(lambda: self.identifier(self.get(data, "name", "str", ()), ("name",)))
-        spec = Spec(
-            name=name,
-            summary=self.checked(self.summary, data, fallback=""),
-            doc=self.checked(lambda: self.get(data, "doc", "str", (), required=False, default="").strip(), fallback=""),
-            references=self.checked(self.references, data, fallback=[]),
-            inputs=self.checked(self.inputs, data, fallback=[]),
-            parameters=self.checked(self.parameters, data, fallback=[]),
-            definitions=self.checked(self.definitions, data, fallback=[]),
-            loss=self.checked(self.get, data, "loss", "str", (), fallback=""),
-            exposed_as=self.checked(self.exposed_as, data, name, fallback={}),
-            path=self.path,
-            lines=self.lines,
-            class_axis=self.checked(self.class_axis, data),
-            pair_inputs=self.checked(self.pair_inputs, data, fallback=[]),
-        )
-        for check in (self.unique_names, self.check_variant_count, self.check_references, self.check_levels,
-                      self.check_pairs):
-            self.checked(check, spec)
-        if self.errors:
-            first, *others = sorted(self.errors, key=lambda err: err.line)
-            raise SpecError(first.path, first.line, first.field, first.message, others)
-        return spec
-
-    def summary(self, data):
-        summary = self.get(data, "summary", "str", ()).strip()
-        if not summary or "\n" in summary:
-            self.fail(("summary",), "expected a one-line summary")
-        return summary
-
-    def pair_inputs(self, data):
-        items = self.get(data, "pair_inputs", "list", (), required=False, default=[])
-        return self.entries(items, "pair_inputs", self.pair_input)
-
-    def pair_input(self, item, at):
-        if not isinstance(item, dict):
-            self.fail(at, f"expected a mapping with name, side, differentiable, got {_show(item)}")
-        self.only(item, ("name", "side", "differentiable", "doc"), at)
-        side = self.get(item, "side", "str", at)
-        if side not in PAIR_SIDES:
-            self.fail(at + ("side",), f"expected one of {', '.join(PAIR_SIDES)}, got '{side}'")
-        return PairInputSpec(self.identifier(self.get(item, "name", "str", at), at + ("name",)), side,
-                             self.get(item, "differentiable", "bool", at),
-                             self.get(item, "doc", "str", at, required=False, default=""))
-
-    def check_pairs(self, spec):
-        """With pair_inputs, every input is built from them (from_pairs) over class_axis 'last'."""
-        if not spec.pair_inputs:
-            for i, inp in enumerate(spec.inputs):
-                if inp.from_pairs is not None:
-                    self.fail(("inputs", i, "from_pairs"), "from_pairs needs pair_inputs")
-            return
-        if spec.class_axis != "last":
-            self.fail(("class_axis",), "a loss over pair_inputs needs class_axis: last (the column side's batch)")
-        sides = {p.side for p in spec.pair_inputs}
-        if sides != set(PAIR_SIDES):
-            self.fail(("pair_inputs",), "expected at least one pair input on each side (row and column)")
-        for i, inp in enumerate(spec.inputs):
-            at = ("inputs", i)
-            if inp.from_pairs is None:
-                self.fail(at, "every input of a loss over pair_inputs needs from_pairs")
-            if inp.per == "row" and inp.from_pairs.strip() != ROW_INDEX:
-                self.fail(at + ("from_pairs",), f"a row input is built as '{ROW_INDEX}' (the row's index i)")
-            if inp.per == "element" and inp.from_pairs.strip() == ROW_INDEX:
-                self.fail(at + ("from_pairs",), f"'{ROW_INDEX}' builds a row input: set per: row")
-
-    def check_variant_count(self, spec):
-        """Every combination of bool/choice values is compiled: at most MAX_VARIANTS of them."""
-        count = math.prod(len(p.values) for p in spec.variant_params)
-        if count > MAX_VARIANTS:
-            self.fail(("parameters",), f"the bool and choice parameters make {count} build-time variants; at most "
-                                       f"{MAX_VARIANTS} are compiled (make some of them float or int parameters)")
-
-    def check_levels(self, spec):
-        for i, inp in enumerate(spec.inputs):
-            if inp.per == "row" and spec.class_axis is None:
-                self.fail(("inputs", i, "per"), "row inputs need a class_axis (parameter, last or non_batch)")
-            if inp.per == "row" and inp.differentiable:
-                self.fail(("inputs", i, "differentiable"), "row-level inputs cannot be differentiable")
-            if inp.class_index and inp.per != "row":
-                self.fail(("inputs", i, "class_index"), "class indices are row-level: set per: row")
+    def only(self, item, allowed, at):
+        for key in item:
+            if key not in allowed:
+                self.fail(at + (key,), f"unknown field (allowed: {', '.join(allowed)})")
 
     def identifier(self, name, at):
         if not IDENTIFIER.match(name):
@@ -420,11 +335,27 @@ class _Validator:
             self.fail(at, f"'{name}' is reserved (a function, constant or name the generated code uses)")
         return name
 
-    def class_axis(self, data):
-        value = self.get(data, "class_axis", "str", (), required=False)
-        if value is not None and value not in CLASS_AXES:
-            self.fail(("class_axis",), f"expected one of {', '.join(CLASS_AXES)}, got '{value}'")
-        return value
+    def entries(self, items, group, read):
+        """``read(item, at)`` of every entry of a list field, each in its own section (an entry
+        that fails is left out); every name an entry declares is noted in ``declared``."""
+        read_entries = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                self.declared.add(item["name"])
+            entry = self.checked(read, item, (group, i))
+            if entry is not None:
+                read_entries.append(entry)
+        return read_entries
+
+
+class _HeaderSection:
+    """The fields about the loss as a whole: summary, references, class_axis, exposed_as."""
+
+    def summary(self, data):
+        summary = self.get(data, "summary", "str", ()).strip()
+        if not summary or "\n" in summary:
+            self.fail(("summary",), "expected a one-line summary")
+        return summary
 
     def references(self, data):
         refs = self.get(data, "references", "list", (), required=False, default=[])
@@ -432,6 +363,28 @@ class _Validator:
             if not isinstance(ref, str):
                 self.fail(("references", i), f"expected a string, got {_show(ref)}")
         return list(refs)
+
+    def class_axis(self, data):
+        value = self.get(data, "class_axis", "str", (), required=False)
+        if value is not None and value not in CLASS_AXES:
+            self.fail(("class_axis",), f"expected one of {', '.join(CLASS_AXES)}, got '{value}'")
+        return value
+
+    def exposed_as(self, data, spec_name):
+        names = self.get(data, "exposed_as", "dict", (), required=False, default={})
+        for layer, cls in names.items():
+            if layer not in exposure.LAYERS:
+                self.fail(("exposed_as", layer), f"unknown layer (known: {', '.join(exposure.LAYERS)})")
+            if not isinstance(cls, str) or not CLASS_NAME.match(cls):
+                self.fail(("exposed_as", layer), f"expected a class or function name, got {_show(cls)}")
+            problem = exposure.conflict(layer, cls, spec_name)
+            if problem:
+                self.fail(("exposed_as", layer), problem)
+        return dict(names)
+
+
+class _InputSection:
+    """The ``inputs`` and ``pair_inputs`` entries."""
 
     def inputs(self, data):
         items = self.get(data, "inputs", "list", ())
@@ -480,21 +433,28 @@ class _Validator:
             from_pairs=self.get(item, "from_pairs", "str", at, required=False),
         )
 
+    def pair_inputs(self, data):
+        items = self.get(data, "pair_inputs", "list", (), required=False, default=[])
+        return self.entries(items, "pair_inputs", self.pair_input)
+
+    def pair_input(self, item, at):
+        if not isinstance(item, dict):
+            self.fail(at, f"expected a mapping with name, side, differentiable, got {_show(item)}")
+        self.only(item, ("name", "side", "differentiable", "doc"), at)
+        side = self.get(item, "side", "str", at)
+        if side not in PAIR_SIDES:
+            self.fail(at + ("side",), f"expected one of {', '.join(PAIR_SIDES)}, got '{side}'")
+        return PairInputSpec(self.identifier(self.get(item, "name", "str", at), at + ("name",)), side,
+                             self.get(item, "differentiable", "bool", at),
+                             self.get(item, "doc", "str", at, required=False, default=""))
+
+
+class _ParameterSection:
+    """The ``parameters`` entries: type, range, choices, default."""
+
     def parameters(self, data):
         items = self.get(data, "parameters", "list", (), required=False, default=[])
         return self.entries(items, "parameters", self.parameter)
-
-    def entries(self, items, group, read):
-        """``read(item, at)`` of every entry of a list field, each in its own section (an entry
-        that fails is left out); every name an entry declares is noted in ``declared``."""
-        read_entries = []
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and isinstance(item.get("name"), str):
-                self.declared.add(item["name"])
-            entry = self.checked(read, item, (group, i))
-            if entry is not None:
-                read_entries.append(entry)
-        return read_entries
 
     def parameter(self, item, at):
         if not isinstance(item, dict):
@@ -558,6 +518,10 @@ class _Validator:
         if ptype == "float":
             param.default = float(value)
 
+
+class _DefinitionSection:
+    """The ``definitions`` entries."""
+
     def definitions(self, data):
         items = self.get(data, "definitions", "list", (), required=False, default=[])
         return self.entries(items, "definitions", self.definition)
@@ -569,22 +533,9 @@ class _Validator:
         name = self.identifier(self.get(item, "name", "str", at), at + ("name",))
         return Definition(name, self.get(item, "expr", "str", at))
 
-    def exposed_as(self, data, spec_name):
-        names = self.get(data, "exposed_as", "dict", (), required=False, default={})
-        for layer, cls in names.items():
-            if layer not in exposure.LAYERS:
-                self.fail(("exposed_as", layer), f"unknown layer (known: {', '.join(exposure.LAYERS)})")
-            if not isinstance(cls, str) or not CLASS_NAME.match(cls):
-                self.fail(("exposed_as", layer), f"expected a class or function name, got {_show(cls)}")
-            problem = exposure.conflict(layer, cls, spec_name)
-            if problem:
-                self.fail(("exposed_as", layer), problem)
-        return dict(names)
 
-    def only(self, item, allowed, at):
-        for key in item:
-            if key not in allowed:
-                self.fail(at + (key,), f"unknown field (allowed: {', '.join(allowed)})")
+class _CrossChecks:
+    """Checks across sections, run on the read :class:`Spec`."""
 
     def unique_names(self, spec):
         seen = {}
@@ -595,6 +546,43 @@ class _Validator:
                 if item.name in seen:
                     self.fail((group, i, "name"), f"duplicate name '{item.name}' (already used in {seen[item.name]})")
                 seen[item.name] = group
+
+    def check_variant_count(self, spec):
+        """Every combination of bool/choice values is compiled: at most MAX_VARIANTS of them."""
+        count = math.prod(len(p.values) for p in spec.variant_params)
+        if count > MAX_VARIANTS:
+            self.fail(("parameters",), f"the bool and choice parameters make {count} build-time variants; at most "
+                                       f"{MAX_VARIANTS} are compiled (make some of them float or int parameters)")
+
+    def check_levels(self, spec):
+        for i, inp in enumerate(spec.inputs):
+            if inp.per == "row" and spec.class_axis is None:
+                self.fail(("inputs", i, "per"), "row inputs need a class_axis (parameter, last or non_batch)")
+            if inp.per == "row" and inp.differentiable:
+                self.fail(("inputs", i, "differentiable"), "row-level inputs cannot be differentiable")
+            if inp.class_index and inp.per != "row":
+                self.fail(("inputs", i, "class_index"), "class indices are row-level: set per: row")
+
+    def check_pairs(self, spec):
+        """With pair_inputs, every input is built from them (from_pairs) over class_axis 'last'."""
+        if not spec.pair_inputs:
+            for i, inp in enumerate(spec.inputs):
+                if inp.from_pairs is not None:
+                    self.fail(("inputs", i, "from_pairs"), "from_pairs needs pair_inputs")
+            return
+        if spec.class_axis != "last":
+            self.fail(("class_axis",), "a loss over pair_inputs needs class_axis: last (the column side's batch)")
+        sides = {p.side for p in spec.pair_inputs}
+        if sides != set(PAIR_SIDES):
+            self.fail(("pair_inputs",), "expected at least one pair input on each side (row and column)")
+        for i, inp in enumerate(spec.inputs):
+            at = ("inputs", i)
+            if inp.from_pairs is None:
+                self.fail(at, "every input of a loss over pair_inputs needs from_pairs")
+            if inp.per == "row" and inp.from_pairs.strip() != ROW_INDEX:
+                self.fail(at + ("from_pairs",), f"a row input is built as '{ROW_INDEX}' (the row's index i)")
+            if inp.per == "element" and inp.from_pairs.strip() == ROW_INDEX:
+                self.fail(at + ("from_pairs",), f"'{ROW_INDEX}' builds a row input: set per: row")
 
     def check_references(self, spec):
         """Every expression parses and names only known symbols (each expression its own
@@ -618,6 +606,43 @@ class _Validator:
         if cycle:
             index = [d.name for d in spec.definitions].index(cycle[0])
             self.fail(("definitions", index, "expr"), "cyclic definitions: " + " -> ".join(cycle))
+
+
+class _Validator(_HeaderSection, _InputSection, _ParameterSection, _DefinitionSection, _CrossChecks,
+                 _FieldReader):
+    """Checks each field's type and value; a SpecError lists every problem, section by section."""
+
+    def spec(self, data):
+        """The validated :class:`Spec`, or a SpecError listing every problem found."""
+        if not isinstance(data, dict):
+            self.fail((), f"expected a mapping of spec fields, got {_show(data)}")
+        for key in data:
+            with self.section():
+                if key not in TOP_FIELDS:
+                    self.fail((key,), f"unknown field (known fields: {', '.join(TOP_FIELDS)})")
+        name = self.checked(lambda: self.identifier(self.get(data, "name", "str", ()), ("name",)))
+        spec = Spec(
+            name=name,
+            summary=self.checked(self.summary, data, fallback=""),
+            doc=self.checked(lambda: self.get(data, "doc", "str", (), required=False, default="").strip(), fallback=""),
+            references=self.checked(self.references, data, fallback=[]),
+            inputs=self.checked(self.inputs, data, fallback=[]),
+            parameters=self.checked(self.parameters, data, fallback=[]),
+            definitions=self.checked(self.definitions, data, fallback=[]),
+            loss=self.checked(self.get, data, "loss", "str", (), fallback=""),
+            exposed_as=self.checked(self.exposed_as, data, name, fallback={}),
+            path=self.path,
+            lines=self.lines,
+            class_axis=self.checked(self.class_axis, data),
+            pair_inputs=self.checked(self.pair_inputs, data, fallback=[]),
+        )
+        for check in (self.unique_names, self.check_variant_count, self.check_references, self.check_levels,
+                      self.check_pairs):
+            self.checked(check, spec)
+        if self.errors:
+            first, *others = sorted(self.errors, key=lambda err: err.line)
+            raise SpecError(first.path, first.line, first.field, first.message, others)
+        return spec
 
 
 def _undefined(name, known):

@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lossc import targets
-from lossc.targets import builtin_folder as package_folder
+from lossc.core import targets
+from lossc.core.targets import builtin_folder as package_folder
 
 from .spec import SpecError, load_spec
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import lossc.generated.cupy as generated_cupy
-from lossc.cupy_kernels import COMMON_DEVICE_CODE
+from lossc.kernels.cupy_runtime import COMMON_DEVICE_CODE
 
 HOST_PRELUDE = """#include <cmath>
 #include <cstddef>
@@ -72,7 +72,7 @@ def _stage_wrapper(stage, precision):
 def nvcc_source(cupy_modules=None):
     """The device code of ``cupy_modules`` (default: every generated one, and CTC's) plus one
     __global__ kernel calling each device function."""
-    from lossc.ctc_cuda import SOURCE as CTC_SOURCE
+    from lossc.algorithms.ctc_cuda import SOURCE as CTC_SOURCE
 
     parts = [COMMON_DEVICE_CODE, CTC_SOURCE if cupy_modules is None else "",
              'extern "C" __global__ void lossc_identity(double* o) { o[0] = lossc_negative_infinity(); }\n']
@@ -158,7 +158,7 @@ template <typename... Args> static void lossc_launch(void (*kernel)(Args...), in
 def ctc_host_library(folder):
     """The CTC RawKernel source, unchanged, compiled for the host (threads and barriers stand in
     for a block); returns ``launch(name, grid, block, arguments)`` with ctc_cuda.run_kernel's arguments."""
-    from lossc.ctc_cuda import KERNELS, SOURCE
+    from lossc.algorithms.ctc_cuda import KERNELS, SOURCE
 
     launchers = []
     for precision, name in KERNELS.items():

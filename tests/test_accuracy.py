@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import spec_paths
-from lossc import native
+from lossc.kernels import native
 from lossc.compiler.accuracy import measure
 from lossc.compiler.spec import load_spec
 

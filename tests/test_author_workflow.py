@@ -12,7 +12,7 @@ import pytest
 from conftest import GENERATED, SPECS, run_cli
 
 import lossc
-from lossc import exposure
+from lossc.core import exposure
 from lossc.compiler.build import build
 from lossc.compiler.spec import SpecError, load_spec, parse_spec_text
 

@@ -9,7 +9,7 @@ import pytest
 
 import lossc
 from conftest import random_inputs
-from lossc import elementwise, native
+from lossc.kernels import native, numpy_runtime
 from test_native import module_names, numpy_and_native, sample_inputs
 
 SIZES = [1, 2, 3, 63, 64, 65, 127, 1000, 4097, 65537, 70000]
@@ -58,7 +58,7 @@ def test_thread_count_and_concurrent_callers_never_change_bits(name, dtype, monk
         runs = {}
         for threads in (1, 2, 3, 5):
             monkeypatch.setattr(native, "WORKERS", threads)
-            monkeypatch.setattr(elementwise, "WORKERS", threads)
+            monkeypatch.setattr(numpy_runtime, "WORKERS", threads)
             runs[threads] = outputs(module, arrays)
         with ThreadPoolExecutor(3) as pool:  # callers competing for the library's one pool
             runs["concurrent"] = list(pool.map(lambda _: outputs(module, arrays), range(3)))[-1]
@@ -82,7 +82,7 @@ def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dty
     rng = np.random.default_rng(13)
     if kernel == "numpy":
         monkeypatch.setenv("LOSSC_NATIVE", "0")
-        monkeypatch.setattr(elementwise, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
+        monkeypatch.setattr(numpy_runtime, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
         rows = 3 * 50 + 5  # several row chunks, a ragged last one
     else:
         rows = 5 * native.MIN_CHUNK // 7 + 13  # enough elements for 5 threads, ragged parts
@@ -98,7 +98,7 @@ def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dty
 
     runs = {}
     for threads in (1, 2, 3, 5):
-        monkeypatch.setattr(elementwise, "WORKERS", threads)
+        monkeypatch.setattr(numpy_runtime, "WORKERS", threads)
         monkeypatch.setattr(native, "WORKERS", threads)
         runs[threads] = run(*arrays)
     assert all(all(np.array_equal(g, w) for g, w in zip(got, runs[1])) for got in runs.values())

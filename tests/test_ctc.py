@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lossc import gluon
-from lossc.ctc import ctc_loss
+from lossc.algorithms.ctc import ctc_loss
 
 
 def collapse(path, blank):
@@ -155,7 +155,7 @@ def host_kernel(tmp_path_factory):
 
 
 def _device_case(rng, steps, batch, alphabet, width, blank, dtype):
-    from lossc.ctc import extended_labels
+    from lossc.algorithms.ctc import extended_labels
 
     scores = (rng.normal(0, 3, (steps, batch, alphabet))).astype(dtype)
     labels = rng.integers(0, alphabet - 1, (batch, width))
@@ -174,8 +174,8 @@ def test_cuda_kernel_on_the_host_matches_numpy(host_kernel, dtype, rtol):
     """The RawKernel's exact source (one thread per extended-label position, a barrier per time
     step) against the NumPy forward-backward: variable pred and label lengths, empty labels,
     repeated labels, infeasible sequences (+inf, gradient 0 after the caller's masking)."""
-    from lossc.ctc import ctc_forward_backward
-    from lossc.ctc_cuda import run_kernel
+    from lossc.algorithms.ctc import ctc_forward_backward
+    from lossc.algorithms.ctc_cuda import run_kernel
 
     rng = np.random.default_rng(7)
     for steps, batch, alphabet, width, blank in [(12, 6, 5, 4, 0), (9, 5, 4, 5, 3), (30, 3, 6, 40, 2)]:
@@ -193,8 +193,8 @@ def test_cuda_kernel_on_the_host_matches_numpy(host_kernel, dtype, rtol):
 
 def test_cuda_kernel_on_the_host_long_sequence_stays_finite(host_kernel):
     """T = 2000 in float32: log space keeps α and β from underflowing."""
-    from lossc.ctc import ctc_forward_backward, extended_labels
-    from lossc.ctc_cuda import run_kernel
+    from lossc.algorithms.ctc import ctc_forward_backward, extended_labels
+    from lossc.algorithms.ctc_cuda import run_kernel
 
     rng = np.random.default_rng(3)
     scores = rng.normal(0, 2, (2000, 2, 20)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The fast public call of element-wise losses (lossc.fastpath): the loss summed inside the
+"""The fast public call of element-wise losses (lossc.kernels.fastpath): the loss summed inside the
 native kernel's one pass, the same gradients as the general path, any thread count, and
 every call it is not sure of left to the general path."""
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import lossc
-from lossc import native
-from lossc.fastpath import FastPath
+from lossc.kernels import native
+from lossc.kernels.fastpath import FastPath
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler for native kernels")
 pytestmark = needs_native

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import lossc
-from lossc import native
+from lossc.kernels import native
 from lossc.native import NativeModule
 from lossc.compiler.derive import declared_gradients
 from lossc.compiler.ir import build_ir
@@ -287,16 +287,16 @@ def test_a_thread_pool_that_cannot_help_does_not_hang(monkeypatch):
     fork), the calling thread does all the chunks and does not wait for the helpers."""
     from concurrent.futures import Future
 
-    from lossc import elementwise
+    from lossc.kernels import numpy_runtime
 
     class StuckPool:
         def submit(self, fn):
             return Future()  # never runs
 
-    monkeypatch.setattr(elementwise, "_executor", lambda: StuckPool())
-    monkeypatch.setattr(elementwise, "WORKERS", 2)
+    monkeypatch.setattr(numpy_runtime, "_executor", lambda: StuckPool())
+    monkeypatch.setattr(numpy_runtime, "WORKERS", 2)
     done = []
-    elementwise.run_all(done.append, range(5))
+    numpy_runtime.run_all(done.append, range(5))
     assert done == [0, 1, 2, 3, 4]
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from lossc import native
+from lossc.kernels import native
 from test_native import fake_device_module, needs_native
 
 SCRIPT = textwrap.dedent("""\

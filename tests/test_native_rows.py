@@ -1,4 +1,4 @@
-"""Native row kernels (lossc.native_rows): the launch plan of every loss over a class axis
+"""Native row kernels (lossc.kernels.native_rows): the launch plan of every loss over a class axis
 compiled for the host, against the NumPy kernels and 50-digit mpmath at extreme logits."""
 import mpmath
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 import lossc
 from conftest import random_inputs
-from lossc import native
-from lossc.native_rows import NativeRowModule
+from lossc.kernels import native
+from lossc.kernels.native_rows import NativeRowModule
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler for native kernels")
 ROW_LOSSES = [n for n in lossc.list_losses() if lossc.get(n).class_axis and not lossc.get(n).pair_inputs]
@@ -21,7 +21,7 @@ CASES = [(name, variant) for name in ROW_LOSSES for variant in _variants(name)]
 
 
 def _module(loss, variant):
-    return loss._module(np, variant)
+    return loss.kernels_of(np, variant)
 
 
 @pytest.mark.parametrize("name, variant", CASES, ids=lambda c: str(c))

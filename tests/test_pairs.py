@@ -6,7 +6,7 @@ import pytest
 import lossc
 from lossc.compiler.build import build, compile_spec
 from lossc.compiler.spec import SpecError
-from lossc.registry import register_generated
+from lossc.core.registry import register_generated
 
 PAIR_SPEC = """\
 name: {name}
@@ -82,12 +82,12 @@ def test_user_pair_loss_values_and_finite_differences(l1_pairs):
 
 def test_pair_blocks_cover_rows_of_any_count(l1_pairs, monkeypatch):
     """Matrices and gradients built a block of rows at a time equal the one-block result."""
-    import lossc.pairs
+    import lossc.core.pairs
 
     rng = np.random.default_rng(1)
     x1, x2 = rng.normal(0, 1, (9, 4)), rng.normal(0, 1, (9, 4))
     whole = l1_pairs.value_and_grad(x1, x2, reduction="none")
-    monkeypatch.setattr(lossc.pairs, "BLOCK_ELEMENTS", 50)  # 50 // (9 · 4) = 1 row per block
+    monkeypatch.setattr(lossc.core.pairs, "BLOCK_ELEMENTS", 50)  # 50 // (9 · 4) = 1 row per block
     blocks = l1_pairs.value_and_grad(x1, x2, reduction="none")
     np.testing.assert_allclose(blocks[0], whole[0], rtol=1e-15)
     for a, b in zip(blocks[1], whole[1]):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lossc
-from lossc import backend
+from lossc.core import backend
 
 EPS32 = float(np.finfo(np.float32).eps)
 

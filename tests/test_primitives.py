@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sympy
 
-from lossc import native, special
+from lossc.kernels import native, special
 from lossc.compiler import primitives
 from lossc.compiler.accuracy import measure
 from lossc.compiler.build import build, compile_spec
@@ -22,7 +22,7 @@ from lossc.compiler.emit.numpy_printer import NumPyPrinter
 from lossc.compiler.emit.numpy_ufuncs import linearize
 from lossc.compiler.derive import Kernel
 from lossc.compiler.expr_parser import FUNCTIONS, Scope, parse_expression
-from lossc.targets import folder_loader
+from lossc.core.targets import folder_loader
 
 import cuda_harness
 

@@ -263,7 +263,7 @@ def test_names_that_collide_with_generated_identifiers_build_and_compute(tmp_pat
 
 
 def test_native_kernels_compile_with_colliding_names(tmp_path, monkeypatch):
-    from lossc import native
+    from lossc.kernels import native
 
     if not native.available():
         pytest.skip("no C++ compiler")

@@ -236,7 +236,7 @@ def export(compiled_losses, fmt, out_dir, with_accuracy=True, log=print, built=N
     Accuracy figures and plots run the kernels of the built folder ``built[name]`` (default:
     the installed ``lossc.generated`` package). The index lists every loss documented in
     ``out_dir`` so far, not only this call's."""
-    from lossc.targets import folder_loader
+    from lossc.core.targets import folder_loader
 
     from ..workspace import package_folder
 

@@ -99,17 +99,21 @@ class _Pool:
             self.free.sort(key=lambda n: int(n[len(self.prefix):]))
 
 
-class _Linearizer:
-    def __init__(self, scalar_symbols, row_symbols=()):
+# x**exponent as ufunc lines, tried in order (exponents compared with equal_valued)
+POWERS = ((2, "np.square({0}, out={out})"), (-1, "np.divide(1, {0}, out={out})"), (0.5, "np.sqrt({0}, out={out})"),
+          (-0.5, "np.sqrt({0}, out={root})\nnp.divide(1, {root}, out={out})"))
+
+
+class _Analysis:
+    """What the program's nodes are: each one's level (scalar, row, element), its operands,
+    the CSE temporaries' definitions, and how many times the program uses each."""
+
+    def __init__(self, scalar_symbols, row_symbols):
         self.scalars = set(scalar_symbols)
         self.rows = set(row_symbols)
-        self.printer = NumPyPrinter({"order": "lex"})
-        self.pools = {key: _Pool(prefix) for key, prefix in POOLS.items()}
-        self.lines, self.names, self.uses, self.levels = [], {}, {}, {}
+        self.uses, self.levels = {}, {}
         self.definitions = {}  # CSE temporaries → their expressions
-        self.pending = {}  # comparison temporaries not computed yet
 
-    # -- analysis ----------------------------------------------------------------------
     def level(self, expr):
         """'s' (scalar), 'r' (one value per row) or 'e' (one value per element)."""
         if expr not in self.levels:
@@ -127,10 +131,6 @@ class _Linearizer:
     def is_scalar(self, expr):
         """True when expr depends on parameters and constants only (no array input)."""
         return self.level(expr) == "s"
-
-    def pool(self, kind, expr):
-        """The scratch pool for a value of ``kind`` ('f', 'b', 'i') at expr's level."""
-        return self.pools[(kind, "r" if self.level(expr) == "r" else "e")]
 
     def distribute_rows(self, expr):
         """g·(r + s·E) → g·r + (g·s)·E, bottom-up, where g is row-level (not just scalars), r and
@@ -152,6 +152,7 @@ class _Linearizer:
         return sympy.Add(*[sympy.Mul(*others, t) for t in terms])
 
     def count_uses(self, exprs):
+        """Count every node's uses by ``exprs`` (its operands once, however often it is used)."""
         for expr in exprs:
             self._count(expr)
 
@@ -162,14 +163,31 @@ class _Linearizer:
                 self._count(arg)
 
     def is_leaf(self, expr):
+        """True for a value never computed into a buffer: a symbol, a number or a scalar."""
         return expr.is_Symbol or expr.is_Number or self.is_scalar(expr)
 
     def operands(self, expr):
+        """expr's operands (a Piecewise's values and conditions alike)."""
         if isinstance(expr, sympy.Piecewise):
             return [part for pair in expr.args for part in pair]
         return list(expr.args)
 
-    # -- emission ----------------------------------------------------------------------
+
+class _BufferAllocation(_Analysis):
+    """Which buffer holds each value: computed once into a scratch buffer of its kind and
+    level, the buffer back in its pool after the value's last use."""
+
+    def __init__(self, scalar_symbols, row_symbols):
+        super().__init__(scalar_symbols, row_symbols)
+        self.printer = NumPyPrinter({"order": "lex"})
+        self.pools = {key: _Pool(prefix) for key, prefix in POOLS.items()}
+        self.lines, self.names = [], {}  # the code; computed values → the code naming them
+        self.pending = {}  # comparison temporaries not computed yet
+
+    def pool(self, kind, expr):
+        """The scratch pool for a value of ``kind`` ('f', 'b', 'i') at expr's level."""
+        return self.pools[(kind, "r" if self.level(expr) == "r" else "e")]
+
     def value(self, expr):
         """Code naming expr's value, emitting the ufunc calls that compute it once."""
         if expr in self.names:
@@ -186,11 +204,13 @@ class _Linearizer:
         return name
 
     def scalar(self, expr):
+        """Python code of a scalar value (a float() of anything but a symbol or number)."""
         code = self.printer.doprint(expr)
         plain = expr.is_Symbol or expr.is_Number or isinstance(expr, sympy.logic.boolalg.Boolean)
         return code if plain else f"float({code})"
 
     def release(self, expr):
+        """One use of expr is done; after its last, its buffer goes back to its pool."""
         self.uses[expr] -= 1
         if self.uses[expr] == 0:
             if expr in self.names:
@@ -203,26 +223,18 @@ class _Linearizer:
             elif _is_negation(expr) and not self.is_leaf(expr):
                 self.release(-expr)  # −t was used as a subtraction of t, never materialized
 
-    def compute(self, expr, out=None):
-        if expr.is_Add or expr.is_Mul:
-            return self.arithmetic(expr, out)
-        picked = self.pick_parts(expr)
-        if picked:
-            return self.pick(expr, *picked, out)
-        selected = self.label_select_parts(expr)
-        if selected:
-            return self.label_select(expr, *selected, out)
-        args = self.operands(expr)
-        codes = [self.value(a) for a in args]
+    def is_transparent(self, expr):
+        """Whether expr's NumPy code is its argument's buffer (grouped: that buffer already
+        keeps it apart from the sum around it)."""
         primitive = primitives.of(expr)
-        boolean = expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not))
-        kind = "b" if boolean or (primitive is not None and primitive.bool_result) else "f"
-        kind = "i" if isinstance(expr, (Mask, CompareMask)) else kind
-        target = out or self.pool(kind, expr).take(avoid=codes)
-        self.emit(expr, codes, target)
-        for a in args:
-            self.release(a)
-        return target
+        return primitive is not None and primitive.numpy == "{0}"
+
+
+class _Peepholes(_BufferAllocation):
+    """The patterns of a class axis written as one operation instead of a pass over every
+    element, listed in :attr:`PEEPHOLES` (matcher → writer): a pick (Σ_j values·[j = index] →
+    a gather) and a label select (where(j = index, a, b) → b, one value set per row); inside a
+    sum, the scatter of factors·[j = index] (one add per row, :meth:`_Linearizer.scatter_term`)."""
 
     def pick_parts(self, expr):
         """(product, values, index) when expr is Σ_j values·[j = index] used only here, else None."""
@@ -252,6 +264,15 @@ class _Linearizer:
             return (cond.lhs, cond.rhs) if isinstance(cond, sympy.Eq) else None
         return None
 
+    def pick(self, expr, product, values, index, out):
+        """Σ_j values·[j = index] as a gather (see lossc.kernels.numpy_runtime.pick_into)."""
+        codes = [self.value(values), self.value(index)]
+        target = out or self.pool("f", expr).take(avoid=codes)
+        self.lines.append(f"pick_into({target}, {codes[0]}, {codes[1]})")
+        for node in (*product.args, product):  # as if the product had been computed and summed
+            self.release(node)
+        return target
+
     def label_select_parts(self, expr):
         """(index, at_label, elsewhere) when expr is where(j == index, at_label, elsewhere) with
         row-level index and at_label, else None."""
@@ -273,7 +294,7 @@ class _Linearizer:
     def label_select(self, expr, index, at_label, elsewhere, out):
         """where(j == index, at_label, elsewhere) as elsewhere (computed straight into the result
         when nothing else uses it, else copied) and one value set per row (see
-        lossc.elementwise.set_at_into), not a blend over every element."""
+        lossc.kernels.numpy_runtime.set_at_into), not a blend over every element."""
         if elsewhere not in self.names and self.uses.get(elsewhere) == 1 and not self.is_leaf(elsewhere):
             target = out or self.pool("f", expr).take()
             self.compute(elsewhere, out=target)  # used only here: computed straight into the result
@@ -287,13 +308,31 @@ class _Linearizer:
             self.release(node)
         return target
 
-    def pick(self, expr, product, values, index, out):
-        """Σ_j values·[j = index] as a gather (see lossc.elementwise.pick_into)."""
-        codes = [self.value(values), self.value(index)]
-        target = out or self.pool("f", expr).take(avoid=codes)
-        self.lines.append(f"pick_into({target}, {codes[0]}, {codes[1]})")
-        for node in (*product.args, product):  # as if the product had been computed and summed
-            self.release(node)
+    PEEPHOLES = ((pick_parts, pick), (label_select_parts, label_select))
+
+
+class _Linearizer(_Peepholes):
+    """Straight-line ufunc code for a kernel: arithmetic chains and the table-driven emission
+    of every other node."""
+
+    def compute(self, expr, out=None):
+        """Emit the code computing expr into ``out`` (a scratch buffer when None); its name."""
+        if expr.is_Add or expr.is_Mul:
+            return self.arithmetic(expr, out)
+        for match, write in self.PEEPHOLES:
+            parts = match(self, expr)
+            if parts:
+                return write(self, expr, *parts, out)
+        args = self.operands(expr)
+        codes = [self.value(a) for a in args]
+        primitive = primitives.of(expr)
+        boolean = expr.is_Relational or isinstance(expr, (sympy.And, sympy.Or, sympy.Not))
+        kind = "b" if boolean or (primitive is not None and primitive.bool_result) else "f"
+        kind = "i" if isinstance(expr, (Mask, CompareMask)) else kind
+        target = out or self.pool(kind, expr).take(avoid=codes)
+        self.emit(expr, codes, target)
+        for a in args:
+            self.release(a)
         return target
 
     def arithmetic(self, expr, out):
@@ -406,57 +445,64 @@ class _Linearizer:
             pool.give(acc)
 
     def emit(self, expr, codes, out):
-        line = self.lines.append
+        """The ufunc lines of one node: a power by its exponent (:data:`POWERS`), a primitive
+        by its row of the table, anything else by its class (:attr:`EMITTERS`)."""
         if expr.is_Pow:
-            base, exponent = codes
-            if equal_valued(expr.exp, 2):
-                line(f"np.square({base}, out={out})")
-            elif equal_valued(expr.exp, -1):
-                line(f"np.divide(1, {base}, out={out})")
-            elif equal_valued(expr.exp, 0.5):
-                line(f"np.sqrt({base}, out={out})")
-            elif equal_valued(expr.exp, -0.5):
-                root = self.pool("f", expr).take(avoid=codes)
-                line(f"np.sqrt({base}, out={root})")
-                line(f"np.divide(1, {root}, out={out})")
-                self.pool("f", expr).give(root)
-            else:
-                line(f"np.power({base}, {exponent}, out={out})")
+            form = next((f for exponent, f in POWERS if equal_valued(expr.exp, exponent)), "np.power({0}, {1}, out={out})")
+            self.write(form, expr, codes, out)
         elif primitives.of(expr) is not None:
             self.primitive(primitives.of(expr), expr, codes, out)
-        elif isinstance(expr, (rsum, rmax)):
-            fname = "np.sum" if isinstance(expr, rsum) else "np.max"
-            line(f"{fname}({codes[0]}, axis=-1, keepdims=True, out={out})")
-        elif expr.is_Relational:
-            line(f"{COMPARE[expr.rel_op]}({codes[0]}, {codes[1]}, out={out})")
-        elif isinstance(expr, (sympy.And, sympy.Or)):
-            fname = "np.logical_and" if isinstance(expr, sympy.And) else "np.logical_or"
-            line(f"{fname}({codes[0]}, {codes[1]}, out={out})")
-            for code in codes[2:]:
-                line(f"{fname}({out}, {code}, out={out})")
-        elif isinstance(expr, sympy.Not):
-            line(f"np.logical_not({codes[0]}, out={out})")
-        elif isinstance(expr, CompareMask):  # compare straight into the int buffer (0/1), negate: 0/~0
-            line(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
-            line(f"np.negative({out}, out={out})")
-        elif isinstance(expr, Indicator):
-            line(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
-        elif isinstance(expr, Mask):
-            line(f"mask_into({out}, {codes[0]})")
-        elif isinstance(expr, Blend):
-            blend = self.pool("i", expr).take(avoid=codes)
-            line(f"blend_into({out}, {codes[0]}, {codes[1]}, {codes[2]}, {blend})")
-            self.pool("i", expr).give(blend)
-        elif isinstance(expr, sympy.Piecewise):
-            self.piecewise(expr, codes, out)
         else:
-            raise NotImplementedError(f"no NumPy ufunc for {expr.func.__name__}")
+            emitter = next((e for kinds, e in self.EMITTERS if isinstance(expr, kinds)), None)
+            if emitter is None:
+                raise NotImplementedError(f"no NumPy ufunc for {expr.func.__name__}")
+            emitter(self, expr, codes, out)
 
-    def is_transparent(self, expr):
-        """Whether expr's NumPy code is its argument's buffer (grouped: that buffer already
-        keeps it apart from the sum around it)."""
-        primitive = primitives.of(expr)
-        return primitive is not None and primitive.numpy == "{0}"
+    def write(self, form, expr, codes, out):
+        """The lines of a three-address ``form`` ({0}, {1}…: the operands; {out}; {root} and
+        {mask}: a float and an int scratch buffer)."""
+        scratch = {name: self.pool(kind, expr).take(avoid=codes) if f"{{{name}}}" in form else None
+                   for name, kind in (("root", "f"), ("mask", "i"))}
+        self.lines.extend(form.format(*codes, out=out, **scratch).split("\n"))
+        for name, kind in (("root", "f"), ("mask", "i")):
+            if scratch[name] is not None:
+                self.pool(kind, expr).give(scratch[name])
+
+    def reduction(self, expr, codes, out):
+        """rsum / rmax along the class axis, kept as a column."""
+        fname = "np.sum" if isinstance(expr, rsum) else "np.max"
+        self.lines.append(f"{fname}({codes[0]}, axis=-1, keepdims=True, out={out})")
+
+    def relational(self, expr, codes, out):
+        """A comparison into a boolean buffer."""
+        self.lines.append(f"{COMPARE[expr.rel_op]}({codes[0]}, {codes[1]}, out={out})")
+
+    def logical(self, expr, codes, out):
+        """And / Or of any number of operands, Not of one."""
+        if isinstance(expr, sympy.Not):
+            self.lines.append(f"np.logical_not({codes[0]}, out={out})")
+            return
+        fname = "np.logical_and" if isinstance(expr, sympy.And) else "np.logical_or"
+        self.lines.append(f"{fname}({codes[0]}, {codes[1]}, out={out})")
+        for code in codes[2:]:
+            self.lines.append(f"{fname}({out}, {code}, out={out})")
+
+    def compare_mask(self, expr, codes, out):
+        """Compare straight into the int buffer (0/1), then negate: 0/~0."""
+        self.lines.append(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
+        self.lines.append(f"np.negative({out}, out={out})")
+
+    def indicator(self, expr, codes, out):
+        """The 0/1 floats of a comparison."""
+        self.lines.append(f"{COMPARE[OPS[int(expr.args[0])]]}({codes[1]}, {codes[2]}, out={out})")
+
+    def mask(self, expr, codes, out):
+        """The all-ones bits of a boolean condition."""
+        self.lines.append(f"mask_into({out}, {codes[0]})")
+
+    def blend(self, expr, codes, out):
+        """a where mask else b, bit-exact."""
+        self.write("blend_into({out}, {0}, {1}, {2}, {mask})", expr, codes, out)
 
     def primitive(self, primitive, expr, codes, out):
         """The ``numpy`` lines of a primitive (a boolean scratch buffer for ``{flag}``)."""
@@ -483,6 +529,10 @@ class _Linearizer:
             current = out
         pool.give(mask)
         pool.give(blend)
+
+    EMITTERS = (((rsum, rmax), reduction), (sympy.core.relational.Relational, relational),
+                ((sympy.And, sympy.Or, sympy.Not), logical), (CompareMask, compare_mask), (Indicator, indicator),
+                (Mask, mask), (Blend, blend), (sympy.Piecewise, piecewise))
 
 
 def _is_negation(expr):

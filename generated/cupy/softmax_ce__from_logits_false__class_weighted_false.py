@@ -9,7 +9,7 @@ ElementwiseKernel for the loss and all gradients. float16 is computed in float32
 A final stage's \"split\" (for the host's row loop) computes what reads no element value once
 per row (\"row\"), then the rest per element (\"element\", the invariants as extra arguments).
 """
-from lossc.cupy_kernels import RowKernelCache as _RowKernelCache
+from lossc.kernels.cupy_runtime import RowKernelCache as _RowKernelCache
 
 NAME = 'softmax_ce'
 INPUTS = ('pred', 'label', 'class_weight')

@@ -6,8 +6,8 @@ Inputs are laid out as (rows, classes) with the class axis last; row inputs are 
 """
 import numpy as np
 
-from lossc.elementwise import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
-from lossc.elementwise import run_rows as _run_rows
+from lossc.kernels.numpy_runtime import blend_into, mask_into, pick_into, scatter_add_into, select_into, set_at_into
+from lossc.kernels.numpy_runtime import run_rows as _run_rows
 
 NAME = 'softmax_ce'
 VARIANT = {'from_logits': True, 'class_weighted': True}

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import bridge
-from ..pipeline import AVG_FACTOR_EPS, REDUCTIONS
-from ..registry import get as _get_loss
+from ..core import bridge
+from ..core.pipeline import AVG_FACTOR_EPS, REDUCTIONS
+from ..core.registry import get as _get_loss
 
 __all__ = ["get", "JaxLoss"]
 LOW_PRECISION = (jnp.float16, jnp.bfloat16)

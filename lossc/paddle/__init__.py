@@ -19,9 +19,9 @@ import sys
 
 import numpy as np
 
-from ..pipeline import REDUCTIONS, Pipeline
-from ..registry import exposed
-from ..registry import get as _get_loss
+from ..core.pipeline import REDUCTIONS, Pipeline
+from ..core.registry import exposed
+from ..core.registry import get as _get_loss
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "get", "kl_div", "l1_loss", "Loss",
            "mse_loss", "sigmoid_focal_loss", "smooth_l1_loss"]

@@ -4,7 +4,7 @@
 ``lossc.get(name)`` (``weight``, ``reduction``, ``avg_factor``, ``loss_weight``) on paddle
 Tensors. When a differentiable input has ``stop_gradient=False`` (and gradients are enabled)
 the forward runs the fused loss-and-gradient kernel once and saves the gradients; the
-backward scales them by the incoming gradient (see :mod:`lossc.bridge`). CPU tensors reach
+backward scales them by the incoming gradient (see :mod:`lossc.core.bridge`). CPU tensors reach
 the kernels as zero-copy NumPy views (DLPack both ways); GPU tensors reach the CuPy kernels
 through DLPack on Paddle's current stream. float32 and float64 compute in their own
 precision, float16 and bfloat16 in float32 (returned in the input's dtype). Inputs are never
@@ -19,8 +19,8 @@ import numpy as np
 import paddle
 from paddle.autograd import PyLayer
 
-from .. import bridge
-from ..registry import get as _get_loss
+from ..core import bridge
+from ..core.registry import get as _get_loss
 
 LOW_PRECISION = (paddle.float16, paddle.bfloat16)
 _layers = {}
@@ -223,7 +223,7 @@ def ctc(log_probs, labels, input_lengths, label_lengths, blank, norm_by_times, z
 
 def _ctc(log_probs, labels, input_lengths, label_lengths, blank, zero_infinity, with_grad):
     """[losses] or [losses, d Σ losses / d log_probs] as new Tensors."""
-    from ..ctc import ctc_loss
+    from ..algorithms.ctc import ctc_loss
 
     if log_probs.ndim != 3:
         raise ValueError(f"ctc_loss: log_probs must be 3-D (max_logit_length, batch, classes), got shape "

@@ -15,8 +15,8 @@ Importing this module needs PyTorch (``pip install -e ".[torch]"``); ``import lo
 """
 import torch
 
-from ..registry import get as _get_loss
-from ..registry import list_losses as _list_losses
+from ..core.registry import get as _get_loss
+from ..core.registry import list_losses as _list_losses
 from .functional import (binary_cross_entropy_with_logits, cosine_embedding_loss, cross_entropy, ctc_loss,
                          huber_loss, kl_div, poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
 from .ops import can_run_eagerly, eager, op

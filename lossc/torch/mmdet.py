@@ -19,9 +19,9 @@ import functools
 
 import torch
 
-from ..mmdet import build_class, config_type
-from ..pipeline import REDUCTIONS
-from ..registry import exposed, on_register
+from ..layers.mmdet import build_class, config_type
+from ..core.pipeline import REDUCTIONS
+from ..core.registry import exposed, on_register
 from . import get
 
 _MODULES = {}
@@ -189,7 +189,7 @@ def _exposed_module(name, loss_name):
 
 def _register_in_mmengine():
     """The mmengine child registry with every module, or None without mmengine; the names of
-    losses registered later are added as they come (:func:`lossc.registry.on_register`)."""
+    losses registered later are added as they come (:func:`lossc.core.registry.on_register`)."""
     try:
         from mmengine.registry import MODELS, Registry
     except ImportError:

@@ -19,8 +19,8 @@ to return [loss, *gradients] or [loss].
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
-from .. import bridge
-from ..registry import get
+from ..core import bridge
+from ..core.registry import get
 
 SCHEMA = ("(Tensor[] inputs, float[] params, Tensor? weight, str reduction, float? avg_factor, float loss_weight, "
           "int axis, bool with_grad) -> Tensor[]")
@@ -181,7 +181,7 @@ def ctc(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity,
     """lossc's CTC on (T, N, C) scores and (N, S) targets padded with −1: [losses (N,)] or
     [losses, d Σ losses / d log_probs] (log_softmax applied inside, so for log-probabilities
     the gradient is exp(log_probs) − the posterior, as PyTorch's)."""
-    from ..ctc import ctc_loss
+    from ..algorithms.ctc import ctc_loss
 
     arrays = [_array(t) for t in (log_probs, targets, input_lengths, target_lengths)]
     kwargs = dict(blank=int(blank), layout="TNC", zero_infinity=bool(zero_infinity), reduction="none")

@@ -8,7 +8,7 @@ a constant for autograd, as in GluonCV.
 """
 import torch
 
-from ..ssd import _as_list
+from ..algorithms.ssd import _as_list
 from . import get
 
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cupy_kernels import COMMON_DEVICE_CODE
-from .elementwise import WORKERS, is_flat
+from .cupy_runtime import COMMON_DEVICE_CODE
+from .numpy_runtime import WORKERS, is_flat
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _C_TYPES = {"float32": "float", "float64": "double"}
@@ -336,7 +336,7 @@ def kernel_counts(device_module, kind):
 
 def source(device_module):
     """The C++ source of one module's native library: its device code and a loop per kernel
-    (a row kernel per launch plan for the losses over a class axis, :mod:`lossc.native_rows`)."""
+    (a row kernel per launch plan for the losses over a class axis, :mod:`lossc.kernels.native_rows`)."""
     parts = [PRELUDE, POOL_CODE, _vector_declarations() if _vector_math() else "", COMMON_DEVICE_CODE,
              device_module.DEVICE_CODE]
     if hasattr(device_module, "STAGES"):  # reductions along a class axis: row kernels
@@ -490,9 +490,9 @@ class NativeKernels:
 
 
 def load_kernels(load_module, entry):
-    """The 'native' target's kernels of a manifest ``entry`` (:mod:`lossc.targets`): its numpy
+    """The 'native' target's kernels of a manifest ``entry`` (:mod:`lossc.core.targets`): its numpy
     module running its cupy module's device code compiled for the host, as row kernels
-    (:mod:`lossc.native_rows`) for a loss over a class axis."""
+    (:mod:`lossc.kernels.native_rows`) for a loss over a class axis."""
     from .native_rows import NativeRowModule
 
     modules = entry["modules"]

@@ -12,8 +12,8 @@ import numbers
 
 import numpy as np
 
-from .backend import array_module
-from .pipeline import Pipeline
+from ..core.backend import array_module
+from ..core.pipeline import Pipeline
 
 LAYOUTS = ("NTC", "TNC")
 LABEL_LAYOUTS = ("NT", "TN")

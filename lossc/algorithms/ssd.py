@@ -6,9 +6,9 @@ are one array or a list of arrays (GluonCV's one-per-device form): the positives
 counted over the whole batch *and every list element* before normalizing. Gradients treat
 the mining mask as a constant.
 """
-from .backend import array_module, as_arrays
-from .pipeline import Pipeline
-from .registry import get
+from ..core.backend import array_module, as_arrays
+from ..core.pipeline import Pipeline
+from ..core.registry import get
 from .sampling import hard_negative_mask
 
 

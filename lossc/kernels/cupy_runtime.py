@@ -23,7 +23,7 @@ __device__ __forceinline__ float lossc_lgammaf(float x) { return lgammaf(x); }
 inline double lossc_lgamma(double x) { int sign; return lgamma_r(x, &sign); }  /* lgamma writes a global */
 inline float lossc_lgammaf(float x) { int sign; return lgammaf_r(x, &sign); }
 #endif
-/* digamma as lossc.special.digamma computes it: reflect, shift by 10, asymptotic series */
+/* digamma as lossc.kernels.special.digamma computes it: reflect, shift by 10, asymptotic series */
 __device__ __forceinline__ double lossc_digamma(double x)
 {
     const bool reflect = x < 0.5;

@@ -1,7 +1,7 @@
 """Sampling masks, step 1 of the MMDetection loss pipeline (use them as the pipeline's weight)."""
 import numpy as np
 
-from .backend import array_module
+from ..core.backend import array_module
 
 
 def hard_negative_mask(loss, positive_mask, ratio, ignore_mask=None, min_hard_negatives=0):

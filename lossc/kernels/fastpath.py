@@ -98,7 +98,7 @@ class FastPath:
             if checked is None:
                 if name not in self.loss.parameters:
                     return None
-                checked = self.loss._param(name, value)  # raises for a bad value
+                checked = self.loss.check_param(name, value)  # raises for a bad value
                 if len(self._valid) < MAX_CACHED_VALUES:
                     self._valid[key] = checked
             (variant if name in variant else runtime)[name] = checked
@@ -108,7 +108,7 @@ class FastPath:
         """(ctypes function, its parameters' names in order) of the reducing kernel, or None."""
         key = (variant, dtype, with_grad)
         if key not in self._kernels:
-            module = self.loss._module(np, dict(variant))
+            module = self.loss.kernels_of(np, dict(variant))
             self._kernels[key] = module.sum_kernel("forward_backward" if with_grad else "forward", dtype) \
                 if hasattr(module, "sum_kernel") else None
         return self._kernels[key]

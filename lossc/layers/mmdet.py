@@ -12,9 +12,9 @@ import inspect
 
 import numpy as np
 
-from .backend import array_module
-from .pipeline import REDUCTIONS, Pipeline
-from .registry import exposed, get, list_losses
+from ..core.backend import array_module
+from ..core.pipeline import REDUCTIONS, Pipeline
+from ..core.registry import exposed, get, list_losses
 
 _LOSSES = {}
 

@@ -1,5 +1,5 @@
 """CTC on CuPy: a handwritten RawKernel, one block per sequence, threads over the extended
-label (blank, l1, blank, …, blank), in log space like the NumPy version (lossc.ctc).
+label (blank, l1, blank, …, blank), in log space like the NumPy version (lossc.algorithms.ctc).
 
 Per sequence n the block runs α forward over its own pred_lengths[n] steps (a barrier per
 step, since α_t(s) reads α_{t−1}(s−2..s)), the loss −log(α(S−1) + α(S−2)) in double, then β

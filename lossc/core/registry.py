@@ -2,7 +2,9 @@
 import json
 from pathlib import Path
 
-from . import exposure, targets
+from . import exposure
+
+from . import targets
 from .targets import builtin_folder, folder_loader
 from .loss import Loss
 
@@ -52,7 +54,7 @@ def _check_exposure(manifest):
 
 def exposed(layer):
     """{Name: loss name}: the generic adapters ``layer`` offers for the registered losses'
-    ``exposed_as`` (:mod:`lossc.exposure`)."""
+    ``exposed_as`` (:mod:`lossc.core.exposure`)."""
     _load_builtin()
     return exposure.adapters([loss.manifest for loss in _losses.values()], layer)
 

@@ -15,9 +15,9 @@ import functools
 
 import numpy as np
 
-from .backend import array_module, as_arrays
-from .pipeline import Pipeline
-from .registry import exposed, get
+from ..core.backend import array_module, as_arrays
+from ..core.pipeline import Pipeline
+from ..core.registry import exposed, get
 
 __all__ = [
     "L2Loss", "L1Loss", "SigmoidBinaryCrossEntropyLoss", "SigmoidBCELoss", "HuberLoss", "HingeLoss",
@@ -390,7 +390,7 @@ class CTCLoss(_GluonLoss):
     """
 
     def __init__(self, layout="NTC", label_layout="NT", weight=None):
-        from .ctc import LABEL_LAYOUTS, LAYOUTS
+        from ..algorithms.ctc import LABEL_LAYOUTS, LAYOUTS
 
         if layout not in LAYOUTS:
             raise ValueError(f"Only 'NTC' and 'TNC' layouts for pred are supported. Got: {layout!r}")
@@ -407,7 +407,7 @@ class CTCLoss(_GluonLoss):
         return self._run_ctc(pred, label, pred_lengths, label_lengths, sample_weight, True)
 
     def _run_ctc(self, pred, label, pred_lengths, label_lengths, sample_weight, with_grad):
-        from .ctc import ctc_loss
+        from ..algorithms.ctc import ctc_loss
 
         if sample_weight is not None:
             sample_weight = as_arrays(sample_weight, pred)[0].reshape(-1)

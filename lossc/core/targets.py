@@ -81,16 +81,16 @@ def load_own_module(target):
 load_numpy, load_cupy, load_jax = (load_own_module(t) for t in ("numpy", "cupy", "jax"))
 
 TARGETS = {  # NumPy ufunc kernels: any dtype and broadcasting, the fallback of 'native'
-    "numpy": Target("numpy", "lossc.compiler.emit.numpy_emitter:emit_numpy", "lossc.targets:load_numpy",
+    "numpy": Target("numpy", "lossc.compiler.emit.numpy_emitter:emit_numpy", "lossc.core.targets:load_numpy",
                     COMMON_EXPORTS),
     # the CUDA device code of the 'cupy' modules compiled for the host CPU (threads, SIMD):
     # NumPy arrays of float32/float64, the 'numpy' modules for everything else
-    "native": Target("native", None, "lossc.native:load_kernels", ()),
+    "native": Target("native", None, "lossc.kernels.native:load_kernels", ()),
     # CuPy ElementwiseKernel/ReductionKernel launches of that device code, on CuPy arrays
-    "cupy": Target("cupy", "lossc.compiler.emit.cupy_emitter:emit_cupy", "lossc.targets:load_cupy",
+    "cupy": Target("cupy", "lossc.compiler.emit.cupy_emitter:emit_cupy", "lossc.core.targets:load_cupy",
                    COMMON_EXPORTS + ("DEVICE_CODE",)),
     # jax.numpy programs for lossc.jax's custom_vjp (not for pair inputs)
-    "jax": Target("jax", "lossc.compiler.emit.jax_emitter:emit_jax", "lossc.targets:load_jax",
+    "jax": Target("jax", "lossc.compiler.emit.jax_emitter:emit_jax", "lossc.core.targets:load_jax",
                   COMMON_EXPORTS + ("ROW_INPUTS", "LOSS_LEVEL", "CLASS_AXIS")),
 }
 # the target that runs each array library's arrays (the first in TARGETS serving it, but
@@ -133,7 +133,7 @@ def builtin_folder():
 
 def folder_loader(folder):
     """``load(module, backend='numpy')`` for the generated modules of the built ``folder``
-    (``backend`` a target's folder, :mod:`lossc.targets`): the installed ``lossc.generated``
+    (``backend`` a target's folder, :mod:`lossc.core.targets`): the installed ``lossc.generated``
     package by import, any other folder from its files."""
     folder = Path(folder).resolve()
     if folder == builtin_folder():
