@@ -15,6 +15,7 @@ jax.config.update("jax_enable_x64", True)
 jnp = jax.numpy
 
 import lossc  # noqa: E402
+from conftest import GENERATED  # noqa: E402
 import lossc.jax as lj  # noqa: E402
 
 pytestmark = pytest.mark.jax
@@ -189,3 +190,13 @@ def test_losses_over_pairs_are_not_in_the_jax_target_and_import_lossc_needs_no_j
         lj.get("sdml")
     code = "import sys; sys.modules['jax'] = None; import lossc; print(lossc.get('huber').name)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "huber"
+
+
+def test_parameters_are_python_numbers_so_a_traced_one_is_refused_by_name():
+    """The generated code branches on parameters in Python (label smoothing's row sum is not
+    computed at 0), which is sound only because a parameter is never a tracer."""
+    x, labels = jnp.asarray(np.linspace(-3, 3, 12).reshape(4, 3)), jnp.asarray([0, 1, 2, 1])
+    with pytest.raises(TypeError, match="parameter 'label_smoothing' must be a real number"):
+        jax.jit(lambda smoothing: lj.softmax_ce(x, labels, label_smoothing=smoothing))(0.1)
+    source = (GENERATED / "jax" / "softmax_ce__from_logits_false__class_weighted_false.py").read_text()
+    assert "if (s_label_smoothing > 0.0) else" in source

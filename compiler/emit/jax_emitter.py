@@ -6,8 +6,11 @@ and every gradient in one traced program that XLA fuses. Losses over a class axi
 (rows, classes) arrays (row inputs (rows, 1)); their reductions are jnp sums and maxima
 along the last axis. Conditions are ``jnp.where``: both branches are evaluated, and as
 lossc's custom_vjp (``lossc.jax``) never differentiates this code, a non-finite value in
-the unselected branch never reaches a gradient.
+the unselected branch never reaches a gradient. A condition on runtime parameters only is a
+Python conditional (lossc.jax passes parameters as Python numbers, never traced), so e.g.
+label smoothing's extra row sum is not computed when label_smoothing is 0.
 """
+import sympy
 from sympy.core.numbers import equal_valued
 
 from .. import primitives
@@ -27,9 +30,11 @@ class JaxPrinter(StrictPrinter):
 
     column, target = "jax", "JAX"
 
-    def __init__(self, indicators=frozenset()):
+    def __init__(self, indicators=frozenset(), scalars=frozenset(), outputs=()):
         super().__init__({"order": "none"})
         self.indicators = indicators  # temporaries holding an indicator [c] (0 or 1)
+        self.scalars = scalars  # parameters, and temporaries of parameters only (Python values)
+        self.outputs = set(outputs)  # the returned expressions (arrays, whatever the parameters)
 
     def _print_Symbol(self, expr):
         if expr == CLASS_INDEX:
@@ -80,11 +85,26 @@ class JaxPrinter(StrictPrinter):
         return f"_jnp.where({self._print(cond)}, {self._print(rest)}, 0.0)"
 
     def _print_Piecewise(self, expr):
+        """Nested jnp.where; a condition on parameters only (Python numbers: lossc.jax never
+        traces them) is a Python conditional, so the branch not taken is never computed —
+        except for a returned expression, which must stay an array."""
         *pieces, (last_value, last_cond) = expr.args
         code = self._print(last_value) if last_cond == True else "_jnp.nan"  # noqa: E712
         for value, cond in reversed(pieces):
-            code = f"_jnp.where({self._print(cond)}, {self._print(value)}, {code})"
+            if cond.free_symbols <= self.scalars and expr not in self.outputs:
+                code = f"({self._print(value)} if {self._python_condition(cond)} else {code})"
+            else:
+                code = f"_jnp.where({self._print(cond)}, {self._print(value)}, {code})"
         return code
+
+    def _python_condition(self, cond):
+        """A condition on Python numbers as a Python expression (and / or / not, not jnp's)."""
+        if isinstance(cond, (sympy.And, sympy.Or)):
+            word = " and " if isinstance(cond, sympy.And) else " or "
+            return "(" + word.join(self._python_condition(a) for a in cond.args) + ")"
+        if isinstance(cond, sympy.Not):
+            return f"(not {self._python_condition(cond.args[0])})"
+        return self._print(cond)
 
     def _print_Relational(self, expr):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
@@ -111,6 +131,16 @@ class JaxPrinter(StrictPrinter):
         return "False"
 
 
+def _scalar_symbols(kernel, ir):
+    """The runtime parameters (and the class count) and every temporary of ``kernel`` computed
+    from them alone: Python numbers in the generated code."""
+    scalars = set(ir.param_symbols) | ({CLASSES} if ir.has_reductions else set())
+    for symbol, expr in kernel.assignments:
+        if expr.free_symbols <= scalars:
+            scalars.add(symbol)
+    return frozenset(scalars)
+
+
 def _body(kernel, scale_gradients, printer):
     """Lines of one kernel: its assignments, then ``return loss`` or ``return loss, (grads...)``."""
     lines = [f"{printer.doprint(s)} = {printer.doprint(e)}" for s, e in kernel.assignments]
@@ -133,8 +163,8 @@ def emit_jax(derived, spec_file):
     forward_backward = type(forward)(derived.forward_backward.assignments,
                                      derived.forward_backward.outputs[:1 + n_grads])
     names = [i.name for i in spec.inputs] + [p.name for p in spec.runtime_params]
-    printers = {"forward": JaxPrinter(indicator_symbols(forward.assignments)),
-                "forward_backward": JaxPrinter(indicator_symbols(forward_backward.assignments))}
+    printers = {key: JaxPrinter(indicator_symbols(kernel.assignments), _scalar_symbols(kernel, ir), kernel.outputs)
+                for key, kernel in (("forward", forward), ("forward_backward", forward_backward))}
     bodies = {"forward": _body(forward, False, printers["forward"]),
               "forward_backward": _body(forward_backward, not rows, printers["forward_backward"])}
     return template("jax_module.py.j2").render(
