@@ -61,8 +61,20 @@ def torch_ctc(torch, x_tnc, labels, t_len, l_len, blank, zero_infinity=False):
     return out.detach().numpy(), xt.grad.numpy()
 
 
+@pytest.fixture(params=["native", "numpy"])
+def ctc_path(request, monkeypatch):
+    """Each test of ctc_loss runs twice: on the native forward–backward and on the NumPy one."""
+    from lossc.algorithms import ctc_native
+
+    if request.param == "native" and not ctc_native.available(np.float64):
+        pytest.skip("native kernels cannot be built here")
+    if request.param == "numpy":
+        monkeypatch.setenv("LOSSC_NATIVE", "0")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["NTC", "TNC"])
-def test_matches_torch_on_random_cases(torch, layout):
+def test_matches_torch_on_random_cases(torch, layout, ctc_path):
     rng = np.random.default_rng(3)
     batch, steps, alphabet, width = 6, 15, 6, 5
     x = rng.normal(0, 2, (steps, batch, alphabet))
@@ -80,7 +92,7 @@ def test_matches_torch_on_random_cases(torch, layout):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-9, atol=1e-12)
 
 
-def test_infeasible_alignments(torch):
+def test_infeasible_alignments(torch, ctc_path):
     x = np.random.default_rng(4).normal(0, 1, (3, 2, 4))  # T=3, N=2
     labels = np.array([[1, 1, 2], [1, 2, -1]])  # 1 1 2 needs 4 steps (a blank between the 1s)
     loss, (grad,) = ctc_loss.value_and_grad(x, labels, layout="TNC", reduction="none")
@@ -221,3 +233,79 @@ def test_ctc_on_cupy_matches_numpy(cupy, dtype, rtol):
     assert isinstance(got, cupy.ndarray) and got.dtype == dtype
     np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=rtol)
     np.testing.assert_allclose(cupy.asnumpy(grad), want_grad, rtol=rtol, atol=rtol)
+
+
+@pytest.fixture(scope="module")
+def native_ctc():
+    from lossc.algorithms import ctc_native
+
+    if not ctc_native.available(np.float64):
+        pytest.skip("native kernels cannot be built here")
+    return ctc_native
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_native_forward_backward_matches_numpy(native_ctc, dtype, rtol):
+    """The host code against the NumPy forward–backward in float64 (the truth for float32 too:
+    the host code's recursions run in double, so float32 results are float32 roundings of it)
+    on the device tests' cases: variable pred and label lengths (0 included), repeated labels,
+    infeasible sequences, any blank."""
+    from lossc.algorithms.ctc import ctc_forward_backward
+
+    rng = np.random.default_rng(11)
+    for steps, batch, alphabet, width, blank in [(12, 6, 5, 4, 0), (9, 5, 4, 5, 3), (30, 3, 6, 40, 2),
+                                                 (40, 9, 7, 17, 6)]:
+        scores, labels, ext, t_len, l_len = _device_case(rng, steps, batch, alphabet, width, blank, dtype)
+        want_loss, want_grad = ctc_forward_backward(scores.astype(np.float64), labels, t_len, l_len, blank)
+        loss, grad = native_ctc.ctc_forward_backward_native(scores, ext, t_len, l_len, True)
+        assert grad.dtype == dtype
+        forward_only, none = native_ctc.ctc_forward_backward_native(scores, ext, t_len, l_len, False)
+        assert np.isinf(want_loss).any() and none is None
+        np.testing.assert_array_equal(np.isinf(loss), np.isinf(want_loss))
+        finite = np.isfinite(want_loss)
+        np.testing.assert_allclose(loss[finite], want_loss[finite], rtol=rtol)
+        np.testing.assert_array_equal(forward_only, loss)
+        np.testing.assert_allclose(grad[:, finite], want_grad[:, finite], rtol=rtol, atol=rtol)
+        assert not grad[t_len[0]:, 0].any() and not grad[t_len[1]:, 1].any()  # no gradient past a length
+
+
+def test_native_long_sequence_in_float32_keeps_float32_accuracy(native_ctc):
+    """T = 2000 in float32: log space keeps α and β from underflowing, and the recursions in
+    double keep the gradient at float32 rounding (float32 recursions, as the NumPy code and
+    PyTorch's CPU kernel run them, are off by about 5e-3 here: α ≈ −5000 has an ulp of 5e-4)."""
+    from lossc.algorithms.ctc import ctc_forward_backward, extended_labels
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0, 2, (2000, 2, 20)).astype(np.float32)
+    labels = rng.integers(1, 20, (2, 50))
+    lengths = np.array([2000, 1500]), np.array([50, 30])
+    loss, grad = native_ctc.ctc_forward_backward_native(scores, extended_labels(labels, 0), *lengths, True)
+    want_loss, want_grad = ctc_forward_backward(scores.astype(np.float64), labels, *lengths, 0)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-7)
+    float32_loss, float32_grad = ctc_forward_backward(scores, labels, *lengths, 0)
+    assert np.abs(float32_grad - want_grad).max() > 1e-3  # what the recursions in double buy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_bits_do_not_depend_on_the_batch_or_the_thread_count(native_ctc, monkeypatch, dtype):
+    """A sequence runs alone on one thread: its bits are the same alone, in any batch, on 1 to 8 threads."""
+    from lossc.algorithms.ctc import extended_labels
+
+    rng = np.random.default_rng(12)
+    scores = rng.normal(0, 3, (25, 11, 8)).astype(dtype)
+    labels = rng.integers(1, 8, (11, 6))
+    t_len, l_len = rng.integers(6, 26, 11), rng.integers(0, 7, 11)
+    ext = extended_labels(labels, 0)
+    runs = []
+    for threads in (1, 2, 3, 8):
+        monkeypatch.setattr(native_ctc, "WORKERS", threads)
+        runs.append(native_ctc.ctc_forward_backward_native(scores, ext, t_len, l_len, True))
+    for loss, grad in runs[1:]:
+        np.testing.assert_array_equal(loss, runs[0][0])
+        np.testing.assert_array_equal(grad, runs[0][1])
+    for n in (0, 5, 10):
+        alone = native_ctc.ctc_forward_backward_native(scores[:, n:n + 1], ext[n:n + 1], t_len[n:n + 1],
+                                                       l_len[n:n + 1], True)
+        np.testing.assert_array_equal(alone[0], runs[0][0][n:n + 1])
+        np.testing.assert_array_equal(alone[1][:, 0], runs[0][1][:, n])

@@ -7,6 +7,10 @@ steps. The loss of a sequence is −log Σ over its alignments; its gradient w.r
 softmax − occupancy, with the occupancy from the α·β posteriors. An impossible alignment
 (too few time steps) gives loss +inf and gradient 0, or with ``zero_infinity`` loss 0 (as
 PyTorch). Results go through the shared pipeline (weight, reduction, avg_factor, loss_weight).
+
+NumPy arrays run the host-compiled forward–backward (:mod:`lossc.algorithms.ctc_native`,
+recursions in double, one sequence per thread) where native kernels can be built, else the
+NumPy code below (vectorized over the batch); CuPy arrays run the CUDA kernel (ctc_cuda).
 """
 import numbers
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from ..core.backend import array_module
 from ..core.pipeline import Pipeline
+from . import ctc_native
 
 LAYOUTS = ("NTC", "TNC")
 LABEL_LAYOUTS = ("NT", "TN")
@@ -81,7 +86,10 @@ class CTCLoss:
         xp = array_module(pred)
         scores, labels, t_len, l_len, blank = _validate(xp, pred, label, pred_lengths, label_lengths, blank, layout,
                                                         label_layout)
-        if xp is np:
+        if xp is np and ctc_native.available(scores.dtype):
+            losses, grad = ctc_native.ctc_forward_backward_native(scores, extended_labels(labels, blank), t_len, l_len,
+                                                                  with_grad)
+        elif xp is np:
             losses, grad = ctc_forward_backward(scores, labels, t_len, l_len, blank, with_grad)
         else:
             from .ctc_cuda import ctc_forward_backward_cupy
@@ -99,11 +107,14 @@ class CTCLoss:
         if not with_grad:
             return value
         upstream = xp.broadcast_to(pipeline.upstream(xp, losses.shape, np.float64, grad_output), losses.shape)
-        with np.errstate(invalid="ignore"):
-            grad = xp.where(xp.isfinite(losses)[None, :, None], grad * upstream[None, :, None], 0.0)
+        factor = xp.where(xp.isfinite(losses), upstream, 0.0).astype(compute)  # an impossible sequence: 0
         if layout == "NTC":
-            grad = grad.transpose(1, 0, 2)
-        return value, (grad.astype(dtype),)
+            grad, factor = grad.transpose(1, 0, 2), factor[:, None, None]
+        else:
+            factor = factor[None, :, None]
+        scaled = xp.empty(grad.shape, dtype)  # pred's layout, contiguous: one pass scales and casts
+        xp.multiply(grad, factor, out=scaled, casting="unsafe")
+        return value, (scaled,)
 
 
 def _host(values):

@@ -337,12 +337,11 @@ def kernel_counts(device_module, kind):
 def source(device_module):
     """The C++ source of one module's native library: its device code and a loop per kernel
     (a row kernel per launch plan for the losses over a class axis, :mod:`lossc.kernels.native_rows`)."""
-    parts = [PRELUDE, POOL_CODE, _vector_declarations() if _vector_math() else "", COMMON_DEVICE_CODE,
-             device_module.DEVICE_CODE]
+    parts = [COMMON_DEVICE_CODE, device_module.DEVICE_CODE]
     if hasattr(device_module, "STAGES"):  # reductions along a class axis: row kernels
         from .native_rows import wrappers
 
-        return "\n".join(parts + wrappers(device_module))
+        return host_source("\n".join(parts + wrappers(device_module)))
     for kind in ("forward", "forward_backward"):
         for precision, ctype in _C_TYPES.items():
             function = device_module.FUNCTIONS[kind][precision]
@@ -350,26 +349,40 @@ def source(device_module):
                 raise ValueError(f"{device_module.__name__}: bad device function name {function!r}")
             parts.append(_wrapper(function, ctype, *kernel_counts(device_module, kind)))
             parts.append(_sum_wrapper(function, ctype, *kernel_counts(device_module, kind)))
-    return "\n".join(parts)
+    return host_source("\n".join(parts))
 
 
 def library(device_module):
     """The module's compiled library (ctypes), built or loaded once; None if it cannot be built."""
+    if _compiler() is None:
+        return None
+    return build_library(source(device_module), device_module.__name__)
+
+
+def host_source(code):
+    """``code`` (C++ that may call exp/log/log1p/expm1/pow in SIMD loops and ``lossc_parallel``)
+    with what every native library starts with: the prelude, the thread pool and the vector
+    math declarations."""
+    return "\n".join([PRELUDE, POOL_CODE, _vector_declarations() if _vector_math() else "", code])
+
+
+def build_library(code, name):
+    """The library (ctypes) compiled from the C++ ``code``, built or loaded from the cache once;
+    None (the reason, naming ``name``, in :func:`status`) if it cannot be built."""
     compiler = _compiler()
     if compiler is None:
         return None
-    code = source(device_module)
     flags = _CXX_FLAGS + (_X86_FLAGS if platform.machine() == "x86_64" else [])
     try:
         machine = _machine(compiler)
     except (OSError, subprocess.SubprocessError) as error:
-        _failures.append(f"{device_module.__name__}: {compiler} --version failed: {error}")
+        _failures.append(f"{name}: {compiler} --version failed: {error}")
         return None
     key = "\0".join([code, compiler, *flags, *_link_libraries(), machine])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     with _lock:
         if digest not in _libraries:
-            _libraries[digest] = _load_or_build(compiler, flags, code, digest, device_module.__name__)
+            _libraries[digest] = _load_or_build(compiler, flags, code, digest, name)
         return _libraries[digest]
 
 
