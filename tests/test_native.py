@@ -385,3 +385,22 @@ def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path):
     monkeypatch.setenv("LOSSC_CACHE_DIR", str(shared))
     assert native._load_or_build("g++", [], "", "digest", "some_module") is None
     assert "writable by others" in native.status()
+
+
+def test_the_spin_time_is_a_setting_and_a_bad_one_is_named():
+    """LOSSC_SPIN_MICROSECONDS=0 (helpers sleep at once) gives the same bits; a bad value fails
+    the import with a message naming the variable."""
+    script = ("import numpy as np, lossc, lossc.native as n; x = np.linspace(-9, 9, 10**6); "
+              "v, (g,) = lossc.get('huber').value_and_grad(x, 0 * x, reduction='sum'); "
+              "print(n.SPIN_MICROSECONDS, repr(float(v)), g[::99991].tobytes().hex())")
+    runs = {}
+    for spin in ("0", "200"):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                env={**os.environ, "LOSSC_SPIN_MICROSECONDS": spin})
+        assert result.returncode == 0, result.stderr
+        runs[spin] = result.stdout.split()
+    assert runs["0"][0] == "0" and runs["200"][0] == "200"
+    assert runs["0"][1:] == runs["200"][1:]
+    bad = subprocess.run([sys.executable, "-c", "import lossc"], capture_output=True, text=True,
+                         env={**os.environ, "LOSSC_SPIN_MICROSECONDS": "-5"})
+    assert bad.returncode != 0 and "LOSSC_SPIN_MICROSECONDS must be an integer from 0 to 100000" in bad.stderr

@@ -65,7 +65,15 @@ static inline double __longlong_as_double(long long bits) { double d; std::memcp
 # SPIN_MICROSECONDS after each job, so back-to-back calls do not wait for a sleeping thread to
 # wake, then sleeps on a condition variable. One job at a time per library: a concurrent caller
 # runs its job alone. A forked child starts with a fresh pool (the parent's helpers are not there).
-SPIN_MICROSECONDS = 200
+def _spin_microseconds():
+    """``$LOSSC_SPIN_MICROSECONDS`` (an integer from 0 to 100000; default 200), read at import."""
+    text = os.environ.get("LOSSC_SPIN_MICROSECONDS", "200")
+    if not text.isdigit() or int(text) > 100000:
+        raise ValueError(f"LOSSC_SPIN_MICROSECONDS must be an integer from 0 to 100000, got {text!r}")
+    return int(text)
+
+
+SPIN_MICROSECONDS = _spin_microseconds()
 POOL_CODE = r"""#include <atomic>
 #include <chrono>
 #include <condition_variable>
