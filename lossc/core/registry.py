@@ -2,9 +2,7 @@
 import json
 from pathlib import Path
 
-from . import exposure
-
-from . import targets
+from . import exposure, targets
 from .targets import builtin_folder, folder_loader
 from .loss import Loss
 
