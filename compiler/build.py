@@ -124,11 +124,10 @@ def manifest_json(spec, derived, terms, spec_file, files):
 
 def _kernel_entry(derived, files):
     """A kernel's manifest fields: its ``level``, whether its kernels run over ``rows`` (a
-    class axis), and ``modules``: {target: module name, or None where the build wrote that
-    target no module}; the native target runs the numpy and cupy modules (lossc.core.targets)."""
+    class axis), and ``modules``: {target: module name, or None where the build did not write
+    every module the target reads (``Target.reads``)}."""
     module = derived.ir.module_name
-    written = {name: f"{t.folder}/{module}.py" in files for name, t in targets.TARGETS.items() if t.folder}
-    modules = {name: module if (written[name] if t.folder else written["numpy"] and written["cupy"]) else None
+    modules = {name: module if all(f"{folder}/{module}.py" in files for folder in t.reads) else None
                for name, t in targets.TARGETS.items()}
     return {"level": "row" if derived.loss_is_row_level else "element", "rows": derived.ir.has_reductions,
             "modules": modules}

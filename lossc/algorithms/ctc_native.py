@@ -10,6 +10,7 @@ code and no bounds are tested. log(e^a + e^b + e^c) clips each gap to the maximu
 (float32) / −700 (float64), as the NumPy code does.
 """
 import ctypes
+import functools
 
 import numpy as np
 
@@ -135,7 +136,9 @@ def available(dtype):
     return np.dtype(dtype) in KERNELS and native.available() and _library() is not None
 
 
+@functools.cache
 def _library():
+    """The compiled library, built or loaded once per process (not re-hashed on every call)."""
     return native.build_library(native.host_source(SOURCE), "lossc.algorithms.ctc_native")
 
 

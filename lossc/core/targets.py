@@ -2,8 +2,9 @@
 
 A *target* is one way to run a derived loss. Each entry says what the compiler emits for it
 (``emitter``: a ``module:function`` of ``lossc.compiler`` returning a module's text, or None
-for no module of its own), which runtime function loads a variant's kernels (``kernels``)
-and what its generated module exports. ``lossc build``,
+for no module of its own), which runtime function loads a variant's kernels (``kernels``),
+the folders of ``generated/`` whose modules those kernels run (``reads``: a variant has
+kernels on the target where each was written) and what its generated module exports. ``lossc build``,
 the manifest, ``--check``'s managed folders and the runtime's dispatch all loop over
 :data:`TARGETS`; the strings are resolved on first use, so the runtime never imports the
 compiler (nor the compiler the runtime's kernels).
@@ -40,6 +41,7 @@ class Target:
     name: str
     emitter: str | None
     kernels: str
+    reads: tuple
     exports: tuple
 
     @property
@@ -82,16 +84,16 @@ load_numpy, load_cupy, load_jax = (load_own_module(t) for t in ("numpy", "cupy",
 
 TARGETS = {  # NumPy ufunc kernels: any dtype and broadcasting, the fallback of 'native'
     "numpy": Target("numpy", "lossc.compiler.emit.numpy_emitter:emit_numpy", "lossc.core.targets:load_numpy",
-                    COMMON_EXPORTS),
+                    ("numpy",), COMMON_EXPORTS),
     # the CUDA device code of the 'cupy' modules compiled for the host CPU (threads, SIMD):
     # NumPy arrays of float32/float64, the 'numpy' modules for everything else
-    "native": Target("native", None, "lossc.kernels.native:load_kernels", ()),
+    "native": Target("native", None, "lossc.kernels.native:load_kernels", ("numpy", "cupy"), ()),
     # CuPy ElementwiseKernel/ReductionKernel launches of that device code, on CuPy arrays
     "cupy": Target("cupy", "lossc.compiler.emit.cupy_emitter:emit_cupy", "lossc.core.targets:load_cupy",
-                   COMMON_EXPORTS + ("DEVICE_CODE",)),
+                   ("cupy",), COMMON_EXPORTS + ("DEVICE_CODE",)),
     # jax.numpy programs for lossc.jax's custom_vjp (not for pair inputs)
     "jax": Target("jax", "lossc.compiler.emit.jax_emitter:emit_jax", "lossc.core.targets:load_jax",
-                  COMMON_EXPORTS + ("ROW_INPUTS", "LOSS_LEVEL", "CLASS_AXIS")),
+                  ("jax",), COMMON_EXPORTS + ("ROW_INPUTS", "LOSS_LEVEL", "CLASS_AXIS")),
 }
 # the target that runs each array library's arrays (the first in TARGETS serving it, but
 # 'native' over 'numpy': it falls back to the NumPy modules itself)

@@ -68,7 +68,7 @@ static inline double __longlong_as_double(long long bits) { double d; std::memcp
 def _spin_microseconds():
     """``$LOSSC_SPIN_MICROSECONDS`` (an integer from 0 to 100000; default 200), read at import."""
     text = os.environ.get("LOSSC_SPIN_MICROSECONDS", "200")
-    if not text.isdigit() or int(text) > 100000:
+    if not (text.isascii() and text.isdigit()) or int(text) > 100000:
         raise ValueError(f"LOSSC_SPIN_MICROSECONDS must be an integer from 0 to 100000, got {text!r}")
     return int(text)
 
