@@ -99,6 +99,8 @@ class _Pool:
             self.free.sort(key=lambda n: int(n[len(self.prefix):]))
 
 
+# the scratch buffers a three-address form may name, and their pools' kinds
+SCRATCH = (("root", "f"), ("mask", "i"), ("flag", "b"))
 # x**exponent as ufunc lines, tried in order (exponents compared with equal_valued)
 POWERS = ((2, "np.square({0}, out={out})"), (-1, "np.divide(1, {0}, out={out})"), (0.5, "np.sqrt({0}, out={out})"),
           (-0.5, "np.sqrt({0}, out={root})\nnp.divide(1, {root}, out={out})"))
@@ -459,12 +461,12 @@ class _Linearizer(_Peepholes):
             emitter(self, expr, codes, out)
 
     def write(self, form, expr, codes, out):
-        """The lines of a three-address ``form`` ({0}, {1}…: the operands; {out}; {root} and
-        {mask}: a float and an int scratch buffer)."""
+        """The lines of a three-address ``form`` ({0}, {1}…: the operands; {out}; {root},
+        {mask} and {flag}: a float, an int and a boolean scratch buffer, see :data:`SCRATCH`)."""
         scratch = {name: self.pool(kind, expr).take(avoid=codes) if f"{{{name}}}" in form else None
-                   for name, kind in (("root", "f"), ("mask", "i"))}
+                   for name, kind in SCRATCH}
         self.lines.extend(form.format(*codes, out=out, **scratch).split("\n"))
-        for name, kind in (("root", "f"), ("mask", "i")):
+        for name, kind in SCRATCH:
             if scratch[name] is not None:
                 self.pool(kind, expr).give(scratch[name])
 
@@ -505,15 +507,11 @@ class _Linearizer(_Peepholes):
         self.write("blend_into({out}, {0}, {1}, {2}, {mask})", expr, codes, out)
 
     def primitive(self, primitive, expr, codes, out):
-        """The ``numpy`` lines of a primitive (a boolean scratch buffer for ``{flag}``)."""
-        form = primitive.numpy
-        if form is None:
+        """The ``numpy`` lines of a primitive (its table row's three-address form)."""
+        if primitive.numpy is None:
             raise NotImplementedError(f"no NumPy code for {expr.func.__name__}")
         self.printer.used.add(primitive)
-        flag = self.pool("b", expr).take() if "{flag}" in form else None
-        self.lines.extend(form.format(*codes, out=out, flag=flag).split("\n"))
-        if flag is not None:
-            self.pool("b", expr).give(flag)
+        self.write(primitive.numpy, expr, codes, out)
 
     def piecewise(self, expr, codes, out):
         """Nested where() as allocation-free bitwise blends, from the last piece back."""
