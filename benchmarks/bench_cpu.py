@@ -145,7 +145,7 @@ def optax_losses():
 
 def raw_kernel(loss, x, y):
     """The reducing native kernel the public path runs, called with its arguments ready."""
-    function, names = loss._fast._kernel(tuple(sorted(loss._fast.variant_defaults.items())), x.dtype, True)
+    function, names = loss.fast_path._kernel(tuple(sorted(loss.fast_path.variant_defaults.items())), x.dtype, True)
     extra = [np.full(1, spec["default"], x.dtype) for spec in loss.inputs[2:]]
     upstream, grad = np.ones(1, x.dtype), np.empty_like(x)
     params = [loss.parameters[n]["default"] for n in names]

@@ -50,7 +50,7 @@ def test_the_fast_call_sums_the_element_losses_and_gives_the_general_gradients(n
             arrays[0] = (1 / (1 + np.exp(-arrays[0]))).astype(dtype)
         elements = loss(*arrays, reduction="none", **variant)
         for reduction, loss_weight in (("sum", 1.0), ("mean", 1.0), ("mean", 2.5), ("sum", 3)):
-            assert loss._fast.run(arrays, variant, reduction, loss_weight, True) is not None
+            assert loss.fast_path.run(arrays, variant, reduction, loss_weight, True) is not None
             value, grads = loss.value_and_grad(*arrays, reduction=reduction, loss_weight=loss_weight, **variant)
             total = math.fsum(elements.astype(np.float64).tolist())
             expected = (total / elements.size if reduction == "mean" else total) * loss_weight
@@ -80,7 +80,7 @@ def test_calls_it_is_not_sure_of_take_the_general_path(monkeypatch):
     loss = lossc.get("huber")
     rng = np.random.default_rng(6)
     x, y = rng.normal(size=(2, 40, 30))
-    fast = loss._fast
+    fast = loss.fast_path
     assert fast.run((x, y), {}, "sum", 1.0, True) is not None
     for args, kwargs, reduction, loss_weight in [
         ((x, y), {}, "none", 1.0),
@@ -110,7 +110,7 @@ def test_inputs_with_defaults_or_given_as_numbers_stay_on_the_fast_path():
     rng = np.random.default_rng(8)
     x, y = rng.normal(size=1000), (rng.random(1000) > 0.5) * 1.0
     for args in ((x, y), (x, y, 2.0), (x, y, 2)):
-        fast = loss._fast.run(args, {}, "mean", 1.0, True)
+        fast = loss.fast_path.run(args, {}, "mean", 1.0, True)
         assert fast is not None
         full = np.full(1000, args[2] if len(args) > 2 else 1.0)
         general = loss.value_and_grad(x, y, full, reduction="mean", grad_output=np.ones(()))

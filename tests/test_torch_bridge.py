@@ -89,6 +89,41 @@ def test_gradcheck_through_every_op(case, reduction):
     assert torch.autograd.gradcheck(call, tuple(tensors[k] for k in differentiable), eps=1e-6, atol=1e-6)
 
 
+ELEMENT_CASES = [case for case in CASES if lossc.get(case[0]).fast_path is not None]
+
+
+@pytest.mark.parametrize("case", ELEMENT_CASES, ids=_ids)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_through_the_fast_eager_call(case, reduction, monkeypatch):
+    """Element-wise losses without a weight take lossc.kernels.fastpath's reducing call:
+    gradcheck in float64 through it, and it really ran."""
+    from lossc.kernels.fastpath import FastPath
+
+    name, variant = case
+    tensors = inputs_for(name, variant, torch.Generator().manual_seed(5))
+    tensors = [t.expand_as(tensors[0]).contiguous() for t in tensors]  # the fast call takes one shape
+    differentiable = [k for k, s in enumerate(lossc.get(name).inputs) if s["differentiable"]]
+    ran = []
+    original = FastPath.run
+
+    def recording(*arguments):
+        result = original(*arguments)
+        ran.append(result is not None and arguments[-1])  # True: a fast pass with gradients
+        return result
+
+    monkeypatch.setattr(FastPath, "run", recording)
+
+    def call(*grads_inputs):
+        args = list(tensors)
+        for k, t in zip(differentiable, grads_inputs):
+            args[k] = t
+        return lt.get(name)(*args, reduction=reduction, loss_weight=1.5, **variant)
+
+    leaves = tuple(tensors[k].clone().requires_grad_() for k in differentiable)
+    assert torch.autograd.gradcheck(call, leaves, eps=1e-6, atol=1e-6)
+    assert True in ran
+
+
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_opcheck_on_every_op(case):
     name, variant = case
@@ -108,25 +143,71 @@ def test_ops_share_one_schema():
     assert str(op(loss, {})._opoverload._schema).endswith("-> Tensor[]") and "Tensor[] inputs" in SCHEMA
 
 
-def test_one_fused_pass_forward_and_no_kernel_in_backward(monkeypatch):
+def _count_kernel_passes(monkeypatch):
+    """A list that grows by one for each kernel pass: the reducing fast call (lossc.kernels.fastpath)
+    or the general path's evaluation, tagged with whether it computed gradients."""
+    from lossc.core.loss import Loss
+    from lossc.kernels.fastpath import FastPath
+
     calls = []
-    loss = lossc.get("sigmoid_focal")
-    original = type(loss).value_and_grad
+    fast_run, evaluate = FastPath.run, Loss.evaluate
 
-    def counting(self, *args, **kwargs):
-        calls.append("value_and_grad")
-        return original(self, *args, **kwargs)
+    def counting_run(self, args, kwargs, reduction, loss_weight, with_grad):
+        result = fast_run(self, args, kwargs, reduction, loss_weight, with_grad)
+        if result is not None:
+            calls.append(with_grad)
+        return result
 
-    monkeypatch.setattr(type(loss), "value_and_grad", counting)
-    x = torch.randn(100, dtype=torch.float64, requires_grad=True)
-    y = (torch.rand(100) > 0.5).double()
-    out = lt.get("sigmoid_focal")(x, y, reduction="mean")
-    assert calls == ["value_and_grad"]
-    out.backward()
-    assert calls == ["value_and_grad"]
+    def counting_evaluate(self, call, pipeline, with_grad=False, grad_output=None):
+        calls.append(with_grad)
+        return evaluate(self, call, pipeline, with_grad, grad_output)
+
+    monkeypatch.setattr(FastPath, "run", counting_run)
+    monkeypatch.setattr(Loss, "evaluate", counting_evaluate)
+    return calls
+
+
+@pytest.mark.parametrize("shape, reduction", [((100,), "mean"), ((100,), "sum"), ((4, 25), "none"),
+                                              ((100,), "none")])
+def test_one_fused_pass_forward_and_no_kernel_in_backward(monkeypatch, shape, reduction):
+    calls = _count_kernel_passes(monkeypatch)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(shape) > 0.5).double()
+    out = lt.get("sigmoid_focal")(x, y, reduction=reduction)
+    assert calls == [True]
+    out.sum().backward()
+    assert calls == [True]
     with torch.no_grad():
-        lt.get("sigmoid_focal")(x, y)
-    assert calls == ["value_and_grad"]  # nothing requires grad: the forward-only kernel
+        lt.get("sigmoid_focal")(x, y, reduction=reduction)
+    assert calls == [True, False]  # nothing requires grad: the forward-only kernel
+
+
+def test_the_fast_eager_call_is_the_general_paths_bits(monkeypatch):
+    """Same-shape CPU tensors with 'sum'/'mean' take the reducing fast call (lossc.kernels.fastpath);
+    its loss and gradients are those of the op, bit for bit, a retain_graph second backward gives
+    the same bits again, and an upstream gradient other than 1 scales them."""
+    from lossc.torch import ops
+
+    gen = torch.Generator().manual_seed(8)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(3000, generator=gen, dtype=dtype) * 4
+        y = (torch.rand(3000, generator=gen) > 0.5).to(dtype)
+        for reduction, loss_weight in (("sum", 1.0), ("mean", 2.5)):
+            fast_x = x.clone().requires_grad_()
+            value = lt.get("sigmoid_focal")(fast_x, y, gamma=1.5, reduction=reduction, loss_weight=loss_weight)
+            assert value.grad_fn is not None and "_Fast" in type(value.grad_fn).__name__
+            (value * 3).backward(retain_graph=True)
+            first = fast_x.grad.clone()
+            fast_x.grad = None
+            (value * 3).backward()
+            assert torch.equal(fast_x.grad, first)
+            op_x = x.clone().requires_grad_()
+            params = [0.25, 1.5]
+            expected = op(lossc.get("sigmoid_focal"), {})([op_x, y], params, None, reduction, None, loss_weight,
+                                                          -1, True)
+            assert torch.equal(value.detach(), expected[0].to(dtype))
+            assert torch.equal(first, expected[1] * 3)
+    assert ops.fast_eager(lossc.get("sigmoid_focal").fast_path, (x.half(), y.half()), {}, "sum", 1.0) is None
 
 
 def _train_step(model, x, target, soft):

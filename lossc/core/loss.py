@@ -37,7 +37,8 @@ class Loss:
         self._load_module = load_module
         self._modules = {}
         self.call_shape = CALL_SHAPES[manifest["call_shape"]](self)
-        self._fast = FastPath(self) if manifest["call_shape"] == "element" else None
+        # the reducing one-pass call of an element-wise loss (None for other call shapes)
+        self.fast_path = FastPath(self) if manifest["call_shape"] == "element" else None
 
     def __repr__(self):
         return f"<lossc.Loss {self.name}: {self.summary}>"
@@ -49,8 +50,8 @@ class Loss:
 
     def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
         """The loss after the pipeline (element-wise when reduction='none')."""
-        if self._fast is not None and weight is None and avg_factor is None:
-            value = self._fast.run(args, kwargs, reduction, loss_weight, False)
+        if self.fast_path is not None and weight is None and avg_factor is None:
+            value = self.fast_path.run(args, kwargs, reduction, loss_weight, False)
             if value is not None:
                 return value
         call = self.bind(args, kwargs)
@@ -60,8 +61,8 @@ class Loss:
         self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, grad_output=None, **kwargs
     ):
         """(loss, grads): grads[i] is d sum(loss · grad_output) / d differentiable input i."""
-        if self._fast is not None and weight is None and avg_factor is None and grad_output is None:
-            result = self._fast.run(args, kwargs, reduction, loss_weight, True)
+        if self.fast_path is not None and weight is None and avg_factor is None and grad_output is None:
+            result = self.fast_path.run(args, kwargs, reduction, loss_weight, True)
             if result is not None:
                 return result
         call = self.bind(args, kwargs)

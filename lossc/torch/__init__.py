@@ -19,7 +19,7 @@ from ..core.registry import get as _get_loss
 from ..core.registry import list_losses as _list_losses
 from .functional import (binary_cross_entropy_with_logits, cosine_embedding_loss, cross_entropy, ctc_loss,
                          huber_loss, kl_div, poisson_nll_loss, sigmoid_focal_loss, smooth_l1_loss)
-from .ops import can_run_eagerly, eager, op
+from .ops import can_run_eagerly, eager, fast_eager, op
 
 __all__ = ["get", "Loss", "binary_cross_entropy_with_logits", "cosine_embedding_loss", "cross_entropy", "ctc_loss", "huber_loss", "kl_div",
            "poisson_nll_loss", "smooth_l1_loss", "sigmoid_focal_loss", "SSDMultiBoxLoss"]
@@ -40,6 +40,10 @@ class TorchLoss:
 
     def __call__(self, *args, weight=None, reduction="mean", avg_factor=None, loss_weight=1.0, **kwargs):
         """The loss after the pipeline, a tensor in the prediction's dtype (element-wise for 'none')."""
+        if self.loss.fast_path is not None and weight is None and avg_factor is None:
+            result = fast_eager(self.loss.fast_path, args, kwargs, reduction, loss_weight)
+            if result is not None:
+                return result
         values, variant, runtime, axis = self.loss.split_arguments(args, kwargs)
         tensors = self._tensors(values)
         pred = tensors[0]

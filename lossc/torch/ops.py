@@ -100,6 +100,60 @@ def can_run_eagerly(tensors):
         type(t) is torch.Tensor and t.device.type != "meta" for t in tensors)
 
 
+def fast_eager(fast, args, kwargs, reduction, loss_weight):
+    """An eager call of an element-wise loss on same-shape CPU float32/float64 tensors through
+    :mod:`lossc.kernels.fastpath` (the loss reduced inside the fused pass, no binding), as the
+    loss tensor in autograd; None where that path does not apply (the general path decides,
+    and raises what is wrong)."""
+    if torch.compiler.is_compiling() or _dispatch_mode() is not None:
+        return None
+    arrays, needs_grad = [], []
+    for k, value in enumerate(args):
+        if type(value) is torch.Tensor:
+            if value.dtype not in _HOST_DTYPES or value.device.type != "cpu":
+                return None
+            if value.requires_grad:
+                if k not in fast.differentiable:
+                    return None  # the general path names the input that must be detached
+                needs_grad.append(k)
+            value = value.detach().numpy()
+        elif k in fast.differentiable:
+            return None
+        arrays.append(value)
+    with_grad = bool(needs_grad) and torch.is_grad_enabled()
+    result = fast.run(arrays, kwargs, reduction, loss_weight, with_grad)
+    if result is None or not with_grad:
+        return None if result is None else torch.from_numpy(result)
+    value, grads = result
+    call = (fast, arrays, kwargs, reduction, loss_weight)
+    return _Fast.apply(call, grads, value, *[args[k] for k in sorted(fast.differentiable)])
+
+
+_HOST_DTYPES = (torch.float32, torch.float64)
+
+
+class _Fast(torch.autograd.Function):
+    """The autograd node of :func:`fast_eager`: the forward's gradients times the incoming one."""
+
+    @staticmethod
+    def forward(ctx, call, grads, value, *inputs):
+        ctx.call, ctx.grads = call, grads
+        return torch.from_numpy(value)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        # The only reference goes to autograd (no copy into .grad); a second backward
+        # (retain_graph) runs the fused pass again for the same bits.
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            fast, arrays, kwargs, reduction, loss_weight = ctx.call
+            grads = fast.run(arrays, kwargs, reduction, loss_weight, True)[1]
+        grads = [torch.from_numpy(g) for g in grads]
+        if not _is_one(upstream):
+            grads = [g * upstream for g in grads]
+        return (None, None, None, *grads)
+
+
 class _Eager(torch.autograd.Function):
     """The custom op's eager twin (see :func:`eager`)."""
 
