@@ -8,6 +8,8 @@ import pytest
 
 import lossc
 from lossc.kernels import native
+from conftest import random_inputs
+from lossc.core.pipeline import Pipeline
 from lossc.kernels.fastpath import FastPath
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler for native kernels")
@@ -135,3 +137,73 @@ def test_a_non_finite_element_makes_the_sum_non_finite_as_numpy():
     x[1234] = np.nan
     value, (grad,) = loss.value_and_grad(x, np.zeros(5000), reduction="sum")
     assert np.isnan(value) and np.isnan(grad[1234]) and np.isfinite(np.delete(grad, 1234)).all()
+
+
+ROW_LOSSES = [name for name in lossc.list_losses() if lossc.get(name).manifest["call_shape"] == "row"]
+
+
+def _row_inputs(loss, variant, rows, classes, dtype, rng):
+    """A call's inputs with the classes last: (rows,) row inputs, element inputs of the
+    prediction's shape, probabilities where the variant wants them."""
+    arrays = random_inputs(loss, rng, (rows, classes))
+    for k, spec in enumerate(loss.inputs):
+        if spec["per"] == "element" and arrays[k].shape != (rows, classes):
+            arrays[k] = np.broadcast_to(arrays[k], (rows, classes)).copy()
+        if spec["per"] == "element" or spec["role"] == "prediction":
+            arrays[k] = arrays[k].astype(dtype)
+    if (loss.name in ("focal", "focal_dense") and variant.get("from_logits")) or \
+            (loss.name == "kl_div" and variant.get("from_logits") is False):
+        arrays[0] = (1 / (1 + np.exp(-arrays[0]))).astype(dtype)  # probabilities
+    return arrays
+
+
+@pytest.mark.parametrize("name", ROW_LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fast_row_call_gives_the_general_paths_bits(name, dtype):
+    """Losses over a class axis: the fast call (row kernel with the reduction's factor in its
+    pass) returns exactly what binding, laying out and the pipeline return, every reduction."""
+    loss = lossc.get(name)
+    rng = np.random.default_rng(12)
+    for variant in _variants(name):
+        arrays = _row_inputs(loss, variant, 37, 203, dtype, rng)  # ragged last group of classes
+        for reduction, loss_weight in (("none", 1.0), ("sum", 1.0), ("mean", 2.5), ("sum", 3)):
+            for with_grad in (True, False):
+                fast = loss.fast_path.run(arrays, dict(variant), reduction, loss_weight, with_grad)
+                assert fast is not None
+                general = loss.evaluate(loss.bind(tuple(arrays), dict(variant)),
+                                        Pipeline(None, reduction, None, loss_weight), with_grad)
+                fast, general = (fast, general) if with_grad else ((fast, ()), (general, ()))
+                assert fast[0].dtype == general[0].dtype == dtype and fast[0].shape == general[0].shape
+                for mine, theirs in zip([fast[0], *fast[1]], [general[0], *general[1]]):
+                    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_row_calls_it_is_not_sure_of_take_the_general_path():
+    loss = lossc.get("softmax_ce")
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(20, 7))
+    labels = rng.integers(0, 7, 20)
+    fast = loss.fast_path
+    for kwargs in ({}, {"axis": 1}, {"axis": -1}, {"ignore_index": 3}):
+        assert fast.run((x, labels), kwargs, "sum", 1.0, True) is not None
+    assert fast.run((x, labels.astype(np.float32)), {}, "mean", 1.0, True) is not None
+    ignored = labels.copy()
+    ignored[4] = -100  # the default ignore_index
+    assert fast.run((x, ignored), {}, "mean", 1.0, True) is not None
+    for args, kwargs in [
+        ((x, labels), {"axis": 0}),
+        ((x.T, labels), {"axis": 0}),
+        ((np.asfortranarray(x), labels), {}),
+        ((x.astype(np.float16), labels), {}),
+        ((x[None], labels[None]), {}),  # not (rows, classes)
+        ((x, labels[:5]), {}),
+        ((x, labels + 7), {}),  # a class index out of range: the general path names it
+        ((x, labels - 0.5), {}),  # not a whole index
+        ((x, labels, rng.uniform(size=7)), {"class_weighted": True}),  # per-class weights broadcast
+        ((x[:0], labels[:0]), {}),
+    ]:
+        assert fast.run(args, kwargs, "sum", 1.0, True) is None
+    with pytest.raises(ValueError, match="class index 9"):
+        loss.value_and_grad(x, np.where(labels == labels[0], 9, labels), reduction="sum")
+    with pytest.raises(ValueError, match="parameter 'label_smoothing' must be"):  # the same check as the general path's
+        fast.run((x, labels), {"label_smoothing": 2.0}, "sum", 1.0, True)

@@ -89,29 +89,31 @@ def test_gradcheck_through_every_op(case, reduction):
     assert torch.autograd.gradcheck(call, tuple(tensors[k] for k in differentiable), eps=1e-6, atol=1e-6)
 
 
-ELEMENT_CASES = [case for case in CASES if lossc.get(case[0]).fast_path is not None]
+FAST_CASES = [case for case in CASES if lossc.get(case[0]).fast_path is not None]
 
 
-@pytest.mark.parametrize("case", ELEMENT_CASES, ids=_ids)
+@pytest.mark.parametrize("case", FAST_CASES, ids=_ids)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradcheck_through_the_fast_eager_call(case, reduction, monkeypatch):
-    """Element-wise losses without a weight take lossc.kernels.fastpath's reducing call:
+    """Element-wise and class-axis losses without a weight take lossc.kernels.fastpath's call:
     gradcheck in float64 through it, and it really ran."""
-    from lossc.kernels.fastpath import FastPath
-
     name, variant = case
+    loss = lossc.get(name)
     tensors = inputs_for(name, variant, torch.Generator().manual_seed(5))
-    tensors = [t.expand_as(tensors[0]).contiguous() for t in tensors]  # the fast call takes one shape
-    differentiable = [k for k, s in enumerate(lossc.get(name).inputs) if s["differentiable"]]
+    # the fast call takes element inputs of the prediction's shape (row inputs stay (rows,))
+    tensors = [t if spec["per"] == "row" else t.expand_as(tensors[0]).contiguous()
+               for t, spec in zip(tensors, loss.inputs)]
+    differentiable = [k for k, s in enumerate(loss.inputs) if s["differentiable"]]
     ran = []
-    original = FastPath.run
+    fast_path = type(loss.fast_path)
+    original = fast_path.run
 
     def recording(*arguments):
         result = original(*arguments)
         ran.append(result is not None and arguments[-1])  # True: a fast pass with gradients
         return result
 
-    monkeypatch.setattr(FastPath, "run", recording)
+    monkeypatch.setattr(fast_path, "run", recording)
 
     def call(*grads_inputs):
         args = list(tensors)
@@ -666,18 +668,22 @@ def test_ssd_multibox_on_tensors_matches_the_gluoncv_layer(kwargs):
 
 
 def test_eager_calls_skip_the_dispatch_and_compiled_ones_use_the_op(monkeypatch):
-    """Eager calls run the op's autograd.Function twin (no torch.library dispatch), with the
-    op's results and gradients bit for bit; torch.compile traces the custom op itself."""
+    """Eager calls run the op's autograd.Function twin or the fast call's (no torch.library
+    dispatch), with the op's results and gradients bit for bit; torch.compile traces the
+    custom op itself."""
     from lossc.torch import ops
 
     gen = torch.Generator().manual_seed(21)
     x, y = torch.randn(2, 6, 5, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 5, (6,), generator=gen)
+    ignored = int(labels[0])  # a mean over the kept rows only
     calls = []
-    original = ops._Eager.apply
-    monkeypatch.setattr(ops._Eager, "apply", lambda *a: calls.append(1) or original(*a))
+    for twin in (ops._Eager, ops._Fast):
+        monkeypatch.setattr(twin, "apply", lambda *a, original=twin.apply: calls.append(1) or original(*a))
     for fn, args in ((lambda a, b: lt.huber_loss(a, b, reduction="none"), (y,)),
-                     (lambda a, b: lt.cross_entropy(a, b, label_smoothing=0.1), (labels,))):
+                     (lambda a, b: lt.huber_loss(a, b, reduction="sum"), (y,)),
+                     (lambda a, b: lt.cross_entropy(a, b, label_smoothing=0.1), (labels,)),
+                     (lambda a, b: lt.cross_entropy(a, b, ignore_index=ignored), (labels,))):
         eager_x = x.clone().requires_grad_()
         eager_value = fn(eager_x, *args)
         eager_value.sum().backward()

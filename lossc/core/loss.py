@@ -8,7 +8,7 @@ import numpy as np
 from . import targets
 from .call_shapes import CALL_SHAPES
 from .targets import range_text
-from ..kernels.fastpath import FastPath
+from ..kernels.fastpath import FastPath, RowFastPath
 from .pipeline import Pipeline
 
 PIPELINE_ARGS = ("weight", "reduction", "avg_factor", "loss_weight")
@@ -37,8 +37,8 @@ class Loss:
         self._load_module = load_module
         self._modules = {}
         self.call_shape = CALL_SHAPES[manifest["call_shape"]](self)
-        # the reducing one-pass call of an element-wise loss (None for other call shapes)
-        self.fast_path = FastPath(self) if manifest["call_shape"] == "element" else None
+        # the call without binding of an element-wise or class-axis loss (None for pair losses)
+        self.fast_path = {"element": FastPath, "row": RowFastPath}.get(manifest["call_shape"], lambda _: None)(self)
 
     def __repr__(self):
         return f"<lossc.Loss {self.name}: {self.summary}>"

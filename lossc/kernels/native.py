@@ -41,7 +41,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _C_TYPES = {"float32": "float", "float64": "double"}
 _DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
 GROUP = 64  # elements per inner SIMD loop (a constant trip count: no scalar remainder, see _wrapper)
-MIN_CHUNK = 1 << 16  # elements per thread at least: handing fewer over costs about what running them does
+MIN_CHUNK = 1 << 15  # elements per thread at least (PyTorch's GRAIN_SIZE): fewer cost about what handing them over does
 SUM_CHUNK = 4096  # elements per partial sum of a reducing kernel (a multiple of GROUP)
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.

@@ -225,6 +225,14 @@ class NativeRowModule(native.NativeKernels):
         function(rows, classes, *pointers, *params, *[o.ctypes.data for o in outputs], native.WORKERS)
         return outputs
 
+    def row_kernel(self, kind, dtype):
+        """(ctypes function, its array arguments' names in order, parameter names in order) of
+        ``kind``'s row kernel for ``dtype`` (see :func:`row_wrapper`), or None where it cannot run."""
+        functions = self._native_functions()
+        if functions is None or dtype not in _DTYPES:
+            return None
+        return functions[kind, dtype][0], _arrays(self._device, kind), self._device.PARAMETERS
+
     def _native_functions(self):
         """{(kind, dtype): (ctypes function, outputs)}, built on first use; None if unavailable."""
         if self._functions is None:

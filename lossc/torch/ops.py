@@ -101,16 +101,16 @@ def can_run_eagerly(tensors):
 
 
 def fast_eager(fast, args, kwargs, reduction, loss_weight):
-    """An eager call of an element-wise loss on same-shape CPU float32/float64 tensors through
-    :mod:`lossc.kernels.fastpath` (the loss reduced inside the fused pass, no binding), as the
-    loss tensor in autograd; None where that path does not apply (the general path decides,
-    and raises what is wrong)."""
-    if torch.compiler.is_compiling() or _dispatch_mode() is not None:
+    """An eager call with reduction 'sum' or 'mean' on CPU tensors through
+    :mod:`lossc.kernels.fastpath` (no binding, no dispatch; the element-wise losses reduced
+    inside the fused pass), as the loss tensor in autograd; None where that path does not
+    apply (the general path decides, and raises what is wrong)."""
+    if reduction not in ("sum", "mean") or torch.compiler.is_compiling() or _dispatch_mode() is not None:
         return None
     arrays, needs_grad = [], []
     for k, value in enumerate(args):
         if type(value) is torch.Tensor:
-            if value.dtype not in _HOST_DTYPES or value.device.type != "cpu":
+            if value.device.type != "cpu" or value.dtype is torch.bfloat16:  # NumPy has no bfloat16
                 return None
             if value.requires_grad:
                 if k not in fast.differentiable:
@@ -127,9 +127,6 @@ def fast_eager(fast, args, kwargs, reduction, loss_weight):
     value, grads = result
     call = (fast, arrays, kwargs, reduction, loss_weight)
     return _Fast.apply(call, grads, value, *[args[k] for k in sorted(fast.differentiable)])
-
-
-_HOST_DTYPES = (torch.float32, torch.float64)
 
 
 class _Fast(torch.autograd.Function):
