@@ -30,8 +30,11 @@ def _arrays(device_module, kind):
     return list(device_module.INPUTS) + (["grad_output"] if kind == "forward_backward" else [])
 
 
-def _value(name, arrays, parameters, padded):
-    """The C expression a stage argument reads for lane j (``padded``: from the tail buffers)."""
+def _value(name, arrays, parameters, padded, per_row=()):
+    """The C expression a stage argument reads for lane j (``padded``: from the tail buffers;
+    an array in ``per_row`` holds one value per row, read as such)."""
+    if name in per_row:
+        return f"w{arrays.index(name)}"
     if name in arrays:
         return f"t{arrays.index(name)}[j]" if padded else f"q{arrays.index(name)}[j0 + j]"
     if name == "_j":
@@ -47,15 +50,16 @@ def _value(name, arrays, parameters, padded):
 
 def _row_value(name, arrays, parameters):
     """The C expression of an argument of a row-level final stage."""
-    if name in arrays:
-        return f"q{arrays.index(name)}[0]"
-    return _value(name, arrays, parameters, False)
+    return f"q{arrays.index(name)}[0]" if name in arrays else _value(name, arrays, parameters, False)
 
 
-def _tail_copies(stage, arrays):
-    """Fill the padded tail buffers of the arrays (and class index) a stage reads."""
+def _tail_copies(stage, arrays, per_row):
+    """Fill the padded tail buffers of the arrays (and class index) a stage reads (not of
+    the ``per_row`` arrays, read once per row)."""
     lines = []
     for name in stage["arguments"]:
+        if name in per_row:
+            continue
         source = f"q{arrays.index(name)}" if name in arrays else "jv" if name == "_j" else None
         target = f"t{arrays.index(name)}" if name in arrays else "tj"
         if source:
@@ -75,7 +79,7 @@ def _groups(reductions):
     return groups
 
 
-def _reductions(group, precision, arrays, parameters, ctype):
+def _reductions(group, precision, arrays, parameters, ctype, per_row):
     """C lines computing the row statistics of one group (_r<index> each) in one pass over the row."""
     lines = [f"        {ctype} {', '.join(f'_r{index}' for index, _ in group)};", "        {"]
     lines += [f"        alignas(64) {ctype} acc{index}[{GROUP}], v{index}[{GROUP}];" for index, _ in group]
@@ -85,9 +89,9 @@ def _reductions(group, precision, arrays, parameters, ctype):
     for index, stage in group:
         function, op = stage["functions"][precision], REDUCE[stage["op"]]
         arguments = stage["arguments"]
-        full.append(f"const {ctype} x{index} = {function}({', '.join(_value(a, arrays, parameters, False) for a in arguments)}); "
+        full.append(f"const {ctype} x{index} = {function}({', '.join(_value(a, arrays, parameters, False, per_row) for a in arguments)}); "
                     f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'x{index}')};")
-        tail.append(f"v{index}[j] = {function}({', '.join(_value(a, arrays, parameters, True) for a in arguments)});")
+        tail.append(f"v{index}[j] = {function}({', '.join(_value(a, arrays, parameters, True, per_row) for a in arguments)});")
         combine.append(f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'v{index}[j]')};")
         store.append(f"acc{index}[j] = {op.format(a=f'acc{index}[j]', b=f'acc{index}[j + width]')};")
     read = {"arguments": sorted({a for _, stage in group for a in stage["arguments"]})}
@@ -96,7 +100,7 @@ def _reductions(group, precision, arrays, parameters, ctype):
               f"            if (m == {GROUP}) {{", "#pragma omp simd",
               f"                for (long j = 0; j < {GROUP}; ++j) {{ {' '.join(full)} }}",
               "                continue;", "            }",
-              *_tail_copies(read, arrays), "#pragma omp simd",
+              *_tail_copies(read, arrays, per_row), "#pragma omp simd",
               f"            for (long j = 0; j < {GROUP}; ++j) {{ {' '.join(tail)} }}",
               f"            for (long j = 0; j < m; ++j) {{ {' '.join(combine)} }}", "        }",
               f"        for (int width = {GROUP} / 2; width > 0; width /= 2)",
@@ -105,7 +109,7 @@ def _reductions(group, precision, arrays, parameters, ctype):
     return lines + ["        }"]
 
 
-def _final(stage, precision, arrays, parameters, loss_level, ctype):
+def _final(stage, precision, arrays, parameters, loss_level, ctype, per_row):
     """C lines writing one row's loss and gradients (with a "split", what reads no element
     value first, once for the row)."""
     function = stage["functions"][precision]
@@ -121,8 +125,8 @@ def _final(stage, precision, arrays, parameters, loss_level, ctype):
         lines += [f"        {ctype} {', '.join(invariants)};", f"        {split['row'][precision]}({', '.join(row_call)});"]
         function, extra = split["element"][precision], invariants
     row_loss = loss_level == "row"
-    full = [_value(a, arrays, parameters, False) for a in stage["arguments"]] + extra
-    tail = [_value(a, arrays, parameters, True) for a in stage["arguments"]] + extra
+    full = [_value(a, arrays, parameters, False, per_row) for a in stage["arguments"]] + extra
+    tail = [_value(a, arrays, parameters, True, per_row) for a in stage["arguments"]] + extra
     direct = ["&u0[j]" if row_loss else "&r0[j0 + j]"] + [f"&r{k}[j0 + j]" for k in range(1, outputs)]
     padded = [f"&u{k}[j]" for k in range(outputs)]
     lines += [f"        {ctype}* __restrict r{k} = c.o{k} + row * C;" for k in range(0 if not row_loss else 1, outputs)]
@@ -132,7 +136,7 @@ def _final(stage, precision, arrays, parameters, loss_level, ctype):
               f"                for (long j = 0; j < {GROUP}; ++j) {function}({', '.join(full + direct)});"]
     if row_loss:
         lines.append("                if (j0 == 0) c.o0[row] = u0[0];")
-    lines += ["                continue;", "            }", *_tail_copies(stage, arrays), "#pragma omp simd",
+    lines += ["                continue;", "            }", *_tail_copies(stage, arrays, per_row), "#pragma omp simd",
               f"            for (long j = 0; j < {GROUP}; ++j) {function}({', '.join(tail + padded)});"]
     if row_loss:
         lines.append("            if (j0 == 0) c.o0[row] = u0[0];")
@@ -166,13 +170,21 @@ def row_wrapper(device_module, kind, precision):
               f"    alignas(64) {ctype} tj[{GROUP}];"]
     lines += [f"    alignas(64) {ctype} t{k}[{GROUP}];" for k in range(len(arrays))]
     lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(outputs)]
+    # one value per row (class stride 0 by the caller's layout): read as a scalar, never spread over a row buffer
+    per_row = set(device_module.ROW_INPUTS) | (
+        {"grad_output"} if kind == "forward_backward" and device_module.LOSS_LEVEL == "row" else set())
+    spread = [k for k, name in enumerate(arrays) if name not in per_row]  # a single value spreads over C classes
+    lines += [f"    if (!c.cs{k} && !c.rs{k}) b{k}.assign(C, c.a{k}[0]);" for k in spread]
     lines.append("    for (long row = first; row < last; ++row) {")
     for k in range(len(arrays)):
-        lines += [f"        const {ctype}* __restrict q{k} = c.a{k} + row * c.rs{k};",
-                  f"        if (!c.cs{k}) {{ b{k}.assign(C, q{k}[0]); q{k} = b{k}.data(); }}"]
+        lines.append(f"        const {ctype}* __restrict q{k} = c.a{k} + row * c.rs{k};")
+        if k not in spread:
+            lines.append(f"        const {ctype} w{k} = q{k}[0];")
+        else:
+            lines.append(f"        if (!c.cs{k}) {{ if (c.rs{k}) b{k}.assign(C, q{k}[0]); q{k} = b{k}.data(); }}")
     for group in _groups(reductions):
-        lines += _reductions(group, precision, arrays, parameters, ctype)
-    lines += _final(final, precision, arrays, parameters, device_module.LOSS_LEVEL, ctype)
+        lines += _reductions(group, precision, arrays, parameters, ctype, per_row)
+    lines += _final(final, precision, arrays, parameters, device_module.LOSS_LEVEL, ctype, per_row)
     lines += ["    }", "}",
               f'extern "C" void lossc_rows_{name}(long rows, long classes, {", ".join(arguments)}, int threads)', "{",
               f"    const lossc_rows_context_{name} c{{{', '.join(values)}}};",
