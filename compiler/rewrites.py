@@ -377,6 +377,46 @@ def softplus_minus_linear(node):
 
 
 @register_stabilize
+def softplus_with_sigmoid(node):
+    """a·softplus(v) + b·sigmoid(v) → a·h(v) + (a + b)·sigmoid(v), h = softplus − sigmoid in two
+    regimes (:func:`_softplus_minus_sigmoid`): log(1 + e^v) − e^v/(1 + e^v) ≈ e^(2v)/2 cancels as
+    v → −∞, and Poly-1 with ε = −1 (bce − (1 − p_t)) lost every digit there; a and a + b = a·(1 + ε)
+    are never of opposite signs for ε ≥ −1, so nothing cancels after. Each coefficient is
+    factored (y·(1 + ε), not y + ε·y), the terms without those functions are kept as they are."""
+    if not (node.is_Add and node.has(softplus) and node.has(sigmoid)):
+        return None
+    pairs = [(softplus(v), sigmoid(v)) for v in sorted({f.args[0] for f in node.atoms(softplus)},
+                                                       key=sympy.default_sort_key) if node.has(sigmoid(v))]
+    atoms = [f for pair in pairs for f in pair]
+    involved = [t for t in node.args if t.has(*atoms)]
+    coefficients = sympy.collect(sympy.expand(sympy.Add(*involved)), atoms, evaluate=False)
+    found = [(gap, s) for gap, s in pairs if gap in coefficients and s in coefficients]
+    if not found or any(c.has(*atoms) for c in coefficients.values()):
+        return None
+    terms = [t for t in node.args if not t.has(*atoms)]
+    for gap, s in found:
+        a = sympy.factor(coefficients.pop(gap))
+        terms += [a * _softplus_minus_sigmoid(gap.args[0]), sympy.factor(a + coefficients.pop(s)) * s]
+    return sympy.Add(*terms, *(sympy.factor(c) * f for f, c in coefficients.items()))
+
+
+SERIES_BELOW = sympy.Rational(1, 10)  # σ(v) below which h(v) is summed as a series
+SERIES_TERMS = 16  # w²/2 + … + w¹⁶/16: the rest is below 2·10⁻¹⁵ of h for w < 1/10
+
+
+def _softplus_minus_sigmoid(v):
+    """h(v) = softplus(v) − σ(v) = −log(1 − w) − w = Σ_{k≥2} w^k/k with w = σ(v): the series
+    (all terms positive, Horner's form) where w < 1/10, the difference elsewhere (which loses
+    at most a factor 4/w ≤ 40 of rounding); its derivative σ(v)² stays accurate in both."""
+    w = sigmoid(v)
+    series = sympy.S.Zero
+    for k in range(SERIES_TERMS, 1, -1):
+        series = (series + sympy.Rational(1, k)) * w
+    series = series * w
+    return sympy.Piecewise((series, sympy.StrictLessThan(w, SERIES_BELOW)), (grouped(softplus(v)) - w, True))
+
+
+@register_stabilize
 def difference_of_log1p(node):
     """log1p(a) − log1p(b) → log1p((a − b)/(1 + b)): log(1 + a) − log(1 + b) (the squared log
     error) without cancelling when a ≈ b."""

@@ -44,6 +44,8 @@ def _log_softmax(row, k):
 ELEMENT_REFERENCES = {
     "pseudo_huber": lambda d, delta: delta**2 * (mp.sqrt(1 + (d / delta) ** 2) - 1),
     "poly1_bce": lambda pred, label, eps: _bce(pred, label) + eps * (1 - (_sig(pred) * label + (1 - _sig(pred)) * (1 - label))),
+    "poly1_bce_negative": lambda pred, label, eps: (
+        _bce(pred, label) + eps * (1 - (_sig(pred) * label + (1 - _sig(pred)) * (1 - label)))),
     "asymmetric": lambda pred, label, gamma_pos, gamma_neg, m: (
         -label * (1 - _sig(pred)) ** gamma_pos * mp.log(_sig(pred))
         - (1 - label) * max(_sig(pred) - m, 0) ** gamma_neg * mp.log(1 - max(_sig(pred) - m, 0))),
@@ -144,12 +146,12 @@ def test_a_formula_no_rule_fixes_warns_and_strict_fails(path, tmp_path):
 
 
 def test_lossc_check_strict_exits_nonzero_and_names_the_worst_input(tmp_path):
-    path = HERE / "unfixed" / "poly1_bce_negative.yaml"
+    path = HERE / "unfixed" / "gce_binary_mixture.yaml"
     plain = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "check", str(path)], capture_output=True, text=True)
-    assert plain.returncode == 0 and "warning:" in plain.stderr and "pred=-30" in plain.stderr
+    assert plain.returncode == 0 and "warning:" in plain.stderr and "e.g. {pred=-" in plain.stderr
     strict = subprocess.run([sys.executable, "-m", "lossc.compiler.cli", "check", "--strict", str(path)],
                             capture_output=True, text=True)
-    assert strict.returncode == 1 and "error:" in strict.stderr and "digits lost" in strict.stderr
+    assert strict.returncode == 1 and "error:" in strict.stderr and "d/dpred in float64 is not finite" in strict.stderr
 
 
 def _spec(tmp_path, loss, grid="[-3, -1, 0, 1, 3]"):
