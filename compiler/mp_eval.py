@@ -14,6 +14,7 @@ from .reductions import CLASS_INDEX, CLASSES, onehot_minus_softmax, rlog_softmax
 GUARD_BITS = 160  # bits beyond the worst absorption/cancellation: ≥ 40 correct digits
 START_BITS = 256
 MAX_BITS = 400_000
+IGNORED_BELOW = -1200  # magnitude (bits) under which an absorbed term does not raise the precision
 
 
 class NotReal(ValueError):
@@ -102,7 +103,9 @@ class _Evaluator:
 
     def add(self, terms):
         total = mpmath.fsum(terms)
-        mags = [mpmath.mag(t) for t in terms if t != 0 and mpmath.isfinite(t)]
+        # a term below 2^IGNORED_BELOW (2^-1200, far under float64's smallest subnormal) could only
+        # matter after a cancellation leaves nothing else, and a float result of such size is 0
+        mags = [mpmath.mag(t) for t in terms if t != 0 and mpmath.isfinite(t) and mpmath.mag(t) > IGNORED_BELOW]
         if len(mags) > 1 and mpmath.isfinite(total):
             top = max(mags)
             self.lost_bits = max(self.lost_bits, top - min(mags))

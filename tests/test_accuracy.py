@@ -84,3 +84,19 @@ def test_row_losses_are_measured_on_moderate_windows_too(monkeypatch):
     plain = {"from_logits": False, "class_weighted": False}
     rows = {r.output: r for r in measure(path, dtypes=(np.float64,)) if r.variant == plain}
     assert not rows["d/dpred"].ok and rows["loss"].ok
+
+
+def test_the_truth_ignores_only_terms_below_any_float():
+    """An absorbed term below 2^-1200 (exp(−1e12) in 1 − exp(−d²) at d = 1e6) no longer asks for
+    more bits than exist; a small term that a float can hold still raises the precision until
+    a cancellation after it is exact."""
+    import mpmath
+    import sympy
+
+    from lossc.compiler.mp_eval import truth
+
+    d, t = sympy.symbols("d t", real=True)
+    assert truth(1 - sympy.exp(-d**2), {"d": 1e6}) == 1
+    recovered = truth((1 + sympy.exp(t)) - 1, {"t": -690.0})  # e^-690 ≈ 2^-995: kept, then exact
+    with mpmath.workdps(60):
+        assert abs(recovered / mpmath.exp(-690) - 1) < mpmath.mpf(10) ** -40
