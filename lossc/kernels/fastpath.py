@@ -135,7 +135,7 @@ class RowFastPath(_CachedCall):
         super().__init__(loss)
         self.per_row = [spec["per"] == "row" for spec in loss.inputs]
         self.class_index = [bool(spec.get("class_index")) for spec in loss.inputs]
-        self.row_level = {}  # variant key → whether the loss is one value per row
+        self._row_levels = {}  # variant key → whether the loss is one value per row
 
     def run(self, args, kwargs, reduction, loss_weight, with_grad):
         """(value, grads) — value only without ``with_grad`` — or None for the general path."""
@@ -191,7 +191,7 @@ class RowFastPath(_CachedCall):
     def _launch(self, kernel, arrays, runtime, variant, pipeline, with_grad):
         """Run the row kernel with the pipeline's gradient factor in its pass; the pipeline's
         reduction of its loss."""
-        function, names, parameter_names = kernel
+        function, parameter_names = kernel
         pred = arrays[0][0]
         rows, classes = pred.shape
         compute = compute_dtype(pred.dtype)
@@ -210,17 +210,20 @@ class RowFastPath(_CachedCall):
         return (value, tuple(outputs[1:])) if with_grad else value
 
     def _row_level(self, variant):
-        if variant not in self.row_level:
-            self.row_level[variant] = self.loss.loss_level(dict(variant)) == "row"
-        return self.row_level[variant]
+        if variant not in self._row_levels:
+            self._row_levels[variant] = self.loss.loss_level(dict(variant)) == "row"
+        return self._row_levels[variant]
 
     def _kernel(self, variant, dtype, with_grad):
-        """(ctypes function, array names, parameter names) of the row kernel, or None."""
+        """(ctypes function, parameter names in its order) of the row kernel, or None — also where
+        its arrays are not the spec's inputs in order (and grad_output), as :meth:`_arrays` lays out."""
         key = (variant, dtype, with_grad)
         if key not in self._kernels:
             module = self.loss.kernels_of(np, dict(variant))
             kind = "forward_backward" if with_grad else "forward"
-            self._kernels[key] = module.row_kernel(kind, dtype) if hasattr(module, "row_kernel") else None
+            kernel = module.row_kernel(kind, dtype) if hasattr(module, "row_kernel") else None
+            expected = [spec["name"] for spec in self.loss.inputs] + (["grad_output"] if with_grad else [])
+            self._kernels[key] = None if kernel is None or list(kernel[1]) != expected else (kernel[0], kernel[2])
         return self._kernels[key]
 
 

@@ -81,23 +81,23 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return _cross_entropy_probabilities(input, target, weight, reduction, axis, float(label_smoothing))
     class_weight = 1.0 if weight is None else weight.to(input.dtype).reshape(
         (-1,) + (1,) * (input.dim() - axis - 1))
-    kept = target != ignore_index
     # with nothing ignored PyTorch's mean is lossc's (Σ / rows, 1 / rows folded into the fused pass);
     # otherwise the sum is divided here by the kept targets' weight
-    lossc_mean = reduction == "mean" and weight is None and _nothing_ignored(kept)
+    lossc_mean = reduction == "mean" and weight is None and _nothing_ignored(target, ignore_index)
     loss = _loss("softmax_ce")(input, target, class_weight, class_weighted=weight is not None,
                                label_smoothing=float(label_smoothing), ignore_index=int(ignore_index), axis=axis,
                                reduction="sum" if reduction == "mean" and not lossc_mean else reduction)
     if reduction != "mean" or lossc_mean:
         return loss
+    kept = target != ignore_index
     if weight is None:
         return loss / kept.sum().to(loss.dtype)
     return loss / (weight.to(loss.dtype)[target.clamp(0, input.shape[axis] - 1)] * kept).sum()
 
 
-def _nothing_ignored(kept):
-    """Whether every target is kept (read where that costs nothing: an eager CPU tensor)."""
-    return kept.device.type == "cpu" and not torch.compiler.is_compiling() and bool(kept.all())
+def _nothing_ignored(target, ignore_index):
+    """Whether no target is the ignore_index (read where that costs nothing: an eager CPU tensor)."""
+    return target.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((target == ignore_index).any())
 
 
 def _cross_entropy_probabilities(input, target, weight, reduction, axis, label_smoothing):
