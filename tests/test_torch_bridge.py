@@ -92,11 +92,15 @@ def test_gradcheck_through_every_op(case, reduction):
 FAST_CASES = [case for case in CASES if lossc.get(case[0]).fast_path is not None]
 
 
-@pytest.mark.parametrize("case", FAST_CASES, ids=_ids)
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+PER_ROW_CASES = [case for case in FAST_CASES if lossc.get(case[0]).manifest["call_shape"] == "row"
+                 and lossc.get(case[0]).loss_level(case[1]) == "row"]
+
+
+@pytest.mark.parametrize("case, reduction", [(case, r) for case in FAST_CASES for r in ("mean", "sum")]
+                         + [(case, "none") for case in PER_ROW_CASES], ids=lambda c: c if isinstance(c, str) else _ids(c))
 def test_gradcheck_through_the_fast_eager_call(case, reduction, monkeypatch):
-    """Element-wise and class-axis losses without a weight take lossc.kernels.fastpath's call:
-    gradcheck in float64 through it, and it really ran."""
+    """Element-wise and class-axis losses without a weight take lossc.kernels.fastpath's call
+    ('none' where each row has one loss): gradcheck in float64 through it, and it really ran."""
     name, variant = case
     loss = lossc.get(name)
     tensors = inputs_for(name, variant, torch.Generator().manual_seed(5))
@@ -210,6 +214,30 @@ def test_the_fast_eager_call_is_the_general_paths_bits(monkeypatch):
             assert torch.equal(value.detach(), expected[0].to(dtype))
             assert torch.equal(first, expected[1] * 3)
     assert ops.fast_eager(lossc.get("sigmoid_focal").fast_path, (x.half(), y.half()), {}, "sum", 1.0) is None
+
+
+def test_the_fast_eager_call_serves_unreduced_losses_of_one_value_per_row():
+    """reduction='none' takes the fast call where each row has one loss (softmax CE): values and
+    gradients under a per-row incoming gradient equal PyTorch's; a loss with one value per
+    element over a class axis (KL) stays on the op, whose backward runs one more pass."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64) * 3
+    labels = torch.randint(0, 5, (7,), generator=gen)
+    upstream = torch.rand(7, generator=gen, dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    loss = lt.cross_entropy(ours, labels, reduction="none", label_smoothing=0.2)
+    assert "_Fast" in type(loss.grad_fn).__name__ and loss.shape == (7,)
+    expected = F.cross_entropy(theirs, labels, reduction="none", label_smoothing=0.2)
+    (loss * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(loss, expected, **DROP_IN_TOL)
+    torch.testing.assert_close(ours.grad, theirs.grad, **DROP_IN_TOL)
+    log_p = torch.log_softmax(x, 1).requires_grad_()
+    target = torch.softmax(torch.randn(7, 5, generator=gen, dtype=torch.float64), 1)
+    kl = lt.kl_div(log_p, target, reduction="none")
+    assert "_Fast" not in type(kl.grad_fn).__name__
+    (kl * upstream[:, None]).sum().backward()
+    torch.testing.assert_close(log_p.grad, -target * upstream[:, None], **DROP_IN_TOL)
 
 
 def _train_step(model, x, target, soft):

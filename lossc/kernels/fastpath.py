@@ -78,6 +78,10 @@ class _CachedCall:
 class FastPath(_CachedCall):
     """The fast call of one element-wise loss (see the module docstring)."""
 
+    def one_value_per_row(self, kwargs):
+        """Whether reduction 'none' gives one loss per row of a class axis: never here."""
+        return False
+
     def run(self, args, kwargs, reduction, loss_weight, with_grad):
         """(value, grads) — value only without ``with_grad`` — or None for the general path."""
         if reduction not in ("sum", "mean") or len(args) > self.n_inputs or not native.enabled():
@@ -157,6 +161,13 @@ class RowFastPath(_CachedCall):
         if kernel is None:
             return None
         return self._launch(kernel, arrays, runtime, variant, Pipeline(None, reduction, None, loss_weight), with_grad)
+
+    def one_value_per_row(self, kwargs):
+        """Whether a call with these parameters has one loss per row (so, for reduction 'none',
+        each row's gradients are the pass's times that row's incoming gradient)."""
+        kwargs = self._classes_last(kwargs)
+        parameters = None if kwargs is None else self._parameters(kwargs)
+        return parameters is not None and self._row_level(parameters[0])
 
     def _classes_last(self, kwargs):
         """The parameters of a call whose class axis is the last one (``axis`` 1 or −1 where the

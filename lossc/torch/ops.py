@@ -101,11 +101,13 @@ def can_run_eagerly(tensors):
 
 
 def fast_eager(fast, args, kwargs, reduction, loss_weight):
-    """An eager call with reduction 'sum' or 'mean' on CPU tensors through
-    :mod:`lossc.kernels.fastpath` (no binding, no dispatch; the element-wise losses reduced
-    inside the fused pass), as the loss tensor in autograd; None where that path does not
-    apply (the general path decides, and raises what is wrong)."""
-    if reduction not in ("sum", "mean") or torch.compiler.is_compiling() or _dispatch_mode() is not None:
+    """An eager call on CPU tensors through :mod:`lossc.kernels.fastpath` (no binding, no
+    dispatch; the element-wise losses reduced inside the fused pass) with reduction 'sum' or
+    'mean', or 'none' where the loss is one value per row, as the loss tensor in autograd;
+    None where that path does not apply (the general path decides, and raises what is wrong)."""
+    if torch.compiler.is_compiling() or _dispatch_mode() is not None:
+        return None
+    if reduction not in ("sum", "mean") and not (reduction == "none" and fast.one_value_per_row(kwargs)):
         return None
     arrays, needs_grad = [], []
     for k, value in enumerate(args):
@@ -146,8 +148,8 @@ class _Fast(torch.autograd.Function):
             fast, arrays, kwargs, reduction, loss_weight = ctx.call
             grads = fast.run(arrays, kwargs, reduction, loss_weight, True)[1]
         grads = [torch.from_numpy(g) for g in grads]
-        if not _is_one(upstream):
-            grads = [g * upstream for g in grads]
+        if not _is_one(upstream):  # a scalar, or one value per row: broadcast along the classes
+            grads = [g * upstream.reshape(upstream.shape + (1,) * (g.dim() - upstream.dim())) for g in grads]
         return (None, None, None, *grads)
 
 
