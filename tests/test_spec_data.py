@@ -409,7 +409,9 @@ def _chain_truth(x, count, alpha=0.5):
 def test_forty_chained_definitions_build_fast_and_exactly(tmp_path):
     started = time.perf_counter()
     out, _ = build_and_run(tmp_path, {"chain.yaml": chain_spec(40)})
-    assert time.perf_counter() - started < 10  # the compile itself takes ~2 s; the child imports and calls
+    # a guard against blow-up (2^40 for this chain), not a speed target: about 10 s on a slow 2-core
+    # machine, a child process included; test_definition_graph_cost_grows_linearly checks the growth
+    assert time.perf_counter() - started < 60
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("chain_numpy", out / "numpy" / "chain.py")
@@ -457,7 +459,7 @@ def test_long_definition_chains_are_limited_or_built_without_recursion_errors(tm
     text = ELEMENTWISE.format(rest=f"definitions:\n{nested}  - {{name: d80, expr: pred}}\nloss: d0\n")
     started = time.perf_counter()
     out, results = build_and_run(tmp_path, {"nested.yaml": text})
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 60  # a guard against blow-up (see the forty-chain test)
     with mpmath.workdps(50):
         value = mpmath.mpf(0.25)
         for _ in range(80):
