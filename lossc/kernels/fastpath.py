@@ -151,8 +151,7 @@ class RowFastPath(_CachedCall):
         if type(pred) is not np.ndarray or pred.dtype not in _C_SCALARS or pred.ndim != 2 \
                 or not pred.flags.c_contiguous or not pred.size:
             return None
-        kwargs = self._classes_last(kwargs)
-        parameters = None if kwargs is None else self._parameters(kwargs)
+        parameters = self._row_parameters(kwargs)
         if parameters is None:
             return None
         variant, runtime = parameters
@@ -165,18 +164,17 @@ class RowFastPath(_CachedCall):
     def one_value_per_row(self, kwargs):
         """Whether a call with these parameters has one loss per row (so, for reduction 'none',
         each row's gradients are the pass's times that row's incoming gradient)."""
-        kwargs = self._classes_last(kwargs)
-        parameters = None if kwargs is None else self._parameters(kwargs)
+        parameters = self._row_parameters(kwargs)
         return parameters is not None and self._row_level(parameters[0])
 
-    def _classes_last(self, kwargs):
-        """The parameters of a call whose class axis is the last one (``axis`` 1 or −1 where the
-        loss takes it), or None."""
-        if "axis" not in kwargs:
-            return kwargs
-        if self.loss.class_axis != "parameter" or type(kwargs["axis"]) is not int or kwargs["axis"] not in (1, -1):
-            return None
-        return {name: value for name, value in kwargs.items() if name != "axis"}
+    def _row_parameters(self, kwargs):
+        """(variant key, runtime values) of a call whose class axis is the last one (``axis`` 1 or
+        −1 where the loss takes it), validated; None for any other call."""
+        if "axis" in kwargs:
+            if self.loss.class_axis != "parameter" or type(kwargs["axis"]) is not int or kwargs["axis"] not in (1, -1):
+                return None
+            kwargs = {name: value for name, value in kwargs.items() if name != "axis"}
+        return self._parameters(kwargs)
 
     def _arrays(self, args, pred, ignore_index):
         """[(array, row stride, class stride)] of every input in spec order, or None."""
