@@ -111,6 +111,24 @@ def test_extreme_logits_are_exact_against_mpmath():
     assert float(value) == pytest.approx(2e4 + 20 + float(mpmath.log1p(mpmath.exp(-20))), rel=1e-15)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_label_entry_is_gathered_as_the_other_targets_sum_it(rng, smoothing):
+    """The JAX target reads Σ_j x_j·[j = label] as a gather of the label's entry; a label that
+    is no class index in range (ignore_index, negative, the class count) picks nothing, as the
+    sum the NumPy kernels compute — values and gradients equal theirs."""
+    import lossc.generated.numpy.softmax_ce__from_logits_false__class_weighted_false as numpy_kernels
+
+    x = rng.normal(0, 3, (6, 6))
+    labels = np.array([-100.0, -1.0, 6.0, 5.0, 3.0, 0.0])
+    value, grad = jax.value_and_grad(lambda a: jnp.sum(lj.softmax_ce(a, labels, label_smoothing=smoothing,
+                                                                     reduction="none")))(jnp.asarray(x))
+    want, (want_grad,) = numpy_kernels.forward_backward(x, labels, 1.0, label_smoothing=smoothing,
+                                                        ignore_index=-100, grad_output=1.0)
+    np.testing.assert_allclose(float(value), np.sum(want), **TOL)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, **TOL)
+    assert np.all(np.asarray(grad)[0] == 0) and np.isfinite(np.asarray(grad)).all()
+
+
 def test_reduction_none_takes_the_cotangent_for_every_loss_level(rng):
     """'none' with a cotangent g: the gradient of Σ g·loss, for an element loss (saved
     gradient times g), a row loss, and an element loss over a class axis (a second pass)."""

@@ -250,3 +250,23 @@ def test_no_rows_by_classes_temporary_beyond_the_gradient(rng):
     tracemalloc.stop()
     extra = peak - grad.nbytes - loss.nbytes
     assert extra < 0.1 * rows * classes * 8, extra
+
+
+def test_row_invariant_factors_are_hoisted_out_of_the_element_loop():
+    """e·a/b (e varies along the row, a and b do not) becomes e·_v0 with _v0 = a/b computed
+    once per row — same value; a lone invariant factor, a negation and a masked product x·[c]
+    keep their form, and a row statistic counts as invariant."""
+    from lossc.compiler.emit.row_stages import hoist_row_factors
+    from lossc.compiler.reductions import CLASS_INDEX, rsum
+
+    e, a, b, c, label = sympy.symbols("e a b c label", real=True)
+    t = sympy.Symbol("_t0", real=True)
+    indicator = sympy.Piecewise((1, sympy.Eq(CLASS_INDEX, label)), (0, True))
+    assignments = [(t, sympy.exp(e) * a / (b + rsum(e)))]
+    outputs = [e * a, -e * a, t * c * indicator, 2 * t * c]
+    new_assignments, new_outputs = hoist_row_factors(assignments, outputs, {e, CLASS_INDEX}, frozenset())
+    hoisted = dict(new_assignments)
+    v0, v1 = sympy.symbols("_v0 _v1", real=True)
+    assert hoisted[v0] == a / (b + rsum(e)) and hoisted[t] == sympy.exp(e) * v0
+    assert new_outputs[:3] == outputs[:3] and new_outputs[3] == t * v1 and hoisted[v1] == 2 * c
+    assert [s for s, _ in new_assignments] == [v0, t, v1]  # each defined before its first use

@@ -18,7 +18,7 @@ from ..derive import GRAD_OUTPUT
 from . import module_docstring, python_signature, template
 from .numpy_emitter import ROWS_NOTE
 from .cuda_printer import CudaPrinter, indicator_symbols, masked_product
-from .row_stages import element_names, row_invariant_split, stages
+from .row_stages import element_names, hoist_row_factors, row_invariant_split, stages
 
 PRECISIONS = ("float32", "float64")
 SHORT = {"float32": "f32", "float64": "f64"}
@@ -162,6 +162,7 @@ def _split_final(stage, outputs, element, prefix, functions):
     function taking those results as extra arguments. None when nothing is row-invariant.
     Appends both functions (both precisions) to ``functions``."""
     indicators, assignments, outputs = speculated(stage.assignments, outputs)
+    assignments, outputs = hoist_row_factors(assignments, outputs, element, indicators)
     row_part, invariants, element_part = row_invariant_split(assignments, outputs, element)
     if not invariants:
         return None

@@ -18,6 +18,7 @@ from ..derive import GRAD_OUTPUT
 from ..reductions import CLASS_INDEX, CLASSES
 from . import code_name, module_docstring, python_signature, template
 from .cuda_printer import indicator_symbols, masked_product
+from .row_stages import element_names, hoist_row_factors
 from .strict import StrictPrinter
 
 NOTES = ("forward / forward_backward are jax.numpy programs for lossc.jax's custom_vjp; the gradients",
@@ -30,9 +31,11 @@ class JaxPrinter(StrictPrinter):
 
     column, target = "jax", "JAX"
 
-    def __init__(self, indicators=frozenset(), scalars=frozenset(), outputs=()):
+    def __init__(self, indicators=frozenset(), scalars=frozenset(), outputs=(), conditions=None, labels=frozenset()):
         super().__init__({"order": "none"})
         self.indicators = indicators  # temporaries holding an indicator [c] (0 or 1)
+        self.conditions = conditions or {}  # temporary holding a condition c (or [c]) → c
+        self.labels = labels  # the row inputs (one value per row: a class index where one is compared with _j)
         self.scalars = scalars  # parameters, and temporaries of parameters only (Python values)
         self.outputs = set(outputs)  # the returned expressions (arrays, whatever the parameters)
 
@@ -71,7 +74,34 @@ class JaxPrinter(StrictPrinter):
         return f"_jnp.power({self._print(expr.base)}, {self._print(expr.exp)})"
 
     def _print_rsum(self, expr):
+        """A row sum; Σ_j x_j·[j = label] (the label's entry) as a gather of that one entry —
+        0 where the label is no class index in range, as the sum gives."""
+        picked = self._label_pick(expr.args[0])
+        if picked is not None:
+            value, label = picked
+            label = self._print(label)
+            index = (f"_jnp.where(({label} >= 0) & ({label} < _classes) & ({label} == _jnp.floor({label})), "
+                     f"{label}, _classes).astype(_jnp.int32)")
+            return (f"_jnp.take_along_axis(_jnp.broadcast_to({self._print(value)}, _shape), {index}, axis=-1, "
+                    "mode='fill', fill_value=0)")
         return f"_jnp.sum(_jnp.broadcast_to({self._print(expr.args[0])}, _shape), axis=-1, keepdims=True)"
+
+    def _label_pick(self, expr):
+        """(x, label) when ``expr`` is x·[j = label] with ``label`` a row input; None otherwise."""
+        masked = masked_product(expr, self.indicators)
+        if masked is None and isinstance(expr, sympy.Piecewise) and len(expr.args) == 2 and expr.args[1] == (0, True):
+            masked = expr.args[0].cond, expr.args[0].expr
+        if masked is None:
+            return None
+        cond, value = masked
+        if isinstance(cond, sympy.Ne) and cond.rhs == 0:
+            cond = cond.lhs
+        while cond in self.conditions:
+            cond = self.conditions[cond]
+        if not isinstance(cond, sympy.Eq) or CLASS_INDEX not in cond.args:
+            return None
+        label = cond.rhs if cond.lhs == CLASS_INDEX else cond.lhs
+        return (value, label) if label in self.labels else None
 
     def _print_rmax(self, expr):
         return f"_jnp.max(_jnp.broadcast_to({self._print(expr.args[0])}, _shape), axis=-1, keepdims=True)"
@@ -141,6 +171,14 @@ def _scalar_symbols(kernel, ir):
     return frozenset(scalars)
 
 
+def _conditions(assignments):
+    """{temporary: c} for the temporaries of ``assignments`` holding a condition c or an
+    indicator [c]."""
+    indicators = indicator_symbols(assignments)
+    return {symbol: expr.args[0].cond if symbol in indicators else expr
+            for symbol, expr in assignments if symbol in indicators or isinstance(expr, sympy.Eq)}
+
+
 def _body(kernel, scale_gradients, printer):
     """Lines of one kernel: its assignments, then ``return loss`` or ``return loss, (grads...)``."""
     lines = [f"{printer.doprint(s)} = {printer.doprint(e)}" for s, e in kernel.assignments]
@@ -162,8 +200,15 @@ def emit_jax(derived, spec_file):
     forward = derived.forward
     forward_backward = type(forward)(derived.forward_backward.assignments,
                                      derived.forward_backward.outputs[:1 + n_grads])
+    if rows:  # a row-invariant factor is computed on (rows, 1), not per element
+        element = element_names(ir, not derived.loss_is_row_level)
+        forward, forward_backward = (type(k)(*hoist_row_factors(k.assignments, k.outputs, element,
+                                                                indicator_symbols(k.assignments)))
+                                     for k in (forward, forward_backward))
     names = [i.name for i in spec.inputs] + [p.name for p in spec.runtime_params]
-    printers = {key: JaxPrinter(indicator_symbols(kernel.assignments), _scalar_symbols(kernel, ir), kernel.outputs)
+    labels = frozenset(symbol for symbol, i in zip(ir.input_symbols, spec.inputs) if i.per == "row")
+    printers = {key: JaxPrinter(indicator_symbols(kernel.assignments), _scalar_symbols(kernel, ir), kernel.outputs,
+                                _conditions(kernel.assignments), labels)
                 for key, kernel in (("forward", forward), ("forward_backward", forward_backward))}
     bodies = {"forward": _body(forward, False, printers["forward"]),
               "forward_backward": _body(forward_backward, not rows, printers["forward_backward"])}

@@ -17,6 +17,7 @@ import sympy
 
 from ..derive import GRAD_OUTPUT
 from ..reductions import CLASS_INDEX, CLASSES, Reduction, rmax, rsum
+from .cuda_printer import masked_product
 
 REDUCE_OPS = {rsum: "sum", rmax: "max"}
 
@@ -51,6 +52,52 @@ def row_invariant_split(assignments, outputs, element):
             row_part.append((symbol, expr))
     read = set().union(set(), *(e.free_symbols for _, e in element_part), *(e.free_symbols for e in outputs))
     return row_part, [symbol for symbol, _ in row_part if symbol in read], element_part
+
+
+def hoist_row_factors(assignments, outputs, element, indicators):
+    """(assignments, outputs) with every product that mixes values varying along a row and
+    row-invariant factors — several of them, or a division — multiplied by one new
+    temporary ``_v0``, ``_v1``, … holding the invariant part: e·a/b becomes e·_v0 with
+    _v0 = a/b, computed once per row, so an element costs one multiplication instead of a
+    multiplication and a division. A value varies when it reads an ``element`` symbol outside
+    a reduction (a row statistic is invariant). Masked products x·[c] (``indicators``) keep
+    their form: every target prints them as a selection."""
+    varying, hoisted, result = set(element), {}, []
+
+    def reads_element(expr):
+        if isinstance(expr, Reduction):
+            return False
+        if expr.is_Symbol:
+            return expr in varying
+        return any(reads_element(a) for a in expr.args)
+
+    def rewrite(expr, pending):
+        if not expr.args or not reads_element(expr):
+            return expr
+        if isinstance(expr, sympy.Piecewise):
+            return sympy.Piecewise(*[(rewrite(value, pending), cond) for value, cond in expr.args], evaluate=False)
+        args = [rewrite(a, pending) for a in expr.args]
+        if isinstance(expr, sympy.Mul) and masked_product(expr, indicators) is None:
+            fixed = [a for a in args if not reads_element(a)]
+            if len([a for a in fixed if a != -1]) > 1 or any(a.is_Pow and a.exp.is_negative for a in fixed):
+                product = sympy.Mul(*fixed)
+                if product not in hoisted:
+                    hoisted[product] = sympy.Symbol(f"_v{len(hoisted)}", real=True)
+                    pending.append((hoisted[product], product))
+                return sympy.Mul(*[a for a in args if reads_element(a)], hoisted[product])
+        if all(new is old for new, old in zip(args, expr.args)):
+            return expr
+        return expr.func(*args, evaluate=False)
+
+    for symbol, expr in assignments:
+        pending = []
+        expr = rewrite(expr, pending)
+        if reads_element(expr):
+            varying.add(symbol)
+        result += pending + [(symbol, expr)]
+    pending = []
+    outputs = [rewrite(e, pending) for e in outputs]
+    return result + pending, outputs
 
 
 def stages(kernel, ir, element_grad_output):

@@ -37,7 +37,7 @@ STAGES = {
          "functions": {"float32": 'lossc_cosine_embedding_fb_r2_f32', "float64": 'lossc_cosine_embedding_fb_r2_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('input1', 'input2', 'label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "outputs": 3,
          "functions": {"float32": 'lossc_cosine_embedding_fb_out_f32', "float64": 'lossc_cosine_embedding_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "invariants": ('_t9', '_t10', '_t11', '_t12', '_t13', '_t14', '_t15', '_t16'),
+         "split": {"row_arguments": ('label', 'grad_output', 'margin', '_r0', '_r1', '_r2'), "invariants": ('_t9', '_t10', '_t11', '_t12', '_t14', '_v0', '_v1'),
                    "row": {"float32": 'lossc_cosine_embedding_fb_out_row_f32', "float64": 'lossc_cosine_embedding_fb_out_row_f64'},
                    "element": {"float32": 'lossc_cosine_embedding_fb_out_element_f32', "float64": 'lossc_cosine_embedding_fb_out_element_f64'}}},
     ),
@@ -156,7 +156,7 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_f64(double s_input
     *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
     *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f32(float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f32(float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6)
 {
     const float _t0 = _r0;
     const float _t1 = _r1;
@@ -177,22 +177,23 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f32(float s_la
     const float _t15 = _t0*(_t5 ? 0.0f : -_h0*_t7/2.0f);
     const float _h1 = powf(_t3, -1.5f);
     const float _t16 = _t0*(_t5 ? 0.0f : -_h1*_t6/2.0f);
+    const float _v0 = 2.0f*(_t10 ? -_t15 : 0.0f) + 2.0f*(_t12 ? _t13*_t15 : 0.0f);
+    const float _v1 = 2.0f*(_t10 ? -_t16 : 0.0f) + 2.0f*(_t12 ? _t13*_t16 : 0.0f);
     *out0 = _t9;
     *out1 = _t10;
     *out2 = _t11;
     *out3 = _t12;
-    *out4 = _t13;
-    *out5 = _t14;
-    *out6 = _t15;
-    *out7 = _t16;
+    *out4 = _t14;
+    *out5 = _v0;
+    *out6 = _v1;
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f32(float s_input1, float s_input2, float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float _t9, float _t10, float _t11, float _t12, float _t13, float _t14, float _t15, float _t16, float* out0, float* out1, float* out2)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f32(float s_input1, float s_input2, float s_label, float s_grad_output, float s_margin, float _r0, float _r1, float _r2, float _t9, float _t10, float _t11, float _t12, float _t14, float _v0, float _v1, float* out0, float* out1, float* out2)
 {
     *out0 = (_t10 ? -_t9 + 1.0f : 0.0f) + (_t12 ? ((_t11) < 0 ? 0.0f : (_t11)) : 0.0f);
-    *out1 = s_grad_output*(_t14*s_input2 + 2.0f*s_input1*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f)));
-    *out2 = s_grad_output*(_t14*s_input1 + 2.0f*s_input2*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f)));
+    *out1 = s_grad_output*(_t14*s_input2 + _v0*s_input1);
+    *out2 = s_grad_output*(_t14*s_input1 + _v1*s_input2);
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f64(double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f64(double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6)
 {
     const double _t0 = _r0;
     const double _t1 = _r1;
@@ -213,20 +214,21 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f64(double s_l
     const double _t15 = _t0*(_t5 ? 0.0 : -_h0*_t7/2.0);
     const double _h1 = pow(_t3, -1.5);
     const double _t16 = _t0*(_t5 ? 0.0 : -_h1*_t6/2.0);
+    const double _v0 = 2.0*(_t10 ? -_t15 : 0.0) + 2.0*(_t12 ? _t13*_t15 : 0.0);
+    const double _v1 = 2.0*(_t10 ? -_t16 : 0.0) + 2.0*(_t12 ? _t13*_t16 : 0.0);
     *out0 = _t9;
     *out1 = _t10;
     *out2 = _t11;
     *out3 = _t12;
-    *out4 = _t13;
-    *out5 = _t14;
-    *out6 = _t15;
-    *out7 = _t16;
+    *out4 = _t14;
+    *out5 = _v0;
+    *out6 = _v1;
 }
-__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f64(double s_input1, double s_input2, double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double _t9, double _t10, double _t11, double _t12, double _t13, double _t14, double _t15, double _t16, double* out0, double* out1, double* out2)
+__device__ __forceinline__ void lossc_cosine_embedding_fb_out_element_f64(double s_input1, double s_input2, double s_label, double s_grad_output, double s_margin, double _r0, double _r1, double _r2, double _t9, double _t10, double _t11, double _t12, double _t14, double _v0, double _v1, double* out0, double* out1, double* out2)
 {
     *out0 = (_t10 ? -_t9 + 1.0 : 0.0) + (_t12 ? ((_t11) < 0 ? 0.0 : (_t11)) : 0.0);
-    *out1 = s_grad_output*(_t14*s_input2 + 2.0*s_input1*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0)));
-    *out2 = s_grad_output*(_t14*s_input1 + 2.0*s_input2*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0)));
+    *out1 = s_grad_output*(_t14*s_input2 + _v0*s_input1);
+    *out2 = s_grad_output*(_t14*s_input1 + _v1*s_input2);
 }
 """
 

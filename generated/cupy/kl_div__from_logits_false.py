@@ -42,7 +42,7 @@ STAGES = {
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_r3_f32', "float64": 'lossc_kl_div__from_logits_false_fb_r3_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
          "functions": {"float32": 'lossc_kl_div__from_logits_false_fb_out_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_f64'},
-         "split": {"row_arguments": ('_r0', '_r1', '_r2', '_r3'), "invariants": ('_t3', '_h1'),
+         "split": {"row_arguments": ('_r0', '_r1', '_r2', '_r3'), "invariants": ('_h1', '_v0'),
                    "row": {"float32": 'lossc_kl_div__from_logits_false_fb_out_row_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_row_f64'},
                    "element": {"float32": 'lossc_kl_div__from_logits_false_fb_out_element_f32', "float64": 'lossc_kl_div__from_logits_false_fb_out_element_f64'}}},
     ),
@@ -193,33 +193,35 @@ __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_row_f32(f
 {
     const float _t3 = _r2 + (_r1 - 1.0f);
     const float _h1 = log1pf(_t3);
-    *out0 = _t3;
-    *out1 = _h1;
+    const float _v0 = _r3/(_t3 + 1.0f);
+    *out0 = _h1;
+    *out1 = _v0;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _r0, float _r1, float _r2, float _r3, float _t3, float _h1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _r0, float _r1, float _r2, float _r3, float _h1, float _v0, float* out0, float* out1)
 {
     const float _t0 = -_r0 + s_pred;
     const float _t1 = expf(_t0);
     const float _t4 = (s_label > 0.0f);
     const float _h0 = logf(s_label);
     *out0 = (_t4 ? s_label*(_h0 + _h1 - (_t0)) : 0.0f);
-    *out1 = _r3*_t1/(_t3 + 1.0f) + s_grad_output*(_t4 ? -s_label : 0.0f);
+    *out1 = _t1*_v0 + s_grad_output*(_t4 ? -s_label : 0.0f);
 }
 __device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_row_f64(double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
 {
     const double _t3 = _r2 + (_r1 - 1.0);
     const double _h1 = log1p(_t3);
-    *out0 = _t3;
-    *out1 = _h1;
+    const double _v0 = _r3/(_t3 + 1.0);
+    *out0 = _h1;
+    *out1 = _v0;
 }
-__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double _t3, double _h1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_kl_div__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _r0, double _r1, double _r2, double _r3, double _h1, double _v0, double* out0, double* out1)
 {
     const double _t0 = -_r0 + s_pred;
     const double _t1 = exp(_t0);
     const double _t4 = (s_label > 0.0);
     const double _h0 = log(s_label);
     *out0 = (_t4 ? s_label*(_h0 + _h1 - (_t0)) : 0.0);
-    *out1 = _r3*_t1/(_t3 + 1.0) + s_grad_output*(_t4 ? -s_label : 0.0);
+    *out1 = _t1*_v0 + s_grad_output*(_t4 ? -s_label : 0.0);
 }
 """
 

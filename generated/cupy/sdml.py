@@ -26,7 +26,10 @@ STAGES = {
         {"op": 'sum', "level": 'element', "arguments": ('distance', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_sdml_fwd_r2_f32', "float64": 'lossc_sdml_fwd_r2_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('distance', 'position', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": 'lossc_sdml_fwd_out_f32', "float64": 'lossc_sdml_fwd_out_f64'}},
+         "functions": {"float32": 'lossc_sdml_fwd_out_f32', "float64": 'lossc_sdml_fwd_out_f64'},
+         "split": {"row_arguments": ('position', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2'), "invariants": ('_v0',),
+                   "row": {"float32": 'lossc_sdml_fwd_out_row_f32', "float64": 'lossc_sdml_fwd_out_row_f64'},
+                   "element": {"float32": 'lossc_sdml_fwd_out_element_f32', "float64": 'lossc_sdml_fwd_out_element_f64'}}},
     ),
     'forward_backward': (
         {"op": 'max', "level": 'element', "arguments": ('distance',), "outputs": 1,
@@ -41,7 +44,7 @@ STAGES = {
          "functions": {"float32": 'lossc_sdml_fb_r4_f32', "float64": 'lossc_sdml_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('distance', 'position', 'grad_output', '_j', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_sdml_fb_out_f32', "float64": 'lossc_sdml_fb_out_f64'},
-         "split": {"row_arguments": ('position', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t2', '_t8'),
+         "split": {"row_arguments": ('position', 'classes', 'smoothing_parameter', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t2', '_t8', '_v0'),
                    "row": {"float32": 'lossc_sdml_fb_out_row_f32', "float64": 'lossc_sdml_fb_out_row_f64'},
                    "element": {"float32": 'lossc_sdml_fb_out_element_f32', "float64": 'lossc_sdml_fb_out_element_f64'}}},
     ),
@@ -95,6 +98,30 @@ __device__ __forceinline__ void lossc_sdml_fwd_out_f64(double s_distance, double
 {
     const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
     const double _t1 = ((_t0 != 0.0) ? s_smoothing_parameter - 1.0 : 0.0) + s_smoothing_parameter*(_t0 - 1.0)/(s_classes - 1.0);
+    const double _t2 = -_r0 - s_distance;
+    *out0 = -_t1*(log(-_t1 + 1e-12) - (_t2) + log1p(_r2 + (_r1 - 1.0)));
+}
+__device__ __forceinline__ void lossc_sdml_fwd_out_row_f32(float s_position, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float* out0)
+{
+    const float _v0 = s_smoothing_parameter/(s_classes - 1.0f);
+    *out0 = _v0;
+}
+__device__ __forceinline__ void lossc_sdml_fwd_out_element_f32(float s_distance, float s_position, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _v0, float* out0)
+{
+    const float _t0 = ((_j == s_position) ? 1.0f : 0.0f);
+    const float _t1 = ((_t0 != 0.0f) ? s_smoothing_parameter - 1.0f : 0.0f) + _v0*(_t0 - 1.0f);
+    const float _t2 = -_r0 - s_distance;
+    *out0 = -_t1*(logf(-_t1 + 9.99999996e-13f) - (_t2) + log1pf(_r2 + (_r1 - 1.0f)));
+}
+__device__ __forceinline__ void lossc_sdml_fwd_out_row_f64(double s_position, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double* out0)
+{
+    const double _v0 = s_smoothing_parameter/(s_classes - 1.0);
+    *out0 = _v0;
+}
+__device__ __forceinline__ void lossc_sdml_fwd_out_element_f64(double s_distance, double s_position, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _v0, double* out0)
+{
+    const double _t0 = ((_j == s_position) ? 1.0 : 0.0);
+    const double _t1 = ((_t0 != 0.0) ? s_smoothing_parameter - 1.0 : 0.0) + _v0*(_t0 - 1.0);
     const double _t2 = -_r0 - s_distance;
     *out0 = -_t1*(log(-_t1 + 1e-12) - (_t2) + log1p(_r2 + (_r1 - 1.0)));
 }
@@ -180,41 +207,45 @@ __device__ __forceinline__ void lossc_sdml_fb_out_f64(double s_distance, double 
     *out0 = -_t3*(log(-_t3 + 1e-12) - (_t5) + log1p(_t8));
     *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*exp(-_t4)/(_t8 + 1.0);
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_row_f32(float s_position, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2)
+__device__ __forceinline__ void lossc_sdml_fb_out_row_f32(float s_position, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2, float* out3)
 {
     const float _t0 = s_smoothing_parameter - 1.0f;
     const float _t2 = s_smoothing_parameter/(s_classes - 1.0f);
     const float _t8 = _r2 + (_r1 - 1.0f);
+    const float _v0 = -(_r3*_t2 - _r4*(_t0 + _t2))/(_t8 + 1.0f);
     *out0 = _t0;
     *out1 = _t2;
     *out2 = _t8;
+    *out3 = _v0;
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_element_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t2, float _t8, float* out0, float* out1)
+__device__ __forceinline__ void lossc_sdml_fb_out_element_f32(float s_distance, float s_position, float s_grad_output, float _j, float s_classes, float s_smoothing_parameter, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t2, float _t8, float _v0, float* out0, float* out1)
 {
     const float _t1 = ((_j == s_position) ? 1.0f : 0.0f);
     const float _t3 = ((_t1 != 0.0f) ? _t0 : 0.0f) + _t2*(_t1 - 1.0f);
     const float _t4 = _r0 + s_distance;
     const float _t5 = -_t4;
     *out0 = -_t3*(logf(-_t3 + 9.99999996e-13f) - (_t5) + log1pf(_t8));
-    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*expf(-_t4)/(_t8 + 1.0f);
+    *out1 = -_t3*s_grad_output + _v0*expf(-_t4);
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_row_f64(double s_position, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2)
+__device__ __forceinline__ void lossc_sdml_fb_out_row_f64(double s_position, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2, double* out3)
 {
     const double _t0 = s_smoothing_parameter - 1.0;
     const double _t2 = s_smoothing_parameter/(s_classes - 1.0);
     const double _t8 = _r2 + (_r1 - 1.0);
+    const double _v0 = -(_r3*_t2 - _r4*(_t0 + _t2))/(_t8 + 1.0);
     *out0 = _t0;
     *out1 = _t2;
     *out2 = _t8;
+    *out3 = _v0;
 }
-__device__ __forceinline__ void lossc_sdml_fb_out_element_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t2, double _t8, double* out0, double* out1)
+__device__ __forceinline__ void lossc_sdml_fb_out_element_f64(double s_distance, double s_position, double s_grad_output, double _j, double s_classes, double s_smoothing_parameter, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t2, double _t8, double _v0, double* out0, double* out1)
 {
     const double _t1 = ((_j == s_position) ? 1.0 : 0.0);
     const double _t3 = ((_t1 != 0.0) ? _t0 : 0.0) + _t2*(_t1 - 1.0);
     const double _t4 = _r0 + s_distance;
     const double _t5 = -_t4;
     *out0 = -_t3*(log(-_t3 + 1e-12) - (_t5) + log1p(_t8));
-    *out1 = -_t3*s_grad_output - (_r3*_t2 - _r4*(_t0 + _t2))*exp(-_t4)/(_t8 + 1.0);
+    *out1 = -_t3*s_grad_output + _v0*exp(-_t4);
 }
 """
 

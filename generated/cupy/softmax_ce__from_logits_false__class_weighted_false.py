@@ -45,7 +45,7 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t1', '_t2', '_t7', '_t8', '_t9', '_t10', '_t11', '_t13', '_t14', '_t16', '_h0', '_h1'),
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t1', '_t2', '_t8', '_t9', '_t10', '_t11', '_t13', '_t14', '_t16', '_h0', '_h1', '_v0'),
                    "row": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64'}}},
     ),
@@ -249,27 +249,28 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t16 = _t12*s_classes;
     const float _h0 = expm1f(_t15);
     const float _h1 = expf(_t15);
+    const float _v0 = -(_t14 + _t16)/(_t7 + 1.0f);
     *out0 = _t0;
     *out1 = _t1;
     *out2 = _t2;
-    *out3 = _t7;
-    *out4 = _t8;
-    *out5 = _t9;
-    *out6 = _t10;
-    *out7 = _t11;
-    *out8 = _t13;
-    *out9 = _t14;
-    *out10 = _t16;
-    *out11 = _h0;
-    *out12 = _h1;
+    *out3 = _t8;
+    *out4 = _t9;
+    *out5 = _t10;
+    *out6 = _t11;
+    *out7 = _t13;
+    *out8 = _t14;
+    *out9 = _t16;
+    *out10 = _h0;
+    *out11 = _h1;
+    *out12 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t1, float _t2, float _t7, float _t8, float _t9, float _t10, float _t11, float _t13, float _t14, float _t16, float _h0, float _h1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t1, float _t2, float _t8, float _t9, float _t10, float _t11, float _t13, float _t14, float _t16, float _h0, float _h1, float _v0, float* out0, float* out1)
 {
     const float _t3 = -_t2 + s_pred;
     const float _t4 = (_j == s_label);
     const float _t5 = expf(_t3);
     *out0 = (_t0 ? 0.0f : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0f));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0f)));
+    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 + _t5*_v0));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10, double* out11, double* out12)
 {
@@ -288,27 +289,28 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t16 = _t12*s_classes;
     const double _h0 = expm1(_t15);
     const double _h1 = exp(_t15);
+    const double _v0 = -(_t14 + _t16)/(_t7 + 1.0);
     *out0 = _t0;
     *out1 = _t1;
     *out2 = _t2;
-    *out3 = _t7;
-    *out4 = _t8;
-    *out5 = _t9;
-    *out6 = _t10;
-    *out7 = _t11;
-    *out8 = _t13;
-    *out9 = _t14;
-    *out10 = _t16;
-    *out11 = _h0;
-    *out12 = _h1;
+    *out3 = _t8;
+    *out4 = _t9;
+    *out5 = _t10;
+    *out6 = _t11;
+    *out7 = _t13;
+    *out8 = _t14;
+    *out9 = _t16;
+    *out10 = _h0;
+    *out11 = _h1;
+    *out12 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t1, double _t2, double _t7, double _t8, double _t9, double _t10, double _t11, double _t13, double _t14, double _t16, double _h0, double _h1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t1, double _t2, double _t8, double _t9, double _t10, double _t11, double _t13, double _t14, double _t16, double _h0, double _h1, double _v0, double* out0, double* out1)
 {
     const double _t3 = -_t2 + s_pred;
     const double _t4 = (_j == s_label);
     const double _t5 = exp(_t3);
     *out0 = (_t0 ? 0.0 : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0)));
+    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 + _t5*_v0));
 }
 """
 

@@ -51,7 +51,7 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "invariants": ('_t0', '_t4', '_t6', '_t7', '_t10', '_t11', '_t12', '_t13', '_t15', '_h0', '_h1'),
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "invariants": ('_t0', '_t6', '_t7', '_t10', '_t11', '_t12', '_t13', '_t15', '_h0', '_h1', '_v0'),
                    "row": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64'}}},
     ),
@@ -279,25 +279,26 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const float _t15 = _r5*_t12;
     const float _h0 = expm1f(_t14);
     const float _h1 = expf(_t14);
+    const float _v0 = -(_t13 + _t15)/(_t4 + 1.0f);
     *out0 = _t0;
-    *out1 = _t4;
-    *out2 = _t6;
-    *out3 = _t7;
-    *out4 = _t10;
-    *out5 = _t11;
-    *out6 = _t12;
-    *out7 = _t13;
-    *out8 = _t15;
-    *out9 = _h0;
-    *out10 = _h1;
+    *out1 = _t6;
+    *out2 = _t7;
+    *out3 = _t10;
+    *out4 = _t11;
+    *out5 = _t12;
+    *out6 = _t13;
+    *out7 = _t15;
+    *out8 = _h0;
+    *out9 = _h1;
+    *out10 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float _t0, float _t4, float _t6, float _t7, float _t10, float _t11, float _t12, float _t13, float _t15, float _h0, float _h1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float _t0, float _t6, float _t7, float _t10, float _t11, float _t12, float _t13, float _t15, float _h0, float _h1, float _v0, float* out0, float* out1)
 {
     const float _t1 = -_r0 + s_pred;
     const float _t2 = expf(_t1);
     const float _t8 = (_j == s_label);
     *out0 = (_t0 ? 0.0f : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0f));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(_t4 + 1.0f)));
+    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight + _t2*_v0));
 }
 __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10)
 {
@@ -314,25 +315,26 @@ __device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weigh
     const double _t15 = _r5*_t12;
     const double _h0 = expm1(_t14);
     const double _h1 = exp(_t14);
+    const double _v0 = -(_t13 + _t15)/(_t4 + 1.0);
     *out0 = _t0;
-    *out1 = _t4;
-    *out2 = _t6;
-    *out3 = _t7;
-    *out4 = _t10;
-    *out5 = _t11;
-    *out6 = _t12;
-    *out7 = _t13;
-    *out8 = _t15;
-    *out9 = _h0;
-    *out10 = _h1;
+    *out1 = _t6;
+    *out2 = _t7;
+    *out3 = _t10;
+    *out4 = _t11;
+    *out5 = _t12;
+    *out6 = _t13;
+    *out7 = _t15;
+    *out8 = _h0;
+    *out9 = _h1;
+    *out10 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double _t0, double _t4, double _t6, double _t7, double _t10, double _t11, double _t12, double _t13, double _t15, double _h0, double _h1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double _t0, double _t6, double _t7, double _t10, double _t11, double _t12, double _t13, double _t15, double _h0, double _h1, double _v0, double* out0, double* out1)
 {
     const double _t1 = -_r0 + s_pred;
     const double _t2 = exp(_t1);
     const double _t8 = (_j == s_label);
     *out0 = (_t0 ? 0.0 : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(_t4 + 1.0)));
+    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight + _t2*_v0));
 }
 """
 

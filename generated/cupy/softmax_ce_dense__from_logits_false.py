@@ -43,7 +43,7 @@ STAGES = {
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_r4_f64'}},
         {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_f64'},
-         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t5'),
+         "split": {"row_arguments": ('grad_output', 'classes', 'label_smoothing', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_v0'),
                    "row": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32', "float64": 'lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64'}}},
     ),
@@ -202,31 +202,33 @@ __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out
 {
     const float _t0 = s_label_smoothing/s_classes;
     const float _t5 = _r2 + (_r1 - 1.0f);
+    const float _v0 = _r4/(_t5 + 1.0f);
     *out0 = _t0;
-    *out1 = _t5;
+    *out1 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t5, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _v0, float* out0, float* out1)
 {
     const float _t2 = -_r0 + s_pred;
     const float _t3 = expf(_t2);
     const float _t7 = -_t0 + s_label*(s_label_smoothing - 1.0f);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0f) + ((_t7 != 0.0f) ? -_t7 : 0.0f));
+    *out1 = -s_grad_output*(_t3*_v0 + ((_t7 != 0.0f) ? -_t7 : 0.0f));
 }
 __device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_row_f64(double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
 {
     const double _t0 = s_label_smoothing/s_classes;
     const double _t5 = _r2 + (_r1 - 1.0);
+    const double _v0 = _r4/(_t5 + 1.0);
     *out0 = _t0;
-    *out1 = _t5;
+    *out1 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t5, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce_dense__from_logits_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _v0, double* out0, double* out1)
 {
     const double _t2 = -_r0 + s_pred;
     const double _t3 = exp(_t2);
     const double _t7 = -_t0 + s_label*(s_label_smoothing - 1.0);
     *out0 = -_r3;
-    *out1 = -s_grad_output*(_r4*_t3/(_t5 + 1.0) + ((_t7 != 0.0) ? -_t7 : 0.0));
+    *out1 = -s_grad_output*(_t3*_v0 + ((_t7 != 0.0) ? -_t7 : 0.0));
 }
 """
 

@@ -38,7 +38,8 @@ def _forward_backward(s_pred, s_label, s_grad_output):
     _t2 = _jnp.floor(_t1)
     _t3 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True)
     _t4 = (s_label > 0.0)
-    return _jnp.where(_t4, s_label*(-(_t0) + _jnp.log(s_label) + _jnp.log1p(_t3)), 0.0), (s_grad_output*_jnp.where(_t4, -s_label, 0.0) + _t1*_jnp.sum(_jnp.broadcast_to(s_grad_output*_jnp.where(_t4, s_label, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t3),)
+    _v0 = _jnp.sum(_jnp.broadcast_to(s_grad_output*_jnp.where(_t4, s_label, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t3)
+    return _jnp.where(_t4, s_label*(-(_t0) + _jnp.log(s_label) + _jnp.log1p(_t3)), 0.0), (s_grad_output*_jnp.where(_t4, -s_label, 0.0) + _t1*_v0,)
 
 
 def forward(pred, label):

@@ -27,7 +27,7 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _t2 = _jnp.floor(_t1)
     _t3 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))
     _t4 = _jnp.where((_j == s_label), 1.0, 0.0)
-    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t3 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t4 != 0.0), _t0, 0.0), _shape), axis=-1, keepdims=True))*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t4 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t3 + (_t0)), _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
+    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t3 - _jnp.take_along_axis(_jnp.broadcast_to(_t0, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t3 + (_t0)), _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -45,13 +45,14 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _t7 = (s_label_smoothing > 0.0)
     _t8 = (_j == s_label)
     _t9 = _jnp.where(_t8, 1.0, 0.0)
-    _t10 = _t5 - _jnp.sum(_jnp.broadcast_to(_jnp.where((_t9 != 0.0), _t1, 0.0), _shape), axis=-1, keepdims=True)
-    _t11 = (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t9 != 0.0), s_class_weight, 0.0), _shape), axis=-1, keepdims=True)
+    _t10 = _t5 - _jnp.take_along_axis(_jnp.broadcast_to(_t1, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
+    _t11 = (-1.0 + s_label_smoothing)*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
     _t12 = _jnp.where(_t0, 0.0, (-_t6 if _t7 else 0.0))
     _t13 = _jnp.where(_t0, 0.0, _t11)
     _t14 = -_t10
     _t15 = _t12*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True)
-    return _jnp.where(_t0, 0.0, -_t10*_t11 + (-_t6*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t5 + (_t1)), _shape), axis=-1, keepdims=True) if _t7 else 0.0)), (_jnp.where(_t8, s_grad_output*(_t12*s_class_weight - _t13*_jnp.expm1(_t14) - _t15*_jnp.exp(_t14)), s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(1.0 + _t4))),)
+    _v0 = -(_t13 + _t15)/(1.0 + _t4)
+    return _jnp.where(_t0, 0.0, -_t10*_t11 + (-_t6*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t5 + (_t1)), _shape), axis=-1, keepdims=True) if _t7 else 0.0)), (_jnp.where(_t8, s_grad_output*(_t12*s_class_weight - _t13*_jnp.expm1(_t14) - _t15*_jnp.exp(_t14)), s_grad_output*(_t12*s_class_weight + _t2*_v0)),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

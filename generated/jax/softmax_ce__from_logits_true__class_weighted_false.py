@@ -22,7 +22,7 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_j == s_label), s_pred, 0.0), _shape), axis=-1, keepdims=True) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
+    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*_jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -35,7 +35,7 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _t2 = _jnp.where((_j == s_label), 1.0, 0.0)
     _t3 = s_label_smoothing/_classes
     _t4 = (s_label_smoothing > 0.0)
-    return _jnp.where(_t0, 0.0, _t1*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t2 != 0.0), s_pred, 0.0), _shape), axis=-1, keepdims=True) + (-_t3*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) if _t4 else 0.0)), (s_grad_output*(_jnp.where((_t2 != 0.0), _jnp.where(_t0, 0.0, _t1), 0.0) + _jnp.where(_t0, 0.0, (-_t3 if _t4 else 0.0))),)
+    return _jnp.where(_t0, 0.0, _t1*_jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-_t3*_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) if _t4 else 0.0)), (s_grad_output*(_jnp.where((_t2 != 0.0), _jnp.where(_t0, 0.0, _t1), 0.0) + _jnp.where(_t0, 0.0, (-_t3 if _t4 else 0.0))),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

@@ -23,7 +23,7 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     _t0 = s_class_weight*s_pred
-    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*_jnp.sum(_jnp.broadcast_to(_jnp.where((_j == s_label), _t0, 0.0), _shape), axis=-1, keepdims=True) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(_t0, _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
+    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*_jnp.take_along_axis(_jnp.broadcast_to(_t0, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(_t0, _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -37,7 +37,7 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _t3 = s_class_weight*s_pred
     _t4 = s_label_smoothing/_classes
     _t5 = (s_label_smoothing > 0.0)
-    return _jnp.where(_t0, 0.0, _t1*_jnp.sum(_jnp.broadcast_to(_jnp.where((_t2 != 0.0), _t3, 0.0), _shape), axis=-1, keepdims=True) + (-_t4*_jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True) if _t5 else 0.0)), (s_class_weight*s_grad_output*(_jnp.where((_t2 != 0.0), _jnp.where(_t0, 0.0, _t1), 0.0) + _jnp.where(_t0, 0.0, (-_t4 if _t5 else 0.0))),)
+    return _jnp.where(_t0, 0.0, _t1*_jnp.take_along_axis(_jnp.broadcast_to(_t3, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-_t4*_jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True) if _t5 else 0.0)), (s_class_weight*s_grad_output*(_jnp.where((_t2 != 0.0), _jnp.where(_t0, 0.0, _t1), 0.0) + _jnp.where(_t0, 0.0, (-_t4 if _t5 else 0.0))),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

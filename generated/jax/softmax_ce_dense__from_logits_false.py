@@ -42,7 +42,8 @@ def _forward_backward(s_pred, s_label, s_label_smoothing, s_grad_output):
     _t5 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t4, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t3 - _t4, _shape), axis=-1, keepdims=True)
     _t6 = (_t1 != 0.0)
     _t7 = -_t0 + s_label*(-1.0 + s_label_smoothing)
-    return -_jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, _t1*(-_jnp.log1p(_t5) + (_t2)), 0.0), _shape), axis=-1, keepdims=True), (-s_grad_output*(_t3*_jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, -_t1, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t5) + _jnp.where((_t7 != 0.0), -_t7, 0.0)),)
+    _v0 = _jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, -_t1, 0.0), _shape), axis=-1, keepdims=True)/(1.0 + _t5)
+    return -_jnp.sum(_jnp.broadcast_to(_jnp.where(_t6, _t1*(-_jnp.log1p(_t5) + (_t2)), 0.0), _shape), axis=-1, keepdims=True), (-s_grad_output*(_t3*_v0 + _jnp.where((_t7 != 0.0), -_t7, 0.0)),)
 
 
 def forward(pred, label, *, label_smoothing=0.0):
