@@ -80,7 +80,7 @@ def hoist_row_factors(assignments, outputs, element, indicators):
         if isinstance(expr, sympy.Mul) and masked_product(expr, indicators) is None:
             fixed = [a for a in args if not reads_element(a)]
             if len([a for a in fixed if a != -1]) > 1 or any(a.is_Pow and a.exp.is_negative for a in fixed):
-                product = sympy.Mul(*fixed)
+                product = sympy.Mul(*fixed, evaluate=False)  # c·(a + b) is not distributed: no new constant
                 if product not in hoisted:
                     hoisted[product] = sympy.Symbol(f"_v{len(hoisted)}", real=True)
                     pending.append((hoisted[product], product))

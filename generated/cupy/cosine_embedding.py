@@ -177,8 +177,8 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f32(float s_la
     const float _t15 = _t0*(_t5 ? 0.0f : -_h0*_t7/2.0f);
     const float _h1 = powf(_t3, -1.5f);
     const float _t16 = _t0*(_t5 ? 0.0f : -_h1*_t6/2.0f);
-    const float _v0 = 2.0f*(_t10 ? -_t15 : 0.0f) + 2.0f*(_t12 ? _t13*_t15 : 0.0f);
-    const float _v1 = 2.0f*(_t10 ? -_t16 : 0.0f) + 2.0f*(_t12 ? _t13*_t16 : 0.0f);
+    const float _v0 = 2.0f*((_t10 ? -_t15 : 0.0f) + (_t12 ? _t13*_t15 : 0.0f));
+    const float _v1 = 2.0f*((_t10 ? -_t16 : 0.0f) + (_t12 ? _t13*_t16 : 0.0f));
     *out0 = _t9;
     *out1 = _t10;
     *out2 = _t11;
@@ -214,8 +214,8 @@ __device__ __forceinline__ void lossc_cosine_embedding_fb_out_row_f64(double s_l
     const double _t15 = _t0*(_t5 ? 0.0 : -_h0*_t7/2.0);
     const double _h1 = pow(_t3, -1.5);
     const double _t16 = _t0*(_t5 ? 0.0 : -_h1*_t6/2.0);
-    const double _v0 = 2.0*(_t10 ? -_t15 : 0.0) + 2.0*(_t12 ? _t13*_t15 : 0.0);
-    const double _v1 = 2.0*(_t10 ? -_t16 : 0.0) + 2.0*(_t12 ? _t13*_t16 : 0.0);
+    const double _v0 = 2.0*((_t10 ? -_t15 : 0.0) + (_t12 ? _t13*_t15 : 0.0));
+    const double _v1 = 2.0*((_t10 ? -_t16 : 0.0) + (_t12 ? _t13*_t16 : 0.0));
     *out0 = _t9;
     *out1 = _t10;
     *out2 = _t11;

@@ -50,8 +50,8 @@ def _forward_backward(s_input1, s_input2, s_label, s_margin, s_grad_output):
     _t14 = _jnp.where(_t10, -_t8, 0.0) + _jnp.where(_t12, _t13*_t8, 0.0)
     _t15 = _t0*_jnp.where(_t5, 0.0, -_t7/(2.0*_jnp.power(_t1, 1.5)))
     _t16 = _t0*_jnp.where(_t5, 0.0, -_t6/(2.0*_jnp.power(_t3, 1.5)))
-    _v0 = 2.0*_jnp.where(_t10, -_t15, 0.0) + 2.0*_jnp.where(_t12, _t13*_t15, 0.0)
-    _v1 = 2.0*_jnp.where(_t10, -_t16, 0.0) + 2.0*_jnp.where(_t12, _t13*_t16, 0.0)
+    _v0 = 2.0*(_jnp.where(_t10, -_t15, 0.0) + _jnp.where(_t12, _t13*_t15, 0.0))
+    _v1 = 2.0*(_jnp.where(_t10, -_t16, 0.0) + _jnp.where(_t12, _t13*_t16, 0.0))
     return _jnp.where(_t10, 1.0 - _t9, 0.0) + _jnp.where(_t12, _jnp.where(_t11 < 0, 0.0, _t11), 0.0), (s_grad_output*(_t14*s_input2 + _v0*s_input1), s_grad_output*(_t14*s_input1 + _v1*s_input2),)
 
 
