@@ -154,13 +154,19 @@ class OverRows(ElementWise):
         if labels.dtype.kind == "f" and labels.size and not np.all(np.floor(labels) == labels):
             bad = labels[np.floor(labels) != labels][0].item()
             raise ValueError(f"{loss_name}: '{name}' holds class indices, got the non-integer value {bad!r}")
-        valid = (labels >= 0) & (labels < classes)
-        if ignore_index is not None:
-            valid |= labels == ignore_index
+        valid = in_class_range(labels, classes, ignore_index)
         if labels.size and not np.all(valid):
             bad = labels[~valid][0].item()
             extra = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
             raise ValueError(f"{loss_name}: '{name}' has class index {bad!r} outside [0, {classes}){extra}")
+
+
+def in_class_range(labels, classes, ignore_index):
+    """Where ``labels`` are in [0, classes) or the ignore_index (None: there is none)."""
+    valid = (labels >= 0) & (labels < classes)
+    if ignore_index is not None:
+        valid |= labels == ignore_index
+    return valid
 
 
 class OverPairs(OverRows):

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import native
 from .numpy_runtime import compute_dtype
+from ..core.call_shapes import in_class_range
 from ..core.pipeline import REDUCTIONS, Pipeline
 
 _C_SCALARS = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
@@ -238,9 +239,7 @@ class RowFastPath(_CachedCall):
 
 def _class_indices(labels, classes, ignore_index):
     """Whether every label is a whole class index in [0, classes) or the ignore_index."""
-    valid = (labels >= 0) & (labels < classes)
-    if ignore_index is not None:
-        valid |= labels == ignore_index
+    valid = in_class_range(labels, classes, ignore_index)
     if labels.dtype.kind == "f":
         valid &= np.floor(labels) == labels
     return bool(valid.all())
