@@ -2,7 +2,8 @@
 stable special functions → overflow-free primitives shared by all targets.
 
 Reductions: logsumexp(e) = m + log1p(excess(e)) with m = max_j e_j and excess(e) =
-Σ_j exp(e_j − m) − 1 summed from nonnegative terms, and the softmax exp(e − logsumexp(e)) =
+Σ_j exp(e_j − m) − 1 summed from nonnegative terms (or, where the loss picks the row's label
+y, Σ_{j≠y} exp(e_j − m) + expm1(e_y − m): one row sum), and the softmax exp(e − logsumexp(e)) =
 exp(e − m) / (1 + excess(e)), so the gradient reuses the exponentials the loss already
 computed (CSE shares them) and nothing exponentiates an unshifted value. The label's
 log-probability and its derivative [j = y] − softmax stay relatively exact for a confident
@@ -25,28 +26,59 @@ from .rules import enabled, register_lower
 
 ONE = sympy.S.One
 from .reductions import (CLASS_INDEX, element_level, log_softmax_argument, onehot_minus_softmax, one_hot,
-                         rlog_softmax_at, rlogsumexp, rmax, rsum)
+                         rlog_softmax_at, rlogsumexp, rlogsumexp_labelled, rmax, rsum)
 
 
-def excess(e):
-    """Σ_j exp(e_j − max e) − 1 as a sum of terms that are ≥ 0 or exact: the exponentials below
-    1 (x − floor(x) of each x = exp(e_j − max e) in (0, 1]), plus (number of ones − 1) counted
-    on its own. So log Σ exp(e − max) = log1p(excess) keeps full relative accuracy when one
-    entry dominates."""
-    shifted = sympy.exp(e - rmax(e))  # in (0, 1], exactly 1 at the max (and at entries that round to it)
-    ones = sympy.floor(shifted)
-    return rsum(shifted - ones) + grouped(rsum(ones) - 1)
+def excess(e, label=None):
+    """Σ_j exp(e_j − max e) − 1 written so that log Σ exp(e − max) = log1p(excess) keeps full
+    relative accuracy when one entry dominates.
+
+    Without a label, a sum of terms that are ≥ 0 or exact: the exponentials below 1
+    (x − floor(x) of each x = exp(e_j − max e) in (0, 1]), plus (number of ones − 1) counted on
+    its own. With the row's label y (a loss that picks log p_y), one row sum:
+    Σ_{j≠y} exp(e_j − max e) + expm1(e_y − max e). When y is the arg-max, every term is ≥ 0 (a
+    tie adds its exact 1). Otherwise the sum holds the max's 1, so the cancellation costs at most
+    one rounding of 1 + excess: p_j and log p_y stay relatively exact, since −log p_y ≥ log 2."""
+    if label is not None:
+        return rsum(_off_label_exp(e, label)) + expm1(_shifted_at(e, label))
+    exponentials = sympy.exp(e - rmax(e))  # in (0, 1], exactly 1 at the max (and at entries that round to it)
+    ones = sympy.floor(exponentials)
+    return rsum(exponentials - ones) + grouped(rsum(ones) - 1)
 
 
-def stable_softmax(e):
-    """softmax(e) as exp(e − max e) / (1 + excess(e)): nothing exponentiates an unshifted value."""
-    return sympy.exp(e - rmax(e)) / (1 + excess(e))
+def _off_label_exp(e, label):
+    """exp(e_j − max e) at every class but the label's, 0 at the label's."""
+    return sympy.Piecewise((sympy.S.Zero, sympy.Eq(CLASS_INDEX, label)), (sympy.exp(e - rmax(e)), True))
+
+
+def _shifted_at(e, label):
+    """e_y − max e, the label's entry picked before the max is subtracted (the same rounding as
+    (e − max e)_y, and no element-sized e − max e needed for it); grouped, so that a sum around
+    it never adds max e or e_y to anything else first."""
+    return grouped(rsum(e * one_hot(label)) - rmax(e))
+
+
+def stable_softmax(e, label=None):
+    """softmax(e) as exp(e − max e) / (1 + excess(e, label)): nothing exponentiates an unshifted value."""
+    return sympy.exp(e - rmax(e)) / (1 + excess(e, label))
+
+
+def softmax_off_label(e, label):
+    """softmax(e)_j for j ≠ y (0 at y) through the label's excess: the exponentials it divides are
+    the ones the excess sums, one element value for both."""
+    return _off_label_exp(e, label) / (1 + excess(e, label))
 
 
 def stable_log_softmax_at(e, label):
-    """e_y − logsumexp(e) as (e_y − max e) − log1p(excess(e)): exactly 0 − log1p(tiny) for a
+    """e_y − logsumexp(e) as (e_y − max e) − log1p(excess(e, y)): exactly 0 − log1p(tiny) for a
     confident prediction, where e_y + ... − logsumexp would cancel."""
-    return rsum((e - rmax(e)) * one_hot(label)) - log1p(excess(e))
+    return _shifted_at(e, label) - log1p(excess(e, label))
+
+
+def _label_of(expr, e):
+    """y when ``expr`` holds rlogsumexp_labelled(e, y) (one label), else None: the label-free excess."""
+    labels = {r.args[1] for r in expr.atoms(rlogsumexp_labelled) if r.args[0] == e}
+    return labels.pop() if len(labels) == 1 else None
 
 
 def _softmax_argument(term):
@@ -111,7 +143,7 @@ def lower_label_gradient(node):
         return None
     log_py = stable_log_softmax_at(e, label)
     at_label = -a * expm1(log_py) + b * sympy.exp(log_py) + c
-    elsewhere = (b - a) * stable_softmax(e) + c
+    elsewhere = (b - a) * softmax_off_label(e, label) + c
     return sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (elsewhere, True))
 
 
@@ -123,7 +155,7 @@ def lower_onehot_minus_softmax(node):
         return None
     e, label = node.args
     at_label = expm1(stable_log_softmax_at(e, label))
-    return -sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (stable_softmax(e), True))
+    return -sympy.Piecewise((at_label, sympy.Eq(CLASS_INDEX, label)), (softmax_off_label(e, label), True))
 
 
 @register_lower
@@ -136,7 +168,7 @@ def lower_log_softmax_at(node):
 def lower_softmax(node):
     """exp(e − logsumexp(e)) → exp(e − max e)/(1 + excess(e)) (stable_softmax)."""
     e = _softmax_argument(node)
-    return None if e is None else stable_softmax(e)
+    return None if e is None else stable_softmax(e, _label_of(node, e))
 
 
 @register_lower
@@ -153,14 +185,17 @@ def lower_log_softmax(node):
                 own = list(sympy.Add.make_args(sympy.expand(k * e)))
                 if all(t in terms for t in own):
                     rest = [t for t in terms if t is not term and t not in own]
-                    return sympy.Add(k * (grouped(e - rmax(e)) - log1p(excess(e))), *rest)
+                    return sympy.Add(k * (grouped(e - rmax(e)) - log1p(excess(e, _label_of(term, e)))), *rest)
     return None
 
 
 @register_lower
 def lower_logsumexp(node):
     """logsumexp(e) → max e + log1p(excess(e))."""
-    return rmax(node.args[0]) + log1p(excess(node.args[0])) if isinstance(node, rlogsumexp) else None
+    if not isinstance(node, rlogsumexp):
+        return None
+    e = node.args[0]
+    return rmax(e) + log1p(excess(e, _label_of(node, e)))
 
 
 @register_lower

@@ -69,12 +69,21 @@ class rlogsumexp(Reduction):
         return _power(r"\log \sum_{j} e^{%s}" % printer._print(self.args[0]), exp)
 
 
+class rlogsumexp_labelled(rlogsumexp):
+    """logsumexp(e) in a loss that also picks the row's label y from log_softmax(e): the same
+    value and derivative as rlogsumexp(e); the label only lets lowering write the excess
+    Σ_j exp(e_j − max) − 1 with one row sum (lowering.excess)."""
+
+    nargs = 2
+
+
 class rlog_softmax_at(Reduction):
     """log softmax(e) at the row's label y: e_y − logsumexp(e), the label's log-probability.
 
     One node (rewrites.pick_of_log_softmax makes it from pick(log_softmax(e), y)) so that
     lowering can keep it relatively exact when the prediction is confident and it is tiny:
-    (e_y − max e) − log1p(Σ_{e_j < max} exp(e_j − max) + ties − 1), every term ≥ 0 or exact.
+    (e_y − max e) − log1p(Σ_{j≠y} exp(e_j − max) + expm1(e_y − max)), every term ≥ 0 when y
+    is the arg-max (lowering.excess says why it is exact otherwise too).
     Its derivative, [j = y] − softmax_j, is ``onehot_minus_softmax``, lowered the same way.
     """
 

@@ -13,7 +13,7 @@ import sympy
 
 from . import canonicalize  # noqa: F401  (registers the canonicalize rules, which run first)
 from .functions import expm1, grouped, log1p, sigmoid, softplus
-from .reductions import log_softmax_argument, one_hot_label, rlog_softmax_at, rsum
+from .reductions import log_softmax_argument, one_hot_label, rlog_softmax_at, rlogsumexp, rlogsumexp_labelled, rsum
 from .rules import enabled, note_fired, register_stabilize
 
 ONE = sympy.S.One
@@ -194,6 +194,21 @@ def pick_of_log_softmax(node):
     return weight * rlog_softmax_at(log_softmax_argument(log_softmax[0]), labels[0])
 
 
+
+
+@register_stabilize
+def logsumexp_with_label(node):
+    """logsumexp(e) → rlogsumexp_labelled(e, y) in an expression that also holds e's label's
+    log-probability rlog_softmax_at(e, y) (one label y): both then lower to the same excess,
+    one row sum where the label-free form needs two (lowering.excess). Fires at the smallest
+    node holding both (label smoothing's Σ_j log p_j next to the picked log p_y)."""
+    plain = [r for r in node.atoms(rlogsumexp) if type(r) is rlogsumexp]
+    labels = {}
+    for picked in node.atoms(rlog_softmax_at) if plain else ():
+        labels.setdefault(picked.args[0], set()).add(picked.args[1])
+    swap = {r: rlogsumexp_labelled(r.args[0], *labels[r.args[0]])
+            for r in plain if len(labels.get(r.args[0], ())) == 1}
+    return node.xreplace(swap) if swap else None
 
 
 @register_stabilize

@@ -1,6 +1,7 @@
 """Losses with reductions along a class axis: PyTorch oracles, finite differences, structure, bad input."""
 import tracemalloc
 
+import mpmath
 import numpy as np
 import sympy
 import pytest
@@ -9,7 +10,7 @@ import lossc
 from conftest import random_call_inputs, spec_paths
 from lossc.compiler.derive import derive
 from lossc.compiler.ir import build_ir, variants
-from lossc.compiler.reductions import onehot_minus_softmax, reductions_in, rlogsumexp
+from lossc.compiler.reductions import onehot_minus_softmax, reductions_in, rlogsumexp_labelled
 from lossc.compiler.spec import load_spec
 
 REDUCTION_SPECS = [p for p in spec_paths() if load_spec(p).class_axis]
@@ -156,7 +157,8 @@ def test_softmax_ce_gradient_is_softmax_minus_one_hot_with_no_backward_reduction
     derived = derive(build_ir(spec, {"from_logits": False, "class_weighted": False}))
     pred = derived.ir.symbols["pred"]
     gradient = derived.gradients["pred"]
-    assert reductions_in(gradient) == [rlogsumexp(pred)]  # only the forward logsumexp
+    # only the forward logsumexp (the label's: the loss picks log p_label next to it)
+    assert reductions_in(gradient) == [rlogsumexp_labelled(pred, derived.ir.symbols["label"])]
     # without smoothing: (softmax − one_hot) where not ignored, [j = y] − softmax as one stable node
     symbols = derived.ir.symbols
     plain = gradient.subs({symbols["label_smoothing"]: 0, symbols["ignore_index"]: -100})
@@ -204,6 +206,42 @@ def test_confident_predictions_keep_relative_accuracy(name):
             for j in range(4):
                 if abs(want_grad[j]) >= np.finfo(dtype).tiny:
                     assert float(grad[0, j]) == pytest.approx(float(want_grad[j]), rel=rtol), (dtype, margin, j)
+
+
+def _mp_softmax_ce(row, label, smoothing):
+    """(loss, gradient) of softmax CE with label smoothing at 50 digits."""
+    top = max(row)
+    log_total = top + mpmath.log(mpmath.fsum(mpmath.exp(v - top) for v in row))
+    log_p = [v - log_total for v in row]
+    loss = -(1 - smoothing) * log_p[label] - smoothing * mpmath.fsum(log_p) / len(row)
+    grad = [mpmath.exp(lp) - (1 - smoothing) * (j == label) - smoothing / len(row) for j, lp in enumerate(log_p)]
+    return loss, grad
+
+
+# rows where the label is not the arg-max and the excess cancels (Σ_{j≠y} = 1, expm1(−30) ≈ −1),
+# ties at the max with and without the label, gaps of 1e4
+WRONG_LABELS_AND_TIES = [([0.0, -30.0, -1000.0, -1000.0], 1), ([5.0, 5.0, 0.0, -1.0], 0),
+                         ([5.0, 5.0, 0.0, -1.0], 2), ([0.0, -1e4, 1e4, 3.0], 1), ([-20.0, 0.0, -20.0, -20.0], 0)]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_wrong_labels_and_ties_stay_exact(smoothing):
+    """The label's excess Σ_{j≠y} exp(x_j − max) + expm1(x_y − max) cancels when y is not the
+    arg-max; the loss and every gradient entry stay relatively exact there vs 50-digit mpmath
+    (float32 within a few ulps), and so with ties at the max."""
+    ce = lossc.get("softmax_ce")
+    rows = np.array([row for row, _ in WRONG_LABELS_AND_TIES])
+    labels = np.array([label for _, label in WRONG_LABELS_AND_TIES])
+    with mpmath.workdps(50):
+        truth = [_mp_softmax_ce([mpmath.mpf(v) for v in row], label, mpmath.mpf(smoothing))
+                 for row, label in WRONG_LABELS_AND_TIES]
+    for dtype, rtol in ((np.float64, 1e-13), (np.float32, 2e-6)):
+        value, (grad,) = ce.value_and_grad(rows.astype(dtype), labels, label_smoothing=smoothing, reduction="none")
+        for k, (want, want_grad) in enumerate(truth):
+            assert float(value[k]) == pytest.approx(float(want), rel=rtol), (dtype, k)
+            for j, g in enumerate(want_grad):
+                if abs(g) >= np.finfo(dtype).tiny:
+                    assert float(grad[k, j]) == pytest.approx(float(g), rel=rtol), (dtype, k, j)
 
 
 def test_all_ignored_batch_gives_zero_loss_and_gradient(rng):

@@ -52,6 +52,8 @@ class DocMathMLPrinter(MathMLPresentationPrinter):
         power = self._element("msup", self._element("mi", text="e"), self._print(expr.args[0]))
         return self._element("mrow", self._element("mi", text="log"), self._under("\u2211"), power)
 
+    _print_rlogsumexp_labelled = _print_rlogsumexp  # SymPy skips a parent's printer for a renamed subclass
+
     def _softmax(self, logits, index):
         name = self._element("mi", text="softmax")
         return self._element("msub", self._element("mrow", name, self._parenthesized(logits)), index)

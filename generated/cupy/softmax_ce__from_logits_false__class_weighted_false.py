@@ -21,31 +21,27 @@ STAGES = {
     'forward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64'}},
-        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64'}},
     ),
     'forward_backward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "invariants": ('_t0', '_t1', '_t2', '_t8', '_t9', '_t10', '_t11', '_t13', '_t14', '_t16', '_h0', '_h1', '_v0'),
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3'), "invariants": ('_t0', '_t1', '_t6', '_t7', '_t8', '_t9', '_t10', '_t12', '_t13', '_t14', '_h1', '_h2', '_v0'),
                    "row": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64'}}},
     ),
@@ -60,69 +56,51 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f32(float s_pred, float s_label, float _j)
+{
+    const float _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0f);
+}
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double s_pred, double s_label, double _j)
+{
+    const double _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0);
+}
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float s_pred, float s_label, float _j, float _r0)
 {
     const float _t0 = _r0;
-    const float _t1 = -_t0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t3 = floorf(_t2);
-    return _t3;
+    const float _t1 = (_j == s_label);
+    const float _h0 = expf(-_t0 + s_pred);
+    return (_t1 ? 0.0f : _h0);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r1_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
     const double _t0 = _r0;
-    const double _t1 = -_t0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t3 = floor(_t2);
-    return _t3;
+    const double _t1 = (_j == s_label);
+    const double _h0 = exp(-_t0 + s_pred);
+    return (_t1 ? 0.0 : _h0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f32(float s_pred, float _r0)
-{
-    const float _t0 = _r0;
-    const float _t1 = -_t0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t3 = floorf(_t2);
-    return _t2 - _t3;
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r2_f64(double s_pred, double _r0)
-{
-    const double _t0 = _r0;
-    const double _t1 = -_t0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t3 = floor(_t2);
-    return _t2 - _t3;
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float s_pred, float s_label, float _j, float _r0)
-{
-    const float _t0 = _r0;
-    const float _t1 = -_t0 + s_pred;
-    return ((_j == s_label) ? _t1 : 0.0f);
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
-{
-    const double _t0 = _r0;
-    const double _t1 = -_t0 + s_pred;
-    return ((_j == s_label) ? _t1 : 0.0);
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f32(float s_pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f32(float s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r4_f64(double s_pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_r3_f64(double s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float* out0)
 {
     const float _t0 = _r0;
-    const float _t4 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((s_ignore_index == s_label) ? 0.0f : -(-_r3 + _t4)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes : 0.0f));
+    const float _t2 = (_r1 - _t0);
+    const float _t3 = log1pf(_r2 + expm1f(_t2));
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : (_t2 - _t3)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? s_label_smoothing*(-_r3 + s_classes*(_t0 + _t3))/s_classes : 0.0f));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double* out0)
 {
     const double _t0 = _r0;
-    const double _t4 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((s_ignore_index == s_label) ? 0.0 : -(-_r3 + _t4)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? s_label_smoothing*(-_r4 + s_classes*(_t0 + _t4))/s_classes : 0.0));
+    const double _t2 = (_r1 - _t0);
+    const double _t3 = log1p(_r2 + expm1(_t2));
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : (_t2 - _t3)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? s_label_smoothing*(-_r3 + s_classes*(_t0 + _t3))/s_classes : 0.0));
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r0_f32(float s_pred)
 {
@@ -132,185 +110,165 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f32(float s_pred, float s_label, float _j)
 {
-    const float _t2 = _r0;
-    const float _t3 = -_t2 + s_pred;
-    const float _t5 = expf(_t3);
-    const float _t6 = floorf(_t5);
-    return _t6;
+    const float _t2 = (_j == s_label);
+    return (_t2 ? s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r1_f64(double s_pred, double s_label, double _j)
 {
-    const double _t2 = _r0;
-    const double _t3 = -_t2 + s_pred;
-    const double _t5 = exp(_t3);
-    const double _t6 = floor(_t5);
-    return _t6;
+    const double _t2 = (_j == s_label);
+    return (_t2 ? s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t2 = _r0;
-    const float _t3 = -_t2 + s_pred;
-    const float _t5 = expf(_t3);
-    const float _t6 = floorf(_t5);
-    return _t5 - _t6;
+    const float _t1 = _r0;
+    const float _t2 = (_j == s_label);
+    const float _h0 = expf(-_t1 + s_pred);
+    const float _t3 = (_t2 ? 0.0f : _h0);
+    return _t3;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t2 = _r0;
-    const double _t3 = -_t2 + s_pred;
-    const double _t5 = exp(_t3);
-    const double _t6 = floor(_t5);
-    return _t5 - _t6;
+    const double _t1 = _r0;
+    const double _t2 = (_j == s_label);
+    const double _h0 = exp(-_t1 + s_pred);
+    const double _t3 = (_t2 ? 0.0 : _h0);
+    return _t3;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
-{
-    const float _t2 = _r0;
-    const float _t3 = -_t2 + s_pred;
-    const float _t4 = (_j == s_label);
-    return (_t4 ? _t3 : 0.0f);
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
-{
-    const double _t2 = _r0;
-    const double _t3 = -_t2 + s_pred;
-    const double _t4 = (_j == s_label);
-    return (_t4 ? _t3 : 0.0);
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f32(float s_pred)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f32(float s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r4_f64(double s_pred)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_false_fb_r3_f64(double s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = s_label_smoothing - 1.0f;
-    const float _t2 = _r0;
-    const float _t3 = -_t2 + s_pred;
-    const float _t4 = (_j == s_label);
-    const float _t5 = expf(_t3);
-    const float _t7 = _r2 + (_r1 - 1.0f);
-    const float _t8 = log1pf(_t7);
-    const float _t9 = -_r3 + _t8;
-    const float _t10 = s_label_smoothing/s_classes;
-    const float _t11 = (s_label_smoothing > 0.0f);
-    const float _t12 = (_t0 ? 0.0f : (_t11 ? -_t10 : 0.0f));
-    const float _t13 = -_t12;
-    const float _t14 = (_t0 ? 0.0f : _t1);
-    const float _t15 = -_t9;
-    const float _t16 = _t12*s_classes;
-    const float _h0 = expm1f(_t15);
-    const float _h1 = expf(_t15);
-    *out0 = (_t0 ? 0.0f : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0f));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0f)));
+    const float _t1 = _r0;
+    const float _t2 = (_j == s_label);
+    const float _h0 = expf(-_t1 + s_pred);
+    const float _t3 = (_t2 ? 0.0f : _h0);
+    const float _t4 = (_r1 - _t1);
+    const float _t5 = _r2 + expm1f(_t4);
+    const float _t6 = log1pf(_t5);
+    const float _t7 = s_label_smoothing/s_classes;
+    const float _t8 = (s_label_smoothing > 0.0f);
+    const float _t9 = s_label_smoothing - 1.0f;
+    const float _t10 = _t4 - _t6;
+    const float _t11 = (_t0 ? 0.0f : (_t8 ? -_t7 : 0.0f));
+    const float _t12 = -_t11;
+    const float _t13 = (_t0 ? 0.0f : _t9);
+    const float _t14 = _t11*s_classes;
+    const float _h1 = expm1f(_t10);
+    const float _h2 = expf(_t10);
+    *out0 = (_t0 ? 0.0f : _t10*_t9 + (_t8 ? _t7*(-_r3 + s_classes*(_t1 + _t6)) : 0.0f));
+    *out1 = (_t2 ? s_grad_output*(-_h1*_t13 - _h2*_t14 - _t12) : s_grad_output*(-_t12 - _t3*(_t13 + _t14)/(_t5 + 1.0f)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = s_label_smoothing - 1.0;
-    const double _t2 = _r0;
-    const double _t3 = -_t2 + s_pred;
-    const double _t4 = (_j == s_label);
-    const double _t5 = exp(_t3);
-    const double _t7 = _r2 + (_r1 - 1.0);
-    const double _t8 = log1p(_t7);
-    const double _t9 = -_r3 + _t8;
-    const double _t10 = s_label_smoothing/s_classes;
-    const double _t11 = (s_label_smoothing > 0.0);
-    const double _t12 = (_t0 ? 0.0 : (_t11 ? -_t10 : 0.0));
-    const double _t13 = -_t12;
-    const double _t14 = (_t0 ? 0.0 : _t1);
-    const double _t15 = -_t9;
-    const double _t16 = _t12*s_classes;
-    const double _h0 = expm1(_t15);
-    const double _h1 = exp(_t15);
-    *out0 = (_t0 ? 0.0 : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 - _t5*(_t14 + _t16)/(_t7 + 1.0)));
+    const double _t1 = _r0;
+    const double _t2 = (_j == s_label);
+    const double _h0 = exp(-_t1 + s_pred);
+    const double _t3 = (_t2 ? 0.0 : _h0);
+    const double _t4 = (_r1 - _t1);
+    const double _t5 = _r2 + expm1(_t4);
+    const double _t6 = log1p(_t5);
+    const double _t7 = s_label_smoothing/s_classes;
+    const double _t8 = (s_label_smoothing > 0.0);
+    const double _t9 = s_label_smoothing - 1.0;
+    const double _t10 = _t4 - _t6;
+    const double _t11 = (_t0 ? 0.0 : (_t8 ? -_t7 : 0.0));
+    const double _t12 = -_t11;
+    const double _t13 = (_t0 ? 0.0 : _t9);
+    const double _t14 = _t11*s_classes;
+    const double _h1 = expm1(_t10);
+    const double _h2 = exp(_t10);
+    *out0 = (_t0 ? 0.0 : _t10*_t9 + (_t8 ? _t7*(-_r3 + s_classes*(_t1 + _t6)) : 0.0));
+    *out1 = (_t2 ? s_grad_output*(-_h1*_t13 - _h2*_t14 - _t12) : s_grad_output*(-_t12 - _t3*(_t13 + _t14)/(_t5 + 1.0)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7, float* out8, float* out9, float* out10, float* out11, float* out12)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7, float* out8, float* out9, float* out10, float* out11, float* out12)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = s_label_smoothing - 1.0f;
-    const float _t2 = _r0;
-    const float _t7 = _r2 + (_r1 - 1.0f);
-    const float _t8 = log1pf(_t7);
-    const float _t9 = -_r3 + _t8;
-    const float _t10 = s_label_smoothing/s_classes;
-    const float _t11 = (s_label_smoothing > 0.0f);
-    const float _t12 = (_t0 ? 0.0f : (_t11 ? -_t10 : 0.0f));
-    const float _t13 = -_t12;
-    const float _t14 = (_t0 ? 0.0f : _t1);
-    const float _t15 = -_t9;
-    const float _t16 = _t12*s_classes;
-    const float _h0 = expm1f(_t15);
-    const float _h1 = expf(_t15);
-    const float _v0 = -(_t14 + _t16)/(_t7 + 1.0f);
+    const float _t1 = _r0;
+    const float _t4 = (_r1 - _t1);
+    const float _t5 = _r2 + expm1f(_t4);
+    const float _t6 = log1pf(_t5);
+    const float _t7 = s_label_smoothing/s_classes;
+    const float _t8 = (s_label_smoothing > 0.0f);
+    const float _t9 = s_label_smoothing - 1.0f;
+    const float _t10 = _t4 - _t6;
+    const float _t11 = (_t0 ? 0.0f : (_t8 ? -_t7 : 0.0f));
+    const float _t12 = -_t11;
+    const float _t13 = (_t0 ? 0.0f : _t9);
+    const float _t14 = _t11*s_classes;
+    const float _h1 = expm1f(_t10);
+    const float _h2 = expf(_t10);
+    const float _v0 = -(_t13 + _t14)/(_t5 + 1.0f);
     *out0 = _t0;
     *out1 = _t1;
-    *out2 = _t2;
-    *out3 = _t8;
-    *out4 = _t9;
-    *out5 = _t10;
-    *out6 = _t11;
-    *out7 = _t13;
-    *out8 = _t14;
-    *out9 = _t16;
-    *out10 = _h0;
-    *out11 = _h1;
+    *out2 = _t6;
+    *out3 = _t7;
+    *out4 = _t8;
+    *out5 = _t9;
+    *out6 = _t10;
+    *out7 = _t12;
+    *out8 = _t13;
+    *out9 = _t14;
+    *out10 = _h1;
+    *out11 = _h2;
     *out12 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _t0, float _t1, float _t2, float _t8, float _t9, float _t10, float _t11, float _t13, float _t14, float _t16, float _h0, float _h1, float _v0, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _t0, float _t1, float _t6, float _t7, float _t8, float _t9, float _t10, float _t12, float _t13, float _t14, float _h1, float _h2, float _v0, float* out0, float* out1)
 {
-    const float _t3 = -_t2 + s_pred;
-    const float _t4 = (_j == s_label);
-    const float _t5 = expf(_t3);
-    *out0 = (_t0 ? 0.0f : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0f));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 + _t5*_v0));
+    const float _t2 = (_j == s_label);
+    const float _h0 = expf(-_t1 + s_pred);
+    const float _t3 = (_t2 ? 0.0f : _h0);
+    *out0 = (_t0 ? 0.0f : _t10*_t9 + (_t8 ? _t7*(-_r3 + s_classes*(_t1 + _t6)) : 0.0f));
+    *out1 = (_t2 ? s_grad_output*(-_h1*_t13 - _h2*_t14 - _t12) : s_grad_output*(-_t12 + _t3*_v0));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10, double* out11, double* out12)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10, double* out11, double* out12)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = s_label_smoothing - 1.0;
-    const double _t2 = _r0;
-    const double _t7 = _r2 + (_r1 - 1.0);
-    const double _t8 = log1p(_t7);
-    const double _t9 = -_r3 + _t8;
-    const double _t10 = s_label_smoothing/s_classes;
-    const double _t11 = (s_label_smoothing > 0.0);
-    const double _t12 = (_t0 ? 0.0 : (_t11 ? -_t10 : 0.0));
-    const double _t13 = -_t12;
-    const double _t14 = (_t0 ? 0.0 : _t1);
-    const double _t15 = -_t9;
-    const double _t16 = _t12*s_classes;
-    const double _h0 = expm1(_t15);
-    const double _h1 = exp(_t15);
-    const double _v0 = -(_t14 + _t16)/(_t7 + 1.0);
+    const double _t1 = _r0;
+    const double _t4 = (_r1 - _t1);
+    const double _t5 = _r2 + expm1(_t4);
+    const double _t6 = log1p(_t5);
+    const double _t7 = s_label_smoothing/s_classes;
+    const double _t8 = (s_label_smoothing > 0.0);
+    const double _t9 = s_label_smoothing - 1.0;
+    const double _t10 = _t4 - _t6;
+    const double _t11 = (_t0 ? 0.0 : (_t8 ? -_t7 : 0.0));
+    const double _t12 = -_t11;
+    const double _t13 = (_t0 ? 0.0 : _t9);
+    const double _t14 = _t11*s_classes;
+    const double _h1 = expm1(_t10);
+    const double _h2 = exp(_t10);
+    const double _v0 = -(_t13 + _t14)/(_t5 + 1.0);
     *out0 = _t0;
     *out1 = _t1;
-    *out2 = _t2;
-    *out3 = _t8;
-    *out4 = _t9;
-    *out5 = _t10;
-    *out6 = _t11;
-    *out7 = _t13;
-    *out8 = _t14;
-    *out9 = _t16;
-    *out10 = _h0;
-    *out11 = _h1;
+    *out2 = _t6;
+    *out3 = _t7;
+    *out4 = _t8;
+    *out5 = _t9;
+    *out6 = _t10;
+    *out7 = _t12;
+    *out8 = _t13;
+    *out9 = _t14;
+    *out10 = _h1;
+    *out11 = _h2;
     *out12 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _t0, double _t1, double _t2, double _t8, double _t9, double _t10, double _t11, double _t13, double _t14, double _t16, double _h0, double _h1, double _v0, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_false_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _t0, double _t1, double _t6, double _t7, double _t8, double _t9, double _t10, double _t12, double _t13, double _t14, double _h1, double _h2, double _v0, double* out0, double* out1)
 {
-    const double _t3 = -_t2 + s_pred;
-    const double _t4 = (_j == s_label);
-    const double _t5 = exp(_t3);
-    *out0 = (_t0 ? 0.0 : -_t1*_t9 + (_t11 ? _t10*(-_r4 + s_classes*(_t2 + _t8)) : 0.0));
-    *out1 = (_t4 ? s_grad_output*(-_h0*_t14 - _h1*_t16 - _t13) : s_grad_output*(-_t13 + _t5*_v0));
+    const double _t2 = (_j == s_label);
+    const double _h0 = exp(-_t1 + s_pred);
+    const double _t3 = (_t2 ? 0.0 : _h0);
+    *out0 = (_t0 ? 0.0 : _t10*_t9 + (_t8 ? _t7*(-_r3 + s_classes*(_t1 + _t6)) : 0.0));
+    *out1 = (_t2 ? s_grad_output*(-_h1*_t13 - _h2*_t14 - _t12) : s_grad_output*(-_t12 + _t3*_v0));
 }
 """
 

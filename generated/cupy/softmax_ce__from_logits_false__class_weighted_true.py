@@ -21,37 +21,33 @@ STAGES = {
     'forward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('label', 'class_weight', '_j'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64'}},
-        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 1,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64'}},
+        {"op": 'final', "level": 'row', "arguments": ('label', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64'}},
     ),
     'forward_backward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r0_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('label', 'class_weight', '_j'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('class_weight',), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64'}},
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'class_weight', '_r0', '_r1', '_r2'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'class_weight', 'grad_output', '_j', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5', '_r6'), "invariants": ('_t0', '_t6', '_t7', '_t10', '_t11', '_t12', '_t13', '_t15', '_h0', '_h1', '_v0'),
+         "split": {"row_arguments": ('label', 'grad_output', 'classes', 'label_smoothing', 'ignore_index', '_r0', '_r1', '_r2', '_r3', '_r4', '_r5'), "invariants": ('_t0', '_t1', '_t9', '_t10', '_t11', '_t12', '_t13', '_t14', '_t15', '_h1', '_h2', '_v0'),
                    "row": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32', "float64": 'lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64'}}},
     ),
@@ -66,77 +62,75 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f32(float s_pred, float s_label, float _j)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t1 = expf(_t0);
-    const float _t2 = floorf(_t1);
-    return _t2;
+    const float _t2 = (_j == s_label);
+    const float _t3 = (_t2 ? 1.0f : 0.0f);
+    return ((_t3 != 0.0f) ? s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r1_f64(double s_pred, double s_label, double _j)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t1 = exp(_t0);
-    const double _t2 = floor(_t1);
-    return _t2;
+    const double _t2 = (_j == s_label);
+    const double _t3 = (_t2 ? 1.0 : 0.0);
+    return ((_t3 != 0.0) ? s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t1 = expf(_t0);
-    const float _t2 = floorf(_t1);
-    return _t1 - _t2;
+    const float _t0 = _r0;
+    const float _t1 = -_t0 + s_pred;
+    const float _t2 = (_j == s_label);
+    const float _h0 = expf(_t1);
+    return (_t2 ? 0.0f : _h0);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t1 = exp(_t0);
-    const double _t2 = floor(_t1);
-    return _t1 - _t2;
+    const double _t0 = _r0;
+    const double _t1 = -_t0 + s_pred;
+    const double _t2 = (_j == s_label);
+    const double _h0 = exp(_t1);
+    return (_t2 ? 0.0 : _h0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32(float s_pred, float s_label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f32(float s_label, float s_class_weight, float _j)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
-    return ((_t4 != 0.0f) ? _t0 : 0.0f);
+    const float _t2 = (_j == s_label);
+    const float _t3 = (_t2 ? 1.0f : 0.0f);
+    return ((_t3 != 0.0f) ? s_class_weight : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64(double s_pred, double s_label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r3_f64(double s_label, double s_class_weight, double _j)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
-    return ((_t4 != 0.0) ? _t0 : 0.0);
+    const double _t2 = (_j == s_label);
+    const double _t3 = (_t2 ? 1.0 : 0.0);
+    return ((_t3 != 0.0) ? s_class_weight : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32(float s_label, float s_class_weight, float _j)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f32(float s_pred, float s_class_weight, float _r0, float _r1, float _r2)
 {
-    const float _t4 = ((_j == s_label) ? 1.0f : 0.0f);
-    return ((_t4 != 0.0f) ? s_class_weight : 0.0f);
+    const float _t0 = _r0;
+    const float _t1 = -_t0 + s_pred;
+    const float _t4 = (_r1 - _t0);
+    const float _t5 = -log1pf(_r2 + expm1f(_t4));
+    return s_class_weight*(_t5 + (_t1));
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64(double s_label, double s_class_weight, double _j)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r4_f64(double s_pred, double s_class_weight, double _r0, double _r1, double _r2)
 {
-    const double _t4 = ((_j == s_label) ? 1.0 : 0.0);
-    return ((_t4 != 0.0) ? s_class_weight : 0.0);
+    const double _t0 = _r0;
+    const double _t1 = -_t0 + s_pred;
+    const double _t4 = (_r1 - _t0);
+    const double _t5 = -log1p(_r2 + expm1(_t4));
+    return s_class_weight*(_t5 + (_t1));
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f32(float s_pred, float s_class_weight, float _r0, float _r1, float _r2)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float* out0)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t3 = log1pf(_r2 + (_r1 - 1.0f));
-    return s_class_weight*(-_t3 + (_t0));
+    const float _t0 = _r0;
+    const float _t4 = (_r1 - _t0);
+    const float _t5 = -log1pf(_r2 + expm1f(_t4));
+    *out0 = ((s_ignore_index == s_label) ? 0.0f : _r3*(_t4 + _t5)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? -_r4*s_label_smoothing/s_classes : 0.0f));
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_r5_f64(double s_pred, double s_class_weight, double _r0, double _r1, double _r2)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double* out0)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t3 = log1p(_r2 + (_r1 - 1.0));
-    return s_class_weight*(-_t3 + (_t0));
-}
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f32(float s_label, float s_classes, float s_label_smoothing, float s_ignore_index, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0)
-{
-    const float _t3 = log1pf(_r2 + (_r1 - 1.0f));
-    *out0 = ((s_ignore_index == s_label) ? 0.0f : -_r4*(-_r3 + _t3)*(s_label_smoothing - 1.0f) + ((s_label_smoothing > 0.0f) ? -_r5*s_label_smoothing/s_classes : 0.0f));
-}
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fwd_out_f64(double s_label, double s_classes, double s_label_smoothing, double s_ignore_index, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0)
-{
-    const double _t3 = log1p(_r2 + (_r1 - 1.0));
-    *out0 = ((s_ignore_index == s_label) ? 0.0 : -_r4*(-_r3 + _t3)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? -_r5*s_label_smoothing/s_classes : 0.0));
+    const double _t0 = _r0;
+    const double _t4 = (_r1 - _t0);
+    const double _t5 = -log1p(_r2 + expm1(_t4));
+    *out0 = ((s_ignore_index == s_label) ? 0.0 : _r3*(_t4 + _t5)*(s_label_smoothing - 1.0) + ((s_label_smoothing > 0.0) ? -_r4*s_label_smoothing/s_classes : 0.0));
 }
 __device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r0_f32(float s_pred)
 {
@@ -146,195 +140,197 @@ __device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_wei
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f32(float s_pred, float s_label, float _j)
 {
-    const float _t1 = -_r0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t3 = floorf(_t2);
-    return _t3;
+    const float _t3 = (_j == s_label);
+    const float _t5 = (_t3 ? 1.0f : 0.0f);
+    return ((_t5 != 0.0f) ? s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r1_f64(double s_pred, double s_label, double _j)
 {
-    const double _t1 = -_r0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t3 = floor(_t2);
-    return _t3;
+    const double _t3 = (_j == s_label);
+    const double _t5 = (_t3 ? 1.0 : 0.0);
+    return ((_t5 != 0.0) ? s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t1 = -_r0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t3 = floorf(_t2);
-    return _t2 - _t3;
+    const float _t1 = _r0;
+    const float _t2 = -_t1 + s_pred;
+    const float _t3 = (_j == s_label);
+    const float _h0 = expf(_t2);
+    const float _t4 = (_t3 ? 0.0f : _h0);
+    return _t4;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t1 = -_r0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t3 = floor(_t2);
-    return _t2 - _t3;
+    const double _t1 = _r0;
+    const double _t2 = -_t1 + s_pred;
+    const double _t3 = (_j == s_label);
+    const double _h0 = exp(_t2);
+    const double _t4 = (_t3 ? 0.0 : _h0);
+    return _t4;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f32(float s_label, float s_class_weight, float _j)
 {
-    const float _t1 = -_r0 + s_pred;
-    const float _t8 = (_j == s_label);
-    const float _t9 = (_t8 ? 1.0f : 0.0f);
-    return ((_t9 != 0.0f) ? _t1 : 0.0f);
+    const float _t3 = (_j == s_label);
+    const float _t5 = (_t3 ? 1.0f : 0.0f);
+    return ((_t5 != 0.0f) ? s_class_weight : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r3_f64(double s_label, double s_class_weight, double _j)
 {
-    const double _t1 = -_r0 + s_pred;
-    const double _t8 = (_j == s_label);
-    const double _t9 = (_t8 ? 1.0 : 0.0);
-    return ((_t9 != 0.0) ? _t1 : 0.0);
+    const double _t3 = (_j == s_label);
+    const double _t5 = (_t3 ? 1.0 : 0.0);
+    return ((_t5 != 0.0) ? s_class_weight : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32(float s_label, float s_class_weight, float _j)
-{
-    const float _t8 = (_j == s_label);
-    const float _t9 = (_t8 ? 1.0f : 0.0f);
-    return ((_t9 != 0.0f) ? s_class_weight : 0.0f);
-}
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64(double s_label, double s_class_weight, double _j)
-{
-    const double _t8 = (_j == s_label);
-    const double _t9 = (_t8 ? 1.0 : 0.0);
-    return ((_t9 != 0.0) ? s_class_weight : 0.0);
-}
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32(float s_class_weight)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f32(float s_class_weight)
 {
     return s_class_weight;
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64(double s_class_weight)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r4_f64(double s_class_weight)
 {
     return s_class_weight;
 }
-__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f32(float s_pred, float s_class_weight, float _r0, float _r1, float _r2)
+__device__ __forceinline__ float lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f32(float s_pred, float s_class_weight, float _r0, float _r1, float _r2)
 {
-    const float _t1 = -_r0 + s_pred;
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = log1pf(_t4);
-    return s_class_weight*(-_t5 + (_t1));
+    const float _t1 = _r0;
+    const float _t2 = -_t1 + s_pred;
+    const float _t6 = (_r1 - _t1);
+    const float _t7 = _r2 + expm1f(_t6);
+    const float _t8 = -log1pf(_t7);
+    return s_class_weight*(_t8 + (_t2));
 }
-__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r6_f64(double s_pred, double s_class_weight, double _r0, double _r1, double _r2)
+__device__ __forceinline__ double lossc_softmax_ce__from_logits_false__class_weighted_true_fb_r5_f64(double s_pred, double s_class_weight, double _r0, double _r1, double _r2)
 {
-    const double _t1 = -_r0 + s_pred;
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = log1p(_t4);
-    return s_class_weight*(-_t5 + (_t1));
+    const double _t1 = _r0;
+    const double _t2 = -_t1 + s_pred;
+    const double _t6 = (_r1 - _t1);
+    const double _t7 = _r2 + expm1(_t6);
+    const double _t8 = -log1p(_t7);
+    return s_class_weight*(_t8 + (_t2));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t1 = -_r0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = log1pf(_t4);
-    const float _t6 = s_label_smoothing/s_classes;
-    const float _t7 = (s_label_smoothing > 0.0f);
-    const float _t8 = (_j == s_label);
-    const float _t10 = -_r3 + _t5;
-    const float _t11 = _r4*(s_label_smoothing - 1.0f);
-    const float _t12 = (_t0 ? 0.0f : (_t7 ? -_t6 : 0.0f));
-    const float _t13 = (_t0 ? 0.0f : _t11);
-    const float _t14 = -_t10;
-    const float _t15 = _r5*_t12;
-    const float _h0 = expm1f(_t14);
-    const float _h1 = expf(_t14);
-    *out0 = (_t0 ? 0.0f : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0f));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(_t4 + 1.0f)));
+    const float _t1 = _r0;
+    const float _t2 = -_t1 + s_pred;
+    const float _t3 = (_j == s_label);
+    const float _h0 = expf(_t2);
+    const float _t4 = (_t3 ? 0.0f : _h0);
+    const float _t6 = (_r1 - _t1);
+    const float _t7 = _r2 + expm1f(_t6);
+    const float _t8 = -log1pf(_t7);
+    const float _t9 = s_label_smoothing/s_classes;
+    const float _t10 = (s_label_smoothing > 0.0f);
+    const float _t11 = _t6 + _t8;
+    const float _t12 = _r3*(s_label_smoothing - 1.0f);
+    const float _t13 = (_t0 ? 0.0f : (_t10 ? -_t9 : 0.0f));
+    const float _t14 = (_t0 ? 0.0f : _t12);
+    const float _t15 = _r4*_t13;
+    const float _h1 = expm1f(_t11);
+    const float _h2 = expf(_t11);
+    *out0 = (_t0 ? 0.0f : _t11*_t12 + (_t10 ? -_r5*_t9 : 0.0f));
+    *out1 = (_t3 ? s_grad_output*(-_h1*_t14 - _h2*_t15 + _t13*s_class_weight) : s_grad_output*(_t13*s_class_weight - _t4*(_t14 + _t15)/(_t7 + 1.0f)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t1 = -_r0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = log1p(_t4);
-    const double _t6 = s_label_smoothing/s_classes;
-    const double _t7 = (s_label_smoothing > 0.0);
-    const double _t8 = (_j == s_label);
-    const double _t10 = -_r3 + _t5;
-    const double _t11 = _r4*(s_label_smoothing - 1.0);
-    const double _t12 = (_t0 ? 0.0 : (_t7 ? -_t6 : 0.0));
-    const double _t13 = (_t0 ? 0.0 : _t11);
-    const double _t14 = -_t10;
-    const double _t15 = _r5*_t12;
-    const double _h0 = expm1(_t14);
-    const double _h1 = exp(_t14);
-    *out0 = (_t0 ? 0.0 : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight - _t2*(_t13 + _t15)/(_t4 + 1.0)));
+    const double _t1 = _r0;
+    const double _t2 = -_t1 + s_pred;
+    const double _t3 = (_j == s_label);
+    const double _h0 = exp(_t2);
+    const double _t4 = (_t3 ? 0.0 : _h0);
+    const double _t6 = (_r1 - _t1);
+    const double _t7 = _r2 + expm1(_t6);
+    const double _t8 = -log1p(_t7);
+    const double _t9 = s_label_smoothing/s_classes;
+    const double _t10 = (s_label_smoothing > 0.0);
+    const double _t11 = _t6 + _t8;
+    const double _t12 = _r3*(s_label_smoothing - 1.0);
+    const double _t13 = (_t0 ? 0.0 : (_t10 ? -_t9 : 0.0));
+    const double _t14 = (_t0 ? 0.0 : _t12);
+    const double _t15 = _r4*_t13;
+    const double _h1 = expm1(_t11);
+    const double _h2 = exp(_t11);
+    *out0 = (_t0 ? 0.0 : _t11*_t12 + (_t10 ? -_r5*_t9 : 0.0));
+    *out1 = (_t3 ? s_grad_output*(-_h1*_t14 - _h2*_t15 + _t13*s_class_weight) : s_grad_output*(_t13*s_class_weight - _t4*(_t14 + _t15)/(_t7 + 1.0)));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7, float* out8, float* out9, float* out10)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f32(float s_label, float s_grad_output, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5, float* out6, float* out7, float* out8, float* out9, float* out10, float* out11)
 {
     const float _t0 = (s_ignore_index == s_label);
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = log1pf(_t4);
-    const float _t6 = s_label_smoothing/s_classes;
-    const float _t7 = (s_label_smoothing > 0.0f);
-    const float _t10 = -_r3 + _t5;
-    const float _t11 = _r4*(s_label_smoothing - 1.0f);
-    const float _t12 = (_t0 ? 0.0f : (_t7 ? -_t6 : 0.0f));
-    const float _t13 = (_t0 ? 0.0f : _t11);
-    const float _t14 = -_t10;
-    const float _t15 = _r5*_t12;
-    const float _h0 = expm1f(_t14);
-    const float _h1 = expf(_t14);
-    const float _v0 = -(_t13 + _t15)/(_t4 + 1.0f);
+    const float _t1 = _r0;
+    const float _t6 = (_r1 - _t1);
+    const float _t7 = _r2 + expm1f(_t6);
+    const float _t8 = -log1pf(_t7);
+    const float _t9 = s_label_smoothing/s_classes;
+    const float _t10 = (s_label_smoothing > 0.0f);
+    const float _t11 = _t6 + _t8;
+    const float _t12 = _r3*(s_label_smoothing - 1.0f);
+    const float _t13 = (_t0 ? 0.0f : (_t10 ? -_t9 : 0.0f));
+    const float _t14 = (_t0 ? 0.0f : _t12);
+    const float _t15 = _r4*_t13;
+    const float _h1 = expm1f(_t11);
+    const float _h2 = expf(_t11);
+    const float _v0 = -(_t14 + _t15)/(_t7 + 1.0f);
     *out0 = _t0;
-    *out1 = _t6;
-    *out2 = _t7;
+    *out1 = _t1;
+    *out2 = _t9;
     *out3 = _t10;
     *out4 = _t11;
     *out5 = _t12;
     *out6 = _t13;
-    *out7 = _t15;
-    *out8 = _h0;
+    *out7 = _t14;
+    *out8 = _t15;
     *out9 = _h1;
-    *out10 = _v0;
+    *out10 = _h2;
+    *out11 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _r6, float _t0, float _t6, float _t7, float _t10, float _t11, float _t12, float _t13, float _t15, float _h0, float _h1, float _v0, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f32(float s_pred, float s_label, float s_class_weight, float s_grad_output, float _j, float s_classes, float s_label_smoothing, float s_ignore_index, float _r0, float _r1, float _r2, float _r3, float _r4, float _r5, float _t0, float _t1, float _t9, float _t10, float _t11, float _t12, float _t13, float _t14, float _t15, float _h1, float _h2, float _v0, float* out0, float* out1)
 {
-    const float _t1 = -_r0 + s_pred;
-    const float _t2 = expf(_t1);
-    const float _t8 = (_j == s_label);
-    *out0 = (_t0 ? 0.0f : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0f));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight + _t2*_v0));
+    const float _t2 = -_t1 + s_pred;
+    const float _t3 = (_j == s_label);
+    const float _h0 = expf(_t2);
+    const float _t4 = (_t3 ? 0.0f : _h0);
+    *out0 = (_t0 ? 0.0f : _t11*_t12 + (_t10 ? -_r5*_t9 : 0.0f));
+    *out1 = (_t3 ? s_grad_output*(-_h1*_t14 - _h2*_t15 + _t13*s_class_weight) : s_grad_output*(_t13*s_class_weight + _t4*_v0));
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_row_f64(double s_label, double s_grad_output, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5, double* out6, double* out7, double* out8, double* out9, double* out10, double* out11)
 {
     const double _t0 = (s_ignore_index == s_label);
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = log1p(_t4);
-    const double _t6 = s_label_smoothing/s_classes;
-    const double _t7 = (s_label_smoothing > 0.0);
-    const double _t10 = -_r3 + _t5;
-    const double _t11 = _r4*(s_label_smoothing - 1.0);
-    const double _t12 = (_t0 ? 0.0 : (_t7 ? -_t6 : 0.0));
-    const double _t13 = (_t0 ? 0.0 : _t11);
-    const double _t14 = -_t10;
-    const double _t15 = _r5*_t12;
-    const double _h0 = expm1(_t14);
-    const double _h1 = exp(_t14);
-    const double _v0 = -(_t13 + _t15)/(_t4 + 1.0);
+    const double _t1 = _r0;
+    const double _t6 = (_r1 - _t1);
+    const double _t7 = _r2 + expm1(_t6);
+    const double _t8 = -log1p(_t7);
+    const double _t9 = s_label_smoothing/s_classes;
+    const double _t10 = (s_label_smoothing > 0.0);
+    const double _t11 = _t6 + _t8;
+    const double _t12 = _r3*(s_label_smoothing - 1.0);
+    const double _t13 = (_t0 ? 0.0 : (_t10 ? -_t9 : 0.0));
+    const double _t14 = (_t0 ? 0.0 : _t12);
+    const double _t15 = _r4*_t13;
+    const double _h1 = expm1(_t11);
+    const double _h2 = exp(_t11);
+    const double _v0 = -(_t14 + _t15)/(_t7 + 1.0);
     *out0 = _t0;
-    *out1 = _t6;
-    *out2 = _t7;
+    *out1 = _t1;
+    *out2 = _t9;
     *out3 = _t10;
     *out4 = _t11;
     *out5 = _t12;
     *out6 = _t13;
-    *out7 = _t15;
-    *out8 = _h0;
+    *out7 = _t14;
+    *out8 = _t15;
     *out9 = _h1;
-    *out10 = _v0;
+    *out10 = _h2;
+    *out11 = _v0;
 }
-__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _r6, double _t0, double _t6, double _t7, double _t10, double _t11, double _t12, double _t13, double _t15, double _h0, double _h1, double _v0, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_ce__from_logits_false__class_weighted_true_fb_out_element_f64(double s_pred, double s_label, double s_class_weight, double s_grad_output, double _j, double s_classes, double s_label_smoothing, double s_ignore_index, double _r0, double _r1, double _r2, double _r3, double _r4, double _r5, double _t0, double _t1, double _t9, double _t10, double _t11, double _t12, double _t13, double _t14, double _t15, double _h1, double _h2, double _v0, double* out0, double* out1)
 {
-    const double _t1 = -_r0 + s_pred;
-    const double _t2 = exp(_t1);
-    const double _t8 = (_j == s_label);
-    *out0 = (_t0 ? 0.0 : -_t10*_t11 + (_t7 ? -_r6*_t6 : 0.0));
-    *out1 = (_t8 ? s_grad_output*(-_h0*_t13 - _h1*_t15 + _t12*s_class_weight) : s_grad_output*(_t12*s_class_weight + _t2*_v0));
+    const double _t2 = -_t1 + s_pred;
+    const double _t3 = (_j == s_label);
+    const double _h0 = exp(_t2);
+    const double _t4 = (_t3 ? 0.0 : _h0);
+    *out0 = (_t0 ? 0.0 : _t11*_t12 + (_t10 ? -_r5*_t9 : 0.0));
+    *out1 = (_t3 ? s_grad_output*(-_h1*_t14 - _h2*_t15 + _t13*s_class_weight) : s_grad_output*(_t13*s_class_weight + _t4*_v0));
 }
 """
 

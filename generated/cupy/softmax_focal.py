@@ -21,27 +21,23 @@ STAGES = {
     'forward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fwd_r0_f32', "float64": 'lossc_softmax_focal_fwd_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fwd_r1_f32', "float64": 'lossc_softmax_focal_fwd_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fwd_r2_f32', "float64": 'lossc_softmax_focal_fwd_r2_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_focal_fwd_r3_f32', "float64": 'lossc_softmax_focal_fwd_r3_f64'}},
-        {"op": 'final', "level": 'row', "arguments": ('alpha', 'gamma', '_r1', '_r2', '_r3'), "outputs": 1,
+        {"op": 'final', "level": 'row', "arguments": ('alpha', 'gamma', '_r0', '_r1', '_r2'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fwd_out_f32', "float64": 'lossc_softmax_focal_fwd_out_f64'}},
     ),
     'forward_backward': (
         {"op": 'max', "level": 'element', "arguments": ('pred',), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fb_r0_f32', "float64": 'lossc_softmax_focal_fb_r0_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
+        {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j'), "outputs": 1,
          "functions": {"float32": 'lossc_softmax_focal_fb_r1_f32', "float64": 'lossc_softmax_focal_fb_r1_f64'}},
-        {"op": 'sum', "level": 'element', "arguments": ('pred', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_focal_fb_r2_f32', "float64": 'lossc_softmax_focal_fb_r2_f64'}},
         {"op": 'sum', "level": 'element', "arguments": ('pred', 'label', '_j', '_r0'), "outputs": 1,
-         "functions": {"float32": 'lossc_softmax_focal_fb_r3_f32', "float64": 'lossc_softmax_focal_fb_r3_f64'}},
-        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', '_r0', '_r1', '_r2', '_r3'), "outputs": 2,
+         "functions": {"float32": 'lossc_softmax_focal_fb_r2_f32', "float64": 'lossc_softmax_focal_fb_r2_f64'}},
+        {"op": 'final', "level": 'element', "arguments": ('pred', 'label', 'grad_output', '_j', 'alpha', 'gamma', '_r0', '_r1', '_r2'), "outputs": 2,
          "functions": {"float32": 'lossc_softmax_focal_fb_out_f32', "float64": 'lossc_softmax_focal_fb_out_f64'},
-         "split": {"row_arguments": ('label', 'grad_output', 'alpha', 'gamma', '_r0', '_r1', '_r2', '_r3'), "invariants": ('_t5', '_t7', '_t9', '_v0', '_v1'),
+         "split": {"row_arguments": ('label', 'grad_output', 'alpha', 'gamma', '_r0', '_r1', '_r2'), "invariants": ('_t0', '_t5', '_t6', '_t8', '_v0', '_v1'),
                    "row": {"float32": 'lossc_softmax_focal_fb_out_row_f32', "float64": 'lossc_softmax_focal_fb_out_row_f64'},
                    "element": {"float32": 'lossc_softmax_focal_fb_out_element_f32', "float64": 'lossc_softmax_focal_fb_out_element_f64'}}},
     ),
@@ -56,53 +52,43 @@ __device__ __forceinline__ double lossc_softmax_focal_fwd_r0_f64(double s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r1_f32(float s_pred, float s_label, float _j, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r1_f32(float s_pred, float s_label, float _j)
 {
-    const float _t0 = -_r0 + s_pred;
-    return ((_j == s_label) ? _t0 : 0.0f);
+    const float _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0f);
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r1_f64(double s_pred, double s_label, double _j, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r1_f64(double s_pred, double s_label, double _j)
 {
-    const double _t0 = -_r0 + s_pred;
-    return ((_j == s_label) ? _t0 : 0.0);
+    const double _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0);
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r2_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fwd_r2_f32(float s_pred, float s_label, float _j, float _r0)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t1 = expf(_t0);
-    const float _t2 = floorf(_t1);
-    return _t2;
+    const float _t0 = _r0;
+    const float _t1 = (_j == s_label);
+    const float _h0 = expf(-_t0 + s_pred);
+    return (_t1 ? 0.0f : _h0);
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r2_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fwd_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t1 = exp(_t0);
-    const double _t2 = floor(_t1);
-    return _t2;
+    const double _t0 = _r0;
+    const double _t1 = (_j == s_label);
+    const double _h0 = exp(-_t0 + s_pred);
+    return (_t1 ? 0.0 : _h0);
 }
-__device__ __forceinline__ float lossc_softmax_focal_fwd_r3_f32(float s_pred, float _r0)
+__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f32(float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float* out0)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t1 = expf(_t0);
-    const float _t2 = floorf(_t1);
-    return _t1 - _t2;
+    const float _t0 = _r0;
+    const float _t2 = (_r1 - _t0);
+    const float _t3 = _t2 - log1pf(_r2 + expm1f(_t2));
+    *out0 = -_t3*s_alpha*powf((-expm1f(_t3)), s_gamma);
 }
-__device__ __forceinline__ double lossc_softmax_focal_fwd_r3_f64(double s_pred, double _r0)
+__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f64(double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double* out0)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t1 = exp(_t0);
-    const double _t2 = floor(_t1);
-    return _t1 - _t2;
-}
-__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f32(float s_alpha, float s_gamma, float _r1, float _r2, float _r3, float* out0)
-{
-    const float _t3 = -_r1 + log1pf(_r3 + (_r2 - 1.0f));
-    *out0 = _t3*s_alpha*powf((-expm1f(-_t3)), s_gamma);
-}
-__device__ __forceinline__ void lossc_softmax_focal_fwd_out_f64(double s_alpha, double s_gamma, double _r1, double _r2, double _r3, double* out0)
-{
-    const double _t3 = -_r1 + log1p(_r3 + (_r2 - 1.0));
-    *out0 = _t3*s_alpha*pow((-expm1(-_t3)), s_gamma);
+    const double _t0 = _r0;
+    const double _t2 = (_r1 - _t0);
+    const double _t3 = _t2 - log1p(_r2 + expm1(_t2));
+    *out0 = -_t3*s_alpha*pow((-expm1(_t3)), s_gamma);
 }
 __device__ __forceinline__ float lossc_softmax_focal_fb_r0_f32(float s_pred)
 {
@@ -112,121 +98,113 @@ __device__ __forceinline__ double lossc_softmax_focal_fb_r0_f64(double s_pred)
 {
     return s_pred;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r1_f32(float s_pred, float _r0)
+__device__ __forceinline__ float lossc_softmax_focal_fb_r1_f32(float s_pred, float s_label, float _j)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t2 = expf(_t0);
-    const float _t3 = floorf(_t2);
+    const float _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0f);
+}
+__device__ __forceinline__ double lossc_softmax_focal_fb_r1_f64(double s_pred, double s_label, double _j)
+{
+    const double _t1 = (_j == s_label);
+    return (_t1 ? s_pred : 0.0);
+}
+__device__ __forceinline__ float lossc_softmax_focal_fb_r2_f32(float s_pred, float s_label, float _j, float _r0)
+{
+    const float _t0 = _r0;
+    const float _t1 = (_j == s_label);
+    const float _h0 = expf(-_t0 + s_pred);
+    const float _t3 = (_t1 ? 0.0f : _h0);
     return _t3;
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r1_f64(double s_pred, double _r0)
+__device__ __forceinline__ double lossc_softmax_focal_fb_r2_f64(double s_pred, double s_label, double _j, double _r0)
 {
-    const double _t0 = -_r0 + s_pred;
-    const double _t2 = exp(_t0);
-    const double _t3 = floor(_t2);
+    const double _t0 = _r0;
+    const double _t1 = (_j == s_label);
+    const double _h0 = exp(-_t0 + s_pred);
+    const double _t3 = (_t1 ? 0.0 : _h0);
     return _t3;
 }
-__device__ __forceinline__ float lossc_softmax_focal_fb_r2_f32(float s_pred, float _r0)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float* out0, float* out1)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t2 = expf(_t0);
-    const float _t3 = floorf(_t2);
-    return _t2 - _t3;
-}
-__device__ __forceinline__ double lossc_softmax_focal_fb_r2_f64(double s_pred, double _r0)
-{
-    const double _t0 = -_r0 + s_pred;
-    const double _t2 = exp(_t0);
-    const double _t3 = floor(_t2);
-    return _t2 - _t3;
-}
-__device__ __forceinline__ float lossc_softmax_focal_fb_r3_f32(float s_pred, float s_label, float _j, float _r0)
-{
-    const float _t0 = -_r0 + s_pred;
+    const float _t0 = _r0;
     const float _t1 = (_j == s_label);
-    return (_t1 ? _t0 : 0.0f);
+    const float _t2 = (_r1 - _t0);
+    const float _h0 = expf(-_t0 + s_pred);
+    const float _t3 = (_t1 ? 0.0f : _h0);
+    const float _t4 = _r2 + expm1f(_t2);
+    const float _t5 = _t2 - log1pf(_t4);
+    const float _t6 = expm1f(_t5);
+    const float _t7 = -_t6;
+    const float _t8 = powf(_t7, s_gamma);
+    *out0 = -_t5*_t8*s_alpha;
+    *out1 = -s_alpha*s_grad_output*(_t5*powf(_t7, s_gamma - 1.0f)*s_gamma*expf(_t5) - _t8)*(_t1 ? _t6 : _t3/(_t4 + 1.0f));
 }
-__device__ __forceinline__ double lossc_softmax_focal_fb_r3_f64(double s_pred, double s_label, double _j, double _r0)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double* out0, double* out1)
 {
-    const double _t0 = -_r0 + s_pred;
+    const double _t0 = _r0;
     const double _t1 = (_j == s_label);
-    return (_t1 ? _t0 : 0.0);
+    const double _t2 = (_r1 - _t0);
+    const double _h0 = exp(-_t0 + s_pred);
+    const double _t3 = (_t1 ? 0.0 : _h0);
+    const double _t4 = _r2 + expm1(_t2);
+    const double _t5 = _t2 - log1p(_t4);
+    const double _t6 = expm1(_t5);
+    const double _t7 = -_t6;
+    const double _t8 = pow(_t7, s_gamma);
+    *out0 = -_t5*_t8*s_alpha;
+    *out1 = -s_alpha*s_grad_output*(_t5*pow(_t7, s_gamma - 1.0)*s_gamma*exp(_t5) - _t8)*(_t1 ? _t6 : _t3/(_t4 + 1.0));
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_row_f32(float s_label, float s_grad_output, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float* out0, float* out1, float* out2, float* out3, float* out4, float* out5)
 {
-    const float _t0 = -_r0 + s_pred;
-    const float _t1 = (_j == s_label);
-    const float _t2 = expf(_t0);
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = -_r3 + log1pf(_t4);
-    const float _t6 = -_t5;
-    const float _t7 = expm1f(_t6);
-    const float _t8 = -_t7;
-    const float _t9 = powf(_t8, s_gamma);
-    *out0 = _t5*_t9*s_alpha;
-    *out1 = s_alpha*s_grad_output*(_t5*powf(_t8, s_gamma - 1.0f)*s_gamma*expf(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0f));
-}
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1)
-{
-    const double _t0 = -_r0 + s_pred;
-    const double _t1 = (_j == s_label);
-    const double _t2 = exp(_t0);
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = -_r3 + log1p(_t4);
-    const double _t6 = -_t5;
-    const double _t7 = expm1(_t6);
-    const double _t8 = -_t7;
-    const double _t9 = pow(_t8, s_gamma);
-    *out0 = _t5*_t9*s_alpha;
-    *out1 = s_alpha*s_grad_output*(_t5*pow(_t8, s_gamma - 1.0)*s_gamma*exp(_t6) + _t9)*(_t1 ? _t7 : _t2/(_t4 + 1.0));
-}
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_row_f32(float s_label, float s_grad_output, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _r3, float* out0, float* out1, float* out2, float* out3, float* out4)
-{
-    const float _t4 = _r2 + (_r1 - 1.0f);
-    const float _t5 = -_r3 + log1pf(_t4);
-    const float _t6 = -_t5;
-    const float _t7 = expm1f(_t6);
-    const float _t8 = -_t7;
-    const float _t9 = powf(_t8, s_gamma);
+    const float _t0 = _r0;
+    const float _t2 = (_r1 - _t0);
+    const float _t4 = _r2 + expm1f(_t2);
+    const float _t5 = _t2 - log1pf(_t4);
+    const float _t6 = expm1f(_t5);
+    const float _t7 = -_t6;
+    const float _t8 = powf(_t7, s_gamma);
     const float _v0 = (1.0f/(_t4 + 1.0f));
-    const float _v1 = s_alpha*s_grad_output*(_t5*powf(_t8, s_gamma - 1.0f)*s_gamma*expf(_t6) + _t9);
-    *out0 = _t5;
-    *out1 = _t7;
-    *out2 = _t9;
-    *out3 = _v0;
-    *out4 = _v1;
+    const float _v1 = -s_alpha*s_grad_output*(_t5*powf(_t7, s_gamma - 1.0f)*s_gamma*expf(_t5) - _t8);
+    *out0 = _t0;
+    *out1 = _t5;
+    *out2 = _t6;
+    *out3 = _t8;
+    *out4 = _v0;
+    *out5 = _v1;
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _r3, float _t5, float _t7, float _t9, float _v0, float _v1, float* out0, float* out1)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_element_f32(float s_pred, float s_label, float s_grad_output, float _j, float s_alpha, float s_gamma, float _r0, float _r1, float _r2, float _t0, float _t5, float _t6, float _t8, float _v0, float _v1, float* out0, float* out1)
 {
-    const float _t0 = -_r0 + s_pred;
     const float _t1 = (_j == s_label);
-    const float _t2 = expf(_t0);
-    *out0 = _t5*_t9*s_alpha;
-    *out1 = _v1*(_t1 ? _t7 : _t2*_v0);
+    const float _h0 = expf(-_t0 + s_pred);
+    const float _t3 = (_t1 ? 0.0f : _h0);
+    *out0 = -_t5*_t8*s_alpha;
+    *out1 = _v1*(_t1 ? _t6 : _t3*_v0);
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_row_f64(double s_label, double s_grad_output, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double _r3, double* out0, double* out1, double* out2, double* out3, double* out4)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_row_f64(double s_label, double s_grad_output, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double* out0, double* out1, double* out2, double* out3, double* out4, double* out5)
 {
-    const double _t4 = _r2 + (_r1 - 1.0);
-    const double _t5 = -_r3 + log1p(_t4);
-    const double _t6 = -_t5;
-    const double _t7 = expm1(_t6);
-    const double _t8 = -_t7;
-    const double _t9 = pow(_t8, s_gamma);
+    const double _t0 = _r0;
+    const double _t2 = (_r1 - _t0);
+    const double _t4 = _r2 + expm1(_t2);
+    const double _t5 = _t2 - log1p(_t4);
+    const double _t6 = expm1(_t5);
+    const double _t7 = -_t6;
+    const double _t8 = pow(_t7, s_gamma);
     const double _v0 = (1.0/(_t4 + 1.0));
-    const double _v1 = s_alpha*s_grad_output*(_t5*pow(_t8, s_gamma - 1.0)*s_gamma*exp(_t6) + _t9);
-    *out0 = _t5;
-    *out1 = _t7;
-    *out2 = _t9;
-    *out3 = _v0;
-    *out4 = _v1;
+    const double _v1 = -s_alpha*s_grad_output*(_t5*pow(_t7, s_gamma - 1.0)*s_gamma*exp(_t5) - _t8);
+    *out0 = _t0;
+    *out1 = _t5;
+    *out2 = _t6;
+    *out3 = _t8;
+    *out4 = _v0;
+    *out5 = _v1;
 }
-__device__ __forceinline__ void lossc_softmax_focal_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double _r3, double _t5, double _t7, double _t9, double _v0, double _v1, double* out0, double* out1)
+__device__ __forceinline__ void lossc_softmax_focal_fb_out_element_f64(double s_pred, double s_label, double s_grad_output, double _j, double s_alpha, double s_gamma, double _r0, double _r1, double _r2, double _t0, double _t5, double _t6, double _t8, double _v0, double _v1, double* out0, double* out1)
 {
-    const double _t0 = -_r0 + s_pred;
     const double _t1 = (_j == s_label);
-    const double _t2 = exp(_t0);
-    *out0 = _t5*_t9*s_alpha;
-    *out1 = _v1*(_t1 ? _t7 : _t2*_v0);
+    const double _h0 = exp(-_t0 + s_pred);
+    const double _t3 = (_t1 ? 0.0 : _h0);
+    *out0 = -_t5*_t8*s_alpha;
+    *out1 = _v1*(_t1 ? _t6 : _t3*_v0);
 }
 """
 

@@ -23,11 +23,10 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = s_pred - _t0
-    _t2 = _jnp.exp(_t1)
-    _t3 = _jnp.floor(_t2)
-    _t4 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True))
-    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t4 - _jnp.take_along_axis(_jnp.broadcast_to(_t1, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)) + (s_label_smoothing*(-_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) + _classes*(_t0 + _t4))/_classes if (s_label_smoothing > 0.0) else 0.0))
+    _t1 = (_j == s_label)
+    _t2 = (-_t0 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t3 = _jnp.log1p(_jnp.expm1(_t2) + _jnp.sum(_jnp.broadcast_to(_jnp.where(_t1, 0.0, _jnp.exp(s_pred - _t0)), _shape), axis=-1, keepdims=True))
+    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*(_t2 - _t3) + (s_label_smoothing*(-_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) + _classes*(_t0 + _t3))/_classes if (s_label_smoothing > 0.0) else 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -36,24 +35,22 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     _t0 = (s_ignore_index == s_label)
-    _t1 = -1.0 + s_label_smoothing
-    _t2 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t3 = s_pred - _t2
-    _t4 = (_j == s_label)
-    _t5 = _jnp.exp(_t3)
-    _t6 = _jnp.floor(_t5)
-    _t7 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t6, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t5 - _t6, _shape), axis=-1, keepdims=True)
-    _t8 = _jnp.log1p(_t7)
-    _t9 = _t8 - _jnp.take_along_axis(_jnp.broadcast_to(_t3, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
-    _t10 = s_label_smoothing/_classes
-    _t11 = (s_label_smoothing > 0.0)
-    _t12 = _jnp.where(_t0, 0.0, (-_t10 if _t11 else 0.0))
-    _t13 = -_t12
-    _t14 = _jnp.where(_t0, 0.0, _t1)
-    _t15 = -_t9
-    _t16 = _t12*_classes
-    _v0 = -(_t14 + _t16)/(1.0 + _t7)
-    return _jnp.where(_t0, 0.0, -_t1*_t9 + (_t10*(-_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) + _classes*(_t2 + _t8)) if _t11 else 0.0)), (_jnp.where(_t4, s_grad_output*(-_t13 - _t14*_jnp.expm1(_t15) - _t16*_jnp.exp(_t15)), s_grad_output*(-_t13 + _t5*_v0)),)
+    _t1 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t2 = (_j == s_label)
+    _t3 = _jnp.where(_t2, 0.0, _jnp.exp(s_pred - _t1))
+    _t4 = (-_t1 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t5 = _jnp.expm1(_t4) + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)
+    _t6 = _jnp.log1p(_t5)
+    _t7 = s_label_smoothing/_classes
+    _t8 = (s_label_smoothing > 0.0)
+    _t9 = -1.0 + s_label_smoothing
+    _t10 = _t4 - _t6
+    _t11 = _jnp.where(_t0, 0.0, (-_t7 if _t8 else 0.0))
+    _t12 = -_t11
+    _t13 = _jnp.where(_t0, 0.0, _t9)
+    _t14 = _t11*_classes
+    _v0 = -(_t13 + _t14)/(1.0 + _t5)
+    return _jnp.where(_t0, 0.0, _t10*_t9 + (_t7*(-_jnp.sum(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True) + _classes*(_t1 + _t6)) if _t8 else 0.0)), (_jnp.where(_t2, s_grad_output*(-_t12 - _t13*_jnp.expm1(_t10) - _t14*_jnp.exp(_t10)), s_grad_output*(-_t12 + _t3*_v0)),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

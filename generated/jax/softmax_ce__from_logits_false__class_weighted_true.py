@@ -22,12 +22,13 @@ def _forward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index)
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = _jnp.exp(_t0)
-    _t2 = _jnp.floor(_t1)
-    _t3 = _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))
-    _t4 = _jnp.where((_j == s_label), 1.0, 0.0)
-    return _jnp.where((s_ignore_index == s_label), 0.0, -(-1.0 + s_label_smoothing)*(_t3 - _jnp.take_along_axis(_jnp.broadcast_to(_t0, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t3 + (_t0)), _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
+    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t1 = s_pred - _t0
+    _t2 = (_j == s_label)
+    _t3 = _jnp.where(_t2, 1.0, 0.0)
+    _t4 = (-_t0 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t5 = -_jnp.log1p(_jnp.expm1(_t4) + _jnp.sum(_jnp.broadcast_to(_jnp.where(_t2, 0.0, _jnp.exp(_t1)), _shape), axis=-1, keepdims=True))
+    return _jnp.where((s_ignore_index == s_label), 0.0, (-1.0 + s_label_smoothing)*(_t4 + _t5)*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + (-s_label_smoothing*_jnp.sum(_jnp.broadcast_to(s_class_weight*(_t5 + (_t1)), _shape), axis=-1, keepdims=True)/_classes if (s_label_smoothing > 0.0) else 0.0))
 
 
 def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_ignore_index, s_grad_output):
@@ -36,23 +37,23 @@ def _forward_backward(s_pred, s_label, s_class_weight, s_label_smoothing, s_igno
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
     _t0 = (s_ignore_index == s_label)
-    _t1 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t2 = _jnp.exp(_t1)
-    _t3 = _jnp.floor(_t2)
-    _t4 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True)
-    _t5 = _jnp.log1p(_t4)
-    _t6 = s_label_smoothing/_classes
-    _t7 = (s_label_smoothing > 0.0)
-    _t8 = (_j == s_label)
-    _t9 = _jnp.where(_t8, 1.0, 0.0)
-    _t10 = _t5 - _jnp.take_along_axis(_jnp.broadcast_to(_t1, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
-    _t11 = (-1.0 + s_label_smoothing)*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
-    _t12 = _jnp.where(_t0, 0.0, (-_t6 if _t7 else 0.0))
-    _t13 = _jnp.where(_t0, 0.0, _t11)
-    _t14 = -_t10
-    _t15 = _t12*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True)
-    _v0 = -(_t13 + _t15)/(1.0 + _t4)
-    return _jnp.where(_t0, 0.0, -_t10*_t11 + (-_t6*_jnp.sum(_jnp.broadcast_to(s_class_weight*(-_t5 + (_t1)), _shape), axis=-1, keepdims=True) if _t7 else 0.0)), (_jnp.where(_t8, s_grad_output*(_t12*s_class_weight - _t13*_jnp.expm1(_t14) - _t15*_jnp.exp(_t14)), s_grad_output*(_t12*s_class_weight + _t2*_v0)),)
+    _t1 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t2 = s_pred - _t1
+    _t3 = (_j == s_label)
+    _t4 = _jnp.where(_t3, 0.0, _jnp.exp(_t2))
+    _t5 = _jnp.where(_t3, 1.0, 0.0)
+    _t6 = (-_t1 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t7 = _jnp.expm1(_t6) + _jnp.sum(_jnp.broadcast_to(_t4, _shape), axis=-1, keepdims=True)
+    _t8 = -_jnp.log1p(_t7)
+    _t9 = s_label_smoothing/_classes
+    _t10 = (s_label_smoothing > 0.0)
+    _t11 = _t6 + _t8
+    _t12 = (-1.0 + s_label_smoothing)*_jnp.take_along_axis(_jnp.broadcast_to(s_class_weight, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0)
+    _t13 = _jnp.where(_t0, 0.0, (-_t9 if _t10 else 0.0))
+    _t14 = _jnp.where(_t0, 0.0, _t12)
+    _t15 = _t13*_jnp.sum(_jnp.broadcast_to(s_class_weight, _shape), axis=-1, keepdims=True)
+    _v0 = -(_t14 + _t15)/(1.0 + _t7)
+    return _jnp.where(_t0, 0.0, _t11*_t12 + (-_t9*_jnp.sum(_jnp.broadcast_to(s_class_weight*(_t8 + (_t2)), _shape), axis=-1, keepdims=True) if _t10 else 0.0)), (_jnp.where(_t3, s_grad_output*(_t13*s_class_weight - _t14*_jnp.expm1(_t11) - _t15*_jnp.exp(_t11)), s_grad_output*(_t13*s_class_weight + _t4*_v0)),)
 
 
 def forward(pred, label, class_weight=1.0, *, label_smoothing=0.0, ignore_index=-100):

@@ -22,11 +22,11 @@ def _forward(s_pred, s_label, s_alpha, s_gamma):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
-    _t1 = _jnp.exp(_t0)
-    _t2 = _jnp.floor(_t1)
-    _t3 = -_jnp.take_along_axis(_jnp.broadcast_to(_t0, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + _jnp.log1p((-1.0 + _jnp.sum(_jnp.broadcast_to(_t2, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t1 - _t2, _shape), axis=-1, keepdims=True))
-    return _t3*s_alpha*_jnp.power(-_jnp.expm1(-_t3), s_gamma)
+    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t1 = (_j == s_label)
+    _t2 = (-_t0 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t3 = _t2 - _jnp.log1p(_jnp.expm1(_t2) + _jnp.sum(_jnp.broadcast_to(_jnp.where(_t1, 0.0, _jnp.exp(s_pred - _t0)), _shape), axis=-1, keepdims=True))
+    return -_t3*s_alpha*_jnp.power(-_jnp.expm1(_t3), s_gamma)
 
 
 def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_grad_output):
@@ -34,19 +34,18 @@ def _forward_backward(s_pred, s_label, s_alpha, s_gamma, s_grad_output):
     _shape = _jnp.shape(s_pred)
     _classes = _shape[-1]
     _j = _jnp.arange(_classes)
-    _t0 = s_pred - _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
+    _t0 = _jnp.max(_jnp.broadcast_to(s_pred, _shape), axis=-1, keepdims=True)
     _t1 = (_j == s_label)
-    _t2 = _jnp.exp(_t0)
-    _t3 = _jnp.floor(_t2)
-    _t4 = (-1.0 + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)) + _jnp.sum(_jnp.broadcast_to(_t2 - _t3, _shape), axis=-1, keepdims=True)
-    _t5 = -_jnp.take_along_axis(_jnp.broadcast_to(_t0, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0) + _jnp.log1p(_t4)
-    _t6 = -_t5
-    _t7 = _jnp.expm1(_t6)
-    _t8 = -_t7
-    _t9 = _jnp.power(_t8, s_gamma)
+    _t2 = (-_t0 + _jnp.take_along_axis(_jnp.broadcast_to(s_pred, _shape), _jnp.where((s_label >= 0) & (s_label < _classes) & (s_label == _jnp.floor(s_label)), s_label, _classes).astype(_jnp.int32), axis=-1, mode='fill', fill_value=0))
+    _t3 = _jnp.where(_t1, 0.0, _jnp.exp(s_pred - _t0))
+    _t4 = _jnp.expm1(_t2) + _jnp.sum(_jnp.broadcast_to(_t3, _shape), axis=-1, keepdims=True)
+    _t5 = _t2 - _jnp.log1p(_t4)
+    _t6 = _jnp.expm1(_t5)
+    _t7 = -_t6
+    _t8 = _jnp.power(_t7, s_gamma)
     _v0 = (1.0/(1.0 + _t4))
-    _v1 = s_grad_output*s_alpha*(_t9 + _t5*s_gamma*_jnp.power(_t8, -1.0 + s_gamma)*_jnp.exp(_t6))
-    return _t5*_t9*s_alpha, (_v1*_jnp.where(_t1, _t7, _t2*_v0),)
+    _v1 = -s_grad_output*s_alpha*(-_t8 + _t5*s_gamma*_jnp.power(_t7, -1.0 + s_gamma)*_jnp.exp(_t5))
+    return -_t5*_t8*s_alpha, (_v1*_jnp.where(_t1, _t6, _t3*_v0),)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):

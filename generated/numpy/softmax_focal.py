@@ -21,75 +21,71 @@ LOSS_LEVEL = 'row'
 def _forward(_s, _out, s_pred, s_label, _j, s_classes, s_alpha, s_gamma):
     """Loss of one chunk, into _out."""
     _out0, = _out
-    _f0, _f1, _f2, _f3, = _s[0]
-    _rf0, _rf1, _rf2, _rf3, = _s[3]
+    _f0, _f1, = _s[0]
+    _rf0, _rf1, _rf2, _rf3, _rf4, = _s[3]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(s_pred, _rf0, out=_f0)
-    np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(_rf0, -1, out=_rf1)
-    np.subtract(_f1, _f2, out=_f3)
-    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
-    np.add(_rf1, _rf0, out=_rf2)
-    np.log1p(_rf2, out=_rf0)
-    pick_into(_rf2, _f0, s_label)
-    np.subtract(_rf0, _rf2, out=_rf3)
-    np.negative(_rf3, out=_rf0)
-    np.expm1(_rf0, out=_rf2)
-    np.negative(_rf2, out=_rf0)
-    np.power(_rf0, s_gamma, out=_rf2)
-    np.multiply(_rf3, _rf2, out=_rf0)
-    np.multiply(_rf0, s_alpha, out=_out0)
+    pick_into(_rf1, s_pred, s_label)
+    np.subtract(_rf1, _rf0, out=_rf2)
+    np.expm1(_rf2, out=_rf1)
+    np.subtract(s_pred, _rf0, out=_f1)
+    np.exp(_f1, out=_f0)
+    set_at_into(_f0, s_label, 0)
+    np.sum(_f0, axis=-1, keepdims=True, out=_rf3)
+    np.add(_rf1, _rf3, out=_rf4)
+    np.log1p(_rf4, out=_rf1)
+    np.subtract(_rf2, _rf1, out=_rf3)
+    np.expm1(_rf3, out=_rf1)
+    np.negative(_rf1, out=_rf4)
+    np.power(_rf4, s_gamma, out=_rf1)
+    np.multiply(_rf3, _rf1, out=_rf4)
+    np.multiply(_rf4, float(-s_alpha), out=_out0)
 
 
 def _forward_backward(_s, _out, s_pred, s_label, s_grad_output, _j, s_classes, s_alpha, s_gamma):
     """Loss and d Σ(grad_output·loss)/d input of one chunk, into _out."""
     _out0, _out1, = _out
-    _f0, _f1, _f2, _f3, = _s[0]
+    _f0, _f1, = _s[0]
     _rf0, _rf1, _rf2, _rf3, _rf4, _rf5, _rf6, _rf7, _rf8, _rf9, = _s[3]
     np.max(s_pred, axis=-1, keepdims=True, out=_rf0)
-    np.subtract(s_pred, _rf0, out=_f0)
-    np.exp(_f0, out=_f1)
-    np.floor(_f1, out=_f2)
-    np.sum(_f2, axis=-1, keepdims=True, out=_rf0)
-    np.add(_rf0, -1, out=_rf1)
-    np.subtract(_f1, _f2, out=_f3)
-    np.sum(_f3, axis=-1, keepdims=True, out=_rf0)
-    np.add(_rf1, _rf0, out=_rf2)
-    np.log1p(_rf2, out=_rf0)
-    pick_into(_rf3, _f0, s_label)
-    np.subtract(_rf0, _rf3, out=_rf4)
-    np.negative(_rf4, out=_rf0)
-    np.expm1(_rf0, out=_rf3)
-    np.negative(_rf3, out=_rf5)
+    pick_into(_rf1, s_pred, s_label)
+    np.subtract(_rf1, _rf0, out=_rf2)
+    np.subtract(s_pred, _rf0, out=_f1)
+    np.exp(_f1, out=_f0)
+    set_at_into(_f0, s_label, 0)
+    np.expm1(_rf2, out=_rf1)
+    np.sum(_f0, axis=-1, keepdims=True, out=_rf3)
+    np.add(_rf1, _rf3, out=_rf4)
+    np.log1p(_rf4, out=_rf1)
+    np.subtract(_rf2, _rf1, out=_rf3)
+    np.expm1(_rf3, out=_rf1)
+    np.negative(_rf1, out=_rf5)
     np.power(_rf5, s_gamma, out=_rf6)
-    np.multiply(_rf4, _rf6, out=_rf7)
-    np.multiply(_rf7, s_alpha, out=_out0)
+    np.multiply(_rf3, _rf6, out=_rf7)
+    np.multiply(_rf7, float(-s_alpha), out=_out0)
     np.power(_rf5, float(s_gamma - 1), out=_rf7)
-    np.exp(_rf0, out=_rf8)
-    np.multiply(_rf4, _rf7, out=_rf9)
+    np.exp(_rf3, out=_rf8)
+    np.multiply(_rf3, _rf7, out=_rf9)
     np.multiply(_rf9, _rf8, out=_rf9)
     np.multiply(_rf9, s_gamma, out=_rf9)
-    np.add(_rf6, _rf9, out=_rf7)
+    np.subtract(_rf9, _rf6, out=_rf7)
     np.multiply(s_grad_output, _rf7, out=_rf8)
-    np.multiply(_rf8, s_alpha, out=_rf8)
-    np.add(_rf2, 1, out=_rf7)
+    np.multiply(_rf8, float(-s_alpha), out=_rf8)
+    np.add(_rf4, 1, out=_rf7)
     np.divide(1, _rf7, out=_rf9)
-    np.multiply(_f1, _rf9, out=_f3)
-    set_at_into(_f3, s_label, _rf3)
-    np.multiply(_f3, _rf8, out=_out1)
+    np.multiply(_f0, _rf9, out=_f1)
+    set_at_into(_f1, s_label, _rf1)
+    np.multiply(_f1, _rf8, out=_out1)
 
 
 def forward(pred, label, *, alpha=0.25, gamma=2.0):
     """The loss of (rows, classes) inputs: shape (rows,) per row or (rows, classes) per element."""
-    return _run_rows(_forward, (4, 0, 0, 4, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma,), 1)[0]
+    return _run_rows(_forward, (2, 0, 0, 5, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, None, LOSS_LEVEL, (alpha, gamma,), 1)[0]
 
 
 def forward_backward(pred, label, *, alpha=0.25, gamma=2.0, grad_output=1.0):
     """(loss, grads): grads[i] = d Σ(grad_output·loss)/d (differentiable input i), fused in one pass."""
     _loss, *_grads = _run_rows(
-        _forward_backward, (4, 0, 0, 10, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
+        _forward_backward, (2, 0, 0, 10, 0, 0), (pred, label,), ROW_INPUTS, INPUTS, grad_output, LOSS_LEVEL,
         (alpha, gamma,), 2
     )
     return _loss, (*_grads,)
