@@ -34,16 +34,24 @@ WARM_UP_SECONDS = 0.25  # an idle vCPU runs slow for ~50 ms after waking: every 
 
 def timed(fn, repeat):
     """Median wall time of ``fn()`` over ``repeat`` back-to-back runs, after warming up."""
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < WARM_UP_SECONDS:
+    return timed_together([fn], repeat)[0]
+
+
+def timed_together(fns, repeat):
+    """Median wall time of each of ``fns`` over ``repeat`` rounds, after warming each up; every
+    round runs each once, in turn, so a slow spell of a noisy machine hits all of them alike."""
+    for fn in fns:
+        start = time.perf_counter()
         fn()
-    times = []
+        while time.perf_counter() - start < WARM_UP_SECONDS:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - t0)
+    return [statistics.median(spent) for spent in times]
 
 
 def without_native(fn):

@@ -2,9 +2,10 @@
 
 The same float32 arrays go through both: sigmoid focal, sigmoid BCE and Huber at
 N = 1e4 … 1e7 elements (reduction 'sum'), softmax cross-entropy with integer labels on
-rows × 1000 classes. Times are medians after a warm-up (compilation excluded); the ratio is
-optax's time over lossc's, measured in this same run (> 1: lossc is faster). XLA fuses both;
-lossc's edge is exactness at extreme inputs, and it must not cost speed.
+rows × 1000 classes. Times are medians after a warm-up (compilation excluded), the two
+timed in alternation; the ratio is optax's time over lossc's, measured in this same run
+(> 1: lossc is faster). XLA fuses both; lossc's edge is exactness at extreme inputs, and it
+must not cost speed.
 
 Run: python benchmarks/bench_jax.py [--sizes 1e4 1e5 1e6 1e7] [--rows 100 1000 10000] [--repeat 15]
 """
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 
 import lossc.jax as lj
-from bench_cpu import timed
+from bench_cpu import timed_together
 
 ELEMENTWISE = {
     "sigmoid focal": (lambda x, y: lj.sigmoid_focal(x, y, reduction="sum"),
@@ -49,16 +50,14 @@ def main():
             n = int(size)
             x = jnp.asarray(rng.normal(0, 3, n).astype(np.float32))
             y = jnp.asarray((rng.random(n) > 0.5).astype(np.float32))
-            t_ours = timed(lambda: ours_step(x, y), args.repeat)
-            t_theirs = timed(lambda: theirs_step(x, y), args.repeat)
+            t_ours, t_theirs = timed_together([lambda: ours_step(x, y), lambda: theirs_step(x, y)], args.repeat)
             print(f"| {label} | {size:.0e} | {t_ours * 1e3:.3f} | {t_theirs * 1e3:.3f} | {t_theirs / t_ours:.2f}× |")
     ours_step = step(lambda x, t: lj.softmax_ce(x, t, reduction="sum"))
     theirs_step = step(lambda x, t: optax.softmax_cross_entropy_with_integer_labels(x, t).sum())
     for rows in args.rows:
         x = jnp.asarray((rng.normal(size=(rows, 1000)) * 3).astype(np.float32))
         t = jnp.asarray(rng.integers(0, 1000, rows))
-        t_ours = timed(lambda: ours_step(x, t), args.repeat)
-        t_theirs = timed(lambda: theirs_step(x, t), args.repeat)
+        t_ours, t_theirs = timed_together([lambda: ours_step(x, t), lambda: theirs_step(x, t)], args.repeat)
         print(f"| softmax CE | {rows}×1000 | {t_ours * 1e3:.3f} | {t_theirs * 1e3:.3f} | {t_theirs / t_ours:.2f}× |")
 
 
