@@ -408,3 +408,14 @@ def test_the_spin_time_is_a_setting_and_a_bad_one_is_named():
     bad = subprocess.run([sys.executable, "-c", "import lossc"], capture_output=True, text=True,
                          env={**os.environ, "LOSSC_SPIN_MICROSECONDS": "-5"})
     assert bad.returncode != 0 and "LOSSC_SPIN_MICROSECONDS must be an integer from 0 to 100000" in bad.stderr
+
+
+def test_an_arrays_address_is_its_first_elements_whatever_its_kind():
+    """native.address reads a writable C-contiguous array's buffer and falls back for the rest:
+    the same address as NumPy's ctypes.data for offset views, read-only, strided and empty arrays."""
+    base = np.arange(24.0).reshape(4, 6)
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    for array in (base, base[1:], base[2], base[:, 1:], base[::2], base.T, read_only,
+                  np.broadcast_to(base[0], (4, 6)), np.empty(0)):
+        assert native.address(array) == array.ctypes.data

@@ -113,13 +113,13 @@ class FastPath(_CachedCall):
         factor = loss_weight / n if reduction == "mean" else loss_weight
         pointers = []
         for array in arrays:
-            pointers += [array.ctypes.data, array is pred or array.shape == shape]
+            pointers += [native.address(array), array is pred or array.shape == shape]
         grads = []
         if with_grad:
-            pointers += [self._constant(factor, dtype).ctypes.data, 0]
+            pointers += [native.address(self._constant(factor, dtype)), 0]
             grads = [np.empty(shape, dtype) for _ in range(self.n_grads)]
         params = [runtime[name] for name in names]  # the declared argument types convert them
-        total = function(n, *pointers, *params, *[g.ctypes.data for g in grads], native.WORKERS)
+        total = function(n, *pointers, *params, *[native.address(g) for g in grads], native.WORKERS)
         value = np.asarray(total / n * loss_weight if reduction == "mean" else total * loss_weight, dtype)
         return (value, tuple(grads)) if with_grad else value
 
@@ -213,9 +213,9 @@ class RowFastPath(_CachedCall):
                                                         for _ in range(self.n_grads if with_grad else 0)]
         pointers = []
         for array, row_stride, class_stride in arrays:
-            pointers += [array.ctypes.data, row_stride, class_stride]
+            pointers += [native.address(array), row_stride, class_stride]
         params = [runtime[name] for name in parameter_names]  # the declared argument types convert them
-        function(rows, classes, *pointers, *params, *[o.ctypes.data for o in outputs], native.WORKERS)
+        function(rows, classes, *pointers, *params, *[native.address(o) for o in outputs], native.WORKERS)
         value = pipeline.apply(np, outputs[0], compute)
         return (value, tuple(outputs[1:])) if with_grad else value
 

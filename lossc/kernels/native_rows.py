@@ -233,8 +233,8 @@ class NativeRowModule(native.NativeKernels):
             return outputs
         pointers = []
         for array, row_stride, class_stride in laid_out:
-            pointers += [array.ctypes.data, row_stride, class_stride]
-        function(rows, classes, *pointers, *params, *[o.ctypes.data for o in outputs], native.WORKERS)
+            pointers += [native.address(array), row_stride, class_stride]
+        function(rows, classes, *pointers, *params, *[native.address(o) for o in outputs], native.WORKERS)
         return outputs
 
     def row_kernel(self, kind, dtype):
