@@ -46,19 +46,25 @@ class _CachedCall:
         self._valid = {}
         self._kernels = {}
         self._constants = {}
+        self._defaults = tuple(sorted(self.variant_defaults.items())), self.runtime_defaults
 
     def _constant(self, value, dtype):
-        """A one-element array holding ``value`` (kept: calls repeat the same few constants)."""
+        """(array, address): a one-element array holding ``value`` and its address, both kept
+        (calls repeat the same few constants); the caller holds the array through its call."""
         key = (value, dtype)
-        array = self._constants.get(key)
-        if array is None:
+        constant = self._constants.get(key)
+        if constant is None:
             array = np.full(1, value, dtype)
+            constant = array, native.address(array)
             if len(self._constants) < MAX_CACHED_VALUES:
-                self._constants[key] = array
-        return array
+                self._constants[key] = constant
+        return constant
 
     def _parameters(self, kwargs):
-        """(variant key, runtime values) with every value validated, or None."""
+        """(variant key, runtime values) with every value validated, or None (the runtime values
+        are only read: the defaults' dict is shared)."""
+        if not kwargs:
+            return self._defaults
         variant, runtime = dict(self.variant_defaults), dict(self.runtime_defaults)
         for name, value in kwargs.items():
             try:
@@ -93,14 +99,17 @@ class FastPath(_CachedCall):
         if type(pred) is not np.ndarray or pred.dtype not in _C_SCALARS or not pred.flags.c_contiguous:
             return None
         dtype, shape, n = pred.dtype, pred.shape, pred.size
-        arrays = [pred]
+        arrays, pointers = [pred], [native.address(pred), 1]  # each array, then (address, whole array?)
         for k in range(1, self.n_inputs):
             value = args[k] if k < len(args) else self.input_defaults[k]
             if type(value) in (float, int) and k not in self.differentiable:  # one value for every element
-                value = self._constant(value, dtype)
+                value, address = self._constant(value, dtype)
+                pointers += [address, 0]
             elif type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape \
                     or not value.flags.c_contiguous:
                 return None
+            else:
+                pointers += [native.address(value), 1]
             arrays.append(value)
         parameters = self._parameters(kwargs)
         if parameters is None or n == 0:
@@ -111,12 +120,11 @@ class FastPath(_CachedCall):
             return None
         function, names = kernel
         factor = loss_weight / n if reduction == "mean" else loss_weight
-        pointers = []
-        for array in arrays:
-            pointers += [native.address(array), array is pred or array.shape == shape]
         grads = []
         if with_grad:
-            pointers += [native.address(self._constant(factor, dtype)), 0]
+            upstream, address = self._constant(factor, dtype)
+            arrays.append(upstream)
+            pointers += [address, 0]
             grads = [np.empty(shape, dtype) for _ in range(self.n_grads)]
         params = [runtime[name] for name in names]  # the declared argument types convert them
         total = function(n, *pointers, *params, *[native.address(g) for g in grads], native.WORKERS)
@@ -190,7 +198,7 @@ class RowFastPath(_CachedCall):
                     return None  # the general path names the bad index
                 laid_out.append((np.ascontiguousarray(value, pred.dtype), 1, 0))
             elif type(value) in (float, int) and k not in self.differentiable:
-                laid_out.append((self._constant(value, pred.dtype), 0, 0))
+                laid_out.append((self._constant(value, pred.dtype)[0], 0, 0))
             elif type(value) is np.ndarray and value.dtype == pred.dtype and value.shape == pred.shape \
                     and value.flags.c_contiguous:
                 laid_out.append((value, classes, 1))
@@ -208,7 +216,7 @@ class RowFastPath(_CachedCall):
         loss_shape = (rows,) if self._row_level(variant) else (rows, classes)
         if with_grad:
             factor = pipeline.upstream(np, loss_shape, compute)
-            arrays = arrays + [(self._constant(float(factor), pred.dtype), 0, 0)]
+            arrays = arrays + [(self._constant(float(factor), pred.dtype)[0], 0, 0)]
         outputs = [np.empty(loss_shape, pred.dtype)] + [np.empty((rows, classes), pred.dtype)
                                                         for _ in range(self.n_grads if with_grad else 0)]
         pointers = []
