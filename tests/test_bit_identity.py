@@ -9,11 +9,12 @@ import pytest
 
 import lossc
 from conftest import random_inputs
+from lossc.compiler.emit.native_emitter import MIN_CHUNK
 from lossc.kernels import native, numpy_runtime
 from test_native import module_names, numpy_and_native, sample_inputs
 
 SIZES = [1, 2, 3, 63, 64, 65, 127, 1000, 4097, 65537, 70000]
-THREADED_SIZE = 6 * native.MIN_CHUNK + 12345  # enough for 5 threads, ragged parts
+THREADED_SIZE = 6 * MIN_CHUNK + 12345  # enough for 5 threads, ragged parts
 
 
 def bits(arrays):
@@ -85,7 +86,7 @@ def test_rows_of_class_axis_losses_never_depend_on_position_or_threads(name, dty
         monkeypatch.setattr(numpy_runtime, "ROW_CHUNK_ELEMENTS", 7 * 50)  # 50 rows a chunk
         rows = 3 * 50 + 5  # several row chunks, a ragged last one
     else:
-        rows = 5 * native.MIN_CHUNK // 7 + 13  # enough elements for 5 threads, ragged parts
+        rows = 5 * MIN_CHUNK // 7 + 13  # enough elements for 5 threads, ragged parts
     arrays = random_inputs(loss, rng, (rows, 7))
     arrays[0] = arrays[0].astype(dtype)
 

@@ -20,6 +20,8 @@ import lossc
 from lossc.kernels import native
 from lossc.native import NativeModule
 from lossc.compiler.derive import declared_gradients
+from lossc.compiler.emit import native_emitter
+from lossc.compiler.emit.native_emitter import GROUP, MIN_CHUNK
 from lossc.compiler.ir import build_ir
 from lossc.compiler.mp_eval import NotReal, truth
 from lossc.compiler.spec import load_spec
@@ -42,7 +44,7 @@ def module_names():
 
 def numpy_and_native(name):
     numpy_module = importlib.import_module(f"lossc.generated.numpy.{name}")
-    return numpy_module, NativeModule(numpy_module, lambda: importlib.import_module(f"lossc.generated.cupy.{name}"))
+    return numpy_module, NativeModule(numpy_module, lambda: importlib.import_module(f"lossc.generated.native.{name}"))
 
 
 def sample_inputs(module, rng, size, dtype):
@@ -108,7 +110,7 @@ def test_native_matches_numpy_kernels(name, dtype):
     numpy_module, fast = numpy_and_native(name)
     rng = np.random.default_rng(7)
     size = SAMPLE_SIZE
-    assert size >= 2 * native.MIN_CHUNK  # several threads, a ragged last group
+    assert size >= 2 * MIN_CHUNK  # several threads, a ragged last group
     arrays = sample_inputs(numpy_module, rng, size, dtype)
     with np.errstate(all="ignore"):
         want_loss, want_grads = numpy_module.forward_backward(*arrays)
@@ -130,7 +132,7 @@ def test_native_matches_numpy_kernels(name, dtype):
 
 
 @needs_native
-@pytest.mark.parametrize("size", [1, native.GROUP - 1, native.GROUP + 1, native.MIN_CHUNK + 1, 4 * native.MIN_CHUNK])
+@pytest.mark.parametrize("size", [1, GROUP - 1, GROUP + 1, MIN_CHUNK + 1, 4 * MIN_CHUNK])
 def test_scalar_inputs_and_sizes(size):
     """Scalar inputs (read from one value, expanded per block) and every size give the
     NumPy kernels' results: exactly, for Huber (no transcendental functions)."""
@@ -216,21 +218,28 @@ def test_unknown_arguments_raise_the_numpy_modules_error():
         fast.forward(np.zeros(3), np.zeros(3), rhoo=1.0)
 
 
-def fake_device_module(device_code, function="lossc_fake"):
-    return types.SimpleNamespace(
-        __name__="fake_device_module", INPUTS=("pred",), DIFFERENTIABLE=("pred",), PARAMETERS=(),
-        DEVICE_CODE=device_code,
-        FUNCTIONS={kind: {p: f"{function}_{kind}_{p}" for p in ("float32", "float64")}
-                   for kind in ("forward", "forward_backward")})
+def fake_native_module(device_code, function="lossc_fake"):
+    """A native module of one input and no parameters around ``device_code``, which defines the
+    device functions <function>_<kind>_<precision> (loops written by the native emitter)."""
+    loops, kernels = [], {}
+    for kind, outputs in (("forward", 1), ("forward_backward", 2)):
+        kernels[kind] = {}
+        for precision, ctype in native_emitter.C_TYPES.items():
+            name = f"{function}_{kind}_{precision}"
+            counts = (1 + (kind == "forward_backward"), 0, outputs)
+            loops += [native_emitter.element_wrapper(name, ctype, *counts), native_emitter.sum_wrapper(name, ctype, *counts)]
+            kernels[kind][precision] = (f"lossc_run_{name}", f"lossc_sum_{name}")
+    return types.SimpleNamespace(__name__="fake_native_module", INPUTS=("pred",), DIFFERENTIABLE=("pred",),
+                                 PARAMETERS=(), KERNELS=kernels, SOURCE="\n".join([device_code, *loops]))
 
 
 @needs_native
 def test_a_failed_build_falls_back_and_says_why(monkeypatch, tmp_path):
     monkeypatch.setenv("LOSSC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_failures", [])  # this test's failures stay out of the others'
-    broken = fake_device_module("this is not C++;")
+    broken = fake_native_module("this is not C++;")
     assert native.library(broken) is None
-    assert "native build failed" in native.status() and "fake_device_module" in native.status()
+    assert "native build failed" in native.status() and "fake_native_module" in native.status()
     assert not list((tmp_path / "native").glob("*.so"))
     numpy_module = importlib.import_module("lossc.generated.numpy.l2")
     fallback = native.NativeModule(numpy_module, lambda: broken)
@@ -238,9 +247,8 @@ def test_a_failed_build_falls_back_and_says_why(monkeypatch, tmp_path):
 
 
 def test_device_function_names_are_checked_before_reaching_the_compiler():
-    hostile = fake_device_module("", function="f(); system(\"rm -rf /\"); void g")
     with pytest.raises(ValueError, match="bad device function name"):
-        native.source(hostile)
+        fake_native_module("", function="f(); system(\"rm -rf /\"); void g")
 
 
 @needs_native
@@ -309,7 +317,7 @@ def test_a_thread_pool_that_cannot_help_does_not_hang(monkeypatch):
 def test_any_number_of_threads_gives_the_same_result(monkeypatch, workers):
     numpy_module, fast = numpy_and_native("huber")
     rng = np.random.default_rng(workers)
-    size = 5 * native.MIN_CHUNK + 17
+    size = 5 * MIN_CHUNK + 17
     pred, label = rng.normal(0, 2, size), rng.normal(0, 2, size)
     want = numpy_module.forward_backward(pred, label, grad_output=label)
     monkeypatch.setattr(native, "WORKERS", workers)
@@ -327,7 +335,7 @@ def test_concurrent_callers_each_get_their_own_result():
 
     numpy_module, fast = numpy_and_native("sigmoid_bce__from_sigmoid_false")
     rng = np.random.default_rng(11)
-    cases = [(rng.normal(0, 4, 3 * native.MIN_CHUNK), (rng.random(3 * native.MIN_CHUNK) > 0.5) * 1.0)
+    cases = [(rng.normal(0, 4, 3 * MIN_CHUNK), (rng.random(3 * MIN_CHUNK) > 0.5) * 1.0)
              for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda case: [fast.forward_backward(*case) for _ in range(20)], cases))
@@ -341,7 +349,7 @@ def test_concurrent_callers_each_get_their_own_result():
 
 def _forked_child_result(queue):
     _, fast = numpy_and_native("huber")
-    x = np.linspace(-5, 5, 4 * native.MIN_CHUNK)
+    x = np.linspace(-5, 5, 4 * MIN_CHUNK)
     queue.put(float(fast.forward_backward(x, x[::-1].copy())[0].sum()))
 
 
@@ -353,7 +361,7 @@ def test_a_forked_child_gets_a_fresh_thread_pool():
     import multiprocessing
 
     numpy_module, fast = numpy_and_native("huber")
-    x = np.linspace(-5, 5, 4 * native.MIN_CHUNK)
+    x = np.linspace(-5, 5, 4 * MIN_CHUNK)
     want = float(fast.forward_backward(x, x[::-1].copy())[0].sum())  # the parent's pool is started
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -372,7 +380,7 @@ def test_a_module_without_device_code_falls_back(monkeypatch):
     numpy_module = importlib.import_module("lossc.generated.numpy.l1")
 
     def missing():
-        raise ImportError("no module named lossc.generated.cupy.l1")
+        raise ImportError("no module named lossc.generated.native.l1")
 
     fallback = native.NativeModule(numpy_module, missing)
     x, y = np.linspace(-2, 2, 9), np.zeros(9)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lossc.kernels import native
-from test_native import fake_device_module, needs_native
+from test_native import fake_native_module, needs_native
 
 SCRIPT = textwrap.dedent("""\
     import numpy as np, lossc, lossc.native as n
@@ -26,14 +26,14 @@ SCRIPT = textwrap.dedent("""\
 WORKING = "void lossc_ok_{k}_{p}({t} pred, {outs}) {{ *out0 = pred * 2; {extra} }}"
 
 
-def working_device_module(tag):
-    """A tiny device module (loss 2·pred, gradient 2) whose source is unique to ``tag``."""
+def working_native_module(tag):
+    """A tiny native module (loss 2·pred, gradient 2) whose source is unique to ``tag``."""
     code = []
     for kind, outs, extra in (("forward", "{t}* out0", ""), ("forward_backward", "{t} g, {t}* out0, {t}* out1",
                                                             "*out1 = g * 2;")):
         for p, t in (("float32", "float"), ("float64", "double")):
             code.append(WORKING.format(k=kind, p=p, t=t, outs=outs.format(t=t), extra=extra))
-    return fake_device_module(f"// {tag}\n" + "\n".join(code), function="lossc_ok")
+    return fake_native_module(f"// {tag}\n" + "\n".join(code), function="lossc_ok")
 
 
 def run_script(env, timeout=300):
@@ -75,7 +75,7 @@ def test_a_fork_while_another_thread_compiles_does_not_deadlock(tmp_path, monkey
     slow = script_compiler(tmp_path, "slow-cxx", f"#!/bin/sh\ncase \"$*\" in *kernels.cpp*) sleep 3;; esac\n"
                                                  f"exec {native._compiler()} \"$@\"\n")
     monkeypatch.setenv("CXX", slow)
-    compiling = threading.Thread(target=native.library, args=(working_device_module("parent"),))
+    compiling = threading.Thread(target=native.library, args=(working_native_module("parent"),))
     compiling.start()
     deadline = time.time() + 30
     while not native._lock.locked() and time.time() < deadline:
@@ -84,7 +84,7 @@ def test_a_fork_while_another_thread_compiles_does_not_deadlock(tmp_path, monkey
     pid = os.fork()
     if pid == 0:  # the child: its own compile must not wait for the parent's thread
         try:
-            ok = native.library(working_device_module("child")) is not None
+            ok = native.library(working_native_module("child")) is not None
             os._exit(0 if ok else 3)
         except BaseException:
             os._exit(4)
@@ -123,10 +123,10 @@ def test_a_broken_compiler_falls_back_with_the_reason(case, tmp_path, monkeypatc
     }
     monkeypatch.setenv("CXX", script_compiler(tmp_path, f"cxx-{case.replace(' ', '-')}", bodies[case]))
     started = time.time()
-    device = working_device_module(case)
+    device = working_native_module(case)
     assert native.library(device) is None
     assert time.time() - started < 20
-    assert "native build failed" in native.status() and "fake_device_module" in native.status()
+    assert "native build failed" in native.status() and "fake_native_module" in native.status()
     numpy_module = __import__("lossc.generated.numpy.l2", fromlist=["forward"])
     fallback = native.NativeModule(numpy_module, lambda: device)
     x = np.arange(5.0)
@@ -151,7 +151,7 @@ def test_build_folders_of_killed_builds_are_cleaned(tmp_path, monkeypatch):
         (work / "kernels.cpp").write_text("// half-written")
     old = time.time() - native.STALE_BUILD_SECONDS - 60
     os.utime(stale, (old, old))
-    assert native.library(working_device_module("cleanup")) is not None
+    assert native.library(working_native_module("cleanup")) is not None
     assert not stale.exists() and fresh.exists()  # a build that may still be running is left alone
 
 

@@ -277,14 +277,14 @@ def test_native_kernels_compile_with_colliding_names(tmp_path, monkeypatch):
     import importlib.util
 
     modules = {}
-    for backend in ("numpy", "cupy"):
+    for backend in ("numpy", "native"):
         spec = importlib.util.spec_from_file_location(f"collide_native_{backend}", tmp_path / "out" / backend /
                                                       "collide_native.py")
         modules[backend] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules[backend])
-    library = native.library(modules["cupy"])
+    library = native.library(modules["native"])
     assert library is not None, native.status()
-    fused = native.NativeModule(modules["numpy"], lambda: modules["cupy"])
+    fused = native.NativeModule(modules["numpy"], lambda: modules["native"])
     x = np.linspace(-2, 2, 3001)
     args = (x, np.full_like(x, 0.5), np.full_like(x, 2.0), np.full_like(x, 3.0), np.full_like(x, -1.0))
     loss, (grad,) = fused.forward_backward(*args)

@@ -35,7 +35,26 @@ def test_every_manifest_names_a_module_per_target_that_exports_its_protocol():
                 missing = [e for e in target.exports if not hasattr(module, e)]
                 assert not missing, f"{target.folder}/{module_name}.py lacks {missing}"
                 checked += 1
-    assert checked > 60  # every variant of every built-in loss on numpy, cupy and jax
+    assert checked > 100  # every variant of every built-in loss on numpy, native, cupy and jax
+
+
+def test_every_native_module_defines_the_entry_points_it_names():
+    """The native target's modules are C++ of their own: SOURCE defines each extern "C" function
+    KERNELS names (per kind and precision: run and sum element-wise, the row kernel over a class
+    axis), with no reference to the CuPy module it shares device functions with."""
+    modules = sorted((GENERATED / "native").glob("*.py"))
+    for path in modules:
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"lossc.generated.native.{path.stem}")
+        assert set(module.KERNELS) == {"forward", "forward_backward"}, path.name
+        for precisions in module.KERNELS.values():
+            assert set(precisions) == {"float32", "float64"}, path.name
+            for names in precisions.values():
+                for name in (names if isinstance(names, tuple) else (names,)):
+                    assert f'extern "C" double {name}(' in module.SOURCE or f'extern "C" void {name}(' in module.SOURCE
+        assert "DEVICE_CODE" not in module.SOURCE and "cupy" not in module.SOURCE
+    assert len(modules) > 30
 
 
 def test_the_pair_loss_has_no_jax_module_and_says_so():

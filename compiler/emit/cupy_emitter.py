@@ -122,25 +122,51 @@ def elementwise_functions(derived, kind, kernel, n_outputs):
             for p in PRECISIONS]
 
 
-def emit_cupy(derived, spec_file):
-    """Render the CuPy module of one loss variant as Python source text."""
-    ir = derived.ir
-    spec = ir.spec
+@dataclass
+class DeviceCode:
+    """A loss variant's device code as the CuPy and native targets take it: the template values
+    they share (``common``), every __device__ function, and either the element-wise kernels'
+    functions per precision (``forward``, ``backward``) or the launch plan of each kind
+    (``plans``, with ``row_inputs`` and ``loss_level``)."""
+
+    common: dict
+    functions: list
+    forward: list = None
+    backward: list = None
+    plans: dict = None
+    row_inputs: list = None
+    loss_level: str = None
+
+
+def device_code(derived):
+    """The :class:`DeviceCode` of one derived loss variant."""
+    spec = derived.ir.spec
     common = dict(
         name=spec.name,
-        module_doc=module_docstring(spec, ir.variant, spec_file, "CuPy",
-                                    ROWS_NOTES if ir.has_reductions else ELEMENTWISE_NOTES),
         inputs=[i.name for i in spec.inputs],
         differentiable=[i.name for i in spec.differentiable_inputs],
         params=[p.name for p in spec.runtime_params],
         signature=python_signature(spec),
     )
-    if ir.has_reductions:
-        return _emit_rows(derived, common)
+    if derived.ir.has_reductions:
+        return _row_code(derived, common)
     forward = elementwise_functions(derived, "fwd", derived.forward, 1)
     backward = elementwise_functions(derived, "fb", derived.forward_backward, 1 + len(common["differentiable"]))
-    return template("cupy_module.py.j2").render(functions=forward + backward, forward=forward, backward=backward,
-                                                **common)
+    return DeviceCode(common, forward + backward, forward=forward, backward=backward)
+
+
+def emit_cupy(derived, spec_file):
+    """Render the CuPy module of one loss variant as Python source text."""
+    ir = derived.ir
+    code = device_code(derived)
+    module_doc = module_docstring(ir.spec, ir.variant, spec_file, "CuPy",
+                                  ROWS_NOTES if ir.has_reductions else ELEMENTWISE_NOTES)
+    if ir.has_reductions:
+        return template("cupy_rows_module.py.j2").render(functions=code.functions, plans=code.plans,
+                                                         row_inputs=code.row_inputs, loss_level=code.loss_level,
+                                                         module_doc=module_doc, **code.common)
+    return template("cupy_module.py.j2").render(functions=code.functions, forward=code.forward, backward=code.backward,
+                                                module_doc=module_doc, **code.common)
 
 
 @dataclass
@@ -178,8 +204,8 @@ def _split_final(stage, outputs, element, prefix, functions):
     return plan
 
 
-def _emit_rows(derived, common):
-    """The CuPy module of a loss with class-axis reductions: per kind, its stages' device
+def _row_code(derived, common):
+    """The device code of a loss with class-axis reductions: per kind, its stages' device
     functions (both precisions) and the launch plan the runtime follows."""
     ir = derived.ir
     row_loss = derived.loss_is_row_level
@@ -204,10 +230,5 @@ def _emit_rows(derived, common):
                                      f"lossc_{ir.module_name}_{tag}_out", functions)
             plans[kind].append(StagePlan(stage.op, stage.level, tuple(a.name for a in stage.arguments), names,
                                          len(outputs) if final else 1, split))
-    return template("cupy_rows_module.py.j2").render(
-        functions=functions,
-        plans=plans,
-        row_inputs=[i.name for i in ir.spec.inputs if i.per == "row"],
-        loss_level="row" if row_loss else "element",
-        **common,
-    )
+    return DeviceCode(common, functions, plans=plans, row_inputs=[i.name for i in ir.spec.inputs if i.per == "row"],
+                      loss_level="row" if row_loss else "element")

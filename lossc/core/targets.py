@@ -20,7 +20,11 @@ Every generated Python module exports ``NAME``, ``INPUTS``, ``DIFFERENTIABLE``,
 ``forward_backward(inputs..., params..., grad_output=1.0)`` → (loss, gradients); a module of
 a loss over a class axis also ``ROW_INPUTS`` and ``LOSS_LEVEL``. A CuPy module adds
 ``DEVICE_CODE`` (the CUDA device functions) with ``FUNCTIONS`` (element-wise: kernel kind →
-precision → device function) or ``STAGES`` (its launch plan over a class axis).
+precision → device function) or ``STAGES`` (its launch plan over a class axis). A native
+module is C++ for the host, not kernels to call: ``NAME``, ``INPUTS``, ``DIFFERENTIABLE``,
+``PARAMETERS`` (and ``ROW_INPUTS``, ``LOSS_LEVEL`` over a class axis), ``SOURCE`` (the device
+functions and the loops around them) and ``KERNELS`` (kind → precision → its extern "C"
+entry points: (run, sum) element-wise, the row kernel over a class axis).
 """
 import hashlib
 import importlib
@@ -32,6 +36,7 @@ MANIFEST_VERSION = 2
 LEVELS = ("element", "row")
 CALL_SHAPES = ("element", "row", "pair")
 COMMON_EXPORTS = ("NAME", "INPUTS", "DIFFERENTIABLE", "PARAMETERS", "forward", "forward_backward")
+NATIVE_EXPORTS = ("NAME", "INPUTS", "DIFFERENTIABLE", "PARAMETERS", "KERNELS", "SOURCE")
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,10 @@ load_numpy, load_cupy, load_jax = (load_own_module(t) for t in ("numpy", "cupy",
 TARGETS = {  # NumPy ufunc kernels: any dtype and broadcasting, the fallback of 'native'
     "numpy": Target("numpy", "lossc.compiler.emit.numpy_emitter:emit_numpy", "lossc.core.targets:load_numpy",
                     ("numpy",), COMMON_EXPORTS),
-    # the CUDA device code of the 'cupy' modules compiled for the host CPU (threads, SIMD):
+    # C++ host loops around the CUDA device code, compiled for the host CPU (threads, SIMD):
     # NumPy arrays of float32/float64, the 'numpy' modules for everything else
-    "native": Target("native", None, "lossc.kernels.native:load_kernels", ("numpy", "cupy"), ()),
+    "native": Target("native", "lossc.compiler.emit.native_emitter:emit_native", "lossc.kernels.native:load_kernels",
+                     ("numpy", "native"), NATIVE_EXPORTS),
     # CuPy ElementwiseKernel/ReductionKernel launches of that device code, on CuPy arrays
     "cupy": Target("cupy", "lossc.compiler.emit.cupy_emitter:emit_cupy", "lossc.core.targets:load_cupy",
                    ("cupy",), COMMON_EXPORTS + ("DEVICE_CODE",)),

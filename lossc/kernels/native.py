@@ -1,8 +1,9 @@
-"""Native CPU kernels: a generated element-wise loss's device code compiled for this machine.
+"""Native CPU kernels: a generated native module's C++ compiled for this machine.
 
-The CUDA ``__device__`` functions a generated CuPy module holds are plain C++. Compiled for
-the host by the system's C++ compiler (``$CXX``, else ``g++``) — optimised for this CPU,
-every loop an OpenMP SIMD loop, exp/log/log1p/expm1/pow from glibc's vector math library
+A generated native module (``generated/native/``, :mod:`lossc.compiler.emit.native_emitter`)
+holds the CUDA ``__device__`` functions of the loss (plain C++) and the loops around them.
+Compiled for the host by the system's C++ compiler (``$CXX``, else ``g++``) — optimised for
+this CPU, every loop an OpenMP SIMD loop, exp/log/log1p/expm1/pow from glibc's vector math library
 (libmvec) where there is one — they compute the loss and every gradient in one vectorised
 pass over the elements, where the NumPy kernels make one pass per operation. Strict IEEE
 semantics stay on (no fast-math, no FMA contraction): the stable forms are evaluated exactly
@@ -23,7 +24,6 @@ import hashlib
 import inspect
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -37,13 +37,8 @@ import numpy as np
 from .cupy_runtime import COMMON_DEVICE_CODE
 from .numpy_runtime import WORKERS, is_flat
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_C_TYPES = {"float32": "float", "float64": "double"}
 _BYTE = ctypes.c_char
 _DTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}  # native dtypes
-GROUP = 64  # elements per inner SIMD loop (a constant trip count: no scalar remainder, see _wrapper)
-MIN_CHUNK = 1 << 15  # elements per thread at least (PyTorch's GRAIN_SIZE): fewer cost about what handing them over does
-SUM_CHUNK = 4096  # elements per partial sum of a reducing kernel (a multiple of GROUP)
 # libmvec has vector versions of these (glibc ≥ 2.35 for log1p/expm1); declaring them
 # ``omp declare simd`` lets the compiler call them on whole vectors without -ffast-math.
 _VECTOR_FUNCTIONS = {"exp": 1, "log": 1, "log1p": 1, "expm1": 1, "pow": 2}
@@ -235,137 +230,25 @@ def _vector_declarations():
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def _part_prologue(context, part, ctype, n_inputs, n_params, n_outputs, stored_from=0, extra_fields=()):
-    """(extern argument list, context initialiser values, C lines) shared by the element
-    kernels: the context struct of the inputs a_k (s_k: 1 = an array, 0 = one value),
-    parameters p_k, the stored outputs o_k (k ≥ ``stored_from``) and ``extra_fields``; the
-    opening of the per-thread ``part(context, first, last)``, its parameters, a GROUP buffer
-    per single-value input (c_k) and the padded tail buffers (t_k, u_k)."""
-    arguments = ([f"const {ctype}* a{k}, long s{k}" for k in range(n_inputs)]
-                 + [f"{ctype} p{k}" for k in range(n_params)]
-                 + [f"{ctype}* o{k}" for k in range(stored_from, n_outputs)])
-    fields = [f"{a.replace(', ', '; ')};" for a in arguments] + [f"{f};" for f in extra_fields]
-    values = [", ".join(piece.split()[-1] for piece in a.split(", ")) for a in arguments]
-    lines = [f"struct {context} {{ {' '.join(fields)} }};",
-             f"static void {part}(const void* context, long first, long last)", "{",
-             f"    const {context}& c = *static_cast<const {context}*>(context);"]
-    lines += [f"    const {ctype} p{k} = c.p{k};" for k in range(n_params)]
-    for k in range(n_inputs):
-        lines.append(f"    alignas(64) {ctype} c{k}[{GROUP}], t{k}[{GROUP}];")
-        lines.append(f"    if (!c.s{k}) for (int j = 0; j < {GROUP}; ++j) c{k}[j] = c.a{k}[0];")
-    lines += [f"    alignas(64) {ctype} u{k}[{GROUP}];" for k in range(n_outputs)]
-    return arguments, values, lines
-
-
-def _padded_call(n_inputs, n_params, n_outputs):
-    """The device function's arguments for a padded group: tail buffers in, u_k out."""
-    return ", ".join([f"t{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
-                     + [f"&u{k}[j]" for k in range(n_outputs)])
-
-
-def _wrapper(function, ctype, n_inputs, n_params, n_outputs):
-    """extern "C" lossc_run_<function>(n, a0, s0, …, p0, …, o0, …, threads): the device function
-    over n elements on up to ``threads`` threads, input k read from a_k (s_k = 1) or broadcast
-    from a_k[0] (s_k = 0).
-
-    Every element goes through the same vector code: the inner loop always runs GROUP
-    iterations (so the compiler emits no scalar remainder, whose libm exp/log round
-    differently from libmvec's), and a last partial group is copied into padded local
-    buffers first. An element's bits therefore depend only on its inputs, never on its
-    position, the array's size or the number of threads."""
-    arguments, values, lines = _part_prologue(f"lossc_context_{function}", f"lossc_part_{function}", ctype,
-                                              n_inputs, n_params, n_outputs)
-    call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
-                     + [f"&r{k}[j]" for k in range(n_outputs)])
-    padded = _padded_call(n_inputs, n_params, n_outputs)
-    lines.append(f"    for (long b = first; b < last; b += {GROUP}) {{")
-    lines.append(f"        const long m = last - b < {GROUP} ? last - b : {GROUP};")
-    lines += [f"        const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
-    lines += [f"        {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(n_outputs)]
-    lines += [f"        if (m == {GROUP}) {{", "#pragma omp simd",
-              f"            for (long j = 0; j < {GROUP}; ++j) {function}({call});", "            continue;", "        }"]
-    lines += [f"        for (long j = 0; j < {GROUP}; ++j) t{k}[j] = q{k}[j < m ? j : m - 1];" for k in range(n_inputs)]
-    lines += ["#pragma omp simd", f"        for (long j = 0; j < {GROUP}; ++j) {function}({padded});"]
-    lines += [f"        for (long j = 0; j < m; ++j) r{k}[j] = u{k}[j];" for k in range(n_outputs)]
-    lines += ["    }", "}",
-              f'extern "C" void lossc_run_{function}(long n, {", ".join(arguments)}, int threads)', "{",
-              f"    const lossc_context_{function} c{{{', '.join(values)}}};",
-              f"    const long parts = n / {MIN_CHUNK} < threads ? n / {MIN_CHUNK} : threads;",
-              f"    lossc_parallel(lossc_part_{function}, &c, n, parts < 1 ? 1 : int(parts));", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def _sum_wrapper(function, ctype, n_inputs, n_params, n_outputs):
-    """extern "C" double lossc_sum_<function>(n, a0, s0, …, p0, …, o1, …, threads): like
-    :func:`_wrapper`, but output 0 (the element loss) is summed instead of stored — the
-    'sum' / 'mean' reductions in the same pass, no element-sized loss array. The sum is
-    fixed by n alone: each CHUNK of elements is summed in double, lane by lane over its
-    groups, its GROUP lanes then added pairwise in a fixed order; the chunk sums are added in
-    order after the threads finish (threads take whole chunks)."""
-    arguments, values, lines = _part_prologue(f"lossc_sum_context_{function}", f"lossc_sum_part_{function}", ctype,
-                                              n_inputs, n_params, n_outputs, 1, ("double* sums", "long n"))
-    values += ["sums.data()", "n"]
-    call = ", ".join([f"q{k}[j]" for k in range(n_inputs)] + [f"p{k}" for k in range(n_params)]
-                     + ["&u0[j]"] + [f"&r{k}[j]" for k in range(1, n_outputs)])
-    padded = _padded_call(n_inputs, n_params, n_outputs)
-    lines += ["    for (long chunk = first; chunk < last; ++chunk) {",
-              f"        alignas(64) double acc[{GROUP}] = {{}};",
-              f"        const long end = (chunk + 1) * {SUM_CHUNK} < c.n ? (chunk + 1) * {SUM_CHUNK} : c.n;",
-              f"        for (long b = chunk * {SUM_CHUNK}; b < end; b += {GROUP}) {{",
-              f"            const long m = end - b < {GROUP} ? end - b : {GROUP};"]
-    lines += [f"            const {ctype}* __restrict q{k} = c.s{k} ? c.a{k} + b : c{k};" for k in range(n_inputs)]
-    lines += [f"            {ctype}* __restrict r{k} = c.o{k} + b;" for k in range(1, n_outputs)]
-    lines += [f"            if (m == {GROUP}) {{", "#pragma omp simd",
-              f"                for (long j = 0; j < {GROUP}; ++j) {function}({call});", "#pragma omp simd",
-              f"                for (long j = 0; j < {GROUP}; ++j) acc[j] += double(u0[j]);",
-              "                continue;", "            }"]
-    lines += [f"            for (long j = 0; j < {GROUP}; ++j) t{k}[j] = q{k}[j < m ? j : m - 1];" for k in range(n_inputs)]
-    lines += ["#pragma omp simd", f"            for (long j = 0; j < {GROUP}; ++j) {function}({padded});"]
-    lines += [f"            for (long j = 0; j < m; ++j) r{k}[j] = u{k}[j];" for k in range(1, n_outputs)]
-    lines += ["            for (long j = 0; j < m; ++j) acc[j] += double(u0[j]);", "        }",
-              f"        for (int width = {GROUP} / 2; width > 0; width /= 2)",
-              "            for (int j = 0; j < width; ++j) acc[j] += acc[j + width];",
-              "        c.sums[chunk] = acc[0];", "    }", "}",
-              f'extern "C" double lossc_sum_{function}(long n, {", ".join(arguments)}, int threads)', "{",
-              f"    std::vector<double> sums(n / {SUM_CHUNK} + 1);",
-              f"    const lossc_sum_context_{function} c{{{', '.join(values)}}};",
-              f"    const long chunks = (n + {SUM_CHUNK} - 1) / {SUM_CHUNK};",
-              f"    const long parts = n / {MIN_CHUNK} < threads ? n / {MIN_CHUNK} : threads;",
-              f"    lossc_parallel(lossc_sum_part_{function}, &c, chunks, parts < 1 ? 1 : int(parts));",
-              "    double total = 0;", "    for (long k = 0; k < chunks; ++k) total += sums[k];", "    return total;", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def kernel_counts(device_module, kind):
-    """(array inputs, scalar parameters, outputs) of one kind of a module's device function."""
+def kernel_counts(module, kind):
+    """(array inputs, scalar parameters, outputs) of one kind of a generated module's kernels."""
     backward = kind == "forward_backward"
-    outputs = 1 + (len(device_module.DIFFERENTIABLE) if backward else 0)
-    return len(device_module.INPUTS) + backward, len(device_module.PARAMETERS), outputs
+    outputs = 1 + (len(module.DIFFERENTIABLE) if backward else 0)
+    return len(module.INPUTS) + backward, len(module.PARAMETERS), outputs
 
 
-def source(device_module):
-    """The C++ source of one module's native library: its device code and a loop per kernel
-    (a row kernel per launch plan for the losses over a class axis, :mod:`lossc.kernels.native_rows`)."""
-    parts = [COMMON_DEVICE_CODE, device_module.DEVICE_CODE]
-    if hasattr(device_module, "STAGES"):  # reductions along a class axis: row kernels
-        from .native_rows import wrappers
-
-        return host_source("\n".join(parts + wrappers(device_module)))
-    for kind in ("forward", "forward_backward"):
-        for precision, ctype in _C_TYPES.items():
-            function = device_module.FUNCTIONS[kind][precision]
-            if not _IDENTIFIER.match(function):
-                raise ValueError(f"{device_module.__name__}: bad device function name {function!r}")
-            parts.append(_wrapper(function, ctype, *kernel_counts(device_module, kind)))
-            parts.append(_sum_wrapper(function, ctype, *kernel_counts(device_module, kind)))
-    return host_source("\n".join(parts))
+def source(native_module):
+    """The C++ source of one generated native module's library: the code every library starts
+    with, the device code's shared helpers, then the module's ``SOURCE`` (its device functions
+    and the loops around them, :mod:`lossc.compiler.emit.native_emitter`)."""
+    return host_source("\n".join([COMMON_DEVICE_CODE, native_module.SOURCE]))
 
 
-def library(device_module):
+def library(native_module):
     """The module's compiled library (ctypes), built or loaded once; None if it cannot be built."""
     if _compiler() is None:
         return None
-    return build_library(source(device_module), device_module.__name__)
+    return build_library(source(native_module), native_module.__name__)
 
 
 def host_source(code):
@@ -489,9 +372,9 @@ class NativeKernels:
     ``_run`` can (it returns None elsewhere), else the module's NumPy kernels; every other
     attribute is the module's."""
 
-    def __init__(self, numpy_module, load_device_module):
+    def __init__(self, numpy_module, load_native_module):
         self.numpy_module = numpy_module
-        self._load_device_module = load_device_module
+        self._load_native_module = load_native_module
         self._functions = None
         self._binders = {kind: _Binder(getattr(numpy_module, kind)) for kind in ("forward", "forward_backward")}
 
@@ -513,7 +396,7 @@ class NativeKernels:
 
 def load_kernels(load_module, entry):
     """The 'native' target's kernels of a manifest ``entry`` (:mod:`lossc.core.targets`): its numpy
-    module running its cupy module's device code compiled for the host, as row kernels
+    module running its native module's C++ compiled for the host, as row kernels
     (:mod:`lossc.kernels.native_rows`) for a loss over a class axis."""
     from .native_rows import NativeRowModule
 
@@ -521,7 +404,7 @@ def load_kernels(load_module, entry):
     if modules.get("native") is None:
         raise NotImplementedError("the native target has no kernels for this loss")
     wrapper = NativeRowModule if entry["rows"] else NativeModule
-    return wrapper(load_module(modules["numpy"], "numpy"), lambda: load_module(modules["cupy"], "cupy"))
+    return wrapper(load_module(modules["numpy"], "numpy"), lambda: load_module(modules["native"], "native"))
 
 
 class NativeModule(NativeKernels):
@@ -553,29 +436,28 @@ class NativeModule(NativeKernels):
         functions = self._native_functions()
         if functions is None or dtype not in _DTYPES:
             return None
-        device_module = self._device
-        n_inputs, n_params, n_outputs = kernel_counts(device_module, kind)
-        function = getattr(self._library, f"lossc_sum_{device_module.FUNCTIONS[kind][dtype.name]}")
+        native_module = self._native
+        n_inputs, n_params, n_outputs = kernel_counts(native_module, kind)
+        function = getattr(self._library, native_module.KERNELS[kind][dtype.name][1])
         function.restype = ctypes.c_double
         function.argtypes = ([ctypes.c_long] + [ctypes.c_void_p, ctypes.c_long] * n_inputs
                              + [_DTYPES[dtype]] * n_params + [ctypes.c_void_p] * (n_outputs - 1) + [ctypes.c_int])
-        return function, device_module.PARAMETERS
+        return function, native_module.PARAMETERS
 
     def _native_functions(self):
         """{(kind, dtype): (library function, kernel_counts)}, built on first use; None if unavailable."""
         if self._functions is None:
             try:
-                device_module = self._load_device_module()
-            except (ImportError, OSError, NotImplementedError) as error:  # no device code was generated
+                native_module = self._load_native_module()
+            except (ImportError, OSError, NotImplementedError) as error:  # no native module was generated
                 _failures.append(f"{self.numpy_module.__name__}: {error}")
                 self._functions = False
                 return None
-            self._device = device_module
-            compiled = self._library = library(device_module)
+            self._native = native_module
+            compiled = self._library = library(native_module)
             self._functions = False if compiled is None else {
-                (kind, dtype): (getattr(compiled, f"lossc_run_{functions[dtype.name]}"),
-                                kernel_counts(device_module, kind))
-                for kind, functions in device_module.FUNCTIONS.items() for dtype in _DTYPES}
+                (kind, dtype): (getattr(compiled, entry_points[dtype.name][0]), kernel_counts(native_module, kind))
+                for kind, entry_points in native_module.KERNELS.items() for dtype in _DTYPES}
         return self._functions or None
 
 
