@@ -50,7 +50,7 @@ def _spec_text_names(node):
 
 def _kind(path):
     name = path.name
-    return "py" if name.endswith((".py.j2", "device_code.j2")) else name.split(".")[-2]
+    return "py" if name.endswith((".py.j2", "device_functions.j2")) else name.split(".")[-2]
 
 
 @pytest.mark.parametrize("path", _templates())
