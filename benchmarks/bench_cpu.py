@@ -192,8 +192,8 @@ def public_api(rng, sizes, repeat, torch_info):
             y = (rng.random(n) > 0.5).astype(np.float32) if CASES[name][3] == "binary" else \
                 rng.normal(0, 3, n).astype(np.float32)
             loss = lossc.get(name)
-            t_public = timed(lambda: loss.value_and_grad(x, y, reduction="sum"), repeat)
-            t_raw = timed(raw_kernel(loss, x, y), repeat)
+            t_public, t_raw = timed_together([lambda: loss.value_and_grad(x, y, reduction="sum"),
+                                              raw_kernel(loss, x, y)], repeat)
             t_eager = t_compile = t_jax = float("nan")
             if torch_info:
                 torch = torch_info[0]
