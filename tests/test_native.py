@@ -227,7 +227,8 @@ def fake_native_module(device_code, function="lossc_fake"):
         for precision, ctype in native_emitter.C_TYPES.items():
             name = f"{function}_{kind}_{precision}"
             counts = (1 + (kind == "forward_backward"), 0, outputs)
-            loops += [native_emitter.element_wrapper(name, ctype, *counts), native_emitter.sum_wrapper(name, ctype, *counts)]
+            loops += [native_emitter.element_wrapper(name, ctype, *counts),
+                      native_emitter.sum_wrapper(name, ctype, *counts)]
             kernels[kind][precision] = (f"lossc_run_{name}", f"lossc_sum_{name}")
     return types.SimpleNamespace(__name__="fake_native_module", INPUTS=("pred",), DIFFERENTIABLE=("pred",),
                                  PARAMETERS=(), KERNELS=kernels, SOURCE="\n".join([device_code, *loops]))

@@ -255,11 +255,13 @@ def test_names_that_collide_with_generated_identifiers_build_and_compute(tmp_pat
             for node in ast.walk(function):
                 if isinstance(node, ast.Name) and node.id not in own:
                     assert node.id.startswith("_") or node.id.isupper(), (function.name, node.id)
-        device_code = next((n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                            and getattr(n.targets[0], "id", "") == "DEVICE_CODE"), "")
-        parameters = re.findall(r"(?:float|double)(\*?) (\w+)[,)]", device_code)
-        assert bool(parameters) == (path.parent.name == "cupy") and all(name.startswith("s_") or (pointer and name.startswith("out"))
-                                  for pointer, name in parameters)
+        # the __device__ functions of a CuPy module (DEVICE_CODE) and of a native one (SOURCE)
+        code = next((n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                     and getattr(n.targets[0], "id", "") in ("DEVICE_CODE", "SOURCE")), "")
+        signatures = "\n".join(line for line in code.splitlines() if line.startswith("__device__"))
+        parameters = re.findall(r"(?:float|double)(\*?) (\w+)[,)]", signatures)
+        assert bool(parameters) == (path.parent.name in ("cupy", "native")) and all(
+            name.startswith("s_") or (pointer and name.startswith("out")) for pointer, name in parameters)
 
 
 def test_native_kernels_compile_with_colliding_names(tmp_path, monkeypatch):

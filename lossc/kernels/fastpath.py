@@ -186,9 +186,9 @@ class RowFastPath(_CachedCall):
         return self._parameters(kwargs)
 
     def _arrays(self, args, pred, ignore_index):
-        """[(array, row stride, class stride)] of every input in spec order, or None."""
+        """[(array, its address, row stride, class stride)] of every input in spec order, or None."""
         rows, classes = pred.shape
-        laid_out = [(pred, classes, 1)]
+        laid_out = [(pred, native.address(pred), classes, 1)]
         for k in range(1, self.n_inputs):
             value = args[k] if k < len(args) else self.input_defaults[k]
             if self.per_row[k]:
@@ -196,12 +196,13 @@ class RowFastPath(_CachedCall):
                     return None
                 if self.class_index[k] and not _class_indices(value, classes, ignore_index):
                     return None  # the general path names the bad index
-                laid_out.append((np.ascontiguousarray(value, pred.dtype), 1, 0))
+                row_values = np.ascontiguousarray(value, pred.dtype)
+                laid_out.append((row_values, native.address(row_values), 1, 0))
             elif type(value) in (float, int) and k not in self.differentiable:
-                laid_out.append((self._constant(value, pred.dtype)[0], 0, 0))
+                laid_out.append((*self._constant(value, pred.dtype), 0, 0))
             elif type(value) is np.ndarray and value.dtype == pred.dtype and value.shape == pred.shape \
                     and value.flags.c_contiguous:
-                laid_out.append((value, classes, 1))
+                laid_out.append((value, native.address(value), classes, 1))
             else:
                 return None
         return laid_out
@@ -216,12 +217,12 @@ class RowFastPath(_CachedCall):
         loss_shape = (rows,) if self._row_level(variant) else (rows, classes)
         if with_grad:
             factor = pipeline.upstream(np, loss_shape, compute)
-            arrays = arrays + [(self._constant(float(factor), pred.dtype)[0], 0, 0)]
+            arrays = arrays + [(*self._constant(float(factor), pred.dtype), 0, 0)]
         outputs = [np.empty(loss_shape, pred.dtype)] + [np.empty((rows, classes), pred.dtype)
                                                         for _ in range(self.n_grads if with_grad else 0)]
         pointers = []
-        for array, row_stride, class_stride in arrays:
-            pointers += [native.address(array), row_stride, class_stride]
+        for _, address, row_stride, class_stride in arrays:
+            pointers += [address, row_stride, class_stride]
         params = [runtime[name] for name in parameter_names]  # the declared argument types convert them
         function(rows, classes, *pointers, *params, *[native.address(o) for o in outputs], native.WORKERS)
         value = pipeline.apply(np, outputs[0], compute)
